@@ -1,0 +1,83 @@
+"""Names every process must agree on: task queues, workflow ids, signals, errors."""
+
+import uuid
+
+# One task queue per service, plus the workflow's own, so each can scale on its own.
+ORDERS_TASK_QUEUE = "orders"
+PAYMENTS_TASK_QUEUE = "payments"
+DELIVERIES_TASK_QUEUE = "deliveries"
+WORKFLOW_TASK_QUEUE = "order-process"
+ALL_TASK_QUEUES = (
+    WORKFLOW_TASK_QUEUE,
+    ORDERS_TASK_QUEUE,
+    PAYMENTS_TASK_QUEUE,
+    DELIVERIES_TASK_QUEUE,
+)
+
+# Keyword search attribute upserted at every status change (Web UI filter).
+ORDER_STATUS_SEARCH_ATTRIBUTE = "OrderStatus"
+
+# Signals and queries of OrderProcessWorkflow.
+SIGNAL_CONFIRM_PAYMENT = "confirm_payment"
+SIGNAL_CANCEL_PAYMENT = "cancel_payment"
+SIGNAL_MARK_DELIVERED = "mark_delivered"
+QUERY_STATE = "state"
+UPDATE_WAIT_FOR_PAYMENT = "wait_for_payment"
+
+# Types of the non-retryable business failures (ApplicationError.type).
+NO_DEALER_AVAILABLE = "NoDealerAvailable"
+PAYMENT_CANCELLED = "PaymentCancelled"
+PAYMENT_TIMED_OUT = "PaymentTimedOut"
+INVALID_TRANSITION = "InvalidStateTransition"
+ENTITY_NOT_FOUND = "EntityNotFound"
+BUSINESS_ERRORS = (
+    NO_DEALER_AVAILABLE,
+    PAYMENT_CANCELLED,
+    PAYMENT_TIMED_OUT,
+    INVALID_TRANSITION,
+    ENTITY_NOT_FOUND,
+)
+
+_WORKFLOW_ID_PREFIX = "order-"
+# Fixed namespace so an idempotency key maps to the same order id in every process.
+_ORDER_ID_NAMESPACE = uuid.UUID("6f1c4a52-3d0e-4b8e-9a57-0c2f5b1d7e33")
+
+
+def workflow_id_for(order_id: str) -> str:
+    """The saga's workflow id: a business key, so one order never gets two sagas."""
+    return f"{_WORKFLOW_ID_PREFIX}{order_id}"
+
+
+def order_id_from_workflow_id(workflow_id: str) -> str:
+    """Inverse of :func:`workflow_id_for`."""
+    return workflow_id.removeprefix(_WORKFLOW_ID_PREFIX)
+
+
+def order_id_for_idempotency_key(customer_id: str, key: str) -> str:
+    """Deterministic order id for a client's Idempotency-Key, scoped to the customer."""
+    return str(uuid.uuid5(_ORDER_ID_NAMESPACE, f"{customer_id}\x00{key}"))
+
+
+def payment_id_for(order_id: str) -> str:
+    """The order's one payment id: deterministic, so a retried step reuses it."""
+    return str(uuid.uuid5(uuid.UUID(order_id), "payment"))
+
+
+def delivery_id_for(order_id: str) -> str:
+    """The order's one delivery id: deterministic, so a retried step reuses it."""
+    return str(uuid.uuid5(uuid.UUID(order_id), "delivery"))
+
+
+# Activity names: the contract between the workflow and the service workers. The
+# workflow calls activities by name so it never imports their database code.
+CREATE_ORDER = "create_order"
+CONFIRM_ORDER = "confirm_order"
+MARK_ORDER_DELIVERED = "mark_order_delivered"
+CANCEL_ORDER = "cancel_order"
+CREATE_PAYMENT = "create_payment"
+COMPLETE_PAYMENT = "complete_payment"
+CANCEL_OR_REFUND_PAYMENT = "cancel_or_refund_payment"
+CREATE_DELIVERY = "create_delivery"
+ASSIGN_DEALER = "assign_dealer"
+COMPLETE_DELIVERY = "complete_delivery"
+CANCEL_DELIVERY = "cancel_delivery"

@@ -1,0 +1,232 @@
+"""Payloads: one small pydantic model in and one out for every workflow, activity and signal.
+
+They travel through Temporal with the pydantic data converter and are extended (never
+duplicated) by the API's schemas. Money is an exact ``Decimal`` with two places.
+"""
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from domain.names import DELIVERIES_TASK_QUEUE, ORDERS_TASK_QUEUE, PAYMENTS_TASK_QUEUE
+from domain.status import (
+    DeliveryStatus,
+    OrderStatus,
+    PaymentStatus,
+    RecordStatus,
+    SagaPhase,
+)
+
+MAX_ITEMS_PER_ORDER = 100
+MAX_MONEY = Decimal("9999999999.99")
+
+Money = Annotated[Decimal, Field(gt=0, le=MAX_MONEY, max_digits=12, decimal_places=2)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+
+
+class _Payload(BaseModel):
+    # Unknown fields are a client's mistake, not something to drop silently.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def to_cents(amount: Decimal) -> int:
+    """Exact conversion of a two-place amount to integer cents (how the database stores it)."""
+    return int(amount * 100)
+
+
+def from_cents(cents: int) -> Decimal:
+    """Inverse of :func:`to_cents`."""
+    return (Decimal(cents) / 100).quantize(Decimal("0.01"))
+
+
+class OrderItem(_Payload):
+    """One line of an order."""
+
+    product_id: Identifier
+    quantity: int = Field(ge=1, le=10)
+    unit_price: Money
+
+
+class OrderRequest(_Payload):
+    """What a customer asks for: items and where to deliver them."""
+
+    customer_id: Identifier
+    items: list[OrderItem] = Field(min_length=1, max_length=MAX_ITEMS_PER_ORDER)
+    province: Name
+    city: Name
+
+    @property
+    def total_amount(self) -> Decimal:
+        """Order total, computed server-side from the items (exact)."""
+        return sum((i.unit_price * i.quantity for i in self.items), Decimal("0.00"))
+
+
+class SagaTimeouts(_Payload):
+    """How long the saga waits for people and dealers."""
+
+    payment_window: timedelta = timedelta(minutes=30)
+    dealer_assignment_window: timedelta = timedelta(minutes=2)
+    dealer_retry_initial_interval: timedelta = timedelta(seconds=2)
+
+
+class ServiceQueues(_Payload):
+    """Task queue of each service, passed down so deployments and tests can route them."""
+
+    orders: str = ORDERS_TASK_QUEUE
+    payments: str = PAYMENTS_TASK_QUEUE
+    deliveries: str = DELIVERIES_TASK_QUEUE
+
+    @classmethod
+    def with_suffix(cls, suffix: str) -> "ServiceQueues":
+        return cls(
+            orders=ORDERS_TASK_QUEUE + suffix,
+            payments=PAYMENTS_TASK_QUEUE + suffix,
+            deliveries=DELIVERIES_TASK_QUEUE + suffix,
+        )
+
+
+class OrderProcessInput(_Payload):
+    """Input of OrderProcessWorkflow: the order id (chosen by the caller) and the request."""
+
+    order_id: str
+    request: OrderRequest
+    timeouts: SagaTimeouts = SagaTimeouts()
+    queues: ServiceQueues = ServiceQueues()
+
+
+# --- activities -------------------------------------------------------------------
+
+
+class CreateOrderInput(_Payload):
+    """create_order: insert the order and its items as PENDING (no-op if it exists)."""
+
+    order_id: str
+    request: OrderRequest
+
+
+class OrderRef(_Payload):
+    """Names one order (input of the order transitions and of payment/delivery compensations)."""
+
+    order_id: str
+
+
+class OrderSnapshot(_Payload):
+    """An order's current status and total."""
+
+    order_id: str
+    status: OrderStatus
+    total_amount: Decimal
+
+
+class CreatePaymentInput(_Payload):
+    """create_payment: one PENDING payment per order (no-op if it exists)."""
+
+    payment_id: str
+    order_id: str
+    amount: Decimal
+
+
+class PaymentRef(_Payload):
+    """Names one payment."""
+
+    payment_id: str
+
+
+class PaymentSnapshot(_Payload):
+    """A payment's current status."""
+
+    payment_id: str
+    order_id: str
+    status: PaymentStatus
+    amount: Decimal
+
+
+class CreateDeliveryInput(_Payload):
+    """create_delivery: one PENDING delivery per order (no-op if it exists)."""
+
+    delivery_id: str
+    order_id: str
+    province: str
+    city: str
+
+
+class DeliveryRef(_Payload):
+    """Names one delivery."""
+
+    delivery_id: str
+
+
+class DeliverySnapshot(_Payload):
+    """A delivery's current status and dealer."""
+
+    delivery_id: str
+    order_id: str
+    status: DeliveryStatus
+    dealer_id: int | None = None
+
+
+class CompensationOutcome(_Payload):
+    """What a compensation did ('refunded', 'cancelled', 'nothing to undo', ...) and the
+    entity's status afterwards (None when the entity was never created)."""
+
+    action: str
+    status: str | None = None
+
+
+# --- signals and the saga's state ----------------------------------------------------
+
+
+class PaymentDecision(_Payload):
+    """Signal payload of confirm_payment / cancel_payment."""
+
+    payment_id: str
+    reason: str | None = None
+
+
+class DeliveredReport(_Payload):
+    """Signal payload of mark_delivered."""
+
+    delivery_id: str
+
+
+class StepRecord(BaseModel):
+    """One step or compensation of the saga, as it happened."""
+
+    name: str
+    status: RecordStatus
+    started_at: datetime
+    finished_at: datetime | None = None
+    attempts: int = 1
+    error: str | None = None
+
+
+class SignalRecord(BaseModel):
+    """A signal the saga received, and whether it changed anything."""
+
+    name: str
+    received_at: datetime
+    applied: bool
+    note: str
+
+
+class SagaState(BaseModel):
+    """The full saga state, returned by the ``state`` query and as the workflow result."""
+
+    order_id: str
+    phase: SagaPhase = SagaPhase.STARTED
+    order_status: OrderStatus | None = None
+    total_amount: Decimal | None = None
+    payment_id: str | None = None
+    payment_status: PaymentStatus | None = None
+    delivery_id: str | None = None
+    delivery_status: DeliveryStatus | None = None
+    dealer_id: int | None = None
+    payment_deadline: datetime | None = None
+    failure_type: str | None = None
+    failure_reason: str | None = None
+    steps: list[StepRecord] = Field(default_factory=list)
+    compensations: list[StepRecord] = Field(default_factory=list)
+    signals: list[SignalRecord] = Field(default_factory=list)

@@ -1,0 +1,59 @@
+"""Status enums of the three entities and of the saga itself."""
+
+from enum import StrEnum
+
+
+class OrderStatus(StrEnum):
+    """Order state machine: PENDING -> CONFIRMED -> DELIVERED; PENDING|CONFIRMED -> CANCELLED."""
+
+    PENDING = "PENDING"
+    CONFIRMED = "CONFIRMED"
+    DELIVERED = "DELIVERED"
+    CANCELLED = "CANCELLED"
+
+
+class PaymentStatus(StrEnum):
+    """Payment state machine: PENDING -> COMPLETED -> REFUNDED; PENDING -> CANCELLED."""
+
+    PENDING = "PENDING"
+    COMPLETED = "COMPLETED"
+    REFUNDED = "REFUNDED"
+    CANCELLED = "CANCELLED"
+
+
+class DeliveryStatus(StrEnum):
+    """Delivery state machine: PENDING -> IN_TRANSIT -> DELIVERED; PENDING -> CANCELLED.
+
+    An IN_TRANSIT delivery is cancelled only by the saga's own compensation, when a
+    dealer assignment landed but the workflow was cancelled before it saw the result.
+    """
+
+    PENDING = "PENDING"
+    IN_TRANSIT = "IN_TRANSIT"
+    DELIVERED = "DELIVERED"
+    CANCELLED = "CANCELLED"
+
+
+class SagaPhase(StrEnum):
+    """Where the saga is; also what the workflow is waiting for."""
+
+    STARTED = "STARTED"
+    AWAITING_PAYMENT = "AWAITING_PAYMENT"
+    ASSIGNING_DEALER = "ASSIGNING_DEALER"
+    IN_TRANSIT = "IN_TRANSIT"
+    COMPENSATING = "COMPENSATING"
+    DELIVERED = "DELIVERED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (SagaPhase.DELIVERED, SagaPhase.CANCELLED)
+
+
+class RecordStatus(StrEnum):
+    """Outcome of one saga step or compensation."""
+
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    RETRYING = "RETRYING"

@@ -1,0 +1,147 @@
+"""Run the saga's Temporal workers.
+
+    python worker.py                      # every task queue in one process
+    python worker.py --queue payments     # only PaymentService's activities
+    python worker.py --queue order-process --queue orders
+
+Each service's activities poll their own task queue, so each can run and scale as its own
+process; the workflow polls ``order-process``.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy import Engine
+from temporalio.client import Client
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from activities.deliveries import DeliveryActivities
+from activities.orders import OrderActivities
+from activities.payments import PaymentActivities
+from domain import names
+from settings import Settings, connect_temporal
+from store.db import create_schema, make_engine
+from workflows import OrderProcessWorkflow
+
+log = logging.getLogger("worker")
+
+
+def service_activities(engine: Engine) -> dict[str, list[Callable[..., Any]]]:
+    """The activities of each service task queue, bound to ``engine``."""
+    orders = OrderActivities(engine)
+    payments = PaymentActivities(engine)
+    deliveries = DeliveryActivities(engine)
+    return {
+        names.ORDERS_TASK_QUEUE: [
+            orders.create_order,
+            orders.confirm_order,
+            orders.mark_order_delivered,
+            orders.cancel_order,
+        ],
+        names.PAYMENTS_TASK_QUEUE: [
+            payments.create_payment,
+            payments.complete_payment,
+            payments.cancel_or_refund_payment,
+        ],
+        names.DELIVERIES_TASK_QUEUE: [
+            deliveries.create_delivery,
+            deliveries.assign_dealer,
+            deliveries.complete_delivery,
+            deliveries.cancel_delivery,
+        ],
+    }
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    # domain/ is pure and deterministic: share it with the sandbox instead of re-importing
+    # it for every workflow run.
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules("domain", "pydantic")
+    )
+
+
+def build_workers(
+    client: Client,
+    engine: Engine,
+    executor: ThreadPoolExecutor,
+    queues: Sequence[str] = names.ALL_TASK_QUEUES,
+    *,
+    task_queue_suffix: str = "",
+) -> list[Worker]:
+    """One worker per requested task queue. ``task_queue_suffix`` isolates test runs."""
+    activities = service_activities(engine)
+    workers = []
+    for queue in queues:
+        if queue == names.WORKFLOW_TASK_QUEUE:
+            workers.append(
+                Worker(
+                    client,
+                    task_queue=queue + task_queue_suffix,
+                    workflows=[OrderProcessWorkflow],
+                    workflow_runner=workflow_runner(),
+                )
+            )
+        else:
+            workers.append(
+                Worker(
+                    client,
+                    task_queue=queue + task_queue_suffix,
+                    activities=activities[queue],
+                    activity_executor=executor,
+                    max_concurrent_activities=executor._max_workers,
+                )
+            )
+    return workers
+
+
+async def run(settings: Settings, queues: Sequence[str]) -> None:
+    """Wire engine, client and workers once, run until SIGINT/SIGTERM, then shut down cleanly."""
+    engine = make_engine(settings.database_url)
+    create_schema(engine)
+    client = await connect_temporal(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        with ThreadPoolExecutor(
+            settings.activity_threads, thread_name_prefix="activity"
+        ) as executor:
+            async with contextlib.AsyncExitStack() as stack:
+                for worker in build_workers(client, engine, executor, queues):
+                    await stack.enter_async_context(worker)
+                log.info("worker polling %s on %s", ", ".join(queues), settings.temporal_address)
+                await stop.wait()
+                log.info("worker shutting down")
+    finally:
+        engine.dispose()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--queue",
+        action="append",
+        choices=names.ALL_TASK_QUEUES,
+        help="task queue to poll (repeatable); default: all of them",
+    )
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(run(settings, args.queue or names.ALL_TASK_QUEUES))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""A small, reusable compensation stack for sagas written as Temporal workflows.
+
+Usage inside a workflow::
+
+    stack = CompensationStack(records)
+    stack.push("refund", lambda: workflow.execute_activity(...))   # before the action
+    await action()
+    ...
+    except BusinessError:
+        await stack.unwind()          # LIFO, each retried until it succeeds
+
+Contract:
+- compensations run last-in-first-out, one at a time;
+- each is retried until it succeeds, with capped exponential backoff driven by durable
+  workflow timers; every failed attempt is recorded (attempts, last error) and logged,
+  and ``on_retry`` is told, so a compensation that keeps failing is visible, never dropped;
+- :meth:`unwind` is shielded: a cancellation of the workflow arriving while it runs does
+  not interrupt it. The caller decides what to re-raise afterwards.
+
+Compensations must be idempotent and safe when there is nothing to undo: they are pushed
+before their action runs, and an action that timed out may or may not have taken effect.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+from domain.payloads import StepRecord
+from domain.status import RecordStatus
+
+Compensation = Callable[[], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff between attempts of one compensation."""
+
+    initial: timedelta = timedelta(seconds=1)
+    coefficient: float = 2.0
+    maximum: timedelta = timedelta(minutes=1)
+
+    def delay(self, failed_attempts: int) -> timedelta:
+        seconds = self.initial.total_seconds() * self.coefficient ** (failed_attempts - 1)
+        return min(timedelta(seconds=seconds), self.maximum)
+
+
+async def run_shielded(coro: Awaitable[Any]) -> Any:
+    """Await ``coro`` to completion even if the calling workflow task gets cancelled.
+
+    The work runs in its own task; a cancellation delivered to the caller only interrupts
+    the wait, which resumes, so the work is never abandoned half-way.
+    """
+    task = asyncio.ensure_future(coro)
+    while not task.done():
+        try:
+            await workflow.wait([task])
+        except asyncio.CancelledError:
+            workflow.logger.info("Cancellation requested while shielded work runs; finishing it")
+    return task.result()
+
+
+class CompensationStack:
+    """LIFO stack of compensations; records each run into a caller-owned list."""
+
+    def __init__(
+        self,
+        records: list[StepRecord],
+        *,
+        backoff: Backoff = Backoff(),
+        on_retry: Callable[[StepRecord], None] | None = None,
+    ) -> None:
+        self._records = records
+        self._backoff = backoff
+        self._on_retry = on_retry
+        self._stack: list[tuple[str, Compensation]] = []
+
+    def push(self, name: str, compensation: Compensation) -> None:
+        """Register the compensation of the action about to run (call it before the action)."""
+        self._stack.append((name, compensation))
+
+    def clear(self) -> None:
+        """Forget every compensation: the saga passed its pivot and will not roll back."""
+        self._stack.clear()
+
+    def __len__(self) -> int:
+        return len(self._stack)
+
+    async def unwind(self) -> None:
+        """Run every pushed compensation in reverse order, shielded from cancellation."""
+        await run_shielded(self._unwind())
+
+    async def _unwind(self) -> None:
+        while self._stack:
+            name, compensation = self._stack.pop()
+            await self._run_until_success(name, compensation)
+
+    async def _run_until_success(self, name: str, compensation: Compensation) -> None:
+        record = StepRecord(name=name, status=RecordStatus.RUNNING, started_at=workflow.now())
+        self._records.append(record)
+        while True:
+            try:
+                await compensation()
+            except Exception as err:  # every failure is retried, never dropped
+                record.status = RecordStatus.RETRYING
+                record.error = describe_error(err)
+                workflow.logger.warning(
+                    "Compensation %s failed (attempt %d), retrying: %s",
+                    name,
+                    record.attempts,
+                    record.error,
+                )
+                if self._on_retry is not None:
+                    self._on_retry(record)
+                await workflow.sleep(self._backoff.delay(record.attempts))
+                record.attempts += 1
+                continue
+            record.status = RecordStatus.COMPLETED
+            record.finished_at = workflow.now()
+            return
+
+
+def describe_error(err: BaseException) -> str:
+    """The innermost cause's message: what a person needs to read (not 'Activity task failed')."""
+    cause: BaseException = err
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, ApplicationError) and cause.type:
+        return f"{cause.type}: {cause.message}"
+    return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__

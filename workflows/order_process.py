@@ -1,0 +1,452 @@
+"""OrderProcessWorkflow: the order saga, one durable workflow per order.
+
+Read top to bottom, :meth:`OrderProcessWorkflow.run` is the saga:
+
+1. create order            (compensation pushed first: cancel_order)
+2. create payment          (compensation pushed first: cancel_or_refund_payment)
+3. wait for the customer   (signals confirm_payment / cancel_payment; the payment window
+                            closing counts as a cancel)
+4. complete payment, confirm order
+5. create delivery         (compensation pushed first: cancel_delivery)
+6. assign a dealer         THE PIVOT: once it succeeds nothing is compensated any more
+7. wait for mark_delivered, then delivery and order DELIVERED (retried, never compensated)
+
+A business failure (customer cancel, payment timeout, no dealer, an invalid transition)
+unwinds the stack last-in-first-out and the run completes with the order CANCELLED. A
+cancellation of the workflow itself unwinds the same way, shielded, then the run closes as
+CANCELED. Infrastructure failures are retried by Temporal and never compensate.
+"""
+
+import asyncio
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+
+from domain import names
+from domain.errors import business_error
+from domain.payloads import (
+    CompensationOutcome,
+    CreateDeliveryInput,
+    CreateOrderInput,
+    CreatePaymentInput,
+    DeliveredReport,
+    DeliveryRef,
+    DeliverySnapshot,
+    OrderProcessInput,
+    OrderRef,
+    OrderSnapshot,
+    PaymentDecision,
+    PaymentRef,
+    PaymentSnapshot,
+    SagaState,
+    SignalRecord,
+    StepRecord,
+)
+from domain.status import (
+    DeliveryStatus,
+    OrderStatus,
+    PaymentStatus,
+    RecordStatus,
+    SagaPhase,
+)
+from workflows.compensation import CompensationStack, describe_error, run_shielded
+
+ORDER_STATUS = SearchAttributeKey.for_keyword(names.ORDER_STATUS_SEARCH_ATTRIBUTE)
+COMPENSATING = "COMPENSATING"
+
+# Forward steps: infrastructure failures retry forever with capped backoff (the saga is
+# durable, it can wait out an outage); business failures are non-retryable by type.
+STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    non_retryable_error_types=list(names.BUSINESS_ERRORS),
+)
+# Compensations: one attempt per call; CompensationStack drives the retries so every
+# failed attempt is recorded in the saga state instead of hiding inside the server.
+COMPENSATION_RETRY = RetryPolicy(maximum_attempts=1)
+ACTIVITY_TIMEOUT = timedelta(seconds=30)
+
+R = TypeVar("R")
+
+
+@workflow.defn(name="OrderProcessWorkflow")
+class OrderProcessWorkflow:
+    """The order saga. Input: :class:`OrderProcessInput`; result: the final :class:`SagaState`.
+
+    Signals: ``confirm_payment`` and ``cancel_payment`` (:class:`PaymentDecision`), taken once,
+    only while the payment window is open; ``mark_delivered`` (:class:`DeliveredReport`),
+    only after the pivot. Every other signal is recorded as ignored. Query ``state``: the
+    saga state. Update ``wait_for_payment``: returns once the payment exists or the saga
+    ended, so the API can answer ``POST /orders`` with the payment id in one round trip.
+    """
+
+    @workflow.init
+    def __init__(self, params: OrderProcessInput) -> None:
+        order_id = params.order_id
+        self._params = params
+        # Deterministic ids: a retried step, and the API, name the same payment and delivery.
+        self._payment_id = names.payment_id_for(order_id)
+        self._delivery_id = names.delivery_id_for(order_id)
+        self._state = SagaState(
+            order_id=order_id,
+            total_amount=params.request.total_amount,
+            payment_id=self._payment_id,
+            delivery_id=self._delivery_id,
+        )
+        self._decision: str | None = None
+        self._delivered = False
+        self._compensations = CompensationStack(
+            self._state.compensations, on_retry=self._on_compensation_retry
+        )
+
+    # --- the saga -------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, params: OrderProcessInput) -> SagaState:
+        try:
+            await self._until_pivot()
+        except (ApplicationError, ActivityError, asyncio.CancelledError) as err:
+            cancelled = is_cancelled_exception(err)
+            self._record_failure(err, cancelled=cancelled)
+            await self._unwind()
+            if cancelled:
+                raise  # the run closes as CANCELED, after its compensations ran
+            return self._state
+        # Past the pivot: a cancel request cannot undo a parcel already with its dealer.
+        await run_shielded(self._deliver())
+        return self._state
+
+    async def _until_pivot(self) -> None:
+        order_id = self._params.order_id
+        request = self._params.request
+        state = self._state
+
+        self._compensations.push(
+            names.CANCEL_ORDER,
+            lambda: self._compensate(
+                names.CANCEL_ORDER, OrderRef(order_id=order_id), self._params.queues.orders
+            ),
+        )
+        order = await self._step(
+            names.CREATE_ORDER,
+            CreateOrderInput(order_id=order_id, request=request),
+            self._params.queues.orders,
+            OrderSnapshot,
+        )
+        self._set_order_status(order.status)
+
+        self._compensations.push(
+            names.CANCEL_OR_REFUND_PAYMENT,
+            lambda: self._compensate(
+                names.CANCEL_OR_REFUND_PAYMENT,
+                OrderRef(order_id=order_id),
+                self._params.queues.payments,
+            ),
+        )
+        payment = await self._step(
+            names.CREATE_PAYMENT,
+            CreatePaymentInput(
+                payment_id=self._payment_id, order_id=order_id, amount=order.total_amount
+            ),
+            self._params.queues.payments,
+            PaymentSnapshot,
+        )
+        state.payment_status = payment.status
+
+        await self._wait_for_decision()
+
+        payment = await self._step(
+            names.COMPLETE_PAYMENT,
+            PaymentRef(payment_id=self._payment_id),
+            self._params.queues.payments,
+            PaymentSnapshot,
+        )
+        state.payment_status = payment.status
+        order = await self._step(
+            names.CONFIRM_ORDER, OrderRef(order_id=order_id), self._params.queues.orders, OrderSnapshot
+        )
+        self._set_order_status(order.status)
+
+        self._set_phase(SagaPhase.ASSIGNING_DEALER, "Assigning a dealer")
+        self._compensations.push(
+            names.CANCEL_DELIVERY,
+            lambda: self._compensate(
+                names.CANCEL_DELIVERY, OrderRef(order_id=order_id), self._params.queues.deliveries
+            ),
+        )
+        delivery = await self._step(
+            names.CREATE_DELIVERY,
+            CreateDeliveryInput(
+                delivery_id=self._delivery_id,
+                order_id=order_id,
+                province=request.province,
+                city=request.city,
+            ),
+            self._params.queues.deliveries,
+            DeliverySnapshot,
+        )
+        state.delivery_status = delivery.status
+
+        delivery = await self._assign_dealer()
+        # The pivot succeeded: from here on the saga only moves forward.
+        self._compensations.clear()
+        state.delivery_status = delivery.status
+        state.dealer_id = delivery.dealer_id
+        self._set_phase(
+            SagaPhase.IN_TRANSIT,
+            f"In transit with dealer {delivery.dealer_id}; waiting for mark_delivered",
+        )
+
+    async def _wait_for_decision(self) -> None:
+        """Wait for confirm or cancel; the window closing is a cancel. Raises on cancel."""
+        window = self._params.timeouts.payment_window
+        self._state.payment_deadline = workflow.now() + window
+        self._set_phase(
+            SagaPhase.AWAITING_PAYMENT,
+            f"Waiting for the customer to confirm or cancel payment {self._state.payment_id} "
+            f"until {self._state.payment_deadline.isoformat()}",
+        )
+        try:
+            await workflow.wait_condition(lambda: self._decision is not None, timeout=window)
+        except TimeoutError:
+            # Close the window before anything else: a late signal is now ignored.
+            self._decision = "timeout"
+            raise business_error(
+                names.PAYMENT_TIMED_OUT, f"no payment decision within {window}"
+            ) from None
+        if self._decision == "cancel":
+            raise business_error(names.PAYMENT_CANCELLED, "the customer cancelled the payment")
+
+    async def _assign_dealer(self) -> DeliverySnapshot:
+        """Try to assign a dealer until one is free or the assignment window passes."""
+        timeouts = self._params.timeouts
+        ref = DeliveryRef(delivery_id=self._delivery_id)
+        deadline = workflow.now() + timeouts.dealer_assignment_window
+        interval = timeouts.dealer_retry_initial_interval
+        record = self._start_record(names.ASSIGN_DEALER)
+        while True:
+            try:
+                delivery = await self._activity(
+                    names.ASSIGN_DEALER, ref, self._params.queues.deliveries, DeliverySnapshot
+                )
+            except BaseException as err:
+                self._finish_record(record, err)
+                raise
+            if delivery.dealer_id is not None:
+                self._finish_record(record)
+                return delivery
+            remaining = deadline - workflow.now()
+            if remaining <= timedelta(0):
+                no_dealer = business_error(
+                    names.NO_DEALER_AVAILABLE,
+                    f"no dealer with free capacity in {self._params.request.city}, "
+                    f"{self._params.request.province} within {timeouts.dealer_assignment_window}",
+                )
+                self._finish_record(record, no_dealer)
+                raise no_dealer
+            record.status = RecordStatus.RETRYING
+            record.error = "no dealer with free capacity yet"
+            await workflow.sleep(min(interval, remaining))
+            interval *= 2
+            record.attempts += 1
+
+    async def _deliver(self) -> None:
+        """After the pivot: wait for the dealer's report, then close delivery and order."""
+        while not self._delivered:
+            try:
+                await workflow.wait_condition(lambda: self._delivered)
+            except asyncio.CancelledError:
+                self._record_signal(
+                    "cancel_request",
+                    applied=False,
+                    note="past the pivot: nothing to compensate, still delivering",
+                )
+        state = self._state
+        delivery = await self._step(
+            names.COMPLETE_DELIVERY,
+            DeliveryRef(delivery_id=self._delivery_id),
+            self._params.queues.deliveries,
+            DeliverySnapshot,
+        )
+        state.delivery_status = delivery.status
+        order = await self._step(
+            names.MARK_ORDER_DELIVERED,
+            OrderRef(order_id=state.order_id),
+            self._params.queues.orders,
+            OrderSnapshot,
+        )
+        self._set_order_status(order.status)
+        self._set_phase(SagaPhase.DELIVERED, "Delivered")
+
+    async def _unwind(self) -> None:
+        self._set_phase(
+            SagaPhase.COMPENSATING, "Compensating: " + (self._state.failure_reason or "")
+        )
+        self._upsert_order_status(COMPENSATING)
+        await self._compensations.unwind()
+        state = self._state
+        # cancel_order ran to success, so the order is CANCELLED (or was never created).
+        self._upsert_order_status(state.order_status or OrderStatus.CANCELLED)
+        self._set_phase(SagaPhase.CANCELLED, "Cancelled: " + (state.failure_reason or ""))
+
+    # --- signals, queries, updates -----------------------------------------------------
+
+    @workflow.signal(name=names.SIGNAL_CONFIRM_PAYMENT)
+    def confirm_payment(self, decision: PaymentDecision) -> None:
+        """The customer confirms the payment (taken once, only inside the window)."""
+        self._decide("confirm", names.SIGNAL_CONFIRM_PAYMENT, decision)
+
+    @workflow.signal(name=names.SIGNAL_CANCEL_PAYMENT)
+    def cancel_payment(self, decision: PaymentDecision) -> None:
+        """The customer cancels the payment (taken once, only inside the window)."""
+        self._decide("cancel", names.SIGNAL_CANCEL_PAYMENT, decision)
+
+    @workflow.signal(name=names.SIGNAL_MARK_DELIVERED)
+    def mark_delivered(self, report: DeliveredReport) -> None:
+        """The dealer reports the parcel delivered (only once a dealer is being assigned)."""
+        state = self._state
+        if report.delivery_id != self._delivery_id:
+            note = f"unknown delivery {report.delivery_id}"
+        elif self._delivered:
+            note = "already reported delivered"
+        elif state.phase not in (SagaPhase.ASSIGNING_DEALER, SagaPhase.IN_TRANSIT):
+            note = f"ignored in phase {state.phase}"
+        else:
+            self._delivered = True
+            self._record_signal(names.SIGNAL_MARK_DELIVERED, applied=True, note="delivered")
+            return
+        self._record_signal(names.SIGNAL_MARK_DELIVERED, applied=False, note=note)
+
+    @workflow.query(name=names.QUERY_STATE)
+    def state(self) -> SagaState:
+        """The full saga state: statuses, ids, steps, compensations, signals, failure."""
+        return self._state
+
+    @workflow.update(name=names.UPDATE_WAIT_FOR_PAYMENT)
+    async def wait_for_payment(self) -> SagaState:
+        """Return once the payment exists (or the saga is unwinding or over)."""
+        await workflow.wait_condition(
+            lambda: (
+                self._state.payment_status is not None
+                or self._state.phase in (SagaPhase.COMPENSATING, SagaPhase.CANCELLED)
+            )
+        )
+        return self._state
+
+    def _decide(self, decision: str, signal: str, payload: PaymentDecision) -> None:
+        state = self._state
+        if payload.payment_id != self._payment_id:
+            note = f"unknown payment {payload.payment_id}"
+        elif self._decision == "timeout":
+            note = "the payment window had closed"
+        elif self._decision is not None:
+            note = f"decision already taken: {self._decision}"
+        elif state.phase not in (SagaPhase.STARTED, SagaPhase.AWAITING_PAYMENT):
+            note = f"ignored in phase {state.phase}"
+        else:
+            self._decision = decision
+            self._record_signal(signal, applied=True, note=payload.reason or decision)
+            return
+        self._record_signal(signal, applied=False, note=note)
+
+    # --- helpers -----------------------------------------------------------------------
+
+    async def _activity(self, name: str, arg: Any, task_queue: str, result_type: type[R]) -> R:
+        result: R = await workflow.execute_activity(
+            name,
+            arg,
+            task_queue=task_queue,
+            result_type=result_type,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=STEP_RETRY,
+        )
+        return result
+
+    async def _step(self, name: str, arg: Any, task_queue: str, result_type: type[R]) -> R:
+        """Run one forward step as an activity, recording it in the saga state."""
+        record = self._start_record(name)
+        try:
+            result = await self._activity(name, arg, task_queue, result_type)
+        except BaseException as err:
+            self._finish_record(record, err)
+            raise
+        self._finish_record(record)
+        return result
+
+    async def _compensate(self, name: str, arg: Any, task_queue: str) -> None:
+        outcome = await workflow.execute_activity(
+            name,
+            arg,
+            task_queue=task_queue,
+            result_type=CompensationOutcome,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=COMPENSATION_RETRY,
+        )
+        workflow.logger.info("Compensation %s: %s", name, outcome.action)
+        # Reflect the entity's status after the compensation in the saga's view of it.
+        state, status = self._state, outcome.status
+        if status is None:
+            return
+        if name == names.CANCEL_ORDER:
+            self._set_order_status(OrderStatus(status))
+        elif name == names.CANCEL_OR_REFUND_PAYMENT:
+            state.payment_status = PaymentStatus(status)
+        elif name == names.CANCEL_DELIVERY:
+            state.delivery_status = DeliveryStatus(status)
+            state.dealer_id = None
+
+    def _start_record(self, name: str) -> StepRecord:
+        record = StepRecord(name=name, status=RecordStatus.RUNNING, started_at=workflow.now())
+        self._state.steps.append(record)
+        return record
+
+    def _finish_record(self, record: StepRecord, err: BaseException | None = None) -> None:
+        record.finished_at = workflow.now()
+        if err is None:
+            record.status = RecordStatus.COMPLETED
+            record.error = None
+        else:
+            record.status = RecordStatus.FAILED
+            record.error = describe_error(err)
+
+    def _record_failure(self, err: BaseException, *, cancelled: bool) -> None:
+        state = self._state
+        if cancelled:
+            state.failure_type = "WorkflowCancelled"
+            state.failure_reason = "the saga was cancelled before its pivot"
+            return
+        cause: BaseException = err
+        while isinstance(cause, ActivityError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        state.failure_type = (
+            cause.type if isinstance(cause, ApplicationError) else type(cause).__name__
+        )
+        state.failure_reason = cause.message if isinstance(cause, ApplicationError) else str(cause)
+
+    def _record_signal(self, name: str, *, applied: bool, note: str) -> None:
+        self._state.signals.append(
+            SignalRecord(name=name, received_at=workflow.now(), applied=applied, note=note)
+        )
+        if not applied:
+            workflow.logger.info("Signal %s ignored: %s", name, note)
+
+    def _on_compensation_retry(self, record: StepRecord) -> None:
+        workflow.set_current_details(
+            f"Compensation {record.name} keeps failing (attempt {record.attempts}): {record.error}"
+        )
+
+    def _set_order_status(self, status: OrderStatus) -> None:
+        if self._state.order_status != status:
+            self._state.order_status = status
+            self._upsert_order_status(status)
+
+    def _upsert_order_status(self, value: str) -> None:
+        workflow.upsert_search_attributes([ORDER_STATUS.value_set(value)])
+
+    def _set_phase(self, phase: SagaPhase, details: str) -> None:
+        self._state.phase = phase
+        workflow.set_current_details(details)
