@@ -46,7 +46,7 @@ class Settings(BaseSettings):
         default=1800, gt=0, description="How long the saga waits for confirm/cancel."
     )
     dealer_assignment_window_seconds: float = Field(
-        default=120, gt=0, description="How long the saga keeps trying to find a free dealer."
+        default=20, gt=0, description="How long the saga keeps trying to find a free dealer."
     )
     dealer_retry_initial_seconds: float = Field(
         default=2, gt=0, description="First wait between dealer assignment attempts (doubles)."

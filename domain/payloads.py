@@ -68,7 +68,7 @@ class SagaTimeouts(_Payload):
     """How long the saga waits for people and dealers."""
 
     payment_window: timedelta = timedelta(minutes=30)
-    dealer_assignment_window: timedelta = timedelta(minutes=2)
+    dealer_assignment_window: timedelta = timedelta(seconds=20)
     dealer_retry_initial_interval: timedelta = timedelta(seconds=2)
 
 

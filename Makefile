@@ -1,0 +1,46 @@
+# The README names these targets. `make run` and `make test` set everything up themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run worker api test test-db test-e2e lint format typecheck check clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Run Temporal (durable data file + Web UI), the worker and the API; Ctrl-C stops all.
+run: install
+	./scripts/run.sh
+
+## Every test: workflows (time-skipping server), activities (database), end-to-end (dev server).
+test: install
+	$(BIN)/pytest -q
+
+## Only the tests that touch the database (run again with DATABASE_URL=postgresql://...).
+test-db: install
+	$(BIN)/pytest -q tests/activities tests/workflows
+
+test-e2e: install
+	$(BIN)/pytest -q tests/e2e
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: install
+	$(BIN)/mypy .
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

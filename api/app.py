@@ -1,0 +1,60 @@
+"""FastAPI application factory: ``uvicorn api.app:create_app --factory``.
+
+The lifespan builds the process's one engine and one Temporal client; nothing connects at
+import time.
+"""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.deps import Services
+from api.errors import install_error_handlers
+from api.routes import dealers, deliveries, health, orders, payments
+from api.saga import SagaGateway
+from settings import Settings, connect_temporal
+from store.db import create_schema, make_engine
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. ``settings`` defaults to the environment's."""
+    settings = settings or Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        create_schema(engine)
+        # Lazy: the API starts (and /readyz says why it is not ready) while Temporal is down.
+        client = await connect_temporal(settings, lazy=True)
+        app.state.services = Services(
+            settings=settings, engine=engine, client=client, saga=SagaGateway(client, settings)
+        )
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="Order saga on Temporal",
+        version="0.1.0",
+        description=(
+            "Orders, payments and deliveries as one durable Temporal saga with compensations. "
+            f"Temporal Web UI: {settings.temporal_ui_url}"
+        ),
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in (
+        orders.router,
+        payments.router,
+        deliveries.router,
+        dealers.router,
+        health.router,
+    ):
+        app.include_router(router)
+    return app

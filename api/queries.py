@@ -1,0 +1,173 @@
+"""Read-side queries the API serves from the service database (sync: run in a thread)."""
+
+from sqlalchemy import Engine, func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from api.schemas import (
+    DealerCreate,
+    DealerView,
+    DeliveryView,
+    ItemView,
+    OrderSummary,
+    OrderView,
+    PaymentView,
+)
+from domain.names import workflow_id_for
+from domain.payloads import from_cents
+from domain.status import DeliveryStatus, OrderStatus, PaymentStatus
+from settings import Settings
+from store.db import session
+from store.models import DealerRow, DeliveryRow, OrderItemRow, OrderRow, PaymentRow, place_key
+from store.seed import new_dealer
+
+
+class DuplicateDealerError(Exception):
+    """A dealer with this phone number exists already."""
+
+
+def order_view(engine: Engine, settings: Settings, order_id: str) -> OrderView | None:
+    """The order with its items, payment and delivery; None if the order row does not exist."""
+    with session(engine) as db:
+        order = db.get(OrderRow, order_id)
+        if order is None:
+            return None
+        items = db.exec(
+            select(OrderItemRow)
+            .where(OrderItemRow.order_id == order_id)
+            .order_by(col(OrderItemRow.id))
+        ).all()
+        payment = db.exec(select(PaymentRow).where(PaymentRow.order_id == order_id)).first()
+        delivery = db.exec(select(DeliveryRow).where(DeliveryRow.order_id == order_id)).first()
+    workflow_id = workflow_id_for(order_id)
+    return OrderView(
+        order_id=order.id,
+        workflow_id=workflow_id,
+        workflow_url=settings.workflow_url(workflow_id),
+        status=OrderStatus(order.status),
+        customer_id=order.customer_id,
+        total_amount=from_cents(order.total_cents),
+        province=order.province,
+        city=order.city,
+        items=[
+            ItemView(
+                product_id=i.product_id,
+                quantity=i.quantity,
+                unit_price=from_cents(i.unit_price_cents),
+            )
+            for i in items
+        ],
+        payment=PaymentView(
+            payment_id=payment.id,
+            status=PaymentStatus(payment.status),
+            amount=from_cents(payment.amount_cents),
+        )
+        if payment
+        else None,
+        delivery=DeliveryView(
+            delivery_id=delivery.id,
+            status=DeliveryStatus(delivery.status),
+            dealer_id=delivery.dealer_id,
+        )
+        if delivery
+        else None,
+    )
+
+
+def list_orders(
+    engine: Engine,
+    settings: Settings,
+    *,
+    status: OrderStatus | None,
+    customer_id: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[OrderSummary], int]:
+    """A page of orders, newest first, and the total matching the filters."""
+    filters = []
+    if status is not None:
+        filters.append(col(OrderRow.status) == status)
+    if customer_id is not None:
+        filters.append(col(OrderRow.customer_id) == customer_id)
+    with session(engine) as db:
+        total = db.exec(select(func.count()).select_from(OrderRow).where(*filters)).one()
+        rows = db.exec(
+            select(OrderRow)
+            .where(*filters)
+            .order_by(col(OrderRow.created_at).desc(), col(OrderRow.id))
+            .limit(limit)
+            .offset(offset)
+        ).all()
+    return [
+        OrderSummary(
+            order_id=r.id,
+            customer_id=r.customer_id,
+            status=OrderStatus(r.status),
+            total_amount=from_cents(r.total_cents),
+            province=r.province,
+            city=r.city,
+            created_at=r.created_at,
+            workflow_id=workflow_id_for(r.id),
+            workflow_url=settings.workflow_url(workflow_id_for(r.id)),
+        )
+        for r in rows
+    ], total
+
+
+def get_payment(engine: Engine, payment_id: str) -> PaymentRow | None:
+    with session(engine) as db:
+        return db.get(PaymentRow, payment_id)
+
+
+def get_delivery(engine: Engine, delivery_id: str) -> DeliveryRow | None:
+    with session(engine) as db:
+        return db.get(DeliveryRow, delivery_id)
+
+
+def _dealer_view(row: DealerRow) -> DealerView:
+    assert row.id is not None
+    return DealerView(
+        id=row.id,
+        name=row.name,
+        phone=row.phone,
+        province=row.province,
+        city=row.city,
+        capacity=row.capacity,
+        active_deliveries=row.active_deliveries,
+    )
+
+
+def list_dealers(
+    engine: Engine, *, province: str | None, city: str | None, limit: int, offset: int
+) -> list[DealerView]:
+    filters = []
+    if province is not None:
+        filters.append(col(DealerRow.province_key) == place_key(province))
+    if city is not None:
+        filters.append(col(DealerRow.city_key) == place_key(city))
+    with session(engine) as db:
+        rows = db.exec(
+            select(DealerRow)
+            .where(*filters)
+            .order_by(col(DealerRow.id))
+            .limit(limit)
+            .offset(offset)
+        ).all()
+    return [_dealer_view(r) for r in rows]
+
+
+def add_dealer(engine: Engine, dealer: DealerCreate) -> DealerView:
+    """Insert a dealer; raises DuplicateDealerError if its phone number is taken."""
+    row = new_dealer(dealer.name, dealer.phone, dealer.province, dealer.city, dealer.capacity)
+    with session(engine) as db:
+        db.add(row)
+        try:
+            db.commit()
+        except IntegrityError as err:
+            raise DuplicateDealerError(dealer.phone) from err
+        return _dealer_view(row)
+
+
+def ping(engine: Engine) -> None:
+    with session(engine) as db:
+        db.exec(select(1)).one()

@@ -1,0 +1,36 @@
+"""/deliveries: the dealer reports the parcel delivered."""
+
+import uuid
+
+from fastapi import APIRouter, status
+from starlette.concurrency import run_in_threadpool
+
+from api import queries
+from api.deps import ServicesDep
+from api.errors import ConflictError, NotFoundError
+from api.schemas import Accepted, Problem
+from domain.status import DeliveryStatus
+
+router = APIRouter(prefix="/deliveries", tags=["deliveries"])
+
+
+@router.post(
+    "/{delivery_id}/delivered",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    responses={404: {"model": Problem}, 409: {"model": Problem}},
+)
+async def mark_delivered(delivery_id: uuid.UUID, services: ServicesDep) -> Accepted:
+    """Report an IN_TRANSIT delivery delivered. 404 unknown, 409 not in transit."""
+    key = str(delivery_id)
+    delivery = await run_in_threadpool(queries.get_delivery, services.engine, key)
+    if delivery is None:
+        raise NotFoundError(f"delivery {key} does not exist")
+    if delivery.status != DeliveryStatus.IN_TRANSIT:
+        raise ConflictError(f"delivery {key} is {delivery.status}, not IN_TRANSIT")
+    await services.saga.report_delivered(delivery.order_id, key)
+    return Accepted(
+        order_id=delivery.order_id,
+        detail="delivery report sent to the saga",
+        order_url=f"/orders/{delivery.order_id}",
+    )

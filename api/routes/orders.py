@@ -1,0 +1,142 @@
+"""/orders: start sagas, read them, cancel them."""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+from starlette.concurrency import run_in_threadpool
+from temporalio.service import RPCError
+
+from api import queries
+from api.deps import ServicesDep
+from api.errors import NotFoundError
+from api.schemas import Accepted, OrderPage, OrderView, Problem
+from domain import names
+from domain.payloads import OrderRequest
+from domain.status import OrderStatus
+
+router = APIRouter(prefix="/orders", tags=["orders"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="Same key (for the same customer) again: the same order, no second saga.",
+    ),
+]
+OrderId = Annotated[uuid.UUID, "order id"]
+
+
+def _order_url(order_id: str) -> str:
+    return f"/orders/{order_id}"
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=OrderView,
+    responses={202: {"model": Accepted}, 503: {"model": Problem}},
+)
+async def create_order(
+    body: OrderRequest,
+    services: ServicesDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> OrderView | Response:
+    """Start the order's saga and answer with the order and its pending payment.
+
+    201 once the payment exists (the usual case, within a few hundred ms), 202 with a
+    ``Location`` to poll when it does not exist yet. ``Idempotency-Key``: a retried request
+    returns the same order (header ``Idempotent-Replayed: true``) and starts nothing.
+    """
+    order_id = (
+        names.order_id_for_idempotency_key(body.customer_id, idempotency_key)
+        if idempotency_key
+        else str(uuid.uuid4())
+    )
+    state, existed = await services.saga.start(order_id, body)
+    view = await run_in_threadpool(queries.order_view, services.engine, services.settings, order_id)
+    if existed:
+        response.headers["Idempotent-Replayed"] = "true"
+    if view is None or view.payment is None:
+        accepted = Accepted(
+            order_id=order_id, detail="the saga is starting", order_url=_order_url(order_id)
+        )
+        return Response(
+            accepted.model_dump_json(),
+            status_code=status.HTTP_202_ACCEPTED,
+            media_type="application/json",
+            headers={"Location": _order_url(order_id), **dict(response.headers)},
+        )
+    response.headers["Location"] = _order_url(order_id)
+    view.saga = state
+    return view
+
+
+# Seed-compatible alias of POST /orders (the original example's route name).
+router.add_api_route(
+    "/create_order",
+    create_order,
+    methods=["POST"],
+    status_code=status.HTTP_201_CREATED,
+    response_model=OrderView,
+    include_in_schema=False,
+)
+
+
+@router.get("", response_model=OrderPage)
+def list_orders(
+    services: ServicesDep,
+    status_filter: Annotated[OrderStatus | None, Query(alias="status")] = None,
+    customer_id: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> OrderPage:
+    """Orders, newest first, filtered by status and customer."""
+    items, total = queries.list_orders(
+        services.engine,
+        services.settings,
+        status=status_filter,
+        customer_id=customer_id,
+        limit=limit,
+        offset=offset,
+    )
+    return OrderPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{order_id}", response_model=OrderView, responses={404: {"model": Problem}})
+async def get_order(order_id: uuid.UUID, services: ServicesDep) -> OrderView:
+    """The order, its payment and delivery (database) and the saga's state (workflow query)."""
+    key = str(order_id)
+    view = await run_in_threadpool(queries.order_view, services.engine, services.settings, key)
+    try:
+        saga = await services.saga.state(key)
+    except RPCError:
+        saga = None  # Temporal or the worker is down: the database still answers.
+    if view is None:
+        if saga is None:
+            raise NotFoundError(f"order {key} does not exist")
+        workflow_id = names.workflow_id_for(key)
+        view = OrderView(
+            order_id=key,
+            workflow_id=workflow_id,
+            workflow_url=services.settings.workflow_url(workflow_id),
+            status=None,
+        )
+    view.saga = saga
+    return view
+
+
+@router.post(
+    "/{order_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    responses={404: {"model": Problem}, 409: {"model": Problem}},
+)
+async def cancel_order(order_id: uuid.UUID, services: ServicesDep) -> Accepted:
+    """Cancel the order before a dealer is assigned; the saga refunds and cancels. 409 after."""
+    key = str(order_id)
+    await services.saga.cancel(key)
+    return Accepted(order_id=key, detail="cancellation requested", order_url=_order_url(key))

@@ -1,0 +1,54 @@
+"""/payments: the customer's decision, delivered into the saga as a signal."""
+
+import uuid
+
+from fastapi import APIRouter, status
+from starlette.concurrency import run_in_threadpool
+
+from api import queries
+from api.deps import Services, ServicesDep
+from api.errors import ConflictError, NotFoundError
+from api.schemas import Accepted, Problem
+from domain.status import PaymentStatus
+
+router = APIRouter(prefix="/payments", tags=["payments"])
+
+RESPONSES: dict[int | str, dict[str, object]] = {404: {"model": Problem}, 409: {"model": Problem}}
+
+
+async def _decide(services: Services, payment_id: uuid.UUID, *, confirm: bool) -> Accepted:
+    key = str(payment_id)
+    payment = await run_in_threadpool(queries.get_payment, services.engine, key)
+    if payment is None:
+        raise NotFoundError(f"payment {key} does not exist")
+    if payment.status != PaymentStatus.PENDING:
+        raise ConflictError(f"payment {key} is {payment.status}, not PENDING")
+    await services.saga.decide_payment(payment.order_id, key, confirm=confirm)
+    verb = "confirmation" if confirm else "cancellation"
+    return Accepted(
+        order_id=payment.order_id,
+        detail=f"payment {verb} sent to the saga",
+        order_url=f"/orders/{payment.order_id}",
+    )
+
+
+@router.post(
+    "/{payment_id}/confirm",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    responses=RESPONSES,
+)
+async def confirm_payment(payment_id: uuid.UUID, services: ServicesDep) -> Accepted:
+    """Confirm a PENDING payment. 404 unknown, 409 not pending or already decided."""
+    return await _decide(services, payment_id, confirm=True)
+
+
+@router.post(
+    "/{payment_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    responses=RESPONSES,
+)
+async def cancel_payment(payment_id: uuid.UUID, services: ServicesDep) -> Accepted:
+    """Cancel a PENDING payment; the saga cancels the order. 404 unknown, 409 not pending."""
+    return await _decide(services, payment_id, confirm=False)

@@ -1,0 +1,145 @@
+"""The API's gateway to the saga: starts workflows, sends signals, cancels, queries.
+
+Everything the HTTP handlers need from Temporal goes through here, so handlers hold no
+business logic and there is one place that knows the workflow's contract.
+"""
+
+import asyncio
+from datetime import timedelta
+
+from temporalio.client import (
+    Client,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.errors import ConflictError, NotFoundError
+from domain import names
+from domain.payloads import (
+    DeliveredReport,
+    OrderProcessInput,
+    OrderRequest,
+    PaymentDecision,
+    SagaState,
+)
+from domain.status import OrderStatus, SagaPhase
+from settings import Settings
+from workflows import OrderProcessWorkflow
+from workflows.order_process import ORDER_STATUS
+
+QUERY_TIMEOUT = timedelta(seconds=5)
+DECISION_SIGNALS = (names.SIGNAL_CONFIRM_PAYMENT, names.SIGNAL_CANCEL_PAYMENT)
+
+SagaHandle = WorkflowHandle[OrderProcessWorkflow, SagaState]
+
+
+class SagaGateway:
+    """Typed access to OrderProcessWorkflow executions, one per order id."""
+
+    def __init__(self, client: Client, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+
+    def handle(self, order_id: str) -> SagaHandle:
+        return self._client.get_workflow_handle_for(
+            OrderProcessWorkflow.run, names.workflow_id_for(order_id)
+        )
+
+    async def start(self, order_id: str, request: OrderRequest) -> tuple[SagaState | None, bool]:
+        """Start the order's saga (once) and wait briefly until its payment exists.
+
+        Returns the saga state (None if the payment did not exist within the wait) and
+        whether the saga existed already (a retried request with the same idempotency key).
+        """
+        workflow_id = names.workflow_id_for(order_id)
+        total = request.total_amount
+        try:
+            handle: SagaHandle = await self._client.start_workflow(
+                OrderProcessWorkflow.run,
+                OrderProcessInput(
+                    order_id=order_id, request=request, timeouts=self._settings.saga_timeouts
+                ),
+                id=workflow_id,
+                task_queue=names.WORKFLOW_TASK_QUEUE,
+                # A business key: one order never gets a second saga, even after it ends.
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=TypedSearchAttributes(
+                    [SearchAttributePair(ORDER_STATUS, OrderStatus.PENDING.value)]
+                ),
+                static_summary=(
+                    f"Order {order_id}: customer {request.customer_id}, {total}, "
+                    f"{request.city} ({request.province})"
+                ),
+            )
+            existed = False
+        except WorkflowAlreadyStartedError:
+            handle, existed = self.handle(order_id), True
+        return await self._wait_for_payment(handle), existed
+
+    async def _wait_for_payment(self, handle: SagaHandle) -> SagaState | None:
+        try:
+            async with asyncio.timeout(self._settings.order_create_wait_seconds):
+                state: SagaState = await handle.execute_update(
+                    names.UPDATE_WAIT_FOR_PAYMENT, result_type=SagaState
+                )
+                return state
+        except TimeoutError:
+            return None
+        except (WorkflowUpdateFailedError, RPCError):
+            # The saga has already ended (updates need a running workflow): the caller
+            # reads the order from the database instead.
+            return None
+
+    async def state(self, order_id: str) -> SagaState | None:
+        """The saga's state by query; None if no saga exists for this order."""
+        try:
+            return await self.handle(order_id).query(
+                OrderProcessWorkflow.state, rpc_timeout=QUERY_TIMEOUT
+            )
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+
+    async def require_state(self, order_id: str) -> SagaState:
+        state = await self.state(order_id)
+        if state is None:
+            raise NotFoundError(f"order {order_id} does not exist")
+        return state
+
+    async def cancel(self, order_id: str) -> None:
+        """Cancel the saga before its pivot; it compensates. 409 once a dealer is assigned."""
+        state = await self.require_state(order_id)
+        if state.phase in (SagaPhase.IN_TRANSIT, SagaPhase.DELIVERED):
+            raise ConflictError(
+                f"order {order_id} is past dealer assignment and cannot be cancelled"
+            )
+        if state.phase in (SagaPhase.COMPENSATING, SagaPhase.CANCELLED):
+            raise ConflictError(f"order {order_id} is already cancelled")
+        await self.handle(order_id).cancel()
+
+    async def decide_payment(self, order_id: str, payment_id: str, *, confirm: bool) -> None:
+        """Send the customer's decision; 409 if the saga no longer waits for one."""
+        state = await self.require_state(order_id)
+        decided = [s.name for s in state.signals if s.applied and s.name in DECISION_SIGNALS]
+        if decided:
+            raise ConflictError(f"payment {payment_id} was already decided ({decided[0]})")
+        if state.phase not in (SagaPhase.STARTED, SagaPhase.AWAITING_PAYMENT):
+            raise ConflictError(f"payment {payment_id} is not pending (saga is {state.phase})")
+        signal = (
+            OrderProcessWorkflow.confirm_payment if confirm else OrderProcessWorkflow.cancel_payment
+        )
+        await self.handle(order_id).signal(signal, PaymentDecision(payment_id=payment_id))
+
+    async def report_delivered(self, order_id: str, delivery_id: str) -> None:
+        """Tell the saga the dealer delivered the parcel."""
+        await self.handle(order_id).signal(
+            OrderProcessWorkflow.mark_delivered, DeliveredReport(delivery_id=delivery_id)
+        )

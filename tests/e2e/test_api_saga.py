@@ -1,0 +1,190 @@
+"""End to end: the FastAPI app over HTTP, a real worker, the real Temporal dev server."""
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from temporalio.client import WorkflowExecutionStatus
+
+from tests.e2e.conftest import Stack
+from tests.saga_harness import db_statuses
+from workflows.order_process import ORDER_STATUS
+
+ORDER = {
+    "customer_id": "e2e-customer",
+    "items": [
+        {"product_id": "book", "quantity": 2, "unit_price": "12.50"},
+        {"product_id": "pen", "quantity": 1, "unit_price": "3.10"},
+    ],
+    "province": "Tehran",
+    "city": "Tehran",
+}
+
+
+async def eventually(
+    stack: Stack, order_id: str, predicate: Callable[[dict[str, Any]], bool], within: float = 20
+) -> dict[str, Any]:
+    """Poll GET /orders/{id} until ``predicate`` holds (deadline, not a fixed sleep)."""
+    deadline = time.monotonic() + within
+    while True:
+        response = await stack.http.get(f"/orders/{order_id}")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        if predicate(body):
+            return body
+        assert time.monotonic() < deadline, f"order never reached the expected state: {body}"
+        await asyncio.sleep(0.1)
+
+
+async def add_dealer(stack: Stack, city: str, capacity: int = 1) -> dict[str, Any]:
+    response = await stack.http.post(
+        "/dealers",
+        json={
+            "name": f"Dealer of {city}",
+            "phone": f"+1 {uuid.uuid4().int % 10**9}",
+            "province": "Tehran",
+            "city": city,
+            "capacity": capacity,
+        },
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def place_order(stack: Stack, **changes: Any) -> dict[str, Any]:
+    response = await stack.http.post("/orders", json={**ORDER, **changes})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    assert body["status"] == "PENDING"
+    assert body["payment"]["status"] == "PENDING"
+    return body
+
+
+async def test_confirmed_order_is_delivered_and_frees_its_dealer(stack: Stack) -> None:
+    dealer = await add_dealer(stack, "Tehran", capacity=1)
+    order = await place_order(stack)
+    assert order["total_amount"] == "28.10"
+    assert order["workflow_url"].endswith(f"/workflows/{order['workflow_id']}")
+
+    confirm = await stack.http.post(f"/payments/{order['payment']['payment_id']}/confirm")
+    assert confirm.status_code == 202, confirm.text
+    body = await eventually(
+        stack, order["order_id"], lambda o: (o["delivery"] or {}).get("status") == "IN_TRANSIT"
+    )
+    assert body["status"] == "CONFIRMED"
+    assert body["payment"]["status"] == "COMPLETED"
+    assert body["delivery"]["dealer_id"] == dealer["id"]
+    described = await stack.client.get_workflow_handle(order["workflow_id"]).describe()
+    assert described.typed_search_attributes.get(ORDER_STATUS) == "CONFIRMED"
+
+    delivered = await stack.http.post(f"/deliveries/{body['delivery']['delivery_id']}/delivered")
+    assert delivered.status_code == 202, delivered.text
+    body = await eventually(stack, order["order_id"], lambda o: o["status"] == "DELIVERED")
+    assert body["delivery"]["status"] == "DELIVERED"
+    assert body["saga"]["phase"] == "DELIVERED"
+    assert db_statuses(stack.engine, order["order_id"]) == {
+        "order": "DELIVERED",
+        "payment": "COMPLETED",
+        "delivery": "DELIVERED",
+        "dealer_id": dealer["id"],
+        "payments": 1,
+        "deliveries": 1,
+    }
+    dealers = (await stack.http.get("/dealers", params={"city": "TEHRAN"})).json()
+    assert {d["id"]: d["active_deliveries"] for d in dealers}[dealer["id"]] == 0
+    handle = stack.client.get_workflow_handle(order["workflow_id"])
+    assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+
+
+async def test_order_to_a_city_without_dealers_is_refunded_and_cancelled(stack: Stack) -> None:
+    order = await place_order(stack, city="Nowhere Town")
+    confirm = await stack.http.post(f"/payments/{order['payment']['payment_id']}/confirm")
+    assert confirm.status_code == 202
+    body = await eventually(stack, order["order_id"], lambda o: o["status"] == "CANCELLED")
+    body = await eventually(stack, order["order_id"], lambda o: o["saga"]["phase"] == "CANCELLED")
+    assert body["payment"]["status"] == "REFUNDED"
+    assert body["delivery"]["status"] == "CANCELLED"
+    assert body["saga"]["failure_type"] == "NoDealerAvailable"
+    assert [c["name"] for c in body["saga"]["compensations"]] == [
+        "cancel_delivery",
+        "cancel_or_refund_payment",
+        "cancel_order",
+    ]
+    assert db_statuses(stack.engine, order["order_id"])["payment"] == "REFUNDED"
+    described = await stack.client.get_workflow_handle(order["workflow_id"]).describe()
+    assert described.status == WorkflowExecutionStatus.COMPLETED
+    assert described.typed_search_attributes.get(ORDER_STATUS) == "CANCELLED"
+
+
+async def test_cancelling_an_order_awaiting_payment_cancels_its_payment(stack: Stack) -> None:
+    order = await place_order(stack)
+    response = await stack.http.post(f"/orders/{order['order_id']}/cancel")
+    assert response.status_code == 202, response.text
+    body = await eventually(stack, order["order_id"], lambda o: o["saga"]["phase"] == "CANCELLED")
+    assert body["status"] == "CANCELLED"
+    assert body["payment"]["status"] == "CANCELLED"
+    handle = stack.client.get_workflow_handle(order["workflow_id"])
+    assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
+    # The payment is no longer pending: a late confirm is refused, not applied.
+    late = await stack.http.post(f"/payments/{order['payment']['payment_id']}/confirm")
+    assert late.status_code == 409
+    again = await stack.http.post(f"/orders/{order['order_id']}/cancel")
+    assert again.status_code == 409
+
+
+async def test_customer_cancel_cancels_payment_and_order(stack: Stack) -> None:
+    order = await place_order(stack)
+    response = await stack.http.post(f"/payments/{order['payment']['payment_id']}/cancel")
+    assert response.status_code == 202
+    body = await eventually(stack, order["order_id"], lambda o: o["saga"]["phase"] == "CANCELLED")
+    assert (body["status"], body["payment"]["status"]) == ("CANCELLED", "CANCELLED")
+    assert body["saga"]["failure_type"] == "PaymentCancelled"
+
+
+async def test_same_idempotency_key_gives_the_same_order_and_one_saga(stack: Stack) -> None:
+    key = {"Idempotency-Key": f"key-{uuid.uuid4()}"}
+    first = await stack.http.post("/orders", json=ORDER, headers=key)
+    second = await stack.http.post("/orders", json=ORDER, headers=key)
+    assert first.status_code == second.status_code == 201
+    assert first.json()["order_id"] == second.json()["order_id"]
+    assert second.headers["Idempotent-Replayed"] == "true"
+    workflow_id = first.json()["workflow_id"]
+    runs = [w async for w in stack.client.list_workflows(f"WorkflowId = '{workflow_id}'")]
+    assert len(runs) == 1
+    assert db_statuses(stack.engine, first.json()["order_id"])["payments"] == 1
+
+
+async def test_bad_requests_get_clear_4xx_and_change_nothing(stack: Stack) -> None:
+    before = (await stack.http.get("/orders")).json()["total"]
+    bad_bodies = [
+        {**ORDER, "items": []},
+        {**ORDER, "items": [{"product_id": "a", "quantity": 0, "unit_price": "1.00"}]},
+        {**ORDER, "items": [{"product_id": "a", "quantity": 11, "unit_price": "1.00"}]},
+        {**ORDER, "items": [{"product_id": "a", "quantity": 1, "unit_price": "-1.00"}]},
+        {**ORDER, "items": [{"product_id": "a", "quantity": 1, "unit_price": "1.001"}]},
+        {**ORDER, "city": ""},
+        {**ORDER, "unexpected": 1},
+    ]
+    for body in bad_bodies:
+        response = await stack.http.post("/orders", json=body)
+        assert response.status_code == 422, (body, response.text)
+    assert (await stack.http.post("/orders", content=b"not json")).status_code == 422
+    assert (await stack.http.get("/orders")).json()["total"] == before
+
+    unknown = uuid.uuid4()
+    assert (await stack.http.post(f"/payments/{unknown}/confirm")).status_code == 404
+    assert (await stack.http.post(f"/payments/{unknown}/cancel")).status_code == 404
+    assert (await stack.http.post(f"/deliveries/{unknown}/delivered")).status_code == 404
+    assert (await stack.http.get(f"/orders/{unknown}")).status_code == 404
+    assert (await stack.http.post(f"/orders/{unknown}/cancel")).status_code == 404
+    assert (await stack.http.post("/payments/not-a-uuid/confirm")).status_code == 422
+    assert (await stack.http.get("/orders", params={"status": "NOPE"})).status_code == 422
+
+
+async def test_readiness_reports_database_and_temporal(stack: Stack) -> None:
+    response = await stack.http.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"ready": True, "database": "ok", "temporal": "ok"}
