@@ -15,6 +15,7 @@ import logging
 import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine
@@ -31,6 +32,7 @@ from store.db import create_schema, make_engine
 from workflows import OrderProcessWorkflow
 
 log = logging.getLogger("worker")
+GRACEFUL_SHUTDOWN = timedelta(seconds=10)
 
 
 def service_activities(engine: Engine) -> dict[str, list[Callable[..., Any]]]:
@@ -73,9 +75,9 @@ def build_workers(
     executor: ThreadPoolExecutor,
     queues: Sequence[str] = names.ALL_TASK_QUEUES,
     *,
-    task_queue_suffix: str = "",
+    max_concurrent_activities: int = 16,
 ) -> list[Worker]:
-    """One worker per requested task queue. ``task_queue_suffix`` isolates test runs."""
+    """One worker per requested task queue; activities run on ``executor``'s threads."""
     activities = service_activities(engine)
     workers = []
     for queue in queues:
@@ -83,7 +85,7 @@ def build_workers(
             workers.append(
                 Worker(
                     client,
-                    task_queue=queue + task_queue_suffix,
+                    task_queue=queue,
                     workflows=[OrderProcessWorkflow],
                     workflow_runner=workflow_runner(),
                 )
@@ -92,10 +94,13 @@ def build_workers(
             workers.append(
                 Worker(
                     client,
-                    task_queue=queue + task_queue_suffix,
+                    task_queue=queue,
                     activities=activities[queue],
                     activity_executor=executor,
-                    max_concurrent_activities=executor._max_workers,
+                    max_concurrent_activities=max_concurrent_activities,
+                    # On shutdown, let running activities finish their transaction and
+                    # report, rather than have Temporal retry them after a timeout.
+                    graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
                 )
             )
     return workers
@@ -115,7 +120,14 @@ async def run(settings: Settings, queues: Sequence[str]) -> None:
             settings.activity_threads, thread_name_prefix="activity"
         ) as executor:
             async with contextlib.AsyncExitStack() as stack:
-                for worker in build_workers(client, engine, executor, queues):
+                workers = build_workers(
+                    client,
+                    engine,
+                    executor,
+                    queues,
+                    max_concurrent_activities=settings.activity_threads,
+                )
+                for worker in workers:
                     await stack.enter_async_context(worker)
                 log.info("worker polling %s on %s", ", ".join(queues), settings.temporal_address)
                 await stop.wait()

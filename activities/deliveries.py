@@ -84,7 +84,10 @@ class DeliveryActivities:
             except IntegrityError:
                 db.rollback()  # a concurrent attempt created it: return that one
                 existing = self._for_order(db, params.order_id)
-                assert existing is not None
+                if existing is None:  # the foreign key refused it: no such order
+                    raise business_error(
+                        names.ENTITY_NOT_FOUND, f"order {params.order_id} does not exist"
+                    ) from None
                 return _snapshot(existing)
             return _snapshot(delivery)
 
@@ -149,7 +152,8 @@ class DeliveryActivities:
             if transition(
                 db, DeliveryRow, delivery.id, [DeliveryStatus.IN_TRANSIT], DeliveryStatus.DELIVERED
             ):
-                assert delivery.dealer_id is not None
+                db.refresh(delivery)  # the dealer the guarded update saw, not a stale read
+                assert delivery.dealer_id is not None, "an IN_TRANSIT delivery has a dealer"
                 _release_capacity(db, delivery.dealer_id)
                 db.commit()
             db.refresh(delivery)
@@ -177,6 +181,9 @@ class DeliveryActivities:
             ):
                 db.commit()
                 return CompensationOutcome(action="cancelled", status=DeliveryStatus.CANCELLED)
+            # No longer PENDING: an assignment may have committed since the read above (under
+            # PostgreSQL's READ COMMITTED), so read the dealer it set, not the stale None.
+            db.refresh(delivery)
             dealer_id = delivery.dealer_id
             if dealer_id is not None and transition(
                 db, DeliveryRow, delivery.id, [DeliveryStatus.IN_TRANSIT], DeliveryStatus.CANCELLED

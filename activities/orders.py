@@ -52,17 +52,19 @@ class OrderActivities:
                 city=request.city,
             )
             db.add(order)
-            db.flush()  # the order row first: items reference it
-            db.add_all(
-                OrderItemRow(
-                    order_id=order.id,
-                    product_id=item.product_id,
-                    quantity=item.quantity,
-                    unit_price_cents=to_cents(item.unit_price),
-                )
-                for item in request.items
-            )
             try:
+                # The order row first: items reference it. On PostgreSQL a concurrent
+                # attempt's insert of the same id fails here, at the flush, not at commit.
+                db.flush()
+                db.add_all(
+                    OrderItemRow(
+                        order_id=order.id,
+                        product_id=item.product_id,
+                        quantity=item.quantity,
+                        unit_price_cents=to_cents(item.unit_price),
+                    )
+                    for item in request.items
+                )
                 db.commit()
             except IntegrityError:
                 # A concurrent attempt inserted it first: theirs is the order.

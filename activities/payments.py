@@ -62,7 +62,11 @@ class PaymentActivities:
                 db.rollback()  # a concurrent attempt created it: return that one
                 existing = db.exec(
                     select(PaymentRow).where(PaymentRow.order_id == params.order_id)
-                ).one()
+                ).first()
+                if existing is None:  # the foreign key refused it: no such order
+                    raise business_error(
+                        names.ENTITY_NOT_FOUND, f"order {params.order_id} does not exist"
+                    ) from None
                 return _snapshot(existing)
             return _snapshot(payment)
 

@@ -56,7 +56,7 @@ stop_all() {
   rm -f "$PIDS_FILE"
   say "stopped. Data kept in $DATA_DIR/ (delete it to start from scratch)."
 }
-trap 'interrupted=1; exit 130' INT TERM
+trap 'interrupted=1; exit 0' INT TERM
 trap stop_all EXIT
 
 start() { # name, command...
