@@ -139,7 +139,17 @@ class SagaGateway:
         await self.handle(order_id).signal(signal, PaymentDecision(payment_id=payment_id))
 
     async def report_delivered(self, order_id: str, delivery_id: str) -> None:
-        """Tell the saga the dealer delivered the parcel."""
+        """Tell the saga the dealer delivered the parcel; 409 unless it waits for that report.
+
+        The saga takes the report only once it has seen the dealer assignment (its pivot),
+        which can trail the database by a moment: answer 409 then, rather than accept a
+        report the saga would ignore.
+        """
+        state = await self.require_state(order_id)
+        if state.phase != SagaPhase.IN_TRANSIT:
+            raise ConflictError(
+                f"order {order_id} is not waiting for a delivery report (saga is {state.phase})"
+            )
         await self.handle(order_id).signal(
             OrderProcessWorkflow.mark_delivered, DeliveredReport(delivery_id=delivery_id)
         )

@@ -1,9 +1,11 @@
 """Helpers to run the saga against real workers: real activities, a real database.
 
 Fakes, where a test needs a fault, are registered under the real activity name
-(``with_overrides``), never patched in.
+(``saga_workers(..., overrides=[fake])``), never patched in.
 """
 
+import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,20 +20,28 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
+from activities.payments import PaymentActivities
 from domain import names
 from domain.payloads import (
+    CompensationOutcome,
     OrderItem,
     OrderProcessInput,
+    OrderRef,
     OrderRequest,
+    PaymentDecision,
     SagaState,
     SagaTimeouts,
     ServiceQueues,
 )
+from domain.status import SagaPhase
 from store.db import session
 from store.models import DealerRow, DeliveryRow, OrderRow, PaymentRow
 from store.seed import new_dealer
 from worker import service_activities, workflow_runner
 from workflows import OrderProcessWorkflow
+from workflows.order_process import ORDER_STATUS
+
+SagaHandle = WorkflowHandle[OrderProcessWorkflow, SagaState]
 
 FAST_DEALER_RETRY = SagaTimeouts(
     payment_window=timedelta(minutes=30),
@@ -54,10 +64,16 @@ def order_request(city: str = "Tehran", province: str = "Tehran", **kw: Any) -> 
 
 
 def add_dealer(
-    engine: Engine, *, city: str = "Tehran", province: str = "Tehran", capacity: int = 2
+    engine: Engine,
+    *,
+    city: str = "Tehran",
+    province: str = "Tehran",
+    capacity: int = 2,
+    active_deliveries: int = 0,
 ) -> int:
     with session(engine) as db:
         dealer = new_dealer("Dealer", f"+1-{uuid.uuid4().hex[:12]}", province, city, capacity)
+        dealer.active_deliveries = active_deliveries
         db.add(dealer)
         db.commit()
         assert dealer.id is not None
@@ -109,7 +125,7 @@ async def start_saga(
     suffix: str,
     request: OrderRequest | None = None,
     timeouts: SagaTimeouts = FAST_DEALER_RETRY,
-) -> WorkflowHandle[OrderProcessWorkflow, SagaState]:
+) -> SagaHandle:
     order_id = str(uuid.uuid4())
     return await client.start_workflow(
         OrderProcessWorkflow.run,
@@ -140,8 +156,89 @@ def db_statuses(engine: Engine, order_id: str) -> dict[str, Any]:
     }
 
 
+def set_dealer_load(engine: Engine, dealer_id: int, active_deliveries: int) -> None:
+    """Set how many parcels a dealer carries (another order finished or took one)."""
+    with session(engine) as db:
+        dealer = db.get(DealerRow, dealer_id)
+        assert dealer is not None
+        dealer.active_deliveries = active_deliveries
+        db.add(dealer)
+        db.commit()
+
+
 def dealer_load(engine: Engine, dealer_id: int) -> int:
     with session(engine) as db:
         dealer = db.get(DealerRow, dealer_id)
         assert dealer is not None
         return dealer.active_deliveries
+
+
+async def wait_for_phase(
+    handle: SagaHandle,
+    phase: SagaPhase,
+    *,
+    until: Callable[[SagaState], bool] = lambda _: True,
+    within: float = 10.0,
+) -> SagaState:
+    """Poll the ``state`` query until the saga is in ``phase`` and ``until(state)`` holds.
+
+    Fails the test, showing the last state seen, after ``within`` seconds of real time.
+    """
+    last: SagaState | None = None
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                last = await handle.query(OrderProcessWorkflow.state)
+                if last.phase == phase and until(last):
+                    return last
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        shown = last.model_dump_json(indent=1) if last else None
+        raise AssertionError(f"saga not in {phase} within {within}s; last state: {shown}") from None
+
+
+async def confirm_payment(handle: SagaHandle) -> SagaState:
+    """Wait until the payment exists, then confirm it as the customer would."""
+    # By name: mypy types the async update method's result as a coroutine of the state.
+    state: SagaState = await handle.execute_update(
+        names.UPDATE_WAIT_FOR_PAYMENT, result_type=SagaState
+    )
+    assert state.payment_id is not None
+    await handle.signal(
+        OrderProcessWorkflow.confirm_payment, PaymentDecision(payment_id=state.payment_id)
+    )
+    return state
+
+
+async def order_status_attribute(handle: SagaHandle) -> str | None:
+    """The OrderStatus search attribute of the saga's run."""
+    description = await handle.describe()
+    return description.typed_search_attributes.get(ORDER_STATUS)
+
+
+class FailingRefund:
+    """Fake ``cancel_or_refund_payment``: fails, then runs the real compensation.
+
+    It fails on its first ``failures`` calls, or, with ``failures=None``, until
+    :meth:`release` is called. ``calls`` counts every call.
+    """
+
+    def __init__(self, engine: Engine, failures: int | None = None) -> None:
+        self._real = PaymentActivities(engine)
+        self._failures = failures
+        self._released = threading.Event()
+        self._lock = threading.Lock()
+        self.calls = 0
+
+    def release(self) -> None:
+        self._released.set()
+
+    @activity.defn(name=names.CANCEL_OR_REFUND_PAYMENT)
+    def cancel_or_refund_payment(self, ref: OrderRef) -> CompensationOutcome:
+        with self._lock:
+            self.calls += 1
+            call = self.calls
+        failing = not self._released.is_set() if self._failures is None else call <= self._failures
+        if failing:
+            raise RuntimeError(f"payment provider unavailable (call {call})")
+        return self._real.cancel_or_refund_payment(ref)

@@ -49,11 +49,12 @@ class Backoff:
         return min(timedelta(seconds=seconds), self.maximum)
 
 
-async def run_shielded(coro: Awaitable[Any]) -> Any:
+async def run_shielded(coro: Awaitable[Any], *, on_cancel: Callable[[], None] | None = None) -> Any:
     """Await ``coro`` to completion even if the calling workflow task gets cancelled.
 
     The work runs in its own task; a cancellation delivered to the caller only interrupts
-    the wait, which resumes, so the work is never abandoned half-way.
+    the wait, which resumes, so the work is never abandoned half-way. The work itself never
+    sees the cancellation: ``on_cancel`` is told instead (to record it, for instance).
     """
     task = asyncio.ensure_future(coro)
     while not task.done():
@@ -61,6 +62,8 @@ async def run_shielded(coro: Awaitable[Any]) -> Any:
             await workflow.wait([task])
         except asyncio.CancelledError:
             workflow.logger.info("Cancellation requested while shielded work runs; finishing it")
+            if on_cancel is not None:
+                on_cancel()
     return task.result()
 
 

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+from temporalio.workflow import ActivityCancellationType
 
 from domain import names
 from domain.errors import business_error
@@ -98,6 +99,7 @@ class OrderProcessWorkflow:
             delivery_id=self._delivery_id,
         )
         self._decision: str | None = None
+        self._past_pivot = False
         self._delivered = False
         self._compensations = CompensationStack(
             self._state.compensations, on_retry=self._on_compensation_retry
@@ -117,7 +119,7 @@ class OrderProcessWorkflow:
                 raise  # the run closes as CANCELED, after its compensations ran
             return self._state
         # Past the pivot: a cancel request cannot undo a parcel already with its dealer.
-        await run_shielded(self._deliver())
+        await run_shielded(self._deliver(), on_cancel=self._record_ignored_cancel)
         return self._state
 
     async def _until_pivot(self) -> None:
@@ -167,7 +169,10 @@ class OrderProcessWorkflow:
         )
         state.payment_status = payment.status
         order = await self._step(
-            names.CONFIRM_ORDER, OrderRef(order_id=order_id), self._params.queues.orders, OrderSnapshot
+            names.CONFIRM_ORDER,
+            OrderRef(order_id=order_id),
+            self._params.queues.orders,
+            OrderSnapshot,
         )
         self._set_order_status(order.status)
 
@@ -193,6 +198,7 @@ class OrderProcessWorkflow:
 
         delivery = await self._assign_dealer()
         # The pivot succeeded: from here on the saga only moves forward.
+        self._past_pivot = True
         self._compensations.clear()
         state.delivery_status = delivery.status
         state.dealer_id = delivery.dealer_id
@@ -228,43 +234,36 @@ class OrderProcessWorkflow:
         deadline = workflow.now() + timeouts.dealer_assignment_window
         interval = timeouts.dealer_retry_initial_interval
         record = self._start_record(names.ASSIGN_DEALER)
-        while True:
-            try:
+        try:
+            while True:
                 delivery = await self._activity(
                     names.ASSIGN_DEALER, ref, self._params.queues.deliveries, DeliverySnapshot
                 )
-            except BaseException as err:
-                self._finish_record(record, err)
-                raise
-            if delivery.dealer_id is not None:
-                self._finish_record(record)
-                return delivery
-            remaining = deadline - workflow.now()
-            if remaining <= timedelta(0):
-                no_dealer = business_error(
-                    names.NO_DEALER_AVAILABLE,
-                    f"no dealer with free capacity in {self._params.request.city}, "
-                    f"{self._params.request.province} within {timeouts.dealer_assignment_window}",
-                )
-                self._finish_record(record, no_dealer)
-                raise no_dealer
-            record.status = RecordStatus.RETRYING
-            record.error = "no dealer with free capacity yet"
-            await workflow.sleep(min(interval, remaining))
-            interval *= 2
-            record.attempts += 1
+                if delivery.dealer_id is not None:
+                    break
+                remaining = deadline - workflow.now()
+                if remaining <= timedelta(0):
+                    raise business_error(
+                        names.NO_DEALER_AVAILABLE,
+                        f"no dealer with free capacity in {self._params.request.city}, "
+                        f"{self._params.request.province} within "
+                        f"{timeouts.dealer_assignment_window}",
+                    )
+                record.status = RecordStatus.RETRYING
+                record.error = "no dealer with free capacity yet"
+                await workflow.sleep(min(interval, remaining))
+                interval *= 2
+                record.attempts += 1
+        except BaseException as err:
+            # Also when cancelled between attempts: the record must not stay RETRYING.
+            self._finish_record(record, err)
+            raise
+        self._finish_record(record)
+        return delivery
 
     async def _deliver(self) -> None:
         """After the pivot: wait for the dealer's report, then close delivery and order."""
-        while not self._delivered:
-            try:
-                await workflow.wait_condition(lambda: self._delivered)
-            except asyncio.CancelledError:
-                self._record_signal(
-                    "cancel_request",
-                    applied=False,
-                    note="past the pivot: nothing to compensate, still delivering",
-                )
+        await workflow.wait_condition(lambda: self._delivered)
         state = self._state
         delivery = await self._step(
             names.COMPLETE_DELIVERY,
@@ -307,13 +306,14 @@ class OrderProcessWorkflow:
 
     @workflow.signal(name=names.SIGNAL_MARK_DELIVERED)
     def mark_delivered(self, report: DeliveredReport) -> None:
-        """The dealer reports the parcel delivered (only once a dealer is being assigned)."""
+        """The dealer reports the parcel delivered (taken once, only after the pivot)."""
         state = self._state
         if report.delivery_id != self._delivery_id:
             note = f"unknown delivery {report.delivery_id}"
         elif self._delivered:
             note = "already reported delivered"
-        elif state.phase not in (SagaPhase.ASSIGNING_DEALER, SagaPhase.IN_TRANSIT):
+        elif state.phase != SagaPhase.IN_TRANSIT:
+            # Before the pivot no dealer has the parcel: a report now cannot be true.
             note = f"ignored in phase {state.phase}"
         else:
             self._delivered = True
@@ -363,7 +363,14 @@ class OrderProcessWorkflow:
             result_type=result_type,
             start_to_close_timeout=ACTIVITY_TIMEOUT,
             retry_policy=STEP_RETRY,
+            # On cancel, wait for a running step to settle, so the compensation that follows
+            # sees what it did (never a row committed after its undo said "nothing to undo").
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
+        if not self._past_pivot and workflow.cancellation_reason() is not None:
+            # The step completed although the saga was cancelled while it ran: honour the
+            # cancel now, before the next step (its compensation was pushed before it ran).
+            raise asyncio.CancelledError("the saga was cancelled while a step ran")
         return result
 
     async def _step(self, name: str, arg: Any, task_queue: str, result_type: type[R]) -> R:
@@ -433,6 +440,13 @@ class OrderProcessWorkflow:
         )
         if not applied:
             workflow.logger.info("Signal %s ignored: %s", name, note)
+
+    def _record_ignored_cancel(self) -> None:
+        self._record_signal(
+            "cancel_request",
+            applied=False,
+            note="past the pivot: nothing to compensate, still delivering",
+        )
 
     def _on_compensation_retry(self, record: StepRecord) -> None:
         workflow.set_current_details(
