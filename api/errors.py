@@ -28,6 +28,12 @@ class ConflictError(ApiError):
     status_code = 409
 
 
+class IdempotencyKeyReusedError(ApiError):
+    """The same Idempotency-Key with a different body (422, as the IETF draft says)."""
+
+    status_code = 422
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map domain and infrastructure failures to HTTP answers (never a bare 500)."""
 

@@ -20,7 +20,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.errors import ConflictError, NotFoundError
+from api.errors import ConflictError, IdempotencyKeyReusedError, NotFoundError
 from domain import names
 from domain.payloads import (
     DeliveredReport,
@@ -36,6 +36,8 @@ from workflows.order_process import ORDER_STATUS
 
 QUERY_TIMEOUT = timedelta(seconds=5)
 DECISION_SIGNALS = (names.SIGNAL_CONFIRM_PAYMENT, names.SIGNAL_CANCEL_PAYMENT)
+
+REQUEST_FINGERPRINT = "request_fingerprint"
 
 SagaHandle = WorkflowHandle[OrderProcessWorkflow, SagaState]
 
@@ -60,6 +62,7 @@ class SagaGateway:
         """
         workflow_id = names.workflow_id_for(order_id)
         total = request.total_amount
+        fingerprint = request.fingerprint()
         try:
             handle: SagaHandle = await self._client.start_workflow(
                 OrderProcessWorkflow.run,
@@ -77,10 +80,17 @@ class SagaGateway:
                     f"Order {order_id}: customer {request.customer_id}, {total}, "
                     f"{request.city} ({request.province})"
                 ),
+                memo={REQUEST_FINGERPRINT: fingerprint},
             )
             existed = False
         except WorkflowAlreadyStartedError:
             handle, existed = self.handle(order_id), True
+            described = await handle.describe()
+            stored = await described.memo_value(REQUEST_FINGERPRINT, None)
+            if stored != fingerprint:
+                raise IdempotencyKeyReusedError(
+                    "this Idempotency-Key was already used for a different request"
+                ) from None
         return await self._wait_for_payment(handle), existed
 
     async def _wait_for_payment(self, handle: SagaHandle) -> SagaState | None:

@@ -4,6 +4,8 @@ They travel through Temporal with the pydantic data converter and are extended (
 duplicated) by the API's schemas. Money is an exact ``Decimal`` with two places.
 """
 
+import hashlib
+import json
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
@@ -57,6 +59,22 @@ class OrderRequest(_Payload):
     items: list[OrderItem] = Field(min_length=1, max_length=MAX_ITEMS_PER_ORDER)
     province: Name
     city: Name
+
+    def fingerprint(self) -> str:
+        """Digest of what was asked, insensitive to formatting ("12.5" == "12.50").
+
+        Stored with the saga so a reused Idempotency-Key with a different body is refused.
+        """
+        canonical = {
+            "customer_id": self.customer_id,
+            "province": self.province,
+            "city": self.city,
+            "items": [
+                [i.product_id, i.quantity, str(i.unit_price.quantize(Decimal("0.01")))]
+                for i in self.items
+            ],
+        }
+        return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
     @property
     def total_amount(self) -> Decimal:

@@ -37,7 +37,7 @@ def _order_url(order_id: str) -> str:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=OrderView,
-    responses={202: {"model": Accepted}, 503: {"model": Problem}},
+    responses={202: {"model": Accepted}, 422: {"model": Problem}, 503: {"model": Problem}},
 )
 async def create_order(
     body: OrderRequest,

@@ -12,7 +12,7 @@ from tests.e2e.conftest import Stack
 from tests.saga_harness import db_statuses
 from workflows.order_process import ORDER_STATUS
 
-ORDER = {
+ORDER: dict[str, Any] = {
     "customer_id": "e2e-customer",
     "items": [
         {"product_id": "book", "quantity": 2, "unit_price": "12.50"},
@@ -188,3 +188,22 @@ async def test_readiness_reports_database_and_temporal(stack: Stack) -> None:
     response = await stack.http.get("/readyz")
     assert response.status_code == 200
     assert response.json() == {"ready": True, "database": "ok", "temporal": "ok"}
+
+
+async def test_same_idempotency_key_with_another_body_is_refused(stack: Stack) -> None:
+    key = {"Idempotency-Key": f"key-{uuid.uuid4()}"}
+    first = await stack.http.post("/orders", json=ORDER, headers=key)
+    assert first.status_code == 201
+    # The same order written differently is the same request...
+    same = {
+        **ORDER,
+        "items": [{**i, "unit_price": i["unit_price"].rstrip("0")} for i in ORDER["items"]],
+    }
+    assert (await stack.http.post("/orders", json=same, headers=key)).status_code == 201
+    # ...another one is not, and changes nothing.
+    other = {**ORDER, "city": "Isfahan"}
+    refused = await stack.http.post("/orders", json=other, headers=key)
+    assert refused.status_code == 422
+    assert "Idempotency-Key" in refused.json()["detail"]
+    body = (await stack.http.get(f"/orders/{first.json()['order_id']}")).json()
+    assert body["city"] == "Tehran"
