@@ -5,6 +5,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from temporalio import activity
 
+from activities import faults
 from activities._transitions import transition
 from domain import names
 from domain.errors import business_error
@@ -131,7 +132,9 @@ class DeliveryActivities:
                 ):
                     db.rollback()  # cancelled concurrently: give the capacity back
                     return self.assign_dealer(ref)
+                faults.point("assign_dealer")  # capacity taken, not committed
                 db.commit()
+                faults.point("after_commit.assign_dealer")
                 db.refresh(delivery)
                 return _snapshot(delivery)
         # Contention kept stealing every free dealer; an ordinary retry will sort it out.
@@ -179,6 +182,7 @@ class DeliveryActivities:
             if transition(
                 db, DeliveryRow, delivery.id, [DeliveryStatus.PENDING], DeliveryStatus.CANCELLED
             ):
+                faults.point("compensation")
                 db.commit()
                 return CompensationOutcome(action="cancelled", status=DeliveryStatus.CANCELLED)
             # No longer PENDING: an assignment may have committed since the read above (under

@@ -4,6 +4,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 
+from activities import faults
 from activities._transitions import transition
 from domain import names
 from domain.errors import business_error
@@ -70,6 +71,7 @@ class OrderActivities:
                 # A concurrent attempt inserted it first: theirs is the order.
                 db.rollback()
                 return self._get(params.order_id)
+            faults.point("after_commit.create_order")
             return _snapshot(order)
 
     @activity.defn(name=names.CONFIRM_ORDER)
@@ -97,6 +99,7 @@ class OrderActivities:
                 [OrderStatus.PENDING, OrderStatus.CONFIRMED],
                 OrderStatus.CANCELLED,
             ):
+                faults.point("compensation")
                 db.commit()
                 return CompensationOutcome(action="cancelled", status=OrderStatus.CANCELLED)
             row = db.get(OrderRow, ref.order_id)

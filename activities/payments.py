@@ -5,6 +5,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 from temporalio import activity
 
+from activities import faults
 from activities._transitions import transition
 from domain import names
 from domain.errors import business_error
@@ -19,7 +20,7 @@ from domain.payloads import (
 )
 from domain.status import PaymentStatus
 from store.db import session
-from store.models import PaymentRow, utcnow
+from store.models import PaymentRow, RefundRow, utcnow
 
 
 def _snapshot(row: PaymentRow) -> PaymentSnapshot:
@@ -68,6 +69,7 @@ class PaymentActivities:
                         names.ENTITY_NOT_FOUND, f"order {params.order_id} does not exist"
                     ) from None
                 return _snapshot(existing)
+            faults.point("after_commit.create_payment")
             return _snapshot(payment)
 
     @activity.defn(name=names.COMPLETE_PAYMENT)
@@ -78,6 +80,7 @@ class PaymentActivities:
                 db, PaymentRow, ref.payment_id, [PaymentStatus.PENDING], PaymentStatus.COMPLETED
             ):
                 db.commit()
+                faults.point("after_commit.complete_payment")
             row = db.get(PaymentRow, ref.payment_id)
         if row is None:
             raise business_error(names.ENTITY_NOT_FOUND, f"payment {ref.payment_id} does not exist")
@@ -110,6 +113,10 @@ class PaymentActivities:
                 PaymentStatus.REFUNDED,
                 refunded_at=utcnow(),
             ):
+                # The refund itself, in the same transaction as the guarded transition: it
+                # exists exactly when the payment is REFUNDED (and is unique per payment).
+                db.add(RefundRow(payment_id=row.id, amount_cents=row.amount_cents))
+                faults.point("refund")
                 db.commit()
                 return CompensationOutcome(action="refunded", status=PaymentStatus.REFUNDED)
             db.refresh(row)

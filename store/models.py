@@ -56,6 +56,17 @@ class PaymentRow(SQLModel, table=True):
     refunded_at: datetime | None = None
 
 
+class RefundRow(SQLModel, table=True):
+    """The money sent back for a payment: at most one per payment (unique payment_id)."""
+
+    __tablename__ = "refunds"
+
+    id: int | None = Field(default=None, primary_key=True)
+    payment_id: str = Field(foreign_key="payments.id", unique=True, max_length=36)
+    amount_cents: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class DealerRow(SQLModel, table=True):
     """A delivery person serving one province and city, with a capacity of parcels."""
 

@@ -43,7 +43,10 @@ def reset_schema(engine: Engine) -> None:
     if engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             conn.execute(
-                text("TRUNCATE order_items, payments, deliveries, dealers, orders RESTART IDENTITY")
+                text(
+                    "TRUNCATE refunds, order_items, payments, deliveries, dealers, orders"
+                    " RESTART IDENTITY"
+                )
             )
 
 

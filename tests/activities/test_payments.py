@@ -15,7 +15,7 @@ from domain import names
 from domain.payloads import CreatePaymentInput, PaymentSnapshot
 from domain.status import PaymentStatus
 from store.db import session
-from store.models import PaymentRow
+from store.models import PaymentRow, RefundRow
 from tests.activities.support import (
     all_rows,
     assert_business_error,
@@ -147,6 +147,7 @@ def test_cancel_pending_payment_twice_cancels_once(engine, payments):
     assert cancelled.status == "CANCELLED"
     assert cancelled.refunded_at is None  # nothing was taken, so nothing is refunded
     assert get_row(engine, PaymentRow, payment_id) == cancelled
+    assert all_rows(engine, RefundRow, payment_id=payment_id) == []
 
 
 def test_refund_completed_payment_twice_refunds_once(engine, payments):
@@ -165,6 +166,8 @@ def test_refund_completed_payment_twice_refunds_once(engine, payments):
     assert again.refunded_at == refunded.refunded_at
     assert again == refunded
     assert again.amount_cents == 2810
+    refunds = all_rows(engine, RefundRow, payment_id=payment_id)
+    assert [r.amount_cents for r in refunds] == [2810]
 
 
 def test_concurrent_refunds_refund_once(engine, payments):
@@ -178,6 +181,7 @@ def test_concurrent_refunds_refund_once(engine, payments):
     row = get_row(engine, PaymentRow, payment_id)
     assert row.status == "REFUNDED"
     assert row.refunded_at is not None
+    assert len(all_rows(engine, RefundRow, payment_id=payment_id)) == 1
 
 
 def test_complete_racing_compensation_never_leaves_a_completed_payment(
