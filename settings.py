@@ -14,6 +14,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import TLSConfig
 
+from domain.names import WORKFLOW_TASK_QUEUE
 from domain.payloads import SagaTimeouts
 
 
@@ -42,6 +43,9 @@ class Settings(BaseSettings):
     temporal_tls_key: Path | None = Field(
         default=None, description="Client private key (mTLS, PEM)."
     )
+    workflow_task_queue: str = Field(
+        default=WORKFLOW_TASK_QUEUE, description="Task queue the API starts sagas on."
+    )
     payment_window_seconds: float = Field(
         default=1800, gt=0, description="How long the saga waits for confirm/cancel."
     )
@@ -54,7 +58,13 @@ class Settings(BaseSettings):
     order_create_wait_seconds: float = Field(
         default=5, ge=0, description="How long POST /orders waits for the payment before a 202."
     )
+    query_timeout_seconds: float = Field(
+        default=5, gt=0, description="How long the API waits for a worker to answer a query."
+    )
     activity_threads: int = Field(default=16, ge=1, description="Worker threads for activities.")
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1, description="Largest request body the API reads (else 413)."
+    )
     log_level: str = Field(default="INFO", description="Python log level.")
 
     @property

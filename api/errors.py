@@ -4,7 +4,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from temporalio.service import RPCError
 
 log = logging.getLogger("api")
@@ -51,7 +51,8 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(OperationalError)
-    async def _database_error(_request: Request, err: OperationalError) -> JSONResponse:
+    @app.exception_handler(InterfaceError)
+    async def _database_error(_request: Request, err: Exception) -> JSONResponse:
         log.warning("Database call failed: %s", err)
         return JSONResponse(
             {"detail": "the database is unavailable"}, status_code=503, headers={"Retry-After": "2"}

@@ -11,6 +11,7 @@ from temporalio.client import (
     Client,
     WorkflowHandle,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import (
     SearchAttributePair,
@@ -34,7 +35,6 @@ from settings import Settings
 from workflows import OrderProcessWorkflow
 from workflows.order_process import ORDER_STATUS
 
-QUERY_TIMEOUT = timedelta(seconds=5)
 DECISION_SIGNALS = (names.SIGNAL_CONFIRM_PAYMENT, names.SIGNAL_CANCEL_PAYMENT)
 
 REQUEST_FINGERPRINT = "request_fingerprint"
@@ -70,7 +70,7 @@ class SagaGateway:
                     order_id=order_id, request=request, timeouts=self._settings.saga_timeouts
                 ),
                 id=workflow_id,
-                task_queue=names.WORKFLOW_TASK_QUEUE,
+                task_queue=self._settings.workflow_task_queue,
                 # A business key: one order never gets a second saga, even after it ends.
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=TypedSearchAttributes(
@@ -100,7 +100,9 @@ class SagaGateway:
                     names.UPDATE_WAIT_FOR_PAYMENT, result_type=SagaState
                 )
                 return state
-        except TimeoutError:
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            # No worker took the update in time (busy, or down): the saga is durably
+            # started all the same, so the caller answers 202 and the client polls.
             return None
         except (WorkflowUpdateFailedError, RPCError):
             # The saga has already ended (updates need a running workflow): the caller
@@ -111,12 +113,23 @@ class SagaGateway:
         """The saga's state by query; None if no saga exists for this order."""
         try:
             return await self.handle(order_id).query(
-                OrderProcessWorkflow.state, rpc_timeout=QUERY_TIMEOUT
+                OrderProcessWorkflow.state,
+                rpc_timeout=timedelta(seconds=self._settings.query_timeout_seconds),
             )
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 return None
             raise
+
+    async def exists(self, order_id: str) -> bool:
+        """Whether a saga was ever started for this order (needs no worker)."""
+        try:
+            await self.handle(order_id).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return True
 
     async def require_state(self, order_id: str) -> SagaState:
         state = await self.state(order_id)

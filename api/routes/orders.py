@@ -113,10 +113,14 @@ async def get_order(order_id: uuid.UUID, services: ServicesDep) -> OrderView:
     view = await run_in_threadpool(queries.order_view, services.engine, services.settings, key)
     try:
         saga = await services.saga.state(key)
+        exists = saga is not None
     except RPCError:
-        saga = None  # Temporal or the worker is down: the database still answers.
+        # No worker answered the query (down or busy): the database still answers, and
+        # Temporal itself says whether the saga exists.
+        saga = None
+        exists = view is not None or await services.saga.exists(key)
     if view is None:
-        if saga is None:
+        if not exists:
             raise NotFoundError(f"order {key} does not exist")
         workflow_id = names.workflow_id_for(key)
         view = OrderView(

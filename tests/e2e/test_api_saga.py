@@ -6,8 +6,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 from temporalio.client import WorkflowExecutionStatus
 
+from api.app import create_app
 from tests.e2e.conftest import Stack
 from tests.saga_harness import db_statuses
 from workflows.order_process import ORDER_STATUS
@@ -207,3 +209,31 @@ async def test_same_idempotency_key_with_another_body_is_refused(stack: Stack) -
     assert "Idempotency-Key" in refused.json()["detail"]
     body = (await stack.http.get(f"/orders/{first.json()['order_id']}")).json()
     assert body["city"] == "Tehran"
+
+
+async def test_without_a_worker_an_order_is_accepted_with_202_and_can_be_polled(
+    stack: Stack,
+) -> None:
+    # Nobody polls this task queue: the saga starts durably but no step runs yet.
+    settings = stack.settings.model_copy(
+        update={
+            "workflow_task_queue": f"nobody-polls-{uuid.uuid4()}",
+            "order_create_wait_seconds": 0.5,
+            "query_timeout_seconds": 1,
+        }
+    )
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http,
+    ):
+        response = await http.post("/orders", json=ORDER)
+        assert response.status_code == 202, response.text
+        order_id = response.json()["order_id"]
+        assert response.headers["Location"] == f"/orders/{order_id}"
+        polled = await http.get(response.headers["Location"])
+        assert polled.status_code == 200, polled.text
+        assert (polled.json()["status"], polled.json()["saga"]) == (None, None)
+        handle = stack.client.get_workflow_handle(polled.json()["workflow_id"])
+        assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+        await handle.terminate("test cleanup: no worker will ever run it")

@@ -1,0 +1,249 @@
+"""``python -m chaos``: drive sagas through the real stack while breaking it, then check.
+
+    python -m chaos                                   # default size, PostgreSQL
+    python -m chaos --sagas 40 --kills 3 --restarts 1 --outages 1   # the CI size
+    python -m chaos --database sqlite
+
+Prints a table of outcomes and ends with one line:
+``chaos: <N> sagas, <K> worker kills, <M> server restarts, <D> db outages, <V> violations``.
+Exits non-zero when any invariant is violated.
+"""
+
+import argparse
+import asyncio
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlmodel import SQLModel, select
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from chaos.checks import check_database, check_intent, check_temporal, outcome_table
+from chaos.customers import Api, Saga, pick_scenario, run_saga
+from chaos.stack import Stack
+from store.db import make_engine, normalise_url, session
+from store.models import OrderRow
+from store.seed import new_dealer
+
+# Where a crash hurts most (see activities/faults.py): armed first, one per kill.
+FAULT_POINTS = [
+    "after_commit.create_payment",
+    "refund",
+    "assign_dealer",
+    "compensation",
+    "after_commit.assign_dealer",
+    "after_commit.complete_payment",
+    "after_commit.create_order",
+]
+DEALERS = [("Tehran", "Tehran", 10)] * 6 + [("Isfahan", "Isfahan", 2)]
+
+
+def log(message: str) -> None:
+    print(f"[chaos {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Database:
+    """The service database of the run, and how to take it away for a while."""
+
+    def __init__(self, kind: str, url: str | None, data_dir: Path) -> None:
+        self.kind = kind
+        if kind == "sqlite":
+            self.path = data_dir / "orders.db"
+            self.url = f"sqlite:///{self.path}"
+        else:
+            self.url = normalise_url(url or "postgresql://postgres@127.0.0.1:5432/chaos")
+
+    def reset(self) -> None:
+        if self.kind == "postgresql":
+            self._create_database()
+        engine = make_engine(self.url)
+        SQLModel.metadata.drop_all(engine)
+        SQLModel.metadata.create_all(engine)
+        with session(engine) as db:
+            for i, (province, city, capacity) in enumerate(DEALERS):
+                db.add(new_dealer(f"Dealer {i}", f"+0-{i:04d}", province, city, capacity))
+            db.commit()
+        engine.dispose()
+
+    def _create_database(self) -> None:
+        base, _, name = self.url.rpartition("/")
+        admin = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+            if exists.first() is None:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+
+    async def outage(self, seconds: float) -> None:
+        if self.kind == "sqlite":
+            await asyncio.to_thread(self._hold_exclusive_lock, seconds)
+            return
+        version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[0]
+        ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
+        await asyncio.to_thread(subprocess.run, [*ctl, "stop", "-m", "fast"], check=True)
+        await asyncio.sleep(seconds)
+        await asyncio.to_thread(subprocess.run, [*ctl, "start"], check=True)
+
+    def _hold_exclusive_lock(self, seconds: float) -> None:
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            conn.execute("BEGIN EXCLUSIVE")
+            time.sleep(seconds)
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+
+
+class Chaos:
+    """Performs the planned worker kills, server restarts and database outages."""
+
+    def __init__(
+        self, stack: Stack, database: Database, rng: random.Random, args: argparse.Namespace
+    ) -> None:
+        self.stack, self.database, self.rng, self.args = stack, database, rng, args
+        self.kills = self.restarts = self.outages = 0
+        self.fault_points_fired: list[str] = []
+
+    async def run(self) -> None:
+        for point in FAULT_POINTS[: self.args.kills]:
+            await self._fire_fault_point(point)
+        actions = ["kill"] * (self.args.kills - self.kills)
+        actions += ["restart"] * self.args.restarts + ["outage"] * self.args.outages
+        self.rng.shuffle(actions)
+        for action in actions:
+            await asyncio.sleep(self.rng.uniform(1.0, 3.0))
+            if action == "kill":
+                log("SIGKILL worker")
+                await self.stack.kill_worker()
+                self.kills += 1
+            elif action == "restart":
+                sig = signal.SIGKILL if self.restarts % 2 else signal.SIGTERM
+                log(f"restart Temporal server ({sig.name})")
+                await self.stack.restart_temporal(sig)
+                self.restarts += 1
+            else:
+                log(f"database outage ({self.database.kind}) for {self.args.outage_seconds}s")
+                await self.database.outage(self.args.outage_seconds)
+                self.outages += 1
+
+    async def _fire_fault_point(self, point: str) -> None:
+        armed = self.stack.fault_dir / point
+        armed.touch()
+        log(f"armed fault point {point}")
+        deadline = time.monotonic() + 60
+        while armed.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if armed.exists():
+            armed.unlink(missing_ok=True)
+            log(f"fault point {point} was not reached; a random kill replaces it")
+            return
+        self.kills += 1
+        self.fault_points_fired.append(point)
+        log(f"worker killed at {point}")
+        await asyncio.sleep(self.rng.uniform(0.5, 1.5))
+
+
+async def main(args: argparse.Namespace) -> int:
+    rng = random.Random(args.seed)
+    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="chaos-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(args.database, args.database_url, data_dir)
+    database.reset()
+    stack = Stack(
+        data_dir=data_dir,
+        database_url=database.url,
+        payment_window=args.payment_window,
+        dealer_window=args.dealer_window,
+    )
+    log(f"data in {data_dir}; database {database.kind}")
+    await stack.start()
+    api = Api(stack.api_url)
+    chaos = Chaos(stack, database, rng, args)
+    run_id = f"{int(time.time())}-{rng.randrange(10**6)}"
+    sagas = [Saga(i, pick_scenario(rng), f"chaos-{run_id}-{i}") for i in range(args.sagas)]
+    slots = asyncio.Semaphore(args.in_flight)
+    done = 0
+
+    async def one(saga: Saga) -> None:
+        nonlocal done
+        async with slots:
+            try:
+                await run_saga(api, saga, random.Random(rng.random()), args.settle_within)
+            except TimeoutError as err:
+                saga.problems.append(str(err))
+            done += 1
+            if done % max(1, args.sagas // 10) == 0:
+                log(f"{done}/{args.sagas} sagas settled")
+
+    started = time.monotonic()
+    try:
+        await asyncio.gather(chaos.run(), *(one(s) for s in sagas))
+        log(f"driving done in {time.monotonic() - started:.0f}s; checking")
+        engine = make_engine(database.url)
+        with session(engine) as db:
+            orders_in_db = set(db.exec(select(OrderRow.id)).all())
+        violations = check_database(engine)
+        engine.dispose()
+        violations += check_intent(sagas, orders_in_db)
+        violations += [f"HTTP 5xx other than 503: {e}" for e in api.server_errors]
+        client = await Client.connect(
+            stack.temporal_address, data_converter=pydantic_data_converter
+        )
+        temporal_violations, statuses = await check_temporal(client, sagas)
+        violations += temporal_violations
+    finally:
+        await api.close()
+        await stack.stop()
+
+    print()
+    print(outcome_table(sagas))
+    print()
+    print(f"workflow runs: {dict(statuses)}")
+    print(f"HTTP statuses: {dict(sorted(api.statuses.items()))} (0 = connection failed)")
+    print(f"fault points fired: {', '.join(chaos.fault_points_fired) or 'none'}")
+    print(f"worker deaths seen by the supervisor: {stack.worker_deaths}")
+    for v in violations[:50]:
+        print(f"VIOLATION {v}")
+    print(
+        f"chaos: {len(sagas)} sagas, {chaos.kills} worker kills, {chaos.restarts} server restarts, "
+        f"{chaos.outages} db outages, {len(violations)} violations"
+    )
+    return 1 if violations else 0
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m chaos",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--sagas", type=int, default=300)
+    parser.add_argument("--in-flight", type=int, default=50)
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--restarts", type=int, default=4)
+    parser.add_argument("--outages", type=int, default=2)
+    parser.add_argument("--outage-seconds", type=float, default=4)
+    parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: local database 'chaos')")
+    parser.add_argument("--payment-window", type=float, default=8, help="seconds")
+    parser.add_argument("--dealer-window", type=float, default=3, help="seconds")
+    parser.add_argument("--settle-within", type=float, default=240, help="seconds per saga")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--data-dir", help="default: a new temporary folder")
+    args = parser.parse_args(argv)
+    if args.seed is None:
+        args.seed = random.randrange(10**6)
+    return args
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    print(f"seed {arguments.seed}", flush=True)
+    sys.exit(asyncio.run(main(arguments)))

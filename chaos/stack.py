@@ -1,0 +1,205 @@
+"""The processes of the chaos run: Temporal dev server, worker (supervised), API."""
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Proc:
+    """One child process, restartable, with its output appended to a log file."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    process: asyncio.subprocess.Process | None = None
+    starts: int = 0
+
+    async def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv, env=self.env, cwd=ROOT, stdout=out, stderr=out, start_new_session=True
+            )
+        self.starts += 1
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+        try:
+            await asyncio.wait_for(self.process.wait(), 30)
+        except TimeoutError:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            await self.process.wait()
+
+    async def stop(self) -> None:
+        await self.kill(signal.SIGTERM)
+
+
+@dataclass
+class Stack:
+    """Temporal + worker + API for one chaos run, all on loopback."""
+
+    data_dir: Path
+    database_url: str
+    payment_window: float
+    dealer_window: float
+    temporal_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
+    fault_dir: Path = field(init=False)
+    temporal: Proc = field(init=False)
+    worker: Proc = field(init=False)
+    api: Proc = field(init=False)
+    worker_deaths: int = 0
+    _supervising: bool = False
+    _supervisor: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.fault_dir = self.data_dir / "faults"
+        self.fault_dir.mkdir(parents=True, exist_ok=True)
+        logs = self.data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "TEMPORAL_ADDRESS": self.temporal_address,
+            "PAYMENT_WINDOW_SECONDS": str(self.payment_window),
+            "DEALER_ASSIGNMENT_WINDOW_SECONDS": str(self.dealer_window),
+            "DEALER_RETRY_INITIAL_SECONDS": "0.5",
+            "ORDER_CREATE_WAIT_SECONDS": "10",
+            "CHAOS_FAULT_DIR": str(self.fault_dir),
+            "LOG_LEVEL": "WARNING",
+        }
+        self.temporal = Proc(
+            "temporal",
+            [
+                str(BIN / "temporal"),
+                "server",
+                "start-dev",
+                "--headless",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(self.temporal_port),
+                "--db-filename",
+                str(self.data_dir / "temporal.db"),
+                "--sqlite-pragma",
+                "journal_mode=wal",
+                "--sqlite-pragma",
+                "synchronous=normal",
+                "--search-attribute",
+                "OrderStatus=Keyword",
+                "--log-level",
+                "error",
+            ],
+            env,
+            logs / "temporal.log",
+        )
+        self.worker = Proc("worker", [sys.executable, "worker.py"], env, logs / "worker.log")
+        self.api = Proc(
+            "api",
+            [
+                str(BIN / "uvicorn"),
+                "api.app:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.api_port),
+                "--log-level",
+                "warning",
+            ],
+            env,
+            logs / "api.log",
+        )
+
+    @property
+    def temporal_address(self) -> str:
+        return f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    async def start(self) -> None:
+        await self.start_temporal()
+        await self.worker.start()
+        await self.api.start()
+        await self._wait_http(f"{self.api_url}/healthz", 60)
+        self._supervising = True
+        self._supervisor = asyncio.create_task(self._supervise_worker())
+
+    async def start_temporal(self) -> None:
+        await self.temporal.start()
+        await self._wait_tcp(self.temporal_port, 60)
+
+    async def restart_temporal(self, sig: int) -> None:
+        await self.temporal.kill(sig)
+        await self.start_temporal()
+
+    async def kill_worker(self) -> None:
+        """SIGKILL the worker now; the supervisor brings it back."""
+        await self.worker.kill(signal.SIGKILL)
+
+    async def _supervise_worker(self) -> None:
+        # A crashed worker comes back, like under systemd or Kubernetes.
+        while self._supervising:
+            if self.worker.process is not None:
+                await self.worker.process.wait()
+                if not self._supervising:
+                    return
+                self.worker_deaths += 1
+            await asyncio.sleep(0.5)
+            await self.worker.start()
+
+    async def stop(self) -> None:
+        self._supervising = False
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        for proc in (self.api, self.worker, self.temporal):
+            await proc.stop()
+
+    @staticmethod
+    async def _wait_tcp(port: int, seconds: float) -> None:
+        async with asyncio.timeout(seconds):
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.close()
+                    return
+                except OSError:
+                    await asyncio.sleep(0.1)
+
+    @staticmethod
+    async def _wait_http(url: str, seconds: float) -> None:
+        async with asyncio.timeout(seconds), httpx.AsyncClient() as http:
+            while True:
+                try:
+                    if (await http.get(url)).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
