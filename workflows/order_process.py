@@ -18,6 +18,7 @@ CANCELED. Infrastructure failures are retried by Temporal and never compensate.
 """
 
 import asyncio
+import contextlib
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -228,11 +229,23 @@ class OrderProcessWorkflow:
             raise business_error(names.PAYMENT_CANCELLED, "the customer cancelled the payment")
 
     async def _assign_dealer(self) -> DeliverySnapshot:
-        """Try to assign a dealer until one is free or the assignment window passes."""
+        """Try to assign a dealer until one is free or the assignment window closes.
+
+        The window is a durable timer, never clock arithmetic: every decision here follows
+        from events in the history (activity results, timers fired), so a replay decides
+        exactly as the original run did, whatever the task timestamps say.
+        """
         timeouts = self._params.timeouts
         ref = DeliveryRef(delivery_id=self._delivery_id)
-        deadline = workflow.now() + timeouts.dealer_assignment_window
         interval = timeouts.dealer_retry_initial_interval
+        window_open = True
+
+        async def close_window() -> None:
+            nonlocal window_open
+            await workflow.sleep(timeouts.dealer_assignment_window)
+            window_open = False
+
+        window = asyncio.create_task(close_window())
         record = self._start_record(names.ASSIGN_DEALER)
         try:
             while True:
@@ -241,8 +254,7 @@ class OrderProcessWorkflow:
                 )
                 if delivery.dealer_id is not None:
                     break
-                remaining = deadline - workflow.now()
-                if remaining <= timedelta(0):
+                if not window_open:
                     raise business_error(
                         names.NO_DEALER_AVAILABLE,
                         f"no dealer with free capacity in {self._params.request.city}, "
@@ -251,13 +263,17 @@ class OrderProcessWorkflow:
                     )
                 record.status = RecordStatus.RETRYING
                 record.error = "no dealer with free capacity yet"
-                await workflow.sleep(min(interval, remaining))
+                # Back off, but try once more as soon as the window closes.
+                with contextlib.suppress(TimeoutError):
+                    await workflow.wait_condition(lambda: not window_open, timeout=interval)
                 interval *= 2
                 record.attempts += 1
         except BaseException as err:
             # Also when cancelled between attempts: the record must not stay RETRYING.
             self._finish_record(record, err)
             raise
+        finally:
+            window.cancel()
         self._finish_record(record)
         return delivery
 
