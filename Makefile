@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run worker api test test-db test-e2e lint format typecheck check clean
+.PHONY: install run worker api test test-db test-e2e lint format typecheck check clean chaos chaos-ci
 
 install: $(STAMP)
 
@@ -28,6 +28,15 @@ test-db: install
 
 test-e2e: install
 	$(BIN)/pytest -q tests/e2e
+
+## Fault injection on the real stack: 300 sagas, 20 worker kills, 4 Temporal restarts,
+## 2 database outages, then every invariant checked (PostgreSQL; CHAOS_ARGS=--database sqlite).
+chaos: install
+	$(BIN)/python -m chaos $(CHAOS_ARGS)
+
+## The small chaos run CI does on PostgreSQL.
+chaos-ci: install
+	$(BIN)/python -m chaos --sagas 40 --kills 3 --restarts 1 --outages 1 $(CHAOS_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -34,13 +34,13 @@ from store.seed import new_dealer
 
 # Where a crash hurts most (see activities/faults.py): armed first, one per kill.
 FAULT_POINTS = [
+    "after_commit.create_order",
     "after_commit.create_payment",
+    "after_commit.complete_payment",
     "refund",
     "assign_dealer",
-    "compensation",
     "after_commit.assign_dealer",
-    "after_commit.complete_payment",
-    "after_commit.create_order",
+    "compensation",
 ]
 DEALERS = [("Tehran", "Tehran", 10)] * 6 + [("Isfahan", "Isfahan", 2)]
 
