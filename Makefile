@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run worker api test test-db test-e2e lint format typecheck check clean chaos chaos-ci
+.PHONY: install run worker api test test-db test-e2e lint format typecheck check clean chaos chaos-ci histories
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ test-db: install
 
 test-e2e: install
 	$(BIN)/pytest -q tests/e2e
+
+## Re-record tests/histories/*.json (one closed history per saga path, replayed by
+## tests/workflows/test_replay.py). Only for a deliberately incompatible workflow change.
+histories: install
+	$(BIN)/python -m scripts.record_histories
 
 ## Fault injection on the real stack: 300 sagas, 20 worker kills, 4 Temporal restarts,
 ## 2 database outages, then every invariant checked (PostgreSQL; CHAOS_ARGS=--database sqlite).

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -42,6 +43,22 @@ from workflows import OrderProcessWorkflow
 from workflows.order_process import ORDER_STATUS
 
 SagaHandle = WorkflowHandle[OrderProcessWorkflow, SagaState]
+
+# Recorded histories of every saga path, replayed by tests/workflows/test_replay.py and
+# refreshed by ``python -m scripts.record_histories`` (``make histories``).
+HISTORIES_DIR = Path(__file__).resolve().parent / "histories"
+_RECORDED_ORDER_IDS = uuid.UUID("0b6f3f1e-5c2a-4d7e-8f19-2a4c6e8b0d13")
+
+
+def recorded_order_id(path: str) -> str:
+    """The fixed order id of the recorded saga path ``path`` (``histories/<path>.json``)."""
+    return str(uuid.uuid5(_RECORDED_ORDER_IDS, path))
+
+
+def recorded_workflow_id(path: str) -> str:
+    """The workflow id the history of ``path`` was recorded under."""
+    return names.workflow_id_for(recorded_order_id(path))
+
 
 FAST_DEALER_RETRY = SagaTimeouts(
     payment_window=timedelta(minutes=30),
@@ -125,8 +142,11 @@ async def start_saga(
     suffix: str,
     request: OrderRequest | None = None,
     timeouts: SagaTimeouts = FAST_DEALER_RETRY,
+    *,
+    order_id: str | None = None,
 ) -> SagaHandle:
-    order_id = str(uuid.uuid4())
+    """Start a saga on the suffixed task queues; a fresh order id unless one is given."""
+    order_id = order_id or str(uuid.uuid4())
     return await client.start_workflow(
         OrderProcessWorkflow.run,
         OrderProcessInput(

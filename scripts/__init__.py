@@ -1,0 +1,1 @@
+"""Developer scripts (run as modules from the project root: ``python -m scripts.<name>``)."""
