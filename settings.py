@@ -5,11 +5,13 @@ Every field maps to an environment variable of the same name in upper case
 lists them all.
 """
 
+import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Annotated, Any, Self
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import TLSConfig
@@ -17,11 +19,14 @@ from temporalio.service import TLSConfig
 from domain.names import WORKFLOW_TASK_QUEUE
 from domain.payloads import SagaTimeouts
 
+MIN_SECRET_LENGTH = 16
+
 
 class Settings(BaseSettings):
     """Configuration of every process. Defaults run everything on one machine."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # hide_input_in_errors: a validation error must not print API keys or secrets.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     database_url: str = Field(
         default="sqlite:///data/orders.db",
@@ -66,6 +71,58 @@ class Settings(BaseSettings):
         default=1024 * 1024, ge=1, description="Largest request body the API reads (else 413)."
     )
     log_level: str = Field(default="INFO", description="Python log level.")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Comma-separated keys; when set, every mutating call needs one in X-API-Key "
+            "(several at once for rotation). Empty: no API key is asked for (dev)."
+        ),
+    )
+    customer_token_secret: SecretStr | None = Field(
+        default=None,
+        description=(
+            "HMAC secret of customer tokens; when set, a customer's own calls need "
+            "'Authorization: Bearer <token>' (python -m api.auth token <customer_id>)."
+        ),
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_api_keys(cls, value: Any) -> Any:
+        # API_KEYS=k1,k2 (NoDecode: the environment's string reaches us as it is).
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("customer_token_secret", mode="before")
+    @classmethod
+    def _strong_enough_secret(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return None  # CUSTOMER_TOKEN_SECRET= (empty) means off, as if unset
+            if len(value) < MIN_SECRET_LENGTH:
+                raise ValueError(
+                    f"must be at least {MIN_SECRET_LENGTH} characters "
+                    "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
+                )
+        return value
+
+    @field_validator("temporal_tls_ca", "temporal_tls_cert", "temporal_tls_key")
+    @classmethod
+    def _readable_file(cls, path: Path | None) -> Path | None:
+        # Fail at startup, naming the setting, not at the first connection attempt.
+        if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+            raise ValueError(f"{path} is not a readable file")
+        return path
+
+    @model_validator(mode="after")
+    def _client_cert_and_key_together(self) -> Self:
+        if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
+            raise ValueError(
+                "temporal_tls_cert and temporal_tls_key (TEMPORAL_TLS_CERT, TEMPORAL_TLS_KEY) "
+                "go together: mTLS needs both the client certificate and its private key"
+            )
+        return self
 
     @property
     def saga_timeouts(self) -> SagaTimeouts:
@@ -81,6 +138,7 @@ class Settings(BaseSettings):
         return f"{base}/namespaces/{self.temporal_namespace}/workflows/{workflow_id}"
 
     def tls_config(self) -> TLSConfig | bool:
+        """TLS to the frontend: False (plain), True (system roots) or the PEM files' contents."""
         if not (self.temporal_tls or self.temporal_tls_cert or self.temporal_tls_ca):
             return bool(self.temporal_api_key)  # API keys always travel over TLS
         return TLSConfig(
@@ -92,13 +150,34 @@ class Settings(BaseSettings):
         )
 
 
+class TemporalConnectError(RuntimeError):
+    """Temporal could not be reached with these settings (says where, and with or without TLS)."""
+
+
 async def connect_temporal(settings: Settings, *, lazy: bool = False) -> Client:
-    """The process's one Temporal client, with the pydantic data converter the payloads need."""
-    return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        api_key=settings.temporal_api_key,
-        tls=settings.tls_config(),
-        data_converter=pydantic_data_converter,
-        lazy=lazy,
-    )
+    """The process's one Temporal client, with the pydantic data converter the payloads need.
+
+    Raises TemporalConnectError (unless ``lazy``) when the server cannot be reached, or does
+    not speak the TLS mode configured, rather than retrying in silence.
+    """
+    tls = settings.tls_config()
+    try:
+        return await Client.connect(
+            settings.temporal_address,
+            namespace=settings.temporal_namespace,
+            api_key=settings.temporal_api_key,
+            tls=tls,
+            data_converter=pydantic_data_converter,
+            lazy=lazy,
+        )
+    except RuntimeError as err:
+        hint = (
+            "TLS is on (TEMPORAL_TLS, TEMPORAL_TLS_CA/CERT or TEMPORAL_API_KEY is set); "
+            "a plain local dev server needs them unset"
+            if tls
+            else "TLS is off; a server that requires it needs TEMPORAL_TLS=true"
+        )
+        raise TemporalConnectError(
+            f"cannot connect to Temporal at {settings.temporal_address} "
+            f"(namespace {settings.temporal_namespace}): {err}. {hint}"
+        ) from err

@@ -28,7 +28,7 @@ from activities.orders import OrderActivities
 from activities.payments import PaymentActivities
 from domain import names
 from settings import Settings, connect_temporal
-from store.db import create_schema, make_engine
+from store.db import make_engine, migrate
 from workflows import OrderProcessWorkflow
 
 log = logging.getLogger("worker")
@@ -109,7 +109,7 @@ def build_workers(
 async def run(settings: Settings, queues: Sequence[str]) -> None:
     """Wire engine, client and workers once, run until SIGINT/SIGTERM, then shut down cleanly."""
     engine = make_engine(settings.database_url)
-    create_schema(engine)
+    migrate(engine)  # alembic upgrade head; waits if the API is migrating too
     client = await connect_temporal(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

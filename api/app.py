@@ -10,12 +10,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api import auth
 from api.deps import Services
 from api.errors import install_error_handlers
+from api.limits import BodySizeLimitMiddleware
 from api.routes import dealers, deliveries, health, orders, payments
 from api.saga import SagaGateway
 from settings import Settings, connect_temporal
-from store.db import create_schema, make_engine
+from store.db import make_engine, migrate
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -28,7 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
-        create_schema(engine)
+        migrate(engine)  # alembic upgrade head; waits if the worker is migrating too
         # Lazy: the API starts (and /readyz says why it is not ready) while Temporal is down.
         client = await connect_temporal(settings, lazy=True)
         app.state.services = Services(
@@ -49,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     for router in (
         orders.router,
         payments.router,
@@ -57,4 +60,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health.router,
     ):
         app.include_router(router)
+    auth.document_security(app, settings)
     return app

@@ -119,6 +119,23 @@ def get_payment(engine: Engine, payment_id: str) -> PaymentRow | None:
         return db.get(PaymentRow, payment_id)
 
 
+def customer_of(
+    engine: Engine, *, order_id: str | None = None, payment_id: str | None = None
+) -> str | None:
+    """The customer who placed the order (named by its id or its payment's); None if unknown."""
+    if order_id is None and payment_id is None:
+        raise TypeError("customer_of needs an order_id or a payment_id")
+    query = select(OrderRow.customer_id)
+    if order_id is not None:
+        query = query.where(col(OrderRow.id) == order_id)
+    if payment_id is not None:
+        query = query.join(PaymentRow, col(PaymentRow.order_id) == col(OrderRow.id)).where(
+            col(PaymentRow.id) == payment_id
+        )
+    with session(engine) as db:
+        return db.exec(query).first()
+
+
 def get_delivery(engine: Engine, delivery_id: str) -> DeliveryRow | None:
     with session(engine) as db:
         return db.get(DeliveryRow, delivery_id)

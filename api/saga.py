@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from temporalio.client import (
     Client,
+    WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
@@ -33,7 +34,7 @@ from domain.payloads import (
 from domain.status import OrderStatus, SagaPhase
 from settings import Settings
 from workflows import OrderProcessWorkflow
-from workflows.order_process import ORDER_STATUS
+from workflows.order_process import CUSTOMER_ID, ORDER_STATUS
 
 DECISION_SIGNALS = (names.SIGNAL_CONFIRM_PAYMENT, names.SIGNAL_CANCEL_PAYMENT)
 
@@ -74,7 +75,10 @@ class SagaGateway:
                 # A business key: one order never gets a second saga, even after it ends.
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=TypedSearchAttributes(
-                    [SearchAttributePair(ORDER_STATUS, OrderStatus.PENDING.value)]
+                    [
+                        SearchAttributePair(ORDER_STATUS, OrderStatus.PENDING.value),
+                        SearchAttributePair(CUSTOMER_ID, request.customer_id),
+                    ]
                 ),
                 static_summary=(
                     f"Order {order_id}: customer {request.customer_id}, {total}, "
@@ -146,7 +150,12 @@ class SagaGateway:
             )
         if state.phase in (SagaPhase.COMPENSATING, SagaPhase.CANCELLED):
             raise ConflictError(f"order {order_id} is already cancelled")
-        await self.handle(order_id).cancel()
+        handle = self.handle(order_id)
+        if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+            # Terminated by an operator: its last state is not final, and Temporal would
+            # accept the cancel and do nothing with it.
+            raise ConflictError(f"order {order_id} can no longer be cancelled: its saga has ended")
+        await handle.cancel()
 
     async def decide_payment(self, order_id: str, payment_id: str, *, confirm: bool) -> None:
         """Send the customer's decision; 409 if the saga no longer waits for one."""

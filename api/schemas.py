@@ -2,7 +2,7 @@
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints
 
@@ -120,3 +120,9 @@ class Problem(BaseModel):
     """Error body of every 4xx/5xx answer."""
 
     detail: str
+
+
+class InvalidRequest(BaseModel):
+    """422: each invalid field (FastAPI's list of errors), or why the request is refused."""
+
+    detail: str | list[dict[str, Any]]

@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
-from sqlmodel import SQLModel, select
+from sqlmodel import select
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from chaos.checks import check_database, check_intent, check_temporal, outcome_table
 from chaos.customers import Api, Saga, pick_scenario, run_saga
 from chaos.stack import Stack
-from store.db import make_engine, normalise_url, session
+from store.db import drop_schema, make_engine, migrate, normalise_url, session
 from store.models import OrderRow
 from store.seed import new_dealer
 
@@ -64,8 +64,8 @@ class Database:
         if self.kind == "postgresql":
             self._create_database()
         engine = make_engine(self.url)
-        SQLModel.metadata.drop_all(engine)
-        SQLModel.metadata.create_all(engine)
+        drop_schema(engine)  # every table, alembic_version included
+        migrate(engine)
         with session(engine) as db:
             for i, (province, city, capacity) in enumerate(DEALERS):
                 db.add(new_dealer(f"Dealer {i}", f"+0-{i:04d}", province, city, capacity))

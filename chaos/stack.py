@@ -112,6 +112,8 @@ class Stack:
                 "synchronous=normal",
                 "--search-attribute",
                 "OrderStatus=Keyword",
+                "--search-attribute",
+                "CustomerId=Keyword",
                 "--log-level",
                 "error",
             ],

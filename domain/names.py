@@ -16,6 +16,8 @@ ALL_TASK_QUEUES = (
 
 # Keyword search attribute upserted at every status change (Web UI filter).
 ORDER_STATUS_SEARCH_ATTRIBUTE = "OrderStatus"
+# Keyword search attribute set at start: find a customer's orders in the Web UI.
+CUSTOMER_ID_SEARCH_ATTRIBUTE = "CustomerId"
 
 # Signals and queries of OrderProcessWorkflow.
 SIGNAL_CONFIRM_PAYMENT = "confirm_payment"

@@ -6,11 +6,19 @@ duplicated) by the API's schemas. Money is an exact ``Decimal`` with two places.
 
 import hashlib
 import json
+import re
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 from domain.names import DELIVERIES_TASK_QUEUE, ORDERS_TASK_QUEUE, PAYMENTS_TASK_QUEUE
 from domain.status import (
@@ -24,9 +32,50 @@ from domain.status import (
 MAX_ITEMS_PER_ORDER = 100
 MAX_MONEY = Decimal("9999999999.99")
 
-Money = Annotated[Decimal, Field(gt=0, le=MAX_MONEY, max_digits=12, decimal_places=2)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+# An amount written as text: positive, at most 10 digits before the point and 2 after
+# ("12.50", "0.5"). Decimal() alone would also take " 12.5", "1_000", "1e2" or "١٢".
+MONEY_TEXT = r"^(0*[1-9][0-9]{0,9}(\.[0-9]{1,2})?|0+\.(0[1-9]|[1-9][0-9]?))$"
+
+
+def _money_text(value: object) -> object:
+    if isinstance(value, str) and not re.fullmatch(MONEY_TEXT, value):
+        raise ValueError("an amount is a positive number with at most 2 decimals, like '12.50'")
+    return value
+
+
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_money_text),
+    Field(gt=0, le=MAX_MONEY, max_digits=12, decimal_places=2),
+    # What the validation above accepts, exactly, for the OpenAPI document.
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": MONEY_TEXT},
+                {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": float(MAX_MONEY),
+                    "multipleOf": 0.01,
+                },
+            ],
+            "examples": ["12.50"],
+        },
+        mode="validation",
+    ),
+]
+# No control characters: PostgreSQL text cannot hold NUL, and the others only hide data.
+NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
+Name = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=100, pattern=NO_CONTROL_CHARS
+    ),
+]
+Identifier = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=NO_CONTROL_CHARS),
+]
 
 
 class _Payload(BaseModel):

@@ -40,7 +40,7 @@ from temporalio.testing import WorkflowEnvironment
 from domain import names
 from domain.payloads import DeliveredReport, PaymentDecision, SagaState, SagaTimeouts
 from domain.status import RecordStatus, SagaPhase
-from store.db import create_schema, make_engine
+from store.db import make_engine, migrate
 from tests.saga_harness import (
     HISTORIES_DIR,
     FailingRefund,
@@ -318,7 +318,7 @@ async def record(path: str, client: Client, executor: ThreadPoolExecutor) -> str
     with tempfile.TemporaryDirectory(prefix=f"record-{path}-") as tmp:
         engine = make_engine(f"sqlite:///{Path(tmp) / 'orders.db'}")
         try:
-            create_schema(engine)
+            migrate(engine)
             rec = Recording(path=path, client=client, engine=engine, executor=executor)
             async with asyncio.timeout(60):
                 handle = await PATHS[path](rec)

@@ -62,7 +62,8 @@ trap stop_all EXIT
 start() { # name, command...
   local name=$1
   shift
-  "$@" >>"$DATA_DIR/logs/$name.log" 2>&1 &
+  # Its own session: Ctrl-C reaches only this script, which stops the parts in order.
+  setsid "$@" >>"$DATA_DIR/logs/$name.log" 2>&1 &
   children+=($!)
   echo $! >>"$PIDS_FILE"
 }
@@ -90,11 +91,13 @@ start temporal "$VENV/bin/temporal" server start-dev \
   --ip "$HOST" --port "$TEMPORAL_PORT" --ui-port "$TEMPORAL_UI_PORT" \
   --db-filename "$DATA_DIR/temporal.db" \
   --sqlite-pragma journal_mode=wal --sqlite-pragma synchronous=normal \
-  --search-attribute OrderStatus=Keyword \
+  --search-attribute OrderStatus=Keyword --search-attribute CustomerId=Keyword \
   --log-level warn
 wait_until "Temporal" 60 "$VENV/bin/temporal" operator cluster health --address "$TEMPORAL_ADDRESS"
 
-say "preparing the database and demo dealers ($DATABASE_URL)"
+# Migrates the schema (alembic upgrade head) before seeding; the worker and the API migrate too
+# at startup, which is then a no-op.
+say "migrating the database and adding demo dealers ($DATABASE_URL)"
 "$VENV/bin/python" -m store seed
 
 say "starting the worker"

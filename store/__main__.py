@@ -1,9 +1,9 @@
-"""``python -m store init|seed``: create the schema, insert the demo dealers."""
+"""``python -m store init|seed``: migrate the schema (alembic upgrade head), add demo dealers."""
 
 import argparse
 
 from settings import Settings
-from store.db import create_schema, make_engine
+from store.db import make_engine, migrate
 from store.seed import seed_dealers
 
 
@@ -13,7 +13,7 @@ def main() -> None:
     args = parser.parse_args()
     engine = make_engine(Settings().database_url)
     try:
-        create_schema(engine)
+        migrate(engine)
         if args.command == "seed":
             print(f"seeded {seed_dealers(engine)} dealer(s)")
     finally:

@@ -1,9 +1,14 @@
-"""Engine factory and schema creation. Build one engine per process (see ``bootstrap``)."""
+"""Engine factory and schema migrations (Alembic). Build one engine per process."""
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -53,9 +58,71 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     return engine
 
 
-def create_schema(engine: Engine) -> None:
-    """Create every table that does not exist yet (idempotent)."""
-    SQLModel.metadata.create_all(engine)
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Key of the PostgreSQL advisory lock that serialises migrations ("order-saga" in hex).
+MIGRATION_LOCK_KEY = 0x6F726465722D7361
+# Alembic's ``context`` and ``op`` are process-wide proxies: one migration at a time per process.
+_migrating_here = threading.Lock()
+
+
+def alembic_config(*, connection: Connection | None = None, url: str | None = None) -> Config:
+    """An Alembic config for ``migrations/`` (found by absolute path, whatever the cwd).
+
+    With ``connection`` the migrations run on it, inside the caller's transaction; with ``url``
+    on a new engine; with neither on ``settings.Settings().database_url``.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    if url is not None:
+        config.attributes["url"] = url
+    return config
+
+
+def lock_for_migrations(connection: Connection) -> None:
+    """Wait until no other process migrates this database; held until the transaction ends.
+
+    PostgreSQL: a transaction-level advisory lock. SQLite: nothing to do, the engine's
+    ``BEGIN IMMEDIATE`` has already taken the database's write lock.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+
+
+@contextmanager
+def migration_config(engine: Engine) -> Iterator[Config]:
+    """An Alembic config bound to one transaction of ``engine`` that holds the migration lock.
+
+    Run any ``alembic.command`` with it; the transaction commits when the block ends (DDL is
+    transactional on PostgreSQL and SQLite, so a failed migration leaves nothing behind).
+    """
+    with _migrating_here, engine.begin() as connection:
+        lock_for_migrations(connection)
+        yield alembic_config(connection=connection)
+
+
+def migrate(target: Engine | str, revision: str = "head") -> None:
+    """``alembic upgrade head`` on ``target`` (an engine, or a URL); a no-op when up to date.
+
+    Safe to run from several processes at once (the API and the worker both call it at
+    startup): the first migrates, the others wait for it and then find nothing to do.
+    """
+    engine = make_engine(target) if isinstance(target, str) else target
+    try:
+        with migration_config(engine) as config:
+            command.upgrade(config, revision)
+    finally:
+        if engine is not target:
+            engine.dispose()
+
+
+def drop_schema(engine: Engine) -> None:
+    """Drop every service table and Alembic's version table (a database to start afresh)."""
+    with _migrating_here, engine.begin() as connection:
+        lock_for_migrations(connection)
+        SQLModel.metadata.drop_all(connection)
+        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
 
 
 def session(engine: Engine) -> Session:

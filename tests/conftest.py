@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, inspect, text
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
@@ -20,7 +20,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from domain import names
-from store.db import create_schema, make_engine
+from store.db import drop_schema, make_engine, migrate
 
 BIN_DIR = Path(sys.executable).parent
 
@@ -38,8 +38,14 @@ def database_url(tmp_path: Path) -> str:
 
 
 def reset_schema(engine: Engine) -> None:
-    """Empty every table (a shared PostgreSQL database between tests)."""
-    create_schema(engine)
+    """The schema at the latest migration, every table empty.
+
+    SQLite: the test's fresh file, migrated. PostgreSQL (one database shared between tests):
+    migrated (rebuilt through the migrations if it was made before them), then emptied.
+    """
+    if engine.dialect.name == "postgresql" and not inspect(engine).has_table("alembic_version"):
+        drop_schema(engine)
+    migrate(engine)
     if engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             conn.execute(
@@ -69,7 +75,8 @@ async def register_search_attributes(client: Client) -> None:
         AddSearchAttributesRequest(
             namespace=client.namespace,
             search_attributes={
-                names.ORDER_STATUS_SEARCH_ATTRIBUTE: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+                names.ORDER_STATUS_SEARCH_ATTRIBUTE: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+                names.CUSTOMER_ID_SEARCH_ATTRIBUTE: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
             },
         )
     )

@@ -57,6 +57,8 @@ from domain.status import (
 from workflows.compensation import CompensationStack, describe_error, run_shielded
 
 ORDER_STATUS = SearchAttributeKey.for_keyword(names.ORDER_STATUS_SEARCH_ATTRIBUTE)
+CUSTOMER_ID = SearchAttributeKey.for_keyword(names.CUSTOMER_ID_SEARCH_ATTRIBUTE)
+SEARCH_ATTRIBUTES = (ORDER_STATUS, CUSTOMER_ID)
 COMPENSATING = "COMPENSATING"
 
 # Forward steps: infrastructure failures retry forever with capped backoff (the saga is

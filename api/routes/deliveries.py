@@ -5,9 +5,9 @@ import uuid
 from fastapi import APIRouter, status
 from starlette.concurrency import run_in_threadpool
 
-from api import queries
+from api import auth, queries
 from api.deps import ServicesDep
-from api.errors import ConflictError, NotFoundError
+from api.errors import ConflictError, NotFoundError, saga_ended_is_conflict
 from api.schemas import Accepted, Problem
 from domain.status import DeliveryStatus
 
@@ -18,7 +18,8 @@ router = APIRouter(prefix="/deliveries", tags=["deliveries"])
     "/{delivery_id}/delivered",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Accepted,
-    responses={404: {"model": Problem}, 409: {"model": Problem}},
+    responses={**auth.AUTH_RESPONSES, 404: {"model": Problem}, 409: {"model": Problem}},
+    dependencies=[auth.OperatorKey],  # the dealer's report: an operator action, no customer
 )
 async def mark_delivered(delivery_id: uuid.UUID, services: ServicesDep) -> Accepted:
     """Report an IN_TRANSIT delivery delivered. 404 unknown, 409 not in transit."""
@@ -28,7 +29,8 @@ async def mark_delivered(delivery_id: uuid.UUID, services: ServicesDep) -> Accep
         raise NotFoundError(f"delivery {key} does not exist")
     if delivery.status != DeliveryStatus.IN_TRANSIT:
         raise ConflictError(f"delivery {key} is {delivery.status}, not IN_TRANSIT")
-    await services.saga.report_delivered(delivery.order_id, key)
+    with saga_ended_is_conflict(f"delivery {key} can no longer be reported"):
+        await services.saga.report_delivered(delivery.order_id, key)
     return Accepted(
         order_id=delivery.order_id,
         detail="delivery report sent to the saga",

@@ -5,17 +5,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 from starlette.concurrency import run_in_threadpool
+from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from api import queries
+from api import auth, queries
 from api.deps import ServicesDep
-from api.errors import NotFoundError
-from api.schemas import Accepted, OrderPage, OrderView, Problem
+from api.errors import NotFoundError, saga_ended_is_conflict
+from api.limits import StrictJSONRoute
+from api.schemas import Accepted, InvalidRequest, OrderPage, OrderView, Problem
 from domain import names
-from domain.payloads import OrderRequest
+from domain.payloads import NO_CONTROL_CHARS, OrderRequest
 from domain.status import OrderStatus
 
-router = APIRouter(prefix="/orders", tags=["orders"])
+router = APIRouter(prefix="/orders", tags=["orders"], route_class=StrictJSONRoute)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -37,7 +39,14 @@ def _order_url(order_id: str) -> str:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=OrderView,
-    responses={202: {"model": Accepted}, 422: {"model": Problem}, 503: {"model": Problem}},
+    responses={
+        202: {"model": Accepted},
+        **auth.AUTH_RESPONSES,
+        413: {"model": Problem},
+        422: {"model": InvalidRequest},
+        503: {"model": Problem},
+    },
+    dependencies=[auth.OperatorKey, auth.OrderPlacer],
 )
 async def create_order(
     body: OrderRequest,
@@ -82,6 +91,7 @@ router.add_api_route(
     methods=["POST"],
     status_code=status.HTTP_201_CREATED,
     response_model=OrderView,
+    dependencies=[auth.OperatorKey, auth.OrderPlacer],
     include_in_schema=False,
 )
 
@@ -90,7 +100,7 @@ router.add_api_route(
 def list_orders(
     services: ServicesDep,
     status_filter: Annotated[OrderStatus | None, Query(alias="status")] = None,
-    customer_id: Annotated[str | None, Query(max_length=64)] = None,
+    customer_id: Annotated[str | None, Query(max_length=64, pattern=NO_CONTROL_CHARS)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> OrderPage:
@@ -110,16 +120,19 @@ def list_orders(
 async def get_order(order_id: uuid.UUID, services: ServicesDep) -> OrderView:
     """The order, its payment and delivery (database) and the saga's state (workflow query)."""
     key = str(order_id)
-    view = await run_in_threadpool(queries.order_view, services.engine, services.settings, key)
     try:
         saga = await services.saga.state(key)
-        exists = saga is not None
-    except RPCError:
+        exists: bool | None = saga is not None
+    except (RPCError, WorkflowQueryFailedError):
         # No worker answered the query (down or busy): the database still answers, and
         # Temporal itself says whether the saga exists.
-        saga = None
-        exists = view is not None or await services.saga.exists(key)
+        saga, exists = None, None
+    # Read after the saga: it records a step only once the step's rows are written, so the
+    # rows shown are never behind the saga shown (a CANCELLED saga, a CANCELLED order).
+    view = await run_in_threadpool(queries.order_view, services.engine, services.settings, key)
     if view is None:
+        if exists is None:
+            exists = await services.saga.exists(key)
         if not exists:
             raise NotFoundError(f"order {key} does not exist")
         workflow_id = names.workflow_id_for(key)
@@ -137,10 +150,12 @@ async def get_order(order_id: uuid.UUID, services: ServicesDep) -> OrderView:
     "/{order_id}/cancel",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Accepted,
-    responses={404: {"model": Problem}, 409: {"model": Problem}},
+    responses={**auth.AUTH_RESPONSES, 404: {"model": Problem}, 409: {"model": Problem}},
+    dependencies=[auth.OperatorKey, auth.OrderOwner],
 )
 async def cancel_order(order_id: uuid.UUID, services: ServicesDep) -> Accepted:
     """Cancel the order before a dealer is assigned; the saga refunds and cancels. 409 after."""
     key = str(order_id)
-    await services.saga.cancel(key)
+    with saga_ended_is_conflict(f"order {key} can no longer be cancelled"):
+        await services.saga.cancel(key)
     return Accepted(order_id=key, detail="cancellation requested", order_url=_order_url(key))

@@ -5,15 +5,21 @@ import uuid
 from fastapi import APIRouter, status
 from starlette.concurrency import run_in_threadpool
 
-from api import queries
+from api import auth, queries
 from api.deps import Services, ServicesDep
-from api.errors import ConflictError, NotFoundError
+from api.errors import ConflictError, NotFoundError, saga_ended_is_conflict
 from api.schemas import Accepted, Problem
 from domain.status import PaymentStatus
 
 router = APIRouter(prefix="/payments", tags=["payments"])
 
-RESPONSES: dict[int | str, dict[str, object]] = {404: {"model": Problem}, 409: {"model": Problem}}
+RESPONSES: dict[int | str, dict[str, object]] = {
+    **auth.AUTH_RESPONSES,
+    404: {"model": Problem},
+    409: {"model": Problem},
+}
+# The API key, then the token of the customer who placed the payment's order.
+GUARDS = [auth.OperatorKey, auth.PaymentOwner]
 
 
 async def _decide(services: Services, payment_id: uuid.UUID, *, confirm: bool) -> Accepted:
@@ -23,7 +29,8 @@ async def _decide(services: Services, payment_id: uuid.UUID, *, confirm: bool) -
         raise NotFoundError(f"payment {key} does not exist")
     if payment.status != PaymentStatus.PENDING:
         raise ConflictError(f"payment {key} is {payment.status}, not PENDING")
-    await services.saga.decide_payment(payment.order_id, key, confirm=confirm)
+    with saga_ended_is_conflict(f"payment {key} can no longer be decided"):
+        await services.saga.decide_payment(payment.order_id, key, confirm=confirm)
     verb = "confirmation" if confirm else "cancellation"
     return Accepted(
         order_id=payment.order_id,
@@ -37,6 +44,7 @@ async def _decide(services: Services, payment_id: uuid.UUID, *, confirm: bool) -
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Accepted,
     responses=RESPONSES,
+    dependencies=GUARDS,
 )
 async def confirm_payment(payment_id: uuid.UUID, services: ServicesDep) -> Accepted:
     """Confirm a PENDING payment. 404 unknown, 409 not pending or already decided."""
@@ -48,6 +56,7 @@ async def confirm_payment(payment_id: uuid.UUID, services: ServicesDep) -> Accep
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Accepted,
     responses=RESPONSES,
+    dependencies=GUARDS,
 )
 async def cancel_payment(payment_id: uuid.UUID, services: ServicesDep) -> Accepted:
     """Cancel a PENDING payment; the saga cancels the order. 404 unknown, 409 not pending."""

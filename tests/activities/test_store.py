@@ -5,7 +5,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
-from store.db import create_schema, session
+from store.db import migrate, session
 from store.models import DealerRow, place_key
 from store.seed import DEMO_DEALERS, seed_dealers
 from tests.activities.support import all_rows, dealer_loads, run_concurrently
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.db
 
 def test_seed_dealers_twice_inserts_each_dealer_once(engine):
     assert seed_dealers(engine) == len(DEMO_DEALERS)
-    create_schema(engine)  # idempotent too
+    migrate(engine)  # idempotent too
     assert seed_dealers(engine) == 0
 
     dealers = all_rows(engine, DealerRow)

@@ -12,7 +12,7 @@ from temporalio.client import WorkflowExecutionStatus
 from api.app import create_app
 from tests.e2e.conftest import Stack
 from tests.saga_harness import db_statuses
-from workflows.order_process import ORDER_STATUS
+from workflows.order_process import CUSTOMER_ID, ORDER_STATUS
 
 ORDER: dict[str, Any] = {
     "customer_id": "e2e-customer",
@@ -81,6 +81,10 @@ async def test_confirmed_order_is_delivered_and_frees_its_dealer(stack: Stack) -
     assert body["delivery"]["dealer_id"] == dealer["id"]
     described = await stack.client.get_workflow_handle(order["workflow_id"]).describe()
     assert described.typed_search_attributes.get(ORDER_STATUS) == "CONFIRMED"
+    assert described.typed_search_attributes.get(CUSTOMER_ID) == ORDER["customer_id"]
+    summary = await described.static_summary()
+    assert summary is not None
+    assert "28.10" in summary
 
     delivered = await stack.http.post(f"/deliveries/{body['delivery']['delivery_id']}/delivered")
     assert delivered.status_code == 202, delivered.text
@@ -237,3 +241,17 @@ async def test_without_a_worker_an_order_is_accepted_with_202_and_can_be_polled(
         handle = stack.client.get_workflow_handle(polled.json()["workflow_id"])
         assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
         await handle.terminate("test cleanup: no worker will ever run it")
+
+
+async def test_while_temporal_is_unreachable_mutations_answer_503_not_500(stack: Stack) -> None:
+    # Nothing listens on this port: the API still starts (lazy client) and says why it fails.
+    settings = stack.settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http,
+    ):
+        response = await http.post("/orders", json=ORDER)
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"]
+        assert (await http.get("/readyz")).status_code == 503

@@ -1,0 +1,131 @@
+"""Limits on what a request may carry, checked before any handler runs.
+
+``BodySizeLimitMiddleware`` (pure ASGI): a body larger than the limit is answered **413**
+before the application sees it, so nothing is parsed, validated or started. A declared
+``Content-Length`` over the limit is refused at once without reading the body; a body
+without one (``Transfer-Encoding: chunked``) is read only up to the limit. A body within
+the limit is handed to the application unchanged.
+
+``StrictJSONRoute``: a JSON object with the same key twice is ambiguous (which ``unit_price``
+did the client mean?), so it is refused with **422** like any other malformed JSON, rather
+than silently keeping the last value; so are bytes that are not text and nesting too deep
+to parse (which FastAPI would answer with an undocumented 400).
+"""
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+class BodySizeLimitMiddleware:
+    """Answer 413 to any HTTP request whose body exceeds ``max_body_bytes``."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            await self._too_large(send)
+            return
+        # Read the body (it is buffered by the framework anyway), counting as it arrives,
+        # so a chunked body is stopped at the limit, not after it has all been received.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await self._too_large(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([body], receive), send)
+
+    async def _too_large(self, send: Send) -> None:
+        payload = json.dumps(
+            {"detail": f"request body is larger than {self.max_body_bytes} bytes"}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the server refuses a malformed length before we are called
+    return None
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that returns ``messages`` first, then defers to the real one."""
+    pending = list(messages)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise json.JSONDecodeError(f"duplicate key {key!r}", "", 0)
+        obj[key] = value
+    return obj
+
+
+class _StrictJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = json.loads(body, object_pairs_hook=_unique_keys)
+            except (UnicodeDecodeError, RecursionError) as err:
+                # Not JSON either (bytes that are no text, nesting too deep to parse): the
+                # same 422 as any other malformed JSON rather than a bare 400.
+                raise json.JSONDecodeError(f"{type(err).__name__}: {err}", "", 0) from err
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """A route whose JSON body may not repeat a key (FastAPI answers 422, like bad JSON)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request) -> Response:
+            return await handler(_StrictJSONRequest(request.scope, request.receive))
+
+        return strict_handler

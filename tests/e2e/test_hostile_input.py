@@ -1,0 +1,467 @@
+"""Hostile input over HTTP: every bad request gets a clear 4xx (never a 5xx) and changes nothing.
+
+After each refused call the test counts the rows of every table and the workflows on the
+Temporal server, and compares them with the counts taken before it.
+"""
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, func
+from sqlmodel import select
+
+from store.db import session
+from store.models import DealerRow, DeliveryRow, OrderItemRow, OrderRow, PaymentRow, RefundRow
+from tests.e2e.conftest import Stack
+from tests.e2e.test_api_saga import ORDER
+
+TABLES = {
+    "orders": OrderRow,
+    "order_items": OrderItemRow,
+    "payments": PaymentRow,
+    "deliveries": DeliveryRow,
+    "refunds": RefundRow,
+    "dealers": DealerRow,
+}
+MIB = 1024 * 1024
+
+
+def row_counts(engine: Engine) -> dict[str, int]:
+    """Rows in every service table."""
+    with session(engine) as db:
+        return {
+            name: db.exec(select(func.count()).select_from(table)).one()
+            for name, table in TABLES.items()
+        }
+
+
+async def snapshot(stack: Stack) -> dict[str, int]:
+    """Rows in every table and workflows on the server: what a refused call must not change."""
+    counts = await asyncio.to_thread(row_counts, stack.engine)
+    counts["workflows"] = (await stack.client.count_workflows()).count
+    return counts
+
+
+async def settled_snapshot(stack: Stack, within: float = 15) -> dict[str, int]:
+    """A snapshot once sagas left running by earlier tests have stopped changing rows."""
+    deadline = time.monotonic() + within
+    last = await snapshot(stack)
+    while True:
+        await asyncio.sleep(0.05)
+        now = await snapshot(stack)
+        if now == last:
+            return now
+        assert time.monotonic() < deadline, f"rows kept changing: {last} -> {now}"
+        last = now
+
+
+class Refusals:
+    """Sends requests that must be refused and checks each one changed nothing."""
+
+    def __init__(self, stack: Stack, before: dict[str, int]) -> None:
+        self.stack = stack
+        self.before = before
+
+    async def expect(
+        self, expected: int | set[int], method: str, url: str, **kwargs: Any
+    ) -> httpx.Response:
+        response = await self.stack.http.request(method, url, **kwargs)
+        allowed = {expected} if isinstance(expected, int) else expected
+        shown = response.text[:300]
+        assert response.status_code in allowed, (method, url[:100], response.status_code, shown)
+        assert response.headers["content-type"].startswith("application/json"), shown
+        if response.status_code >= 400:
+            assert "detail" in response.json(), shown
+        after = await snapshot(self.stack)
+        assert after == self.before, f"{method} {url[:100]} changed state: {self.before} -> {after}"
+        return response
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def _settled(stack: Stack) -> None:
+    """Start once sagas of earlier test modules have stopped changing rows."""
+    await settled_snapshot(stack)
+
+
+@pytest.fixture
+async def refusals(stack: Stack) -> Refusals:
+    # Tests here that are accepted settle before they end (see ``accepted``).
+    return Refusals(stack, await snapshot(stack))
+
+
+async def accepted(stack: Stack, response: httpx.Response) -> dict[str, Any]:
+    """An accepted POST /orders: its saga waits for the payment decision, and is visible."""
+    assert response.status_code == 201, response.text
+    await settled_snapshot(stack)
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def order(**changes: Any) -> dict[str, Any]:
+    return {**ORDER, "customer_id": f"hostile-{uuid.uuid4().hex[:8]}", **changes}
+
+
+def item(**changes: Any) -> dict[str, Any]:
+    return {"product_id": "book", "quantity": 1, "unit_price": "1.00", **changes}
+
+
+# --- size ------------------------------------------------------------------------------
+
+
+async def test_a_5_mb_body_is_refused_with_413(refusals: Refusals) -> None:
+    huge = order(items=[item(product_id="x" * 50) for _ in range(5 * MIB // 60)])
+    body = json.dumps(huge).encode()
+    assert len(body) > 5 * MIB
+    response = await refusals.expect(
+        413, "POST", "/orders", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert "larger than 1048576 bytes" in response.json()["detail"]
+    # The connection is still usable after the refusal.
+    assert (await refusals.stack.http.get("/healthz")).status_code == 200
+
+
+async def test_a_chunked_body_over_the_limit_is_refused_with_413(refusals: Refusals) -> None:
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent
+        yield b'{"customer_id": "c", "city": "'
+        for _ in range(3 * MIB // 65536):
+            sent += 65536
+            yield b"x" * 65536
+        yield b'"}'
+
+    response = await refusals.expect(
+        413, "POST", "/orders", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert "content-length" not in response.request.headers
+    assert response.request.headers["transfer-encoding"] == "chunked"
+
+
+async def test_a_chunked_body_within_the_limit_is_read_whole(stack: Stack) -> None:
+    body = json.dumps(order(city="Chunked City")).encode()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 7):
+            yield body[start : start + 7]
+
+    response = await stack.http.post(
+        "/orders", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert (await accepted(stack, response))["city"] == "Chunked City"
+
+
+async def test_a_body_over_a_configured_limit_is_refused(stack: Stack) -> None:
+    from api.app import create_app
+
+    small = create_app(stack.settings.model_copy(update={"max_body_bytes": 100}))
+    transport = httpx.ASGITransport(app=small)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+        # The limit answers before routing, so the app's lifespan need not have run.
+        too_big = await http.post("/orders", json=order())
+        assert too_big.status_code == 413
+        assert "larger than 100 bytes" in too_big.json()["detail"]
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_10000_items_are_refused_the_maximum_is_100(refusals: Refusals) -> None:
+    many = order(items=[item() for _ in range(10_000)])
+    response = await refusals.expect(422, "POST", "/orders", json=many)
+    assert any(e["loc"] == ["body", "items"] for e in response.json()["detail"])
+    await refusals.expect(422, "POST", "/orders", json=order(items=[item()] * 101))
+
+
+# --- text ------------------------------------------------------------------------------
+
+
+async def test_emoji_and_right_to_left_text_are_stored_exactly(stack: Stack) -> None:
+    city = "تهران 🚚 \u202etset"  # Persian, an emoji and a right-to-left override
+    product = "کتاب-📚-\u05e9\u05dc\u05d5\u05dd"
+    response = await stack.http.post(
+        "/orders", json=order(city=city, province="اصفهان", items=[item(product_id=product)])
+    )
+    placed = await accepted(stack, response)
+    body = (await stack.http.get(f"/orders/{placed['order_id']}")).json()
+    assert (body["city"], body["province"]) == (city, "اصفهان")
+    assert body["items"][0]["product_id"] == product
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"city": "Teh\x00ran"},
+        {"province": "\x00"},
+        {"customer_id": "c\x00"},
+        {"items": [item(product_id="book\x00")]},
+        {"city": "Teh\nran"},
+        {"city": "Teh\x1bran"},
+        {"city": "Teh\x7fran"},
+        {"city": "   "},
+        {"city": "x" * 101},
+        {"customer_id": "c" * 65},
+        {"items": [item(product_id="p" * 65)]},
+    ],
+    ids=repr,
+)
+async def test_control_characters_and_overlong_text_are_refused(
+    refusals: Refusals, changes: dict[str, Any]
+) -> None:
+    # NUL in particular: PostgreSQL text cannot hold it; it must never reach the database.
+    await refusals.expect(422, "POST", "/orders", json=order(**changes))
+
+
+async def test_lone_surrogates_are_refused(refusals: Refusals) -> None:
+    body = json.dumps(order(city="CITY")).replace("CITY", "\\ud800").encode()
+    await refusals.expect(
+        422, "POST", "/orders", content=body, headers={"Content-Type": "application/json"}
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/orders?customer_id=%ED%A0%80",
+        "/orders?customer_id=%FF%FE",
+        "/orders?status=%00",
+        "/orders?limit=%ED%A0%80",
+        "/dealers?city=%C0%AF",
+        "/orders/%ED%A0%80",
+        "/orders/%FF",
+        "/payments/%ED%A0%80/confirm",
+        "/deliveries/%00%00/delivered",
+    ],
+)
+async def test_undecodable_bytes_in_urls_never_cause_a_5xx(refusals: Refusals, url: str) -> None:
+    method = "POST" if url.endswith(("confirm", "delivered")) else "GET"
+    # A filter that decodes to replacement characters simply matches nothing (200).
+    await refusals.expect({200, 404, 422}, method, url)
+
+
+async def test_control_characters_in_filters_and_dealers_are_refused(refusals: Refusals) -> None:
+    await refusals.expect(422, "GET", "/orders", params={"customer_id": "c\x00"})
+    await refusals.expect(422, "GET", "/dealers", params={"city": "Teh\x00ran"})
+    await refusals.expect(422, "GET", "/dealers", params={"province": "\x00"})
+    dealer = {"name": "N\x00", "phone": "+1 555", "province": "Tehran", "city": "Tehran"}
+    await refusals.expect(422, "POST", "/dealers", json={**dealer, "capacity": 1})
+    await refusals.expect(
+        422, "POST", "/dealers", json={**dealer, "name": "ok", "city": "\x00", "capacity": 1}
+    )
+
+
+# --- numbers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad_item",
+    [
+        item(unit_price="-1.00"),
+        item(unit_price=-1),
+        item(unit_price="0"),
+        item(unit_price="0.00"),
+        item(unit_price=0),
+        item(unit_price="-0.01"),
+        item(unit_price="1.005"),
+        item(unit_price=1.005),
+        item(unit_price=1e30),
+        item(unit_price="1e30"),
+        item(unit_price="1" + "0" * 40),
+        item(unit_price="10000000000.00"),
+        item(unit_price="NaN"),
+        item(unit_price="Infinity"),
+        item(unit_price="-Infinity"),
+        item(unit_price="twelve"),
+        item(unit_price=None),
+        item(unit_price=[]),
+        item(quantity=0),
+        item(quantity=-1),
+        item(quantity=11),
+        item(quantity=10**30),
+        item(quantity=-(10**30)),
+        item(quantity=1.5),
+        item(quantity="lots"),
+    ],
+    ids=repr,
+)
+async def test_bad_amounts_and_quantities_are_refused(
+    refusals: Refusals, bad_item: dict[str, Any]
+) -> None:
+    await refusals.expect(422, "POST", "/orders", json=order(items=[bad_item]))
+
+
+async def test_nan_and_infinity_json_literals_are_refused(refusals: Refusals) -> None:
+    for literal in (b"NaN", b"Infinity", b"-Infinity", b"1e999"):
+        body = json.dumps(order(items=[item(unit_price="PRICE")])).encode()
+        body = body.replace(b'"PRICE"', literal)
+        await refusals.expect(
+            422, "POST", "/orders", content=body, headers={"Content-Type": "application/json"}
+        )
+
+
+async def test_the_largest_order_is_exact(stack: Stack) -> None:
+    big = [item(product_id=f"p{i}", quantity=10, unit_price="9999999999.99") for i in range(100)]
+    placed = await accepted(stack, await stack.http.post("/orders", json=order(items=big)))
+    assert placed["total_amount"] == "9999999999990.00"
+    assert placed["payment"]["amount"] == "9999999999990.00"
+
+
+@pytest.mark.parametrize(
+    ("url", "params"),
+    [
+        ("/orders", {"limit": 10**30}),
+        ("/orders", {"offset": 10**30}),
+        ("/orders", {"limit": -(10**30)}),
+        ("/orders", {"offset": -1}),
+        ("/orders", {"limit": 0}),
+        ("/orders", {"limit": "1e3"}),
+        ("/orders", {"limit": "ten"}),
+        ("/orders", {"status": "NOPE"}),
+        ("/dealers", {"limit": 10**30}),
+        ("/dealers", {"offset": 10**30}),
+        ("/dealers", {"city": "x" * 101}),
+    ],
+    ids=repr,
+)
+async def test_overflowing_and_malformed_query_strings_are_refused(
+    refusals: Refusals, url: str, params: dict[str, Any]
+) -> None:
+    await refusals.expect(422, "GET", url, params=params)
+
+
+async def test_dealer_with_an_overflowing_capacity_is_refused(refusals: Refusals) -> None:
+    dealer = {"name": "N", "phone": "+1 555 0101", "province": "Tehran", "city": "Tehran"}
+    for capacity in (10**30, -(10**30), 0, 1001, 1.5, "many"):
+        await refusals.expect(422, "POST", "/dealers", json={**dealer, "capacity": capacity})
+
+
+# --- ids in paths and headers ----------------------------------------------------------
+
+ID_ROUTES = [
+    ("GET", "/orders/{}"),
+    ("POST", "/orders/{}/cancel"),
+    ("POST", "/payments/{}/confirm"),
+    ("POST", "/payments/{}/cancel"),
+    ("POST", "/deliveries/{}/delivered"),
+]
+BAD_IDS = ["not-a-uuid", "1", "x" * 10_000, str(uuid.uuid4()) + "0", "%00", "%F0%9F%9A%9A", "'--"]
+
+
+@pytest.mark.parametrize(("method", "route"), ID_ROUTES, ids=lambda r: str(r))
+async def test_malformed_ids_in_paths_are_refused(
+    refusals: Refusals, method: str, route: str
+) -> None:
+    for bad in BAD_IDS:
+        await refusals.expect(422, method, route.format(bad))
+    # Longer than the server reads as a request line (16 KiB): refused before the app.
+    response = await refusals.stack.http.request(method, route.format("x" * 40_000))
+    assert 400 <= response.status_code < 500
+    assert await snapshot(refusals.stack) == refusals.before
+
+
+async def test_unknown_ids_are_404(refusals: Refusals) -> None:
+    for method, route in ID_ROUTES:
+        await refusals.expect(404, method, route.format(uuid.uuid4()))
+
+
+async def test_bad_idempotency_keys_are_refused(refusals: Refusals) -> None:
+    for key in ("", "k" * 201):
+        headers = {"Idempotency-Key": key}
+        await refusals.expect(422, "POST", "/orders", json=order(), headers=headers)
+
+
+# --- content types and JSON ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        "application/octet-stream",
+        None,
+    ],
+)
+async def test_wrong_content_types_are_refused(
+    refusals: Refusals, content_type: str | None
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    body = json.dumps(order()).encode()  # a valid order, but not declared as JSON
+    await refusals.expect({415, 422}, "POST", "/orders", content=body, headers=headers)
+
+
+async def test_form_data_is_refused(refusals: Refusals) -> None:
+    form = {"customer_id": "c", "province": "Tehran", "city": "Tehran"}
+    await refusals.expect({415, 422}, "POST", "/orders", data=form)
+    await refusals.expect({415, 422}, "POST", "/orders", files={"items": ("i.json", b"[]")})
+    await refusals.expect({415, 422}, "POST", "/dealers", data={"name": "n"})
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"not json",
+        b'{"customer_id": "c",',
+        b"{'customer_id': 'c'}",
+        b'{"customer_id": "c"} trailing',
+        b"\xff\xfe\x00",
+        b'{"customer_id": "\xc3\x28"}',
+        b"null",
+        b"[]",
+        b"[" + json.dumps(ORDER).encode() + b"]",
+        b'"a string"',
+        b"42",
+        b"true",
+        b"{}",
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+    ],
+    ids=lambda raw: repr(raw[:30]),
+)
+async def test_invalid_json_and_non_object_bodies_are_refused(
+    refusals: Refusals, raw: bytes
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    await refusals.expect(422, "POST", "/orders", content=raw, headers=headers)
+    await refusals.expect(422, "POST", "/dealers", content=raw, headers=headers)
+
+
+async def test_duplicate_keys_are_refused(refusals: Refusals) -> None:
+    valid = json.dumps(order(city="Tehran"))
+    # The same key twice: which value did the client mean? Neither is guessed.
+    for duplicate in (
+        valid.replace('"city": "Tehran"', '"city": "Tehran", "city": "Isfahan"'),
+        valid.replace('"unit_price": "12.50"', '"unit_price": "12.50", "unit_price": "0.01"'),
+        valid.replace('"city": "Tehran"', '"city": "Tehran", "city": "Tehran"'),
+    ):
+        assert duplicate != valid
+        response = await refusals.expect(
+            422, "POST", "/orders", content=duplicate, headers={"Content-Type": "application/json"}
+        )
+        assert "duplicate key" in json.dumps(response.json())
+    dealer = '{"name": "n", "name": "m", "phone": "+1 555", "province": "T", "city": "T"}'
+    await refusals.expect(
+        422, "POST", "/dealers", content=dealer, headers={"Content-Type": "application/json"}
+    )
+
+
+async def test_unexpected_fields_and_wrong_types_are_refused(refusals: Refusals) -> None:
+    for body in (
+        order(items=None),
+        order(items={"product_id": "p"}),
+        order(items=[None]),
+        order(items=["book"]),
+        order(items=[{**item(), "discount": "100%"}]),
+        order(city=["Tehran"]),
+        order(city={"$ne": None}),
+        order(customer_id=12345),
+        {k: v for k, v in order().items() if k != "city"},
+    ):
+        await refusals.expect(422, "POST", "/orders", json=body)
