@@ -177,32 +177,30 @@ async def require_order_placer(body: OrderRequest, customer: CustomerDep) -> Non
         )
 
 
+async def _require_owner(services: ServicesDep, customer: str | None, kind: str, key: str) -> None:
+    """The customer placed the order behind ``kind`` ``key``: 404 unknown, 403 not theirs."""
+    if customer is None:
+        return
+    lookup = {"order_id": key} if kind == "order" else {"payment_id": key}
+    owner = await run_in_threadpool(queries.customer_of, services.engine, **lookup)
+    if owner is None:
+        raise NotFoundError(f"{kind} {key} does not exist")
+    if owner != customer:
+        raise _not_yours(kind)
+
+
 async def require_order_owner(
     order_id: uuid.UUID, services: ServicesDep, customer: CustomerDep
 ) -> None:
     """POST /orders/{order_id}/cancel: the customer who placed the order (404 unknown)."""
-    if customer is None:
-        return
-    key = str(order_id)
-    owner = await run_in_threadpool(queries.customer_of, services.engine, order_id=key)
-    if owner is None:
-        raise NotFoundError(f"order {key} does not exist")
-    if owner != customer:
-        raise _not_yours("order")
+    await _require_owner(services, customer, "order", str(order_id))
 
 
 async def require_payment_owner(
     payment_id: uuid.UUID, services: ServicesDep, customer: CustomerDep
 ) -> None:
     """POST /payments/{payment_id}/...: the customer who placed its order (404 unknown)."""
-    if customer is None:
-        return
-    key = str(payment_id)
-    owner = await run_in_threadpool(queries.customer_of, services.engine, payment_id=key)
-    if owner is None:
-        raise NotFoundError(f"payment {key} does not exist")
-    if owner != customer:
-        raise _not_yours("payment")
+    await _require_owner(services, customer, "payment", str(payment_id))
 
 
 OrderPlacer = Depends(require_order_placer)

@@ -110,6 +110,12 @@ class Chaos:
         self.stack, self.database, self.rng, self.args = stack, database, rng, args
         self.kills = self.restarts = self.outages = 0
         self.fault_points_fired: list[str] = []
+        self.settled = 0  # sagas settled so far, counted by the driver
+
+    async def _until_settled(self, count: float) -> None:
+        # Spread the chaos over the whole run: the next blow waits for the sagas to move on.
+        while self.settled < min(count, self.args.sagas - 1):
+            await asyncio.sleep(0.2)
 
     async def run(self) -> None:
         for point in FAULT_POINTS[: self.args.kills]:
@@ -117,8 +123,10 @@ class Chaos:
         actions = ["kill"] * (self.args.kills - self.kills)
         actions += ["restart"] * self.args.restarts + ["outage"] * self.args.outages
         self.rng.shuffle(actions)
-        for action in actions:
-            await asyncio.sleep(self.rng.uniform(1.0, 3.0))
+        step = self.args.sagas / (len(actions) + 1)
+        for i, action in enumerate(actions, start=1):
+            await self._until_settled(i * step)
+            await asyncio.sleep(self.rng.uniform(0.0, 1.0))
             if action == "kill":
                 log("SIGKILL worker")
                 await self.stack.kill_worker()
@@ -179,6 +187,7 @@ async def main(args: argparse.Namespace) -> int:
             except TimeoutError as err:
                 saga.problems.append(str(err))
             done += 1
+            chaos.settled = done
             if done % max(1, args.sagas // 10) == 0:
                 log(f"{done}/{args.sagas} sagas settled")
 

@@ -104,16 +104,6 @@ def dealer_loads(engine: Engine) -> dict[int, int]:
     return {d.id: d.active_deliveries for d in all_rows(engine, DealerRow) if d.id is not None}
 
 
-def set_dealer_load(engine: Engine, dealer_id: int, active_deliveries: int) -> None:
-    """Put a dealer's load straight into the database (setting up a scenario)."""
-    with session(engine) as db:
-        dealer = db.get(DealerRow, dealer_id)
-        assert dealer is not None
-        dealer.active_deliveries = active_deliveries
-        db.add(dealer)
-        db.commit()
-
-
 def assert_business_error(error: BaseException, error_type: str) -> None:
     """A non-retryable ApplicationError of ``error_type``: the saga compensates, never retries."""
     assert isinstance(error, ApplicationError), repr(error)

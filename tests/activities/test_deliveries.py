@@ -21,9 +21,8 @@ from tests.activities.support import (
     order_ref,
     place_order,
     run_concurrently,
-    set_dealer_load,
 )
-from tests.saga_harness import add_dealer, db_statuses, dealer_load
+from tests.saga_harness import add_dealer, db_statuses, dealer_load, set_dealer_load
 
 pytestmark = pytest.mark.db
 
