@@ -37,7 +37,7 @@ COPY activities ./activities
 COPY api ./api
 COPY store ./store
 COPY migrations ./migrations
-COPY worker.py settings.py cli.py alembic.ini ./
+COPY worker.py settings.py cli.py telemetry.py alembic.ini ./
 # The project itself, from pyproject.toml, pointing at /app (one copy of the code).
 RUN pip install --no-deps -e . \
     && mkdir -p /app/data \

@@ -6,18 +6,20 @@ lists them all.
 """
 
 import os
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import TLSConfig
 
 from domain.names import WORKFLOW_TASK_QUEUE
 from domain.payloads import SagaTimeouts
+from telemetry import metrics_runtime
 
 MIN_SECRET_LENGTH = 16
 
@@ -85,6 +87,33 @@ class Settings(BaseSettings):
             "'Authorization: Bearer <token>' (python -m api.auth token <customer_id>)."
         ),
     )
+
+    metrics_bind_address: str | None = Field(
+        default=None,
+        description=(
+            "host:port of this process's Prometheus /metrics endpoint (SDK and saga metrics), "
+            "e.g. 127.0.0.1:9464. Unset: no metrics endpoint."
+        ),
+    )
+    otel_exporter: Literal["console", "otlp"] | None = Field(
+        default=None,
+        description=(
+            "OpenTelemetry tracing: 'console' (spans to stdout) or 'otlp' (OTLP over HTTP). "
+            "Unset: tracing off. Needs the 'otel' extra."
+        ),
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces endpoint (default http://localhost:4318/v1/traces).",
+    )
+
+    @field_validator("metrics_bind_address", "otel_exporter", mode="before")
+    @classmethod
+    def _empty_means_off(cls, value: Any) -> Any:
+        # METRICS_BIND_ADDRESS= or OTEL_EXPORTER= (empty) means off, as if unset.
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+            return None
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -154,13 +183,19 @@ class TemporalConnectError(RuntimeError):
     """Temporal could not be reached with these settings (says where, and with or without TLS)."""
 
 
-async def connect_temporal(settings: Settings, *, lazy: bool = False) -> Client:
+async def connect_temporal(
+    settings: Settings, *, lazy: bool = False, interceptors: Sequence[Interceptor] = ()
+) -> Client:
     """The process's one Temporal client, with the pydantic data converter the payloads need.
+
+    With ``metrics_bind_address`` set, the client (and its workers) run on the process's
+    Prometheus runtime (telemetry.py); ``interceptors`` are e.g. the tracing interceptor.
 
     Raises TemporalConnectError (unless ``lazy``) when the server cannot be reached, or does
     not speak the TLS mode configured, rather than retrying in silence.
     """
     tls = settings.tls_config()
+    runtime = metrics_runtime(settings.metrics_bind_address)
     try:
         return await Client.connect(
             settings.temporal_address,
@@ -168,7 +203,9 @@ async def connect_temporal(settings: Settings, *, lazy: bool = False) -> Client:
             api_key=settings.temporal_api_key,
             tls=tls,
             data_converter=pydantic_data_converter,
+            interceptors=interceptors,
             lazy=lazy,
+            runtime=runtime,
         )
     except RuntimeError as err:
         hint = (

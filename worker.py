@@ -29,6 +29,7 @@ from activities.payments import PaymentActivities
 from domain import names
 from settings import Settings, connect_temporal
 from store.db import make_engine, migrate
+from telemetry import configure_tracing, tracing_interceptors
 from workflows import OrderProcessWorkflow
 
 log = logging.getLogger("worker")
@@ -110,7 +111,8 @@ async def run(settings: Settings, queues: Sequence[str]) -> None:
     """Wire engine, client and workers once, run until SIGINT/SIGTERM, then shut down cleanly."""
     engine = make_engine(settings.database_url)
     migrate(engine)  # alembic upgrade head; waits if the API is migrating too
-    client = await connect_temporal(settings)
+    tracer_provider = configure_tracing(settings, "order-saga-worker")
+    client = await connect_temporal(settings, interceptors=tracing_interceptors(tracer_provider))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -130,10 +132,16 @@ async def run(settings: Settings, queues: Sequence[str]) -> None:
                 for worker in workers:
                     await stack.enter_async_context(worker)
                 log.info("worker polling %s on %s", ", ".join(queues), settings.temporal_address)
+                if settings.metrics_bind_address:
+                    log.info(
+                        "Prometheus metrics on http://%s/metrics", settings.metrics_bind_address
+                    )
                 await stop.wait()
                 log.info("worker shutting down")
     finally:
         engine.dispose()
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # flush the last spans
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -7,6 +7,7 @@ import time.
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -18,21 +19,33 @@ from api.routes import dealers, deliveries, health, orders, payments
 from api.saga import SagaGateway
 from settings import Settings, connect_temporal
 from store.db import make_engine, migrate
+from telemetry import add_tracing_middleware, configure_tracing, tracing_interceptors
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app. ``settings`` defaults to the environment's."""
+def create_app(
+    settings: Settings | None = None, *, tracer_provider: "TracerProvider | None" = None
+) -> FastAPI:
+    """Build the app. ``settings`` defaults to the environment's.
+
+    Tracing is on with ``OTEL_EXPORTER`` set, or with ``tracer_provider`` given (tests).
+    """
     settings = settings or Settings()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    tracer_provider = tracer_provider or configure_tracing(settings, "order-saga-api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
         migrate(engine)  # alembic upgrade head; waits if the worker is migrating too
         # Lazy: the API starts (and /readyz says why it is not ready) while Temporal is down.
-        client = await connect_temporal(settings, lazy=True)
+        client = await connect_temporal(
+            settings, lazy=True, interceptors=tracing_interceptors(tracer_provider)
+        )
         app.state.services = Services(
             settings=settings, engine=engine, client=client, saga=SagaGateway(client, settings)
         )
@@ -40,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             engine.dispose()
+            if tracer_provider is not None:
+                tracer_provider.force_flush()
 
     app = FastAPI(
         title="Order saga on Temporal",
@@ -52,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    add_tracing_middleware(app, tracer_provider)  # added last: the outermost middleware
     for router in (
         orders.router,
         payments.router,

@@ -5,6 +5,7 @@ business logic and there is one place that knows the workflow's contract.
 """
 
 import asyncio
+import logging
 from datetime import timedelta
 
 from temporalio.client import (
@@ -35,6 +36,8 @@ from domain.status import OrderStatus, SagaPhase
 from settings import Settings
 from workflows import OrderProcessWorkflow
 from workflows.order_process import CUSTOMER_ID, ORDER_STATUS
+
+log = logging.getLogger("api.saga")
 
 DECISION_SIGNALS = (names.SIGNAL_CONFIRM_PAYMENT, names.SIGNAL_CANCEL_PAYMENT)
 
@@ -87,6 +90,14 @@ class SagaGateway:
                 memo={REQUEST_FINGERPRINT: fingerprint},
             )
             existed = False
+            log.info(
+                "saga started: order_id=%s workflow_id=%s run_id=%s task_queue=%s",
+                order_id,
+                workflow_id,
+                handle.first_execution_run_id or handle.result_run_id,
+                self._settings.workflow_task_queue,
+                extra={"order_id": order_id, "workflow_id": workflow_id},
+            )
         except WorkflowAlreadyStartedError:
             handle, existed = self.handle(order_id), True
             described = await handle.describe()
@@ -95,6 +106,12 @@ class SagaGateway:
                 raise IdempotencyKeyReusedError(
                     "this Idempotency-Key was already used for a different request"
                 ) from None
+            log.info(
+                "saga already started (retried request): order_id=%s workflow_id=%s",
+                order_id,
+                workflow_id,
+                extra={"order_id": order_id, "workflow_id": workflow_id},
+            )
         return await self._wait_for_payment(handle), existed
 
     async def _wait_for_payment(self, handle: SagaHandle) -> SagaState | None:

@@ -19,7 +19,7 @@ CANCELED. Infrastructure failures are retried by Temporal and never compensate.
 
 import asyncio
 import contextlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -60,6 +60,14 @@ ORDER_STATUS = SearchAttributeKey.for_keyword(names.ORDER_STATUS_SEARCH_ATTRIBUT
 CUSTOMER_ID = SearchAttributeKey.for_keyword(names.CUSTOMER_ID_SEARCH_ATTRIBUTE)
 SEARCH_ATTRIBUTES = (ORDER_STATUS, CUSTOMER_ID)
 COMPENSATING = "COMPENSATING"
+
+# Saga metrics, through workflow.metric_meter(): replay-safe (nothing is recorded while a
+# history replays) and no Temporal command, so they never change what the workflow issues.
+METRIC_STARTED = "order_saga_started"
+METRIC_COMPLETED = "order_saga_completed"  # outcome: delivered | cancelled
+METRIC_COMPENSATED = "order_saga_compensated"  # reason: the failure type
+METRIC_COMPENSATION_RETRIES = "order_saga_compensation_retries"  # compensation: its name
+METRIC_PAYMENT_WAIT = "order_saga_payment_wait"  # ms, decision: confirm | cancel | timeout
 
 # Forward steps: infrastructure failures retry forever with capped backoff (the saga is
 # durable, it can wait out an outage); business failures are non-retryable by type.
@@ -112,17 +120,21 @@ class OrderProcessWorkflow:
 
     @workflow.run
     async def run(self, params: OrderProcessInput) -> SagaState:
+        self._count(METRIC_STARTED)
         try:
             await self._until_pivot()
         except (ApplicationError, ActivityError, asyncio.CancelledError) as err:
             cancelled = is_cancelled_exception(err)
             self._record_failure(err, cancelled=cancelled)
+            self._count(METRIC_COMPENSATED, reason=self._state.failure_type or "unknown")
             await self._unwind()
+            self._count(METRIC_COMPLETED, outcome="cancelled")
             if cancelled:
                 raise  # the run closes as CANCELED, after its compensations ran
             return self._state
         # Past the pivot: a cancel request cannot undo a parcel already with its dealer.
         await run_shielded(self._deliver(), on_cancel=self._record_ignored_cancel)
+        self._count(METRIC_COMPLETED, outcome="delivered")
         return self._state
 
     async def _until_pivot(self) -> None:
@@ -219,14 +231,17 @@ class OrderProcessWorkflow:
             f"Waiting for the customer to confirm or cancel payment {self._state.payment_id} "
             f"until {self._state.payment_deadline.isoformat()}",
         )
+        waiting_since = workflow.now()
         try:
             await workflow.wait_condition(lambda: self._decision is not None, timeout=window)
         except TimeoutError:
             # Close the window before anything else: a late signal is now ignored.
             self._decision = "timeout"
+            self._record_payment_wait(waiting_since)
             raise business_error(
                 names.PAYMENT_TIMED_OUT, f"no payment decision within {window}"
             ) from None
+        self._record_payment_wait(waiting_since)
         if self._decision == "cancel":
             raise business_error(names.PAYMENT_CANCELLED, "the customer cancelled the payment")
 
@@ -467,9 +482,22 @@ class OrderProcessWorkflow:
         )
 
     def _on_compensation_retry(self, record: StepRecord) -> None:
+        self._count(METRIC_COMPENSATION_RETRIES, compensation=record.name)
         workflow.set_current_details(
             f"Compensation {record.name} keeps failing (attempt {record.attempts}): {record.error}"
         )
+
+    def _count(self, name: str, **attributes: str) -> None:
+        counter = workflow.metric_meter().create_counter(name, unit="1")
+        counter.add(1, attributes or None)
+
+    def _record_payment_wait(self, since: datetime) -> None:
+        waited = workflow.now() - since
+        workflow.metric_meter().create_histogram(
+            METRIC_PAYMENT_WAIT,
+            description="Time from the payment's creation to the decision (or the timeout).",
+            unit="ms",
+        ).record(int(waited.total_seconds() * 1000), {"decision": self._decision or "none"})
 
     def _set_order_status(self, status: OrderStatus) -> None:
         if self._state.order_status != status:

@@ -1,0 +1,119 @@
+"""Observability of the API and the worker: Prometheus metrics, OpenTelemetry tracing.
+
+Metrics: with ``METRICS_BIND_ADDRESS`` set, the process's Temporal client runs on a
+``temporalio.runtime.Runtime`` that serves Prometheus ``/metrics`` there: the SDK's own
+``temporal_*`` metrics plus the saga's (``order_saga_*``, emitted replay-safe by the workflow
+through ``workflow.metric_meter()``). The SDK allows one such runtime per bind address, so it is
+built once per process (:func:`metrics_runtime` caches it).
+
+Tracing (off by default; needs the ``otel`` extra): with ``OTEL_EXPORTER=console|otlp`` the
+Temporal client carries ``TracingInterceptor`` (StartWorkflow, RunWorkflow, StartActivity,
+RunActivity spans, propagated through Temporal headers) and the API wraps every request in a
+server span, so one trace runs from the HTTP request through the saga's activities.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from temporalio.client import Interceptor
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from settings import Settings
+
+TRACER_NAME = "order-saga"
+# order_saga_payment_wait (ms) spans up to the 30-minute payment window, and beyond.
+PAYMENT_WAIT_BUCKETS_MS = [1e3, 1e4, 6e4, 3e5, 9e5, 1.8e6, 3.6e6, 8.64e7]
+
+_lock = threading.Lock()
+_runtimes: dict[str, Runtime] = {}
+_tracer_provider: TracerProvider | None = None
+
+
+def metrics_runtime(bind_address: str | None) -> Runtime | None:
+    """The process's Runtime serving Prometheus on ``bind_address``; None when unset.
+
+    Built once per bind address and reused: a second Prometheus runtime on the same
+    address would fail to bind.
+    """
+    if not bind_address:
+        return None
+    with _lock:
+        runtime = _runtimes.get(bind_address)
+        if runtime is None:
+            runtime = Runtime(
+                telemetry=TelemetryConfig(
+                    metrics=PrometheusConfig(
+                        bind_address=bind_address,
+                        histogram_bucket_overrides={
+                            "order_saga_payment_wait": PAYMENT_WAIT_BUCKETS_MS
+                        },
+                    )
+                )
+            )
+            _runtimes[bind_address] = runtime
+        return runtime
+
+
+def configure_tracing(settings: Settings, service_name: str) -> TracerProvider | None:
+    """The process's tracer provider per ``OTEL_EXPORTER``; None when tracing is off.
+
+    Built once per process and installed as the global provider. ``OTEL_SERVICE_NAME``, when
+    set, wins over ``service_name``.
+    """
+    global _tracer_provider
+    if settings.otel_exporter is None:
+        return None
+    with _lock:
+        if _tracer_provider is not None:
+            return _tracer_provider
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            ConsoleSpanExporter,
+            SpanExporter,
+        )
+
+        name = os.environ.get("OTEL_SERVICE_NAME") or service_name
+        provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+        exporter: SpanExporter
+        if settings.otel_exporter == "otlp":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter(endpoint=settings.otel_exporter_otlp_endpoint)
+        else:
+            exporter = ConsoleSpanExporter()
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        _tracer_provider = provider
+        return provider
+
+
+def tracing_interceptors(provider: TracerProvider | None) -> list[Interceptor]:
+    """``[TracingInterceptor]`` on ``provider``'s tracer, for Client.connect; [] when off.
+
+    On the client it also applies to every worker built with that client.
+    """
+    if provider is None:
+        return []
+    from temporalio.contrib.opentelemetry import TracingInterceptor
+
+    return [TracingInterceptor(provider.get_tracer(TRACER_NAME))]
+
+
+def add_tracing_middleware(app: FastAPI, provider: TracerProvider | None) -> None:
+    """Open a server span per HTTP request (the parent of the StartWorkflow span)."""
+    if provider is None:
+        return
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    kwargs: dict[str, Any] = {"tracer_provider": provider, "exclude_spans": ["receive", "send"]}
+    app.add_middleware(OpenTelemetryMiddleware, **kwargs)
