@@ -34,7 +34,7 @@ from domain.payloads import (
     SagaTimeouts,
     ServiceQueues,
 )
-from domain.status import SagaPhase
+from domain.status import RecordStatus, SagaPhase
 from store.db import session
 from store.models import DealerRow, DeliveryRow, OrderRow, PaymentRow
 from store.seed import new_dealer
@@ -215,6 +215,17 @@ async def wait_for_phase(
     except TimeoutError:
         shown = last.model_dump_json(indent=1) if last else None
         raise AssertionError(f"saga not in {phase} within {within}s; last state: {shown}") from None
+
+
+async def wait_until_seeking_a_dealer(handle: SagaHandle) -> SagaState:
+    """Wait until assign_dealer found no free dealer and the saga is between attempts."""
+    return await wait_for_phase(
+        handle,
+        SagaPhase.ASSIGNING_DEALER,
+        until=lambda s: (
+            s.steps[-1].name == names.ASSIGN_DEALER and s.steps[-1].status == RecordStatus.RETRYING
+        ),
+    )
 
 
 async def confirm_payment(handle: SagaHandle) -> SagaState:

@@ -48,6 +48,7 @@ from tests.saga_harness import (
     saga_workers,
     start_saga,
     wait_for_phase,
+    wait_until_seeking_a_dealer,
 )
 from workflows import OrderProcessWorkflow as Saga
 
@@ -326,14 +327,7 @@ async def test_cancelling_the_workflow_while_waiting_for_a_dealer_refunds_and_ho
     async with saga_workers(client, engine, executor, task_queue_suffix):
         handle = await start_saga(client, task_queue_suffix)
         await confirm_payment(handle)
-        retrying = await wait_for_phase(
-            handle,
-            SagaPhase.ASSIGNING_DEALER,
-            until=lambda s: (
-                s.steps[-1].name == names.ASSIGN_DEALER
-                and s.steps[-1].status == RecordStatus.RETRYING
-            ),
-        )
+        retrying = await wait_until_seeking_a_dealer(handle)
         assert db_statuses(engine, retrying.order_id)["delivery"] == DeliveryStatus.PENDING
         await handle.cancel()
         await assert_cancelled_run(handle)

@@ -22,6 +22,7 @@ from tests.saga_harness import (
     set_dealer_load,
     start_saga,
     wait_for_phase,
+    wait_until_seeking_a_dealer,
 )
 from workflows import OrderProcessWorkflow as Saga
 
@@ -96,14 +97,7 @@ async def test_mark_delivered_while_a_dealer_is_still_being_sought_is_ignored(
     async with saga_workers(client, engine, executor, task_queue_suffix):
         handle = await start_saga(client, task_queue_suffix)
         await confirm_payment(handle)
-        seeking = await wait_for_phase(
-            handle,
-            SagaPhase.ASSIGNING_DEALER,
-            until=lambda s: (
-                s.steps[-1].name == names.ASSIGN_DEALER
-                and s.steps[-1].status == RecordStatus.RETRYING
-            ),
-        )
+        seeking = await wait_until_seeking_a_dealer(handle)
         assert seeking.delivery_id is not None
         # No dealer has the parcel yet, so it cannot have been delivered.
         report = DeliveredReport(delivery_id=seeking.delivery_id)
