@@ -93,6 +93,15 @@ class Accepted(BaseModel):
     detail: str
     order_url: str
 
+    @classmethod
+    def for_order(cls, order_id: str, detail: str) -> "Accepted":
+        return cls(order_id=order_id, detail=detail, order_url=order_path(order_id))
+
+
+def order_path(order_id: str) -> str:
+    """Where an order (and its saga) can be read: ``GET /orders/{order_id}``."""
+    return f"/orders/{order_id}"
+
 
 class DealerCreate(BaseModel):
     """A new delivery person."""

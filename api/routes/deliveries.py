@@ -31,8 +31,4 @@ async def mark_delivered(delivery_id: uuid.UUID, services: ServicesDep) -> Accep
         raise ConflictError(f"delivery {key} is {delivery.status}, not IN_TRANSIT")
     with saga_ended_is_conflict(f"delivery {key} can no longer be reported"):
         await services.saga.report_delivered(delivery.order_id, key)
-    return Accepted(
-        order_id=delivery.order_id,
-        detail="delivery report sent to the saga",
-        order_url=f"/orders/{delivery.order_id}",
-    )
+    return Accepted.for_order(delivery.order_id, "delivery report sent to the saga")

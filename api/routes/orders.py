@@ -12,7 +12,7 @@ from api import auth, queries
 from api.deps import ServicesDep
 from api.errors import NotFoundError, saga_ended_is_conflict
 from api.limits import StrictJSONRoute
-from api.schemas import Accepted, InvalidRequest, OrderPage, OrderView, Problem
+from api.schemas import Accepted, InvalidRequest, OrderPage, OrderView, Problem, order_path
 from domain import names
 from domain.payloads import NO_CONTROL_CHARS, OrderRequest
 from domain.status import OrderStatus
@@ -29,10 +29,6 @@ IdempotencyKey = Annotated[
     ),
 ]
 OrderId = Annotated[uuid.UUID, "order id"]
-
-
-def _order_url(order_id: str) -> str:
-    return f"/orders/{order_id}"
 
 
 @router.post(
@@ -70,16 +66,14 @@ async def create_order(
     if existed:
         response.headers["Idempotent-Replayed"] = "true"
     if view is None or view.payment is None:
-        accepted = Accepted(
-            order_id=order_id, detail="the saga is starting", order_url=_order_url(order_id)
-        )
+        accepted = Accepted.for_order(order_id, "the saga is starting")
         return Response(
             accepted.model_dump_json(),
             status_code=status.HTTP_202_ACCEPTED,
             media_type="application/json",
-            headers={"Location": _order_url(order_id), **dict(response.headers)},
+            headers={"Location": order_path(order_id), **dict(response.headers)},
         )
-    response.headers["Location"] = _order_url(order_id)
+    response.headers["Location"] = order_path(order_id)
     view.saga = state
     return view
 
@@ -158,4 +152,4 @@ async def cancel_order(order_id: uuid.UUID, services: ServicesDep) -> Accepted:
     key = str(order_id)
     with saga_ended_is_conflict(f"order {key} can no longer be cancelled"):
         await services.saga.cancel(key)
-    return Accepted(order_id=key, detail="cancellation requested", order_url=_order_url(key))
+    return Accepted.for_order(key, "cancellation requested")

@@ -32,11 +32,7 @@ async def _decide(services: Services, payment_id: uuid.UUID, *, confirm: bool) -
     with saga_ended_is_conflict(f"payment {key} can no longer be decided"):
         await services.saga.decide_payment(payment.order_id, key, confirm=confirm)
     verb = "confirmation" if confirm else "cancellation"
-    return Accepted(
-        order_id=payment.order_id,
-        detail=f"payment {verb} sent to the saga",
-        order_url=f"/orders/{payment.order_id}",
-    )
+    return Accepted.for_order(payment.order_id, f"payment {verb} sent to the saga")
 
 
 @router.post(
