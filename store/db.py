@@ -1,6 +1,8 @@
 """Engine factory and schema migrations (Alembic). Build one engine per process."""
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,10 +47,10 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         # Let SQLAlchemy's "begin" event below issue BEGIN itself.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        _enable_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -56,6 +58,27 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _enable_wal(cursor: Any, *, patience: float = 30.0) -> None:
+    """Switch the database file to WAL (persistent: later connections find it already set).
+
+    Switching a fresh file needs an exclusive lock, and SQLite answers "database is locked"
+    straight away, without its busy handler, when another process opens the file at the same
+    moment (the API and the worker starting together). Retry until it is set or ``patience``
+    seconds have passed.
+    """
+    deadline = time.monotonic() + patience
+    delay = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
