@@ -70,6 +70,33 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     )
 
 
+def workflow_worker(
+    client: Client,
+    task_queue: str,
+    activities: Sequence[Callable[..., Any]],
+    executor: ThreadPoolExecutor,
+    *,
+    max_concurrent_activities: int = 16,
+    cache_size: int = 1000,
+) -> Worker:
+    """The saga's workflow worker; it also runs ``activities`` as local activities.
+
+    Sagas in ``local`` step mode run their steps here (``no_remote_activities``: this worker
+    never takes regular activity tasks, those stay on the service queues).
+    """
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[OrderProcessWorkflow],
+        workflow_runner=workflow_runner(),
+        activities=activities,
+        activity_executor=executor,
+        no_remote_activities=True,
+        max_concurrent_local_activities=max_concurrent_activities,
+        max_cached_workflows=cache_size,
+    )
+
+
 def build_workers(
     client: Client,
     engine: Engine,
@@ -77,6 +104,7 @@ def build_workers(
     queues: Sequence[str] = names.ALL_TASK_QUEUES,
     *,
     max_concurrent_activities: int = 16,
+    cache_size: int = 1000,
 ) -> list[Worker]:
     """One worker per requested task queue; activities run on ``executor``'s threads."""
     activities = service_activities(engine)
@@ -84,11 +112,13 @@ def build_workers(
     for queue in queues:
         if queue == names.WORKFLOW_TASK_QUEUE:
             workers.append(
-                Worker(
+                workflow_worker(
                     client,
-                    task_queue=queue,
-                    workflows=[OrderProcessWorkflow],
-                    workflow_runner=workflow_runner(),
+                    queue,
+                    [fn for fns in activities.values() for fn in fns],
+                    executor,
+                    max_concurrent_activities=max_concurrent_activities,
+                    cache_size=cache_size,
                 )
             )
         else:
@@ -128,6 +158,7 @@ async def run(settings: Settings, queues: Sequence[str]) -> None:
                     executor,
                     queues,
                     max_concurrent_activities=settings.activity_threads,
+                    cache_size=settings.workflow_cache_size,
                 )
                 for worker in workers:
                     await stack.enter_async_context(worker)

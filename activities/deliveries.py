@@ -3,9 +3,9 @@
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
-from temporalio import activity
 
 from activities import faults
+from activities._defn import service_activity
 from activities._transitions import transition
 from domain import names
 from domain.errors import business_error
@@ -62,7 +62,7 @@ class DeliveryActivities:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    @activity.defn(name=names.CREATE_DELIVERY)
+    @service_activity(names.CREATE_DELIVERY)
     def create_delivery(self, params: CreateDeliveryInput) -> DeliverySnapshot:
         """Create the order's PENDING delivery.
 
@@ -92,7 +92,7 @@ class DeliveryActivities:
                 return _snapshot(existing)
             return _snapshot(delivery)
 
-    @activity.defn(name=names.ASSIGN_DEALER)
+    @service_activity(names.ASSIGN_DEALER)
     def assign_dealer(self, ref: DeliveryRef) -> DeliverySnapshot:
         """Assign the least-loaded dealer of the delivery's province and city with free capacity.
 
@@ -140,7 +140,7 @@ class DeliveryActivities:
         # Contention kept stealing every free dealer; an ordinary retry will sort it out.
         raise RuntimeError(f"dealer assignment for {ref.delivery_id} lost {self.MAX_PICKS} races")
 
-    @activity.defn(name=names.COMPLETE_DELIVERY)
+    @service_activity(names.COMPLETE_DELIVERY)
     def complete_delivery(self, ref: DeliveryRef) -> DeliverySnapshot:
         """IN_TRANSIT -> DELIVERED and release the dealer's capacity, in one transaction.
 
@@ -167,7 +167,7 @@ class DeliveryActivities:
             )
         return _snapshot(delivery)
 
-    @activity.defn(name=names.CANCEL_DELIVERY)
+    @service_activity(names.CANCEL_DELIVERY)
     def cancel_delivery(self, ref: OrderRef) -> CompensationOutcome:
         """Compensation: cancel the order's delivery, releasing its dealer if one was assigned.
 

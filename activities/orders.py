@@ -2,9 +2,9 @@
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
-from temporalio import activity
 
 from activities import faults
+from activities._defn import service_activity
 from activities._transitions import transition
 from domain import names
 from domain.errors import business_error
@@ -33,7 +33,7 @@ class OrderActivities:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    @activity.defn(name=names.CREATE_ORDER)
+    @service_activity(names.CREATE_ORDER)
     def create_order(self, params: CreateOrderInput) -> OrderSnapshot:
         """Insert the order PENDING with its items and server-computed total.
 
@@ -74,17 +74,17 @@ class OrderActivities:
             faults.point("after_commit.create_order")
             return _snapshot(order)
 
-    @activity.defn(name=names.CONFIRM_ORDER)
+    @service_activity(names.CONFIRM_ORDER)
     def confirm_order(self, ref: OrderRef) -> OrderSnapshot:
         """PENDING -> CONFIRMED. Idempotent: an already CONFIRMED or DELIVERED order is fine."""
         return self._move(ref, [OrderStatus.PENDING], OrderStatus.CONFIRMED, OrderStatus.DELIVERED)
 
-    @activity.defn(name=names.MARK_ORDER_DELIVERED)
+    @service_activity(names.MARK_ORDER_DELIVERED)
     def mark_order_delivered(self, ref: OrderRef) -> OrderSnapshot:
         """CONFIRMED -> DELIVERED. Idempotent."""
         return self._move(ref, [OrderStatus.CONFIRMED], OrderStatus.DELIVERED)
 
-    @activity.defn(name=names.CANCEL_ORDER)
+    @service_activity(names.CANCEL_ORDER)
     def cancel_order(self, ref: OrderRef) -> CompensationOutcome:
         """Compensation: PENDING or CONFIRMED -> CANCELLED.
 

@@ -3,9 +3,9 @@
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
-from temporalio import activity
 
 from activities import faults
+from activities._defn import service_activity
 from activities._transitions import transition
 from domain import names
 from domain.errors import business_error
@@ -38,7 +38,7 @@ class PaymentActivities:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    @activity.defn(name=names.CREATE_PAYMENT)
+    @service_activity(names.CREATE_PAYMENT)
     def create_payment(self, params: CreatePaymentInput) -> PaymentSnapshot:
         """Create the order's PENDING payment.
 
@@ -72,7 +72,7 @@ class PaymentActivities:
             faults.point("after_commit.create_payment")
             return _snapshot(payment)
 
-    @activity.defn(name=names.COMPLETE_PAYMENT)
+    @service_activity(names.COMPLETE_PAYMENT)
     def complete_payment(self, ref: PaymentRef) -> PaymentSnapshot:
         """PENDING -> COMPLETED (the customer confirmed). Idempotent: COMPLETED stays COMPLETED."""
         with session(self._engine) as db:
@@ -91,7 +91,7 @@ class PaymentActivities:
             )
         return _snapshot(row)
 
-    @activity.defn(name=names.CANCEL_OR_REFUND_PAYMENT)
+    @service_activity(names.CANCEL_OR_REFUND_PAYMENT)
     def cancel_or_refund_payment(self, ref: OrderRef) -> CompensationOutcome:
         """Compensation: cancel the order's payment if PENDING, refund it if COMPLETED.
 

@@ -71,7 +71,10 @@ class SagaGateway:
             handle: SagaHandle = await self._client.start_workflow(
                 OrderProcessWorkflow.run,
                 OrderProcessInput(
-                    order_id=order_id, request=request, timeouts=self._settings.saga_timeouts
+                    order_id=order_id,
+                    request=request,
+                    timeouts=self._settings.saga_timeouts,
+                    step_mode=self._settings.saga_step_mode,
                 ),
                 id=workflow_id,
                 task_queue=self._settings.workflow_task_queue,

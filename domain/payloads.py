@@ -9,6 +9,7 @@ import json
 import re
 from datetime import datetime, timedelta
 from decimal import Decimal
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import (
@@ -155,13 +156,33 @@ class ServiceQueues(_Payload):
         )
 
 
+class StepMode(StrEnum):
+    """How the saga runs its steps and compensations (fixed for a saga at its start).
+
+    ``remote``: each step is a regular activity on its service's task queue (orders, payments,
+    deliveries), so each service runs and scales as its own worker process; every step is a
+    round trip through the Temporal server's task queues. ``local``: the same activities run
+    as local activities inside the workflow worker (which then needs the service database);
+    their results are recorded in the saga's history as markers, with the same at-least-once
+    guarantee (activities are idempotent), in a fraction of the server round trips.
+    """
+
+    LOCAL = "local"
+    REMOTE = "remote"
+
+
 class OrderProcessInput(_Payload):
-    """Input of OrderProcessWorkflow: the order id (chosen by the caller) and the request."""
+    """Input of OrderProcessWorkflow: the order id (chosen by the caller) and the request.
+
+    ``step_mode`` defaults to ``remote``, the mode of every saga started before it existed,
+    so their histories replay unchanged.
+    """
 
     order_id: str
     request: OrderRequest
     timeouts: SagaTimeouts = SagaTimeouts()
     queues: ServiceQueues = ServiceQueues()
+    step_mode: StepMode = StepMode.REMOTE
 
 
 # --- activities -------------------------------------------------------------------

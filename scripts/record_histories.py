@@ -38,7 +38,13 @@ from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, Telemetr
 from temporalio.testing import WorkflowEnvironment
 
 from domain import names
-from domain.payloads import DeliveredReport, PaymentDecision, SagaState, SagaTimeouts
+from domain.payloads import (
+    DeliveredReport,
+    PaymentDecision,
+    SagaState,
+    SagaTimeouts,
+    StepMode,
+)
 from domain.status import RecordStatus, SagaPhase
 from store.db import make_engine, migrate
 from tests.saga_harness import (
@@ -81,6 +87,7 @@ class Recording:
     client: Client
     engine: Engine
     executor: ThreadPoolExecutor
+    step_mode: StepMode = StepMode.REMOTE
 
     def workers(
         self, overrides: Sequence[Callable[..., Any]] = ()
@@ -91,7 +98,11 @@ class Recording:
 
     async def start(self, timeouts: SagaTimeouts = TIMEOUTS) -> SagaHandle:
         return await start_saga(
-            self.client, f"-{self.path}", timeouts=timeouts, order_id=recorded_order_id(self.path)
+            self.client,
+            f"-{self.path}",
+            timeouts=timeouts,
+            order_id=recorded_order_id(self.path),
+            step_mode=self.step_mode,
         )
 
 
@@ -274,6 +285,17 @@ PATHS: dict[str, Callable[[Recording], Awaitable[SagaHandle]]] = {
         late_and_duplicate_signals,
     )
 }
+# Recorded a second time in local step mode, as ``local_<path>``: local activities leave
+# markers instead of activity events, a different history to keep replaying.
+LOCAL_PREFIX = "local_"
+for _name in (
+    "delivered",
+    "customer_cancel",
+    "no_dealer",
+    "workflow_cancelled_assigning_dealer",
+    "late_and_duplicate_signals",
+):
+    PATHS[LOCAL_PREFIX + _name] = PATHS[_name]
 
 
 # --- the recorder ------------------------------------------------------------------------
@@ -319,7 +341,8 @@ async def record(path: str, client: Client, executor: ThreadPoolExecutor) -> str
         engine = make_engine(f"sqlite:///{Path(tmp) / 'orders.db'}")
         try:
             migrate(engine)
-            rec = Recording(path=path, client=client, engine=engine, executor=executor)
+            mode = StepMode.LOCAL if path.startswith(LOCAL_PREFIX) else StepMode.REMOTE
+            rec = Recording(path, client, engine, executor, step_mode=mode)
             async with asyncio.timeout(60):
                 handle = await PATHS[path](rec)
         finally:

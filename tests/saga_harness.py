@@ -21,6 +21,7 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
+from activities._defn import service_activity
 from activities.payments import PaymentActivities
 from domain import names
 from domain.payloads import (
@@ -33,12 +34,13 @@ from domain.payloads import (
     SagaState,
     SagaTimeouts,
     ServiceQueues,
+    StepMode,
 )
 from domain.status import RecordStatus, SagaPhase
 from store.db import session
 from store.models import DealerRow, DeliveryRow, OrderRow, PaymentRow
 from store.seed import new_dealer
-from worker import service_activities, workflow_runner
+from worker import service_activities, workflow_worker
 from workflows import OrderProcessWorkflow
 from workflows.order_process import ORDER_STATUS
 
@@ -116,21 +118,26 @@ async def saga_workers(
     ``overrides`` replace the real activity of the same name (fault injection).
     """
     by_name = {activity_name(fn): fn for fn in overrides}
+    queues = {
+        queue: [by_name.get(activity_name(fn), fn) for fn in fns]
+        for queue, fns in service_activities(engine).items()
+    }
     async with AsyncExitStack() as stack:
+        # The same activities (and fakes) run as local activities for sagas in local mode.
         await stack.enter_async_context(
-            Worker(
+            workflow_worker(
                 client,
-                task_queue=names.WORKFLOW_TASK_QUEUE + suffix,
-                workflows=[OrderProcessWorkflow],
-                workflow_runner=workflow_runner(),
+                names.WORKFLOW_TASK_QUEUE + suffix,
+                [fn for fns in queues.values() for fn in fns],
+                executor,
             )
         )
-        for queue, fns in service_activities(engine).items():
+        for queue, fns in queues.items():
             await stack.enter_async_context(
                 Worker(
                     client,
                     task_queue=queue + suffix,
-                    activities=[by_name.get(activity_name(fn), fn) for fn in fns],
+                    activities=fns,
                     activity_executor=executor,
                 )
             )
@@ -144,6 +151,7 @@ async def start_saga(
     timeouts: SagaTimeouts = FAST_DEALER_RETRY,
     *,
     order_id: str | None = None,
+    step_mode: StepMode = StepMode.REMOTE,
 ) -> SagaHandle:
     """Start a saga on the suffixed task queues; a fresh order id unless one is given."""
     order_id = order_id or str(uuid.uuid4())
@@ -154,6 +162,7 @@ async def start_saga(
             request=request or order_request(),
             timeouts=timeouts,
             queues=ServiceQueues.with_suffix(suffix),
+            step_mode=step_mode,
         ),
         id=names.workflow_id_for(order_id),
         task_queue=names.WORKFLOW_TASK_QUEUE + suffix,
@@ -264,7 +273,7 @@ class FailingRefund:
     def release(self) -> None:
         self._released.set()
 
-    @activity.defn(name=names.CANCEL_OR_REFUND_PAYMENT)
+    @service_activity(names.CANCEL_OR_REFUND_PAYMENT)
     def cancel_or_refund_payment(self, ref: OrderRef) -> CompensationOutcome:
         with self._lock:
             self.calls += 1

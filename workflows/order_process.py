@@ -15,6 +15,10 @@ A business failure (customer cancel, payment timeout, no dealer, an invalid tran
 unwinds the stack last-in-first-out and the run completes with the order CANCELLED. A
 cancellation of the workflow itself unwinds the same way, shielded, then the run closes as
 CANCELED. Infrastructure failures are retried by Temporal and never compensate.
+
+Forward steps run as local activities or as regular activities on the service queues, as
+the saga's ``step_mode`` says (:class:`domain.payloads.StepMode`); compensations always run
+as regular activities, so every step before them is recorded before anything is undone.
 """
 
 import asyncio
@@ -45,6 +49,7 @@ from domain.payloads import (
     PaymentSnapshot,
     SagaState,
     SignalRecord,
+    StepMode,
     StepRecord,
 )
 from domain.status import (
@@ -389,17 +394,31 @@ class OrderProcessWorkflow:
     # --- helpers -----------------------------------------------------------------------
 
     async def _activity(self, name: str, arg: Any, task_queue: str, result_type: type[R]) -> R:
-        result: R = await workflow.execute_activity(
-            name,
-            arg,
-            task_queue=task_queue,
-            result_type=result_type,
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
-            retry_policy=STEP_RETRY,
-            # On cancel, wait for a running step to settle, so the compensation that follows
-            # sees what it did (never a row committed after its undo said "nothing to undo").
-            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-        )
+        """Run forward step ``name`` in the saga's step mode: local, or on ``task_queue``."""
+        # On cancel, wait for a running step to settle, so the compensation that follows
+        # sees what it did (never a row committed after its undo said "nothing to undo").
+        # The step itself is never interrupted (see activities/_defn.py).
+        settle = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+        result: R
+        if self._params.step_mode == StepMode.LOCAL:
+            result = await workflow.execute_local_activity(
+                name,
+                arg,
+                result_type=result_type,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=STEP_RETRY,
+                cancellation_type=settle,
+            )
+        else:
+            result = await workflow.execute_activity(
+                name,
+                arg,
+                task_queue=task_queue,
+                result_type=result_type,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=STEP_RETRY,
+                cancellation_type=settle,
+            )
         if not self._past_pivot and workflow.cancellation_reason() is not None:
             # The step completed although the saga was cancelled while it ran: honour the
             # cancel now, before the next step (its compensation was pushed before it ran).
@@ -418,6 +437,10 @@ class OrderProcessWorkflow:
         return result
 
     async def _compensate(self, name: str, arg: Any, task_queue: str) -> None:
+        # Always a regular activity, in both step modes. Its scheduling completes the workflow
+        # task, which records every local step before it: local steps run again only when
+        # their workflow task is lost, and must never run again after the undo of their
+        # effect (a re-run assign_dealer would find its delivery already cancelled).
         outcome = await workflow.execute_activity(
             name,
             arg,

@@ -5,6 +5,9 @@ timestamps of its workflow tasks say.
 Found by the chaos run: the dealer-assignment window used to be ``deadline - now()``, and a
 worker rebuilding a saga after a crash took a different branch than the original run
 (nondeterminism error, the saga stuck). The window is now a durable timer.
+
+Remote step mode only: the skew is placed after assign_dealer's activity events, and the
+decisions under test (timers, not the step mode) are the same in both modes.
 """
 
 import json

@@ -12,10 +12,10 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import CancelledError
 
+from activities._defn import service_activity
 from activities.deliveries import DeliveryActivities
 from activities.payments import PaymentActivities
 from domain import names
@@ -94,12 +94,12 @@ async def deliver(handle: SagaHandle, state: SagaState) -> SagaState:
 
 
 async def test_confirmed_order_is_delivered_and_frees_its_dealer(
-    time_skipping_env, engine, executor, task_queue_suffix
+    time_skipping_env, engine, executor, task_queue_suffix, step_mode
 ):
     client = time_skipping_env.client
     dealer = add_dealer(engine, capacity=1)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
         await confirm_payment(handle)
         in_transit = await wait_for_phase(handle, SagaPhase.IN_TRANSIT)
 
@@ -151,13 +151,13 @@ async def test_confirmed_order_is_delivered_and_frees_its_dealer(
 
 
 async def test_city_and_province_match_dealers_case_insensitively(
-    time_skipping_env, engine, executor, task_queue_suffix
+    time_skipping_env, engine, executor, task_queue_suffix, step_mode
 ):
     client = time_skipping_env.client
     dealer = add_dealer(engine, city="Tehran", province="Tehran")
     request = order_request(city="tEhRaN", province="TEHRAN")
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix, request)
+        handle = await start_saga(client, task_queue_suffix, request, step_mode=step_mode)
         await confirm_payment(handle)
         in_transit = await wait_for_phase(handle, SagaPhase.IN_TRANSIT)
         assert in_transit.dealer_id == dealer
@@ -172,12 +172,12 @@ async def test_city_and_province_match_dealers_case_insensitively(
 
 
 async def test_customer_cancel_cancels_payment_then_order(
-    time_skipping_env, engine, executor, task_queue_suffix
+    time_skipping_env, engine, executor, task_queue_suffix, step_mode
 ):
     client = time_skipping_env.client
     add_dealer(engine)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
         waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
         assert waiting.payment_id is not None
         await handle.signal(
@@ -210,13 +210,15 @@ async def test_customer_cancel_cancels_payment_then_order(
 
 
 async def test_payment_window_closing_after_30_minutes_cancels_payment_then_order(
-    time_skipping_env, engine, executor, task_queue_suffix
+    time_skipping_env, engine, executor, task_queue_suffix, step_mode
 ):
     client = time_skipping_env.client
     assert SagaTimeouts().payment_window == timedelta(minutes=30)
     async with saga_workers(client, engine, executor, task_queue_suffix):
         started = time.monotonic()
-        handle = await start_saga(client, task_queue_suffix, timeouts=SagaTimeouts())
+        handle = await start_saga(
+            client, task_queue_suffix, timeouts=SagaTimeouts(), step_mode=step_mode
+        )
         result = await handle.result()
         elapsed = time.monotonic() - started
 
@@ -245,13 +247,13 @@ async def test_payment_window_closing_after_30_minutes_cancels_payment_then_orde
     ],
 )
 async def test_no_dealer_refunds_payment_then_cancels_order(
-    time_skipping_env, engine, executor, task_queue_suffix, dealers
+    time_skipping_env, engine, executor, task_queue_suffix, dealers, step_mode
 ):
     client = time_skipping_env.client
     dealer_ids = [add_dealer(engine, **kw) for kw in dealers]
     loads = [dealer_load(engine, d) for d in dealer_ids]
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
         await confirm_payment(handle)
         result = await handle.result()
         assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
@@ -292,11 +294,11 @@ async def test_no_dealer_refunds_payment_then_cancels_order(
 
 
 async def test_cancelling_the_workflow_while_awaiting_payment_compensates_then_closes_canceled(
-    time_skipping_env, engine, executor, task_queue_suffix
+    time_skipping_env, engine, executor, task_queue_suffix, step_mode
 ):
     client = time_skipping_env.client
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
         await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
         await handle.cancel()
         await assert_cancelled_run(handle)
@@ -320,12 +322,12 @@ async def test_cancelling_the_workflow_while_awaiting_payment_compensates_then_c
 
 
 async def test_cancelling_the_workflow_while_waiting_for_a_dealer_refunds_and_holds_no_dealer(
-    time_skipping_env, engine, executor, task_queue_suffix
+    time_skipping_env, engine, executor, task_queue_suffix, step_mode
 ):
     client = time_skipping_env.client
     full_dealer = add_dealer(engine, capacity=1, active_deliveries=1)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
         await confirm_payment(handle)
         retrying = await wait_until_seeking_a_dealer(handle)
         assert db_statuses(engine, retrying.order_id)["delivery"] == DeliveryStatus.PENDING
@@ -364,7 +366,7 @@ class ReplyLostAssignment:
         self._real = DeliveryActivities(engine)
         self.assigned = threading.Event()
 
-    @activity.defn(name=names.ASSIGN_DEALER)
+    @service_activity(names.ASSIGN_DEALER)
     def assign_dealer(self, ref: DeliveryRef) -> DeliverySnapshot:
         delivery = self._real.assign_dealer(ref)
         assert delivery.dealer_id is not None
@@ -373,7 +375,7 @@ class ReplyLostAssignment:
 
 
 async def test_cancelling_the_workflow_after_an_unseen_dealer_assignment_releases_that_dealer(
-    time_skipping_env, engine, executor, task_queue_suffix
+    time_skipping_env, engine, executor, task_queue_suffix, step_mode
 ):
     client = time_skipping_env.client
     dealer = add_dealer(engine, capacity=1)
@@ -381,7 +383,7 @@ async def test_cancelling_the_workflow_after_an_unseen_dealer_assignment_release
     async with saga_workers(
         client, engine, executor, task_queue_suffix, overrides=[lost.assign_dealer]
     ):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
         await confirm_payment(handle)
         assert await asyncio.to_thread(lost.assigned.wait, 10)
         # The dealer has the parcel, but the saga never saw it: still before the pivot.
@@ -416,7 +418,7 @@ class HeldCreatePayment:
         self.started = threading.Event()
         self.release = threading.Event()
 
-    @activity.defn(name=names.CREATE_PAYMENT)
+    @service_activity(names.CREATE_PAYMENT)
     def create_payment(self, params: CreatePaymentInput) -> PaymentSnapshot:
         self.started.set()
         assert self.release.wait(10)
@@ -424,14 +426,14 @@ class HeldCreatePayment:
 
 
 async def test_cancelling_while_a_step_runs_waits_for_it_then_undoes_what_it_did(
-    time_skipping_env, engine, executor, task_queue_suffix
+    time_skipping_env, engine, executor, task_queue_suffix, step_mode
 ):
     client = time_skipping_env.client
     held = HeldCreatePayment(engine)
     async with saga_workers(
         client, engine, executor, task_queue_suffix, overrides=[held.create_payment]
     ):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
         assert await asyncio.to_thread(held.started.wait, 10)
         await handle.cancel()
         # While the step still runs, the saga must not unwind: an undo now would find
@@ -460,12 +462,12 @@ async def test_cancelling_while_a_step_runs_waits_for_it_then_undoes_what_it_did
 
 
 async def test_cancel_request_after_the_pivot_is_ignored_and_the_order_is_still_delivered(
-    time_skipping_env, engine, executor, task_queue_suffix
+    time_skipping_env, engine, executor, task_queue_suffix, step_mode
 ):
     client = time_skipping_env.client
     dealer = add_dealer(engine)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
         await confirm_payment(handle)
         await wait_for_phase(handle, SagaPhase.IN_TRANSIT)
         await handle.cancel()

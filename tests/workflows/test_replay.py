@@ -32,6 +32,12 @@ PATHS = (
     "cancel_ignored_after_pivot",
     "compensation_retried",
     "late_and_duplicate_signals",
+    # The same saga in local step mode (markers instead of activity events).
+    "local_delivered",
+    "local_customer_cancel",
+    "local_no_dealer",
+    "local_workflow_cancelled_assigning_dealer",
+    "local_late_and_duplicate_signals",
 )
 HISTORY_FILES = sorted(HISTORIES_DIR.glob("*.json"))
 

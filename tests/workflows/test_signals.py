@@ -39,12 +39,12 @@ def compensation_retrying(state) -> bool:
 
 
 async def test_duplicate_unknown_and_early_signals_are_ignored_and_the_order_is_delivered(
-    time_skipping_env, engine, executor, task_queue_suffix
+    time_skipping_env, engine, executor, task_queue_suffix, step_mode
 ):
     client = time_skipping_env.client
     add_dealer(engine)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
         waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
         payment_id, delivery_id = waiting.payment_id, waiting.delivery_id
         assert payment_id is not None
@@ -90,12 +90,12 @@ async def test_duplicate_unknown_and_early_signals_are_ignored_and_the_order_is_
 
 
 async def test_mark_delivered_while_a_dealer_is_still_being_sought_is_ignored(
-    time_skipping_env, engine, executor, task_queue_suffix
+    time_skipping_env, engine, executor, task_queue_suffix, step_mode
 ):
     client = time_skipping_env.client
     dealer = add_dealer(engine, capacity=1, active_deliveries=1)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
         await confirm_payment(handle)
         seeking = await wait_until_seeking_a_dealer(handle)
         assert seeking.delivery_id is not None
@@ -126,14 +126,14 @@ async def test_mark_delivered_while_a_dealer_is_still_being_sought_is_ignored(
 
 
 async def test_confirm_after_cancel_is_ignored_while_the_saga_compensates(
-    time_skipping_env, engine, executor, task_queue_suffix
+    time_skipping_env, engine, executor, task_queue_suffix, step_mode
 ):
     client = time_skipping_env.client
     refund = FailingRefund(engine)  # keeps the saga open, compensating, until released
     async with saga_workers(
         client, engine, executor, task_queue_suffix, overrides=[refund.cancel_or_refund_payment]
     ):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
         waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
         assert waiting.payment_id is not None
         decision = PaymentDecision(payment_id=waiting.payment_id)
@@ -156,7 +156,7 @@ async def test_confirm_after_cancel_is_ignored_while_the_saga_compensates(
 
 
 async def test_confirm_after_the_payment_window_closed_is_ignored(
-    time_skipping_env, engine, executor, task_queue_suffix
+    time_skipping_env, engine, executor, task_queue_suffix, step_mode
 ):
     client = time_skipping_env.client
     timeouts = SagaTimeouts()
@@ -164,7 +164,7 @@ async def test_confirm_after_the_payment_window_closed_is_ignored(
     async with saga_workers(
         client, engine, executor, task_queue_suffix, overrides=[refund.cancel_or_refund_payment]
     ):
-        handle = await start_saga(client, task_queue_suffix, timeouts=timeouts)
+        handle = await start_saga(client, task_queue_suffix, timeouts=timeouts, step_mode=step_mode)
         waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
         assert waiting.payment_id is not None
 
