@@ -271,8 +271,16 @@ class OrderProcessWorkflow:
         record = self._start_record(names.ASSIGN_DEALER)
         try:
             while True:
+                # Always a regular activity: its result and the window's timer then race as
+                # two history events, which every replay sees in the same order. (A local
+                # activity's result is a marker written when its workflow task completes;
+                # chaos runs caught a replay of a timer firing meanwhile taking another path.)
                 delivery = await self._activity(
-                    names.ASSIGN_DEALER, ref, self._params.queues.deliveries, DeliverySnapshot
+                    names.ASSIGN_DEALER,
+                    ref,
+                    self._params.queues.deliveries,
+                    DeliverySnapshot,
+                    may_run_locally=False,
                 )
                 if delivery.dealer_id is not None:
                     break
@@ -393,14 +401,25 @@ class OrderProcessWorkflow:
 
     # --- helpers -----------------------------------------------------------------------
 
-    async def _activity(self, name: str, arg: Any, task_queue: str, result_type: type[R]) -> R:
-        """Run forward step ``name`` in the saga's step mode: local, or on ``task_queue``."""
+    async def _activity(
+        self,
+        name: str,
+        arg: Any,
+        task_queue: str,
+        result_type: type[R],
+        *,
+        may_run_locally: bool = True,
+    ) -> R:
+        """Run forward step ``name`` in the saga's step mode: local, or on ``task_queue``.
+
+        ``may_run_locally=False``: a regular activity whatever the mode.
+        """
         # On cancel, wait for a running step to settle, so the compensation that follows
         # sees what it did (never a row committed after its undo said "nothing to undo").
         # The step itself is never interrupted (see activities/_defn.py).
         settle = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
         result: R
-        if self._params.step_mode == StepMode.LOCAL:
+        if may_run_locally and self._params.step_mode == StepMode.LOCAL:
             result = await workflow.execute_local_activity(
                 name,
                 arg,
