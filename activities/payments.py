@@ -55,6 +55,7 @@ class PaymentActivities:
                 order_id=params.order_id,
                 status=PaymentStatus.PENDING,
                 amount_cents=to_cents(params.amount),
+                expires_at=params.expires_at,
             )
             db.add(payment)
             try:

@@ -185,6 +185,11 @@ class SagaGateway:
             raise ConflictError(f"payment {payment_id} was already decided ({decided[0]})")
         if state.phase not in (SagaPhase.STARTED, SagaPhase.AWAITING_PAYMENT):
             raise ConflictError(f"payment {payment_id} is not pending (saga is {state.phase})")
+        await self.send_decision(order_id, payment_id, confirm=confirm)
+
+    async def send_decision(self, order_id: str, payment_id: str, *, confirm: bool) -> None:
+        """Signal the customer's decision; the saga takes the first one inside its window and
+        records any other as ignored. Raises RPCError NOT_FOUND if the saga has ended."""
         signal = (
             OrderProcessWorkflow.confirm_payment if confirm else OrderProcessWorkflow.cancel_payment
         )

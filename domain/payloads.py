@@ -210,11 +210,16 @@ class OrderSnapshot(_Payload):
 
 
 class CreatePaymentInput(_Payload):
-    """create_payment: one PENDING payment per order (no-op if it exists)."""
+    """create_payment: one PENDING payment per order (no-op if it exists).
+
+    ``expires_at``: when the saga's payment window closes (stored with the payment, so the
+    API can refuse a late decision without asking the saga).
+    """
 
     payment_id: str
     order_id: str
     amount: Decimal
+    expires_at: datetime | None = None
 
 
 class PaymentRef(_Payload):

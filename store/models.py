@@ -10,6 +10,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """A stored time as an aware UTC datetime (SQLite gives back naive ones, stored in UTC)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def place_key(name: str) -> str:
     """Normalised province/city for case-insensitive matching (Unicode-aware, unlike SQL lower)."""
     return " ".join(name.split()).casefold()
@@ -54,6 +59,9 @@ class PaymentRow(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     refunded_at: datetime | None = None
+    # When the saga's payment window closes: the API refuses a decision after it without
+    # asking the saga. None for payments created before this column existed.
+    expires_at: datetime | None = None
 
 
 class RefundRow(SQLModel, table=True):

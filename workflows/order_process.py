@@ -169,10 +169,15 @@ class OrderProcessWorkflow:
                 self._params.queues.payments,
             ),
         )
+        # The window is counted from here; the payment row records when it closes.
+        state.payment_deadline = workflow.now() + self._params.timeouts.payment_window
         payment = await self._step(
             names.CREATE_PAYMENT,
             CreatePaymentInput(
-                payment_id=self._payment_id, order_id=order_id, amount=order.total_amount
+                payment_id=self._payment_id,
+                order_id=order_id,
+                amount=order.total_amount,
+                expires_at=state.payment_deadline,
             ),
             self._params.queues.payments,
             PaymentSnapshot,
@@ -230,7 +235,7 @@ class OrderProcessWorkflow:
     async def _wait_for_decision(self) -> None:
         """Wait for confirm or cancel; the window closing is a cancel. Raises on cancel."""
         window = self._params.timeouts.payment_window
-        self._state.payment_deadline = workflow.now() + window
+        assert self._state.payment_deadline is not None
         self._set_phase(
             SagaPhase.AWAITING_PAYMENT,
             f"Waiting for the customer to confirm or cancel payment {self._state.payment_id} "

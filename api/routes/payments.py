@@ -1,6 +1,7 @@
 """/payments: the customer's decision, delivered into the saga as a signal."""
 
 import uuid
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, status
 from starlette.concurrency import run_in_threadpool
@@ -10,6 +11,7 @@ from api.deps import Services, ServicesDep
 from api.errors import ConflictError, NotFoundError, saga_ended_is_conflict
 from api.schemas import Accepted, Problem
 from domain.status import PaymentStatus
+from store.models import as_utc
 
 router = APIRouter(prefix="/payments", tags=["payments"])
 
@@ -30,7 +32,16 @@ async def _decide(services: Services, payment_id: uuid.UUID, *, confirm: bool) -
     if payment.status != PaymentStatus.PENDING:
         raise ConflictError(f"payment {key} is {payment.status}, not PENDING")
     with saga_ended_is_conflict(f"payment {key} can no longer be decided"):
-        await services.saga.decide_payment(payment.order_id, key, confirm=confirm)
+        if payment.expires_at is None:
+            # Created before payments recorded their window: ask the saga.
+            await services.saga.decide_payment(payment.order_id, key, confirm=confirm)
+        elif datetime.now(UTC) >= as_utc(payment.expires_at):
+            raise ConflictError(f"payment {key}: its payment window closed at {payment.expires_at}")
+        else:
+            # One signal, no query: the answer does not wait for a worker (nor for a saga
+            # evicted from its cache to be rebuilt). A decision that loses a race with another
+            # one is recorded by the saga as ignored.
+            await services.saga.send_decision(payment.order_id, key, confirm=confirm)
     verb = "confirmation" if confirm else "cancellation"
     return Accepted.for_order(payment.order_id, f"payment {verb} sent to the saga")
 

@@ -36,6 +36,8 @@ from domain.status import (
     RecordStatus,
     SagaPhase,
 )
+from store.db import session
+from store.models import PaymentRow, as_utc
 from tests.saga_harness import (
     FAST_DEALER_RETRY,
     SagaHandle,
@@ -114,6 +116,12 @@ async def test_confirmed_order_is_delivered_and_frees_its_dealer(
             "deliveries": 1,
         }
         assert await order_status_attribute(handle) == OrderStatus.CONFIRMED
+        # The payment records when its window closes, for the API to refuse late decisions.
+        with session(engine) as db:
+            payment = db.get(PaymentRow, in_transit.payment_id)
+        assert payment is not None
+        assert payment.expires_at is not None
+        assert as_utc(payment.expires_at) == in_transit.payment_deadline
 
         result = await deliver(handle, in_transit)
         assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
