@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run worker api test test-db test-e2e lint format typecheck check clean chaos chaos-ci demo screenshot histories migration compose-check
+.PHONY: install run worker api test test-db test-e2e lint format typecheck check clean chaos chaos-ci demo screenshot histories migration compose-check bench bench-scale
 
 install: $(STAMP)
 
@@ -59,6 +59,15 @@ chaos: install
 ## The small chaos run CI does on PostgreSQL.
 chaos-ci: install
 	$(BIN)/python -m chaos --sagas 40 --kills 3 --restarts 1 --outages 1 $(CHAOS_ARGS)
+
+## Benchmark on a fresh local stack: the saga against a no-database baseline workflow, with
+## remote and local steps, then the HTTP API at 20 orders/s; .bench/latest.json (BENCH_ARGS=...).
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## Many open sagas: worker memory, confirm latency and throughput at 1,000 and 10,000 open.
+bench-scale: install
+	$(BIN)/python -m bench scale $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,4 +1,8 @@
-"""The processes of the chaos run: Temporal dev server, worker (supervised), API."""
+"""The processes of the chaos run: Temporal dev server, worker (supervised), API.
+
+The benchmark (``python -m bench``) runs the same stack with a few options changed: Temporal
+in memory, extra server flags and environment, no fault points, no worker supervision.
+"""
 
 import asyncio
 import contextlib
@@ -6,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +66,20 @@ class Proc:
 
 @dataclass
 class Stack:
-    """Temporal + worker + API for one chaos run, all on loopback."""
+    """Temporal + worker + API for one chaos run, all on loopback.
+
+    The defaults are the chaos run's. Optional knobs (used by the benchmark):
+
+    - ``temporal_in_memory``: no data file, Temporal loses everything when it stops (a
+      restart then starts empty); otherwise ``temporal_db_file`` (default
+      ``data_dir/temporal.db``) in WAL mode.
+    - ``server_args``: extra flags for ``temporal server start-dev``, appended as given
+      (e.g. ``--dynamic-config-value KEY=VALUE``).
+    - ``extra_env``: environment of the worker and the API, on top of (and overriding) the
+      stack's own variables.
+    - ``fault_injection``: False leaves ``CHAOS_FAULT_DIR`` unset, so fault points are no-ops.
+    - ``supervise_worker``: False does not restart a worker that died.
+    """
 
     data_dir: Path
     database_url: str
@@ -69,7 +87,14 @@ class Stack:
     dealer_window: float
     temporal_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
+    temporal_in_memory: bool = False
+    temporal_db_file: Path | None = None
+    server_args: Sequence[str] = ()
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    fault_injection: bool = True
+    supervise_worker: bool = True
     fault_dir: Path = field(init=False)
+    env: dict[str, str] = field(init=False)
     temporal: Proc = field(init=False)
     worker: Proc = field(init=False)
     api: Proc = field(init=False)
@@ -79,7 +104,10 @@ class Stack:
 
     def __post_init__(self) -> None:
         self.fault_dir = self.data_dir / "faults"
-        self.fault_dir.mkdir(parents=True, exist_ok=True)
+        if self.fault_injection:
+            self.fault_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
         logs = self.data_dir / "logs"
         logs.mkdir(exist_ok=True)
         env = {
@@ -93,6 +121,21 @@ class Stack:
             "CHAOS_FAULT_DIR": str(self.fault_dir),
             "LOG_LEVEL": "WARNING",
         }
+        if not self.fault_injection:
+            del env["CHAOS_FAULT_DIR"]  # an inherited one too: fault points stay no-ops
+        env.update(self.extra_env)
+        self.env = env
+        if self.temporal_in_memory:
+            persistence: list[str] = []
+        else:
+            persistence = [
+                "--db-filename",
+                str(self.temporal_db_file or self.data_dir / "temporal.db"),
+                "--sqlite-pragma",
+                "journal_mode=wal",
+                "--sqlite-pragma",
+                "synchronous=normal",
+            ]
         self.temporal = Proc(
             "temporal",
             [
@@ -104,18 +147,14 @@ class Stack:
                 "127.0.0.1",
                 "--port",
                 str(self.temporal_port),
-                "--db-filename",
-                str(self.data_dir / "temporal.db"),
-                "--sqlite-pragma",
-                "journal_mode=wal",
-                "--sqlite-pragma",
-                "synchronous=normal",
+                *persistence,
                 "--search-attribute",
                 "OrderStatus=Keyword",
                 "--search-attribute",
                 "CustomerId=Keyword",
                 "--log-level",
                 "error",
+                *self.server_args,
             ],
             env,
             logs / "temporal.log",
@@ -151,8 +190,9 @@ class Stack:
         await self.worker.start()
         await self.api.start()
         await self._wait_http(f"{self.api_url}/healthz", 60)
-        self._supervising = True
-        self._supervisor = asyncio.create_task(self._supervise_worker())
+        if self.supervise_worker:
+            self._supervising = True
+            self._supervisor = asyncio.create_task(self._supervise_worker())
 
     async def start_temporal(self) -> None:
         await self.temporal.start()

@@ -1,0 +1,129 @@
+"""``python -m bench``: the saga measured on a real stack (``make bench``).
+
+    python -m bench                           # default size, a few minutes on 2 cores
+    python -m bench --sagas 500 --concurrency 100 --phases saga-local,baseline-local
+    python -m bench --database-url postgresql://postgres@127.0.0.1:5432/bench
+    python -m bench --server-arg=--dynamic-config-value \\
+                    --server-arg=history.transferProcessorMaxPollRPS=100
+    python -m bench scale                     # many open sagas (``make bench-scale``)
+    python -m bench scale --open 3000
+
+Each run starts its own stack in a new folder ``.bench/<timestamp>/`` (logs, the service
+database): the Temporal dev server in memory (``--db-file`` for a data file), the saga
+worker, the API, and for ``python -m bench`` a worker for the baseline workflow.
+
+``python -m bench`` runs the phases ``baseline-remote``, ``saga-remote``, ``baseline-local``,
+``saga-local`` (closed loops through the Temporal client) and ``http`` (an open loop through
+the API in the stack's step mode), prints tables and writes ``result.json`` (also
+``.bench/latest.json``). Its last line is
+``bench: <sagas/s> sagas/s, ratio <x> to baseline, p99 <ms> ms``: the saga in the step mode
+(``--mode``, default SAGA_STEP_MODE's) against the baseline in the same mode.
+
+``python -m bench scale`` ends with
+``bench-scale: <N> open sagas, worker RSS <MB> MB, confirm p99 <a> ms at 1000 and <b> ms at
+<N> (x<b/a>)`` and writes ``.bench/scale-latest.json``.
+
+Progress goes to stderr (``--quiet``: none); exit status 1 if any saga failed, 2 on a usage
+error or when the stack would not run, 130 on Ctrl-C.
+"""
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from bench import scale, throughput
+from bench.environment import BENCH_DIR, BenchError, kill_leftovers
+from domain.payloads import StepMode
+from settings import Settings
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default."""
+
+
+def _absolute(text: str) -> Path:
+    # The stack's processes run in the repository root, whatever the bench's own cwd.
+    return Path(text).resolve()
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode",
+        type=StepMode,
+        choices=list(StepMode),
+        default=None,
+        help="step mode of the API's sagas and of the summary (default: SAGA_STEP_MODE's)",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL URL of an existing database (its tables are dropped and recreated); "
+        "default: a SQLite file in the run folder",
+    )
+    parser.add_argument(
+        "--db-file", type=_absolute, help="Temporal data file (default: Temporal in memory)"
+    )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra argument for 'temporal server start-dev' (repeatable; write "
+        "--server-arg=--flag for one that starts with a dash)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument(
+        "--out",
+        type=_absolute,
+        default=BENCH_DIR,
+        help="folder of the run folders and of latest.json (default: .bench, gitignored)",
+    )
+
+
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, Command]:
+    command = "scale" if argv[:1] == ["scale"] else "bench"
+    parser = argparse.ArgumentParser(
+        prog="python -m bench" + (" scale" if command == "scale" else ""),
+        description=__doc__,
+        formatter_class=_HelpFormatter,
+    )
+    _common(parser)
+    module = scale if command == "scale" else throughput
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:] if command == "scale" else argv)
+    module.validate(parser, args)
+    if args.mode is None:
+        args.mode = Settings().saga_step_mode
+    return args, module.run
+
+
+async def _until_terminated(command: Command, args: argparse.Namespace) -> int:
+    # SIGTERM stops the run as Ctrl-C does (asyncio.run turns SIGINT into a cancel of this
+    # task): the stack's context managers then stop every child process.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await command(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, command = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        return asyncio.run(_until_terminated(command, args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("bench: interrupted; the stack is stopped", file=sys.stderr)
+        return 130
+    except BenchError as err:
+        print(f"bench: {err}", file=sys.stderr)
+        return 2
+    finally:
+        kill_leftovers()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The baseline workflow: the saga's delivered path with every step a no-op.
+
+It runs the activities OrderProcessWorkflow runs on its delivered path, in the same order
+and the same way (local or regular, step by step), and waits for the same two decisions:
+2 activities, the ``confirm`` signal, 4 activities, the ``delivered`` signal, 2 activities.
+It leaves out everything else the saga does: its steps' database work, its dealer-window
+timer, its search attribute updates, its state. So the saga against this workflow, with the
+same Temporal round trips, is the cost of the saga itself.
+
+This module is loaded into the workflow sandbox: it imports only the standard library,
+temporalio and, passed through, the shared names and the saga's activity timeout.
+"""
+
+from dataclasses import dataclass
+
+from temporalio import activity, workflow
+
+with workflow.unsafe.imports_passed_through():
+    from domain import names
+    from domain.payloads import StepMode
+    from workflows.order_process import ACTIVITY_TIMEOUT
+
+BASELINE_TASK_QUEUE = "bench-baseline"
+# Remote steps go to a queue of their own, as the saga's go to its services' queues.
+BASELINE_ACTIVITY_TASK_QUEUE = "bench-baseline-activities"
+WORKFLOW_NAME = "BenchBaselineWorkflow"
+NOOP_ACTIVITY = "bench_noop"
+SIGNAL_CONFIRM = "confirm"
+SIGNAL_DELIVERED = "delivered"
+
+# The saga's delivered path, step for step (names only label the no-op calls).
+BEFORE_CONFIRM = (names.CREATE_ORDER, names.CREATE_PAYMENT)
+BEFORE_DELIVERED = (
+    names.COMPLETE_PAYMENT,
+    names.CONFIRM_ORDER,
+    names.CREATE_DELIVERY,
+    names.ASSIGN_DEALER,
+)
+AFTER_DELIVERED = (names.COMPLETE_DELIVERY, names.MARK_ORDER_DELIVERED)
+STEPS = len(BEFORE_CONFIRM) + len(BEFORE_DELIVERED) + len(AFTER_DELIVERED)
+# Steps the saga runs as regular activities in local mode too, as OrderProcessWorkflow does
+# (assign_dealer's result must race its window's timer as a history event).
+REMOTE_IN_EVERY_MODE = frozenset({names.ASSIGN_DEALER})
+
+
+@dataclass(frozen=True)
+class BaselineInput:
+    """How the no-op steps run: regular activities (``remote``) or, as far as the saga runs
+    them so, local activities (``local``)."""
+
+    mode: StepMode
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """What the run did: the number of steps that completed (8 on success)."""
+
+    steps: int
+
+
+@activity.defn(name=NOOP_ACTIVITY)
+def noop(step: str) -> str:
+    """Does nothing; returns the step's name (a payload each way, as a real step has).
+
+    Synchronous, as the saga's steps are: it runs on the worker's thread pool like them, so
+    the comparison leaves out only their database work.
+    """
+    return step
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class BaselineWorkflow:
+    """Steps, ``confirm``, steps, ``delivered``, steps. Both signals are taken at any time,
+    before the workflow waits for them too (the driver sends them right after the start)."""
+
+    def __init__(self) -> None:
+        self._confirmed = False
+        self._delivered = False
+        self._steps = 0
+
+    @workflow.run
+    async def run(self, params: BaselineInput) -> BaselineResult:
+        await self._run_steps(params.mode, BEFORE_CONFIRM)
+        await workflow.wait_condition(lambda: self._confirmed)
+        await self._run_steps(params.mode, BEFORE_DELIVERED)
+        await workflow.wait_condition(lambda: self._delivered)
+        await self._run_steps(params.mode, AFTER_DELIVERED)
+        return BaselineResult(steps=self._steps)
+
+    @workflow.signal(name=SIGNAL_CONFIRM)
+    def confirm(self) -> None:
+        self._confirmed = True
+
+    @workflow.signal(name=SIGNAL_DELIVERED)
+    def delivered(self) -> None:
+        self._delivered = True
+
+    async def _run_steps(self, mode: StepMode, steps: tuple[str, ...]) -> None:
+        for step in steps:
+            # One at a time, as the saga runs its steps.
+            if mode == StepMode.LOCAL and step not in REMOTE_IN_EVERY_MODE:
+                await workflow.execute_local_activity(
+                    noop, step, start_to_close_timeout=ACTIVITY_TIMEOUT
+                )
+            else:
+                await workflow.execute_activity(
+                    noop,
+                    step,
+                    task_queue=BASELINE_ACTIVITY_TASK_QUEUE,
+                    start_to_close_timeout=ACTIVITY_TIMEOUT,
+                )
+            self._steps += 1

@@ -1,0 +1,279 @@
+"""The stack of one bench run: Temporal (in memory), saga worker, API, baseline worker.
+
+Built on :class:`chaos.stack.Stack` (the chaos run's processes) with the benchmark's options:
+Temporal without a data file unless one is asked for, no fault points, no worker
+supervision (a worker that dies fails the run instead of hiding in the numbers).
+"""
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql import ClauseElement
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from bench.baseline import BASELINE_ACTIVITY_TASK_QUEUE, BASELINE_TASK_QUEUE
+from bench.procstat import ResourceMonitor
+from chaos.stack import ROOT, Proc, Stack
+from domain import names
+from domain.payloads import StepMode
+from store.db import drop_schema, make_engine, migrate, normalise_url, session
+from store.seed import new_dealer
+
+BENCH_DIR = ROOT / ".bench"
+PROVINCE = CITY = "Tehran"
+# Capacity never runs out: the scale run leaves ~1,400 parcels with their dealers.
+DEALERS = 20
+DEALER_CAPACITY = 10_000
+DEALER_WINDOW_SECONDS = 20.0
+READY_SECONDS = 60.0
+
+WORKFLOW = TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW
+ACTIVITY = TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
+SAGA_QUEUES = (
+    (names.WORKFLOW_TASK_QUEUE, WORKFLOW),
+    (names.ORDERS_TASK_QUEUE, ACTIVITY),
+    (names.PAYMENTS_TASK_QUEUE, ACTIVITY),
+    (names.DELIVERIES_TASK_QUEUE, ACTIVITY),
+)
+BASELINE_QUEUES = ((BASELINE_TASK_QUEUE, WORKFLOW), (BASELINE_ACTIVITY_TASK_QUEUE, ACTIVITY))
+
+
+class BenchError(RuntimeError):
+    """The bench could not run (a process did not start or died); the message says where."""
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """What the command line chooses about the stack."""
+
+    mode: StepMode
+    database_url: str | None = None
+    db_file: Path | None = None
+    server_args: Sequence[str] = ()
+    payment_window_seconds: float = 1800.0
+    baseline: bool = True
+
+
+def new_run_dir(out: Path, suffix: str = "") -> Path:
+    """A fresh ``<out>/<timestamp><suffix>/`` folder (``out`` is ``.bench/``, gitignored)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = out / f"{stamp}{suffix}"
+    n = 1
+    while run_dir.exists():
+        n += 1
+        run_dir = out / f"{stamp}{suffix}-{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def prepare_database(url: str) -> Engine:
+    """Empty schema at the latest migration, plus dealers with capacity to spare.
+
+    Returns an engine for the bench's own reads (see :func:`read_rows`).
+    """
+    engine = make_engine(url)
+    drop_schema(engine)  # a PostgreSQL database may hold an earlier run
+    migrate(engine)
+    with session(engine) as db:
+        for i in range(DEALERS):
+            db.add(
+                new_dealer(
+                    f"Bench dealer {i}", f"+0-bench-{i:04d}", PROVINCE, CITY, DEALER_CAPACITY
+                )
+            )
+        db.commit()
+    return engine
+
+
+def compile_query(engine: Engine, statement: ClauseElement) -> str:
+    """``statement`` as SQL text for ``engine``'s dialect, constants inlined."""
+    return str(statement.compile(engine, compile_kwargs={"literal_binds": True}))
+
+
+def read_rows(engine: Engine, sql: str) -> list[tuple[Any, ...]]:
+    """Run a read-only query on a raw DBAPI connection of ``engine``.
+
+    Not through a SQLAlchemy transaction: on SQLite the project's engine starts every
+    transaction with ``BEGIN IMMEDIATE`` (the write lock), and the bench polls several times
+    a second; a plain autocommit SELECT reads a WAL snapshot and never blocks the worker.
+    """
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute(sql)
+        rows = [tuple(row) for row in cursor.fetchall()]
+        cursor.close()
+        return rows
+    finally:
+        raw.close()  # back to the pool, rolled back (PostgreSQL's implicit transaction)
+
+
+@dataclass
+class BenchStack:
+    """The running processes, a Temporal client, the database engine and the resource monitor."""
+
+    run_dir: Path
+    stack: Stack
+    baseline: Proc | None
+    client: Client
+    engine: Engine
+    monitor: ResourceMonitor
+
+    def check_alive(self) -> None:
+        """Raise BenchError if any process of the stack has exited."""
+        procs = [self.stack.temporal, self.stack.worker, self.stack.api]
+        if self.baseline is not None:
+            procs.append(self.baseline)
+        for proc in procs:
+            if not proc.alive:
+                raise BenchError(f"the {proc.name} process exited; see {proc.log}")
+
+
+@contextlib.asynccontextmanager
+async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[BenchStack]:
+    """Start everything in ``run_dir`` and stop all of it (SIGTERM, bounded waits) on exit,
+    on error and on cancellation (Ctrl-C)."""
+    url = normalise_url(options.database_url or f"sqlite:///{run_dir / 'orders.db'}")
+    try:
+        engine = await asyncio.to_thread(prepare_database, url)
+    except SQLAlchemyError as err:
+        shown = make_url(url).render_as_string(hide_password=True)
+        raise BenchError(f"cannot prepare the database {shown}: {err}") from err
+    stack = Stack(
+        data_dir=run_dir,
+        database_url=url,
+        payment_window=options.payment_window_seconds,
+        dealer_window=DEALER_WINDOW_SECONDS,
+        temporal_in_memory=options.db_file is None,
+        temporal_db_file=options.db_file,
+        server_args=list(options.server_args),
+        extra_env={"SAGA_STEP_MODE": options.mode.value, "LOG_LEVEL": "WARNING"},
+        fault_injection=False,
+        supervise_worker=False,
+    )
+    baseline = (
+        Proc(
+            "baseline",
+            [sys.executable, "-m", "bench.baseline_worker"],
+            stack.env,
+            run_dir / "logs" / "baseline.log",
+        )
+        if options.baseline
+        else None
+    )
+    _started.extend(p for p in (stack.temporal, stack.worker, stack.api, baseline) if p)
+    monitor: ResourceMonitor | None = None
+    if options.db_file is not None:
+        options.db_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        await _start(stack, baseline)
+        client = await Client.connect(
+            stack.temporal_address, data_converter=pydantic_data_converter
+        )
+        bench = BenchStack(run_dir, stack, baseline, client, engine, ResourceMonitor({}))
+        queues = SAGA_QUEUES + (BASELINE_QUEUES if baseline is not None else ())
+        await _wait_for_pollers(bench, queues)
+        leaders = {
+            "worker": _pid(stack.worker),
+            "server": _pid(stack.temporal),
+            "api": _pid(stack.api),
+        }
+        if baseline is not None:
+            leaders["baseline"] = _pid(baseline)
+        monitor = bench.monitor = ResourceMonitor(leaders)
+        monitor.start()
+        yield bench
+    finally:
+        if monitor is not None:
+            await monitor.stop()
+        await _stop_all(stack, baseline)
+        engine.dispose()
+
+
+# Every process started, for kill_leftovers().
+_started: list[Proc] = []
+
+
+def kill_leftovers() -> None:
+    """Last resort once the event loop is gone (a second Ctrl-C interrupted the orderly
+    stop): SIGKILL the process group of every child not seen to exit. An unreaped child's
+    pid cannot have been reused, so this never hits a stranger."""
+    for proc in _started:
+        if proc.process is not None and proc.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.process.pid, signal.SIGKILL)
+
+
+async def _start(stack: Stack, baseline: Proc | None) -> None:
+    """Start the stack, failing fast (with the log to read) when a process exits meanwhile:
+    Stack.start would otherwise wait out its full readiness timeout."""
+    starting = asyncio.create_task(stack.start())
+    procs = [stack.temporal, stack.worker, stack.api]
+    try:
+        while not starting.done():
+            await asyncio.wait({starting}, timeout=0.2)
+            for proc in procs:
+                if proc.process is not None and proc.process.returncode is not None:
+                    raise BenchError(f"the {proc.name} process exited at startup; see {proc.log}")
+        try:
+            starting.result()
+        except TimeoutError:
+            raise BenchError(
+                f"the stack did not come up within 60 s; see the logs in {stack.data_dir / 'logs'}"
+            ) from None
+    finally:
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+    if baseline is not None:
+        await baseline.start()
+
+
+async def _stop_all(stack: Stack, baseline: Proc | None) -> None:
+    if baseline is not None:
+        await baseline.stop()
+    await stack.stop()
+
+
+def _pid(proc: Proc) -> int:
+    assert proc.process is not None, f"{proc.name} was started"
+    return proc.process.pid
+
+
+async def _wait_for_pollers(
+    bench: BenchStack, queues: Sequence[tuple[str, TaskQueueType.ValueType]]
+) -> None:
+    """Wait until a worker polls every queue, so the first measured start is not the one
+    that waits for workers to come up."""
+    deadline = time.monotonic() + READY_SECONDS
+    for queue, kind in queues:
+        while True:
+            bench.check_alive()
+            described = await bench.client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace=bench.client.namespace,
+                    task_queue=TaskQueue(name=queue),
+                    task_queue_type=kind,
+                )
+            )
+            if described.pollers:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"no worker polls {queue} after {READY_SECONDS:.0f}s")
+            await asyncio.sleep(0.1)
