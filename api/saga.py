@@ -31,6 +31,8 @@ from domain.payloads import (
     OrderRequest,
     PaymentDecision,
     SagaState,
+    SagaTimeouts,
+    StepMode,
 )
 from domain.status import OrderStatus, SagaPhase
 from settings import Settings
@@ -44,6 +46,44 @@ DECISION_SIGNALS = (names.SIGNAL_CONFIRM_PAYMENT, names.SIGNAL_CANCEL_PAYMENT)
 REQUEST_FINGERPRINT = "request_fingerprint"
 
 SagaHandle = WorkflowHandle[OrderProcessWorkflow, SagaState]
+
+
+async def start_order_saga(
+    client: Client,
+    order_id: str,
+    request: OrderRequest,
+    *,
+    task_queue: str,
+    timeouts: SagaTimeouts,
+    step_mode: StepMode,
+) -> SagaHandle:
+    """Start the saga of ``order_id``: workflow id ``order-<order_id>``, reject-duplicate (one
+    order never gets a second saga, even after it ends), the OrderStatus and CustomerId
+    search attributes, a summary for the Web UI and the request's fingerprint in the memo.
+
+    Raises ``WorkflowAlreadyStartedError`` if the order has a saga already.
+    """
+    handle: SagaHandle = await client.start_workflow(
+        OrderProcessWorkflow.run,
+        OrderProcessInput(
+            order_id=order_id, request=request, timeouts=timeouts, step_mode=step_mode
+        ),
+        id=names.workflow_id_for(order_id),
+        task_queue=task_queue,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(ORDER_STATUS, OrderStatus.PENDING.value),
+                SearchAttributePair(CUSTOMER_ID, request.customer_id),
+            ]
+        ),
+        static_summary=(
+            f"Order {order_id}: customer {request.customer_id}, {request.total_amount}, "
+            f"{request.city} ({request.province})"
+        ),
+        memo={REQUEST_FINGERPRINT: request.fingerprint()},
+    )
+    return handle
 
 
 class SagaGateway:
@@ -65,32 +105,15 @@ class SagaGateway:
         whether the saga existed already (a retried request with the same idempotency key).
         """
         workflow_id = names.workflow_id_for(order_id)
-        total = request.total_amount
         fingerprint = request.fingerprint()
         try:
-            handle: SagaHandle = await self._client.start_workflow(
-                OrderProcessWorkflow.run,
-                OrderProcessInput(
-                    order_id=order_id,
-                    request=request,
-                    timeouts=self._settings.saga_timeouts,
-                    step_mode=self._settings.saga_step_mode,
-                ),
-                id=workflow_id,
+            handle = await start_order_saga(
+                self._client,
+                order_id,
+                request,
                 task_queue=self._settings.workflow_task_queue,
-                # A business key: one order never gets a second saga, even after it ends.
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(ORDER_STATUS, OrderStatus.PENDING.value),
-                        SearchAttributePair(CUSTOMER_ID, request.customer_id),
-                    ]
-                ),
-                static_summary=(
-                    f"Order {order_id}: customer {request.customer_id}, {total}, "
-                    f"{request.city} ({request.province})"
-                ),
-                memo={REQUEST_FINGERPRINT: fingerprint},
+                timeouts=self._settings.saga_timeouts,
+                step_mode=self._settings.saga_step_mode,
             )
             existed = False
             log.info(

@@ -19,9 +19,8 @@ import httpx
 from sqlalchemy import Engine
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 
-from api.saga import REQUEST_FINGERPRINT
+from api.saga import start_order_saga
 from bench.baseline import BASELINE_TASK_QUEUE, STEPS, BaselineInput, BaselineWorkflow
 from bench.environment import CITY, PROVINCE, BenchStack, compile_query, read_rows
 from bench.progress import Progress
@@ -29,7 +28,6 @@ from domain import names
 from domain.payloads import (
     DeliveredReport,
     OrderItem,
-    OrderProcessInput,
     OrderRequest,
     PaymentDecision,
     SagaState,
@@ -39,7 +37,6 @@ from domain.payloads import (
 from domain.status import DeliveryStatus, OrderStatus, SagaPhase
 from store.models import DeliveryRow
 from workflows import OrderProcessWorkflow
-from workflows.order_process import CUSTOMER_ID, ORDER_STATUS
 
 SagaHandle = WorkflowHandle[OrderProcessWorkflow, SagaState]
 T = TypeVar("T")
@@ -67,25 +64,9 @@ async def start_saga(
     from the order id, reject-duplicate, the two search attributes, the summary and the
     request fingerprint memo. Unlike the API it does not wait for the payment to exist (an
     update round trip): the bench knows the payment id and confirms right away."""
-    handle: SagaHandle = await client.start_workflow(
-        OrderProcessWorkflow.run,
-        OrderProcessInput(order_id=order_id, request=request, timeouts=timeouts, step_mode=mode),
-        id=names.workflow_id_for(order_id),
-        task_queue=task_queue,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(ORDER_STATUS, OrderStatus.PENDING.value),
-                SearchAttributePair(CUSTOMER_ID, request.customer_id),
-            ]
-        ),
-        static_summary=(
-            f"Order {order_id}: customer {request.customer_id}, {request.total_amount}, "
-            f"{request.city} ({request.province})"
-        ),
-        memo={REQUEST_FINGERPRINT: request.fingerprint()},
+    return await start_order_saga(
+        client, order_id, request, task_queue=task_queue, timeouts=timeouts, step_mode=mode
     )
-    return handle
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -67,6 +68,16 @@ class StackOptions:
     server_args: Sequence[str] = ()
     payment_window_seconds: float = 1800.0
     baseline: bool = True
+
+
+def api_client(bench: "BenchStack") -> httpx.AsyncClient:
+    """An HTTP client for the stack's API that never queues requests behind its own pool
+    (an open loop must measure the API, not the client)."""
+    return httpx.AsyncClient(
+        base_url=bench.stack.api_url,
+        timeout=httpx.Timeout(60, connect=5),
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+    )
 
 
 def new_run_dir(out: Path, suffix: str = "") -> Path:

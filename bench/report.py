@@ -17,7 +17,8 @@ PhaseKind = Literal["baseline", "saga", "http"]
 class HttpDetail(BaseModel):
     """The HTTP phase's own numbers."""
 
-    rate_per_s: float
+    rate_per_s: float  # requests per second: POST /orders and confirms together
+    orders_per_s: float  # half of it: each order is one POST /orders and one confirm
     seconds: float
     orders: Latency  # POST /orders until its answer (201 carries the payment id)
     confirms: Latency  # POST /payments/{id}/confirm
@@ -209,7 +210,8 @@ def render(result: BenchResult) -> str:
         out.append("")
         non_2xx = ", ".join(f"{k}: {v}" for k, v in sorted(h.non_2xx.items())) or "none"
         out.append(
-            f"HTTP: {h.rate_per_s:g} orders/s for {h.seconds:g} s, saga mode {p.mode}; "
+            f"HTTP: {h.rate_per_s:g} requests/s ({h.orders_per_s:g} orders/s + their confirms) "
+            f"for {h.seconds:g} s, saga mode {p.mode}; "
             f"non-2xx: {non_2xx}; 202 (payment not ready): {h.answered_202} "
             f"(confirm retried on 404: {h.confirm_404}); "
             f"delivered reports refused with 409 and retried: {h.reports_refused_409}"

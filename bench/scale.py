@@ -35,6 +35,7 @@ from bench.environment import (
     BenchError,
     BenchStack,
     StackOptions,
+    api_client,
     compile_query,
     new_run_dir,
     read_rows,
@@ -217,10 +218,14 @@ class Scale:
         deadline = time.perf_counter() + SETTLE_SECONDS
         while True:
             rows = await asyncio.to_thread(read_rows, self.bench.engine, self._completed_sql)
-            if payments <= {str(r[0]) for r in rows}:
+            missing = payments - {str(r[0]) for r in rows}
+            if not missing:
                 return
             if time.perf_counter() > deadline:
-                raise BenchError(f"payments not COMPLETED after {SETTLE_SECONDS:.0f}s")
+                raise BenchError(
+                    f"{len(missing)} payments not COMPLETED after {SETTLE_SECONDS:.0f}s "
+                    f"(e.g. {sorted(missing)[:3]}); refused or failed calls: {self.failures[:5]}"
+                )
             await asyncio.sleep(DB_POLL_SECONDS / 2)
 
     async def _confirm(self, order_id: str, non_2xx: Counter[str]) -> float | None:
@@ -290,11 +295,7 @@ async def run(args: argparse.Namespace) -> int:
     results: list[LevelResult] = []
     async with (
         running_stack(run_dir, options) as bench,
-        httpx.AsyncClient(
-            base_url=bench.stack.api_url,
-            timeout=httpx.Timeout(60, connect=5),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-        ) as http,
+        api_client(bench) as http,
     ):
         scale = Scale(bench, http, args)
         for target in levels:

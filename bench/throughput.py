@@ -23,6 +23,7 @@ from bench.environment import (
     DEALER_WINDOW_SECONDS,
     BenchStack,
     StackOptions,
+    api_client,
     new_run_dir,
     running_stack,
 )
@@ -66,12 +67,7 @@ async def run(args: argparse.Namespace) -> int:
     phases: dict[str, PhaseResult] = {}
     async with (
         running_stack(run_dir, options) as bench,
-        httpx.AsyncClient(
-            base_url=bench.stack.api_url,
-            timeout=httpx.Timeout(60, connect=5),
-            # Open loop: the client must never queue requests behind its own pool.
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-        ) as http,
+        api_client(bench) as http,
     ):
         log(args, f"stack up: Temporal {bench.stack.temporal_address}, API {bench.stack.api_url}")
         dealer = Dealer(bench.client, bench.engine, http)
@@ -169,7 +165,9 @@ async def _http_phase(
 ) -> PhaseResult:
     dealer.via = "http"
     tag = f"bench-{bench.run_dir.name}"
-    total = round(args.rate * args.http_seconds)
+    # --rate counts requests: each order is a POST /orders and a confirm.
+    orders_per_s = args.rate / 2
+    total = round(orders_per_s * args.http_seconds)
     # A few orders first, uncounted: the API's first calls open its Temporal connection.
     warm = await guarded(
         bench,
@@ -190,7 +188,7 @@ async def _http_phase(
                 http_load(
                     bench,
                     http,
-                    rate=args.rate,
+                    rate=orders_per_s,
                     seconds=args.http_seconds,
                     tag=tag,
                     settle_within=args.saga_timeout,
@@ -213,6 +211,7 @@ async def _http_phase(
     )
     result.http = HttpDetail(
         rate_per_s=args.rate,
+        orders_per_s=orders_per_s,
         seconds=args.http_seconds,
         orders=Latency.of(load.order_seconds),
         confirms=Latency.of(load.confirm_seconds),
@@ -294,7 +293,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sagas", type=int, default=200, help="measured sagas per phase")
     parser.add_argument("--concurrency", type=int, default=50, help="sagas in flight (<= 500)")
     parser.add_argument("--warmup", type=int, default=20, help="uncounted sagas per phase")
-    parser.add_argument("--rate", type=float, default=20.0, help="HTTP orders per second")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=20.0,
+        help="HTTP requests per second, POST /orders and confirms together (orders at half it)",
+    )
     parser.add_argument("--http-seconds", type=float, default=15.0, help="HTTP phase length")
     parser.add_argument(
         "--phases",

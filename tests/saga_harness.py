@@ -19,18 +19,21 @@ from sqlalchemy import Engine
 from sqlmodel import select
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
-from temporalio.worker import Worker
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer, Worker
 
 from activities._defn import service_activity
 from activities.payments import PaymentActivities
 from domain import names
 from domain.payloads import (
     CompensationOutcome,
+    CreatePaymentInput,
     OrderItem,
     OrderProcessInput,
     OrderRef,
     OrderRequest,
     PaymentDecision,
+    PaymentSnapshot,
     SagaState,
     SagaTimeouts,
     ServiceQueues,
@@ -40,7 +43,7 @@ from domain.status import RecordStatus, SagaPhase
 from store.db import session
 from store.models import DealerRow, DeliveryRow, OrderRow, PaymentRow
 from store.seed import new_dealer
-from worker import service_activities, workflow_worker
+from worker import service_activities, workflow_runner, workflow_worker
 from workflows import OrderProcessWorkflow
 from workflows.order_process import ORDER_STATUS
 
@@ -282,3 +285,28 @@ class FailingRefund:
         if failing:
             raise RuntimeError(f"payment provider unavailable (call {call})")
         return self._real.cancel_or_refund_payment(ref)
+
+
+class HeldCreatePayment:
+    """Fake ``create_payment``: waits until released, then runs the real one (a step still
+    running while something reaches the saga)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._real = PaymentActivities(engine)
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    @service_activity(names.CREATE_PAYMENT)
+    def create_payment(self, params: CreatePaymentInput) -> PaymentSnapshot:
+        self.started.set()
+        assert self.release.wait(10)
+        return self._real.create_payment(params)
+
+
+def replayer(workflow: type = OrderProcessWorkflow) -> Replayer:
+    """Replays histories as a worker rebuilding a saga does (same converter, same sandbox)."""
+    return Replayer(
+        workflows=[workflow],
+        data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner(),
+    )

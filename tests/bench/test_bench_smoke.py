@@ -30,7 +30,7 @@ def test_a_small_bench_delivers_every_saga_in_every_phase(tmp_path: Path):
             "--sagas=10",
             "--concurrency=5",
             "--warmup=3",
-            "--rate=5",
+            "--rate=10",  # requests/s: 5 orders/s and their confirms
             "--http-seconds=2",
             "--quiet",
             f"--out={tmp_path}",

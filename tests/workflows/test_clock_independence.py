@@ -14,14 +14,10 @@ import json
 from datetime import datetime, timedelta
 
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer
 
 from domain import names
 from domain.status import SagaPhase
-from tests.saga_harness import confirm_payment, order_request, saga_workers, start_saga
-from worker import workflow_runner
-from workflows import OrderProcessWorkflow
+from tests.saga_harness import confirm_payment, order_request, replayer, saga_workers, start_saga
 
 SKEW = timedelta(hours=1)
 
@@ -62,10 +58,5 @@ async def test_no_dealer_decisions_follow_history_events_not_task_timestamps(
     skewed = WorkflowHistory.from_json(
         handle.id, skew_tasks_after_first_assignment(history.to_json())
     )
-    replayer = Replayer(
-        workflows=[OrderProcessWorkflow],
-        data_converter=pydantic_data_converter,
-        workflow_runner=workflow_runner(),
-    )
-    replay = await replayer.replay_workflow(skewed, raise_on_replay_failure=False)
+    replay = await replayer().replay_workflow(skewed, raise_on_replay_failure=False)
     assert replay.replay_failure is None, replay.replay_failure

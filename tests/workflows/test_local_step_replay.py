@@ -8,59 +8,42 @@ cache eviction.
 """
 
 import asyncio
-import threading
 
-from temporalio import activity
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer
-
-from activities._defn import service_activity
-from activities.payments import PaymentActivities
 from domain import names
 from domain.payloads import (
-    CreatePaymentInput,
     DeliveredReport,
     PaymentDecision,
-    PaymentSnapshot,
     StepMode,
 )
 from domain.status import SagaPhase
 from tests.saga_harness import (
+    HeldCreatePayment,
     SagaHandle,
     add_dealer,
+    replayer,
     saga_workers,
     start_saga,
     wait_for_phase,
 )
-from worker import workflow_runner
 from workflows import OrderProcessWorkflow as Saga
 
 
-class HeldPayment:
-    """Fake ``create_payment``: waits until released, then runs the real one."""
-
-    def __init__(self, engine) -> None:
-        self._real = PaymentActivities(engine)
-        self.started = threading.Event()
-        self.release = threading.Event()
-
-    @service_activity(names.CREATE_PAYMENT)
-    def create_payment(self, params: CreatePaymentInput) -> PaymentSnapshot:
-        assert activity.info().is_local
-        self.started.set()
-        assert self.release.wait(10)
-        return self._real.create_payment(params)
-
-
 async def assert_replays(handle: SagaHandle) -> None:
-    history = await handle.fetch_history()
-    replayer = Replayer(
-        workflows=[Saga],
-        data_converter=pydantic_data_converter,
-        workflow_runner=workflow_runner(),
+    replay = await replayer().replay_workflow(
+        await handle.fetch_history(), raise_on_replay_failure=False
     )
-    replay = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert replay.replay_failure is None, replay.replay_failure
+
+
+async def start_held(client, engine, held: HeldCreatePayment, suffix: str) -> SagaHandle:
+    """A local saga whose create_payment is running (held) when this returns."""
+    handle = await start_saga(client, suffix, step_mode=StepMode.LOCAL)
+    assert await asyncio.to_thread(held.started.wait, 10)
+    return handle
+
+
+def payment_of(handle: SagaHandle) -> PaymentDecision:
+    return PaymentDecision(payment_id=names.payment_id_for(handle.id.removeprefix("order-")))
 
 
 async def test_a_confirm_sent_while_a_local_step_runs_is_taken_and_replays(
@@ -68,14 +51,12 @@ async def test_a_confirm_sent_while_a_local_step_runs_is_taken_and_replays(
 ):
     client = time_skipping_env.client
     add_dealer(engine)
-    held = HeldPayment(engine)
+    held = HeldCreatePayment(engine)
     async with saga_workers(
         client, engine, executor, task_queue_suffix, overrides=[held.create_payment]
     ):
-        handle = await start_saga(client, task_queue_suffix, step_mode=StepMode.LOCAL)
-        assert await asyncio.to_thread(held.started.wait, 10)
-        payment_id = names.payment_id_for(handle.id.removeprefix("order-"))
-        await handle.signal(Saga.confirm_payment, PaymentDecision(payment_id=payment_id))
+        handle = await start_held(client, engine, held, task_queue_suffix)
+        await handle.signal(Saga.confirm_payment, payment_of(handle))
         held.release.set()
         in_transit = await wait_for_phase(handle, SagaPhase.IN_TRANSIT)
         assert in_transit.delivery_id is not None
@@ -96,14 +77,12 @@ async def test_a_cancel_sent_while_a_local_step_runs_compensates_and_replays(
     time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
-    held = HeldPayment(engine)
+    held = HeldCreatePayment(engine)
     async with saga_workers(
         client, engine, executor, task_queue_suffix, overrides=[held.create_payment]
     ):
-        handle = await start_saga(client, task_queue_suffix, step_mode=StepMode.LOCAL)
-        assert await asyncio.to_thread(held.started.wait, 10)
-        payment_id = names.payment_id_for(handle.id.removeprefix("order-"))
-        await handle.signal(Saga.cancel_payment, PaymentDecision(payment_id=payment_id))
+        handle = await start_held(client, engine, held, task_queue_suffix)
+        await handle.signal(Saga.cancel_payment, payment_of(handle))
         held.release.set()
         result = await handle.result()
 

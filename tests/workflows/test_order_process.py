@@ -17,15 +17,12 @@ from temporalio.exceptions import CancelledError
 
 from activities._defn import service_activity
 from activities.deliveries import DeliveryActivities
-from activities.payments import PaymentActivities
 from domain import names
 from domain.payloads import (
-    CreatePaymentInput,
     DeliveredReport,
     DeliveryRef,
     DeliverySnapshot,
     PaymentDecision,
-    PaymentSnapshot,
     SagaState,
     SagaTimeouts,
 )
@@ -40,6 +37,7 @@ from store.db import session
 from store.models import PaymentRow, as_utc
 from tests.saga_harness import (
     FAST_DEALER_RETRY,
+    HeldCreatePayment,
     SagaHandle,
     add_dealer,
     confirm_payment,
@@ -415,22 +413,6 @@ async def test_cancelling_the_workflow_after_an_unseen_dealer_assignment_release
         DeliveryStatus.CANCELLED,
     )
     assert dealer_load(engine, dealer) == 0
-
-
-class HeldCreatePayment:
-    """Fake ``create_payment``: waits until released, then runs the real one (a step still
-    running when the saga is cancelled)."""
-
-    def __init__(self, engine) -> None:
-        self._real = PaymentActivities(engine)
-        self.started = threading.Event()
-        self.release = threading.Event()
-
-    @service_activity(names.CREATE_PAYMENT)
-    def create_payment(self, params: CreatePaymentInput) -> PaymentSnapshot:
-        self.started.set()
-        assert self.release.wait(10)
-        return self._real.create_payment(params)
 
 
 async def test_cancelling_while_a_step_runs_waits_for_it_then_undoes_what_it_did(

@@ -11,12 +11,9 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-import worker
-from tests.saga_harness import HISTORIES_DIR, recorded_workflow_id
+from tests.saga_harness import HISTORIES_DIR, recorded_workflow_id, replayer
 from tests.workflows.altered_saga import PaymentFirstSaga
 from workflows import OrderProcessWorkflow
 
@@ -44,14 +41,6 @@ HISTORY_FILES = sorted(HISTORIES_DIR.glob("*.json"))
 
 def load_history(file: Path) -> WorkflowHistory:
     return WorkflowHistory.from_json(recorded_workflow_id(file.stem), file.read_text())
-
-
-def replayer(workflow: type) -> Replayer:
-    return Replayer(
-        workflows=[workflow],
-        data_converter=pydantic_data_converter,
-        workflow_runner=worker.workflow_runner(),
-    )
 
 
 def test_every_saga_path_has_a_recorded_history():
