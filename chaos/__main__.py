@@ -88,8 +88,11 @@ class Database:
         version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[0]
         ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
         await asyncio.to_thread(subprocess.run, [*ctl, "stop", "-m", "fast"], check=True)
-        await asyncio.sleep(seconds)
-        await asyncio.to_thread(subprocess.run, [*ctl, "start"], check=True)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            # Also when the run is interrupted meanwhile: never leave the database stopped.
+            await asyncio.to_thread(subprocess.run, [*ctl, "start"], check=True)
 
     def _hold_exclusive_lock(self, seconds: float) -> None:
         conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
@@ -159,6 +162,11 @@ class Chaos:
 
 
 async def main(args: argparse.Namespace) -> int:
+    # SIGTERM stops the run as Ctrl-C does: a cancel of this task, so the stack's ``finally``
+    # stops every child process (they run in their own sessions and would outlive us).
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     rng = random.Random(args.seed)
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="chaos-"))
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -255,4 +263,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 if __name__ == "__main__":
     arguments = parse()
     print(f"seed {arguments.seed}", flush=True)
-    sys.exit(asyncio.run(main(arguments)))
+    try:
+        sys.exit(asyncio.run(main(arguments)))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("chaos: interrupted; the stack is stopped", file=sys.stderr)
+        sys.exit(130)
