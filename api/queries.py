@@ -17,7 +17,7 @@ from domain.names import workflow_id_for
 from domain.payloads import from_cents
 from domain.status import DeliveryStatus, OrderStatus, PaymentStatus
 from settings import Settings
-from store.db import session
+from store.db import read_session, session
 from store.models import DealerRow, DeliveryRow, OrderItemRow, OrderRow, PaymentRow, place_key
 from store.seed import new_dealer
 
@@ -28,7 +28,7 @@ class DuplicateDealerError(Exception):
 
 def order_view(engine: Engine, settings: Settings, order_id: str) -> OrderView | None:
     """The order with its items, payment and delivery; None if the order row does not exist."""
-    with session(engine) as db:
+    with read_session(engine) as db:
         order = db.get(OrderRow, order_id)
         if order is None:
             return None
@@ -89,7 +89,7 @@ def list_orders(
         filters.append(col(OrderRow.status) == status)
     if customer_id is not None:
         filters.append(col(OrderRow.customer_id) == customer_id)
-    with session(engine) as db:
+    with read_session(engine) as db:
         total = db.exec(select(func.count()).select_from(OrderRow).where(*filters)).one()
         rows = db.exec(
             select(OrderRow)
@@ -115,7 +115,7 @@ def list_orders(
 
 
 def get_payment(engine: Engine, payment_id: str) -> PaymentRow | None:
-    with session(engine) as db:
+    with read_session(engine) as db:
         return db.get(PaymentRow, payment_id)
 
 
@@ -132,12 +132,12 @@ def customer_of(
         query = query.join(PaymentRow, col(PaymentRow.order_id) == col(OrderRow.id)).where(
             col(PaymentRow.id) == payment_id
         )
-    with session(engine) as db:
+    with read_session(engine) as db:
         return db.exec(query).first()
 
 
 def get_delivery(engine: Engine, delivery_id: str) -> DeliveryRow | None:
-    with session(engine) as db:
+    with read_session(engine) as db:
         return db.get(DeliveryRow, delivery_id)
 
 
@@ -162,7 +162,7 @@ def list_dealers(
         filters.append(col(DealerRow.province_key) == place_key(province))
     if city is not None:
         filters.append(col(DealerRow.city_key) == place_key(city))
-    with session(engine) as db:
+    with read_session(engine) as db:
         rows = db.exec(
             select(DealerRow)
             .where(*filters)
@@ -186,5 +186,5 @@ def add_dealer(engine: Engine, dealer: DealerCreate) -> DealerView:
 
 
 def ping(engine: Engine) -> None:
-    with session(engine) as db:
+    with read_session(engine) as db:
         db.exec(select(1)).one()

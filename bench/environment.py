@@ -32,7 +32,7 @@ from bench.procstat import ResourceMonitor
 from chaos.stack import ROOT, Proc, Stack
 from domain import names
 from domain.payloads import StepMode
-from store.db import drop_schema, make_engine, migrate, normalise_url, session
+from store.db import drop_schema, make_engine, migrate, normalise_url, read_session, session
 from store.seed import new_dealer
 
 BENCH_DIR = ROOT / ".bench"
@@ -117,21 +117,10 @@ def compile_query(engine: Engine, statement: ClauseElement) -> str:
 
 
 def read_rows(engine: Engine, sql: str) -> list[tuple[Any, ...]]:
-    """Run a read-only query on a raw DBAPI connection of ``engine``.
-
-    Not through a SQLAlchemy transaction: on SQLite the project's engine starts every
-    transaction with ``BEGIN IMMEDIATE`` (the write lock), and the bench polls several times
-    a second; a plain autocommit SELECT reads a WAL snapshot and never blocks the worker.
-    """
-    raw = engine.raw_connection()
-    try:
-        cursor = raw.cursor()
-        cursor.execute(sql)
-        rows = [tuple(row) for row in cursor.fetchall()]
-        cursor.close()
-        return rows
-    finally:
-        raw.close()  # back to the pool, rolled back (PostgreSQL's implicit transaction)
+    """Run a read-only query in a ``read_session`` (on SQLite it takes no write lock, so the
+    bench's polls, several a second, never hold up the worker)."""
+    with read_session(engine) as db:
+        return [tuple(row) for row in db.connection().exec_driver_sql(sql).fetchall()]
 
 
 @dataclass

@@ -16,6 +16,9 @@ from sqlmodel import Session, SQLModel, create_engine
 
 from store import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
+# Execution option of read_session's connections (see make_engine's "begin" listener).
+READ_ONLY = "order_saga_read_only"
+
 
 def normalise_url(url: str) -> str:
     """Accept plain ``postgresql://`` URLs and use the psycopg 3 driver for them."""
@@ -55,7 +58,10 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only session (read_session) needs no write lock: a deferred BEGIN reads a WAL
+        # snapshot and neither waits for nor holds up the writers.
+        read_only = connection.get_execution_options().get(READ_ONLY)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -151,3 +157,9 @@ def drop_schema(engine: Engine) -> None:
 def session(engine: Engine) -> Session:
     """A new session; objects stay readable after commit (payloads are built from them)."""
     return Session(engine, expire_on_commit=False)
+
+
+def read_session(engine: Engine) -> Session:
+    """A session for reads only. On SQLite it does not take the write lock that ``session``'s
+    transactions take up front, so API reads and polls never queue behind the activities."""
+    return Session(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)

@@ -1,0 +1,48 @@
+"""Reads do not queue behind writers on SQLite: read_session takes no write lock."""
+
+import sqlite3
+
+from sqlmodel import select
+
+from store.db import make_engine, migrate, read_session, session
+from store.models import DealerRow
+from store.seed import new_dealer
+
+
+def test_a_read_session_reads_while_another_connection_holds_the_write_lock(tmp_path):
+    path = tmp_path / "orders.db"
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        migrate(engine)
+        with session(engine) as db:
+            db.add(new_dealer("Ana", "+1-1", "Tehran", "Tehran", 2))
+            db.commit()
+        writer = sqlite3.connect(path, isolation_level=None)
+        writer.execute("PRAGMA busy_timeout=0")
+        try:
+            writer.execute("BEGIN IMMEDIATE")  # what every session() transaction takes first
+            writer.execute("UPDATE dealers SET capacity = 3")
+            with read_session(engine) as db:
+                dealers = db.exec(select(DealerRow)).all()
+            # The committed snapshot, read without waiting for the writer.
+            assert [(d.name, d.capacity) for d in dealers] == [("Ana", 2)]
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+    finally:
+        engine.dispose()
+
+
+def test_a_read_session_still_sees_what_sessions_committed(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'orders.db'}")
+    try:
+        migrate(engine)
+        with read_session(engine) as db:
+            assert db.exec(select(DealerRow)).all() == []
+        with session(engine) as db:
+            db.add(new_dealer("Ana", "+1-1", "Tehran", "Tehran", 2))
+            db.commit()
+        with read_session(engine) as db:
+            assert [d.name for d in db.exec(select(DealerRow)).all()] == ["Ana"]
+    finally:
+        engine.dispose()
