@@ -105,7 +105,6 @@ class SagaGateway:
         whether the saga existed already (a retried request with the same idempotency key).
         """
         workflow_id = names.workflow_id_for(order_id)
-        fingerprint = request.fingerprint()
         try:
             handle = await start_order_saga(
                 self._client,
@@ -128,7 +127,7 @@ class SagaGateway:
             handle, existed = self.handle(order_id), True
             described = await handle.describe()
             stored = await described.memo_value(REQUEST_FINGERPRINT, None)
-            if stored != fingerprint:
+            if stored != request.fingerprint():
                 raise IdempotencyKeyReusedError(
                     "this Idempotency-Key was already used for a different request"
                 ) from None

@@ -157,14 +157,16 @@ class ServiceQueues(_Payload):
 
 
 class StepMode(StrEnum):
-    """How the saga runs its steps and compensations (fixed for a saga at its start).
+    """How the saga runs its forward steps (fixed for a saga at its start).
 
     ``remote``: each step is a regular activity on its service's task queue (orders, payments,
     deliveries), so each service runs and scales as its own worker process; every step is a
-    round trip through the Temporal server's task queues. ``local``: the same activities run
-    as local activities inside the workflow worker (which then needs the service database);
-    their results are recorded in the saga's history as markers, with the same at-least-once
-    guarantee (activities are idempotent), in a fraction of the server round trips.
+    round trip through the Temporal server's task queues. ``local``: the steps run as local
+    activities inside the workflow worker (which then needs the service database); their
+    results are recorded in the saga's history as markers, with the same at-least-once
+    guarantee (activities are idempotent), in a fraction of the server round trips. In both
+    modes ``assign_dealer`` and every compensation are regular activities
+    (workflows/order_process.py says why).
     """
 
     LOCAL = "local"
