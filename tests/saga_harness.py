@@ -65,6 +65,17 @@ def recorded_workflow_id(path: str) -> str:
     return names.workflow_id_for(recorded_order_id(path))
 
 
+# The saga's forward steps up to its pivot, and its whole delivered path, in order.
+FORWARD_STEPS = [
+    names.CREATE_ORDER,
+    names.CREATE_PAYMENT,
+    names.COMPLETE_PAYMENT,
+    names.CONFIRM_ORDER,
+    names.CREATE_DELIVERY,
+    names.ASSIGN_DEALER,
+]
+DELIVERED_STEPS = [*FORWARD_STEPS, names.COMPLETE_DELIVERY, names.MARK_ORDER_DELIVERED]
+
 FAST_DEALER_RETRY = SagaTimeouts(
     payment_window=timedelta(minutes=30),
     dealer_assignment_window=timedelta(seconds=30),

@@ -7,24 +7,19 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from domain import names
 from domain.payloads import DeliveredReport
 from domain.status import SagaPhase
 from settings import Settings
 from telemetry import configure_tracing, tracing_interceptors
-from tests.saga_harness import add_dealer, confirm_payment, saga_workers, start_saga, wait_for_phase
+from tests.saga_harness import (
+    DELIVERED_STEPS,
+    add_dealer,
+    confirm_payment,
+    saga_workers,
+    start_saga,
+    wait_for_phase,
+)
 from workflows import OrderProcessWorkflow as Saga
-
-FORWARD_STEPS = [
-    names.CREATE_ORDER,
-    names.CREATE_PAYMENT,
-    names.COMPLETE_PAYMENT,
-    names.CONFIRM_ORDER,
-    names.CREATE_DELIVERY,
-    names.ASSIGN_DEALER,
-    names.COMPLETE_DELIVERY,
-    names.MARK_ORDER_DELIVERED,
-]
 
 
 def in_memory_provider() -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -64,6 +59,6 @@ async def test_one_trace_runs_from_the_caller_through_every_activity(
     trace_id = root.get_span_context().trace_id
     in_trace = {s.name for s in exporter.get_finished_spans() if s.context.trace_id == trace_id}
     expected = {"StartWorkflow:OrderProcessWorkflow", "RunWorkflow:OrderProcessWorkflow"}
-    for step in FORWARD_STEPS:
+    for step in DELIVERED_STEPS:
         expected |= {f"StartActivity:{step}", f"RunActivity:{step}"}
     assert expected <= in_trace, sorted(in_trace)

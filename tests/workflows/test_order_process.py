@@ -36,7 +36,9 @@ from domain.status import (
 from store.db import session
 from store.models import PaymentRow, as_utc
 from tests.saga_harness import (
+    DELIVERED_STEPS,
     FAST_DEALER_RETRY,
+    FORWARD_STEPS,
     HeldCreatePayment,
     SagaHandle,
     add_dealer,
@@ -52,14 +54,6 @@ from tests.saga_harness import (
 )
 from workflows import OrderProcessWorkflow as Saga
 
-FORWARD_STEPS = [
-    names.CREATE_ORDER,
-    names.CREATE_PAYMENT,
-    names.COMPLETE_PAYMENT,
-    names.CONFIRM_ORDER,
-    names.CREATE_DELIVERY,
-    names.ASSIGN_DEALER,
-]
 PRE_PIVOT_UNWIND = [names.CANCEL_DELIVERY, names.CANCEL_OR_REFUND_PAYMENT, names.CANCEL_ORDER]
 PAYMENT_UNWIND = [names.CANCEL_OR_REFUND_PAYMENT, names.CANCEL_ORDER]
 
@@ -134,11 +128,7 @@ async def test_confirmed_order_is_delivered_and_frees_its_dealer(
     assert result.total_amount == Decimal("28.10")
     assert result.dealer_id == dealer
     assert result.failure_type is None
-    assert step_names(result.steps) == [
-        *FORWARD_STEPS,
-        names.COMPLETE_DELIVERY,
-        names.MARK_ORDER_DELIVERED,
-    ]
+    assert step_names(result.steps) == DELIVERED_STEPS
     assert_all_completed_first_time(result.steps)
     assert result.compensations == []
     assert [(s.name, s.applied) for s in result.signals] == [
