@@ -18,7 +18,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import TLSConfig
 
 from domain.names import WORKFLOW_TASK_QUEUE
-from domain.payloads import SagaTimeouts, StepMode
+from domain.payloads import SagaTimeouts
 from telemetry import metrics_runtime
 
 MIN_SECRET_LENGTH = 16
@@ -69,15 +69,6 @@ class Settings(BaseSettings):
         default=5, gt=0, description="How long the API waits for a worker to answer a query."
     )
     activity_threads: int = Field(default=16, ge=1, description="Worker threads for activities.")
-    saga_step_mode: StepMode = Field(
-        default=StepMode.LOCAL,
-        description=(
-            "How sagas started from now on run their steps: 'local' (local activities in the "
-            "workflow worker, fewest Temporal round trips; the workflow worker needs the "
-            "database) or 'remote' (regular activities on each service's task queue, so each "
-            "service runs as its own worker process, as in docker-compose)."
-        ),
-    )
     workflow_cache_size: int = Field(
         default=1000,
         ge=0,

@@ -55,11 +55,14 @@ async def start_order_saga(
     *,
     task_queue: str,
     timeouts: SagaTimeouts,
-    step_mode: StepMode,
+    step_mode: StepMode = StepMode.REMOTE,
 ) -> SagaHandle:
     """Start the saga of ``order_id``: workflow id ``order-<order_id>``, reject-duplicate (one
     order never gets a second saga, even after it ends), the OrderStatus and CustomerId
     search attributes, a summary for the Web UI and the request's fingerprint in the memo.
+
+    ``step_mode`` stays ``remote`` for every saga the API starts; the bench passes ``local``
+    to measure it (:class:`domain.payloads.StepMode` says why sagas do not run locally).
 
     Raises ``WorkflowAlreadyStartedError`` if the order has a saga already.
     """
@@ -112,7 +115,6 @@ class SagaGateway:
                 request,
                 task_queue=self._settings.workflow_task_queue,
                 timeouts=self._settings.saga_timeouts,
-                step_mode=self._settings.saga_step_mode,
             )
             existed = False
             log.info(

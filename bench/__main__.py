@@ -14,10 +14,10 @@ worker, the API, and for ``python -m bench`` a worker for the baseline workflow.
 
 ``python -m bench`` runs the phases ``baseline-remote``, ``saga-remote``, ``baseline-local``,
 ``saga-local`` (closed loops through the Temporal client) and ``http`` (an open loop through
-the API in the stack's step mode), prints tables and writes ``result.json`` (also
+the API, whose sagas run in remote mode), prints tables and writes ``result.json`` (also
 ``.bench/latest.json``). Its last line is
 ``bench: <sagas/s> sagas/s, ratio <x> to baseline, p99 <ms> ms``: the saga in the step mode
-(``--mode``, default SAGA_STEP_MODE's) against the baseline in the same mode.
+``--mode`` (default remote) against the baseline in the same mode.
 
 ``python -m bench scale`` ends with
 ``bench-scale: <N> open sagas, worker RSS <MB> MB, confirm p99 <a> ms at 1000 and <b> ms at
@@ -38,7 +38,6 @@ from typing import Any
 from bench import scale, throughput
 from bench.environment import BENCH_DIR, BenchError, kill_leftovers
 from domain.payloads import StepMode
-from settings import Settings
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -55,8 +54,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--mode",
         type=StepMode,
         choices=list(StepMode),
-        default=None,
-        help="step mode of the API's sagas and of the summary (default: SAGA_STEP_MODE's)",
+        default=StepMode.REMOTE,
+        help=(
+            "step mode of the summary line, and of the sagas bench scale opens (default: remote, "
+            "the mode of every saga the API starts)"
+        ),
     )
     parser.add_argument(
         "--database-url",
@@ -97,8 +99,6 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Command]:
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:] if command == "scale" else argv)
     module.validate(parser, args)
-    if args.mode is None:
-        args.mode = Settings().saga_step_mode
     return args, module.run
 
 

@@ -31,7 +31,6 @@ from bench.baseline import BASELINE_ACTIVITY_TASK_QUEUE, BASELINE_TASK_QUEUE
 from bench.procstat import ResourceMonitor
 from chaos.stack import ROOT, Proc, Stack
 from domain import names
-from domain.payloads import StepMode
 from store.db import drop_schema, make_engine, migrate, normalise_url, read_session, session
 from store.seed import new_dealer
 
@@ -62,7 +61,6 @@ class BenchError(RuntimeError):
 class StackOptions:
     """What the command line chooses about the stack."""
 
-    mode: StepMode
     database_url: str | None = None
     db_file: Path | None = None
     server_args: Sequence[str] = ()
@@ -162,7 +160,7 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
         temporal_in_memory=options.db_file is None,
         temporal_db_file=options.db_file,
         server_args=list(options.server_args),
-        extra_env={"SAGA_STEP_MODE": options.mode.value, "LOG_LEVEL": "WARNING"},
+        extra_env={"LOG_LEVEL": "WARNING"},
         fault_injection=False,
         supervise_worker=False,
     )

@@ -285,7 +285,6 @@ async def run(args: argparse.Namespace) -> int:
     run_dir = new_run_dir(args.out, "-scale")
     log(args, f"run folder {run_dir}; step mode {args.mode}; levels {levels}")
     options = StackOptions(
-        mode=args.mode,
         database_url=args.database_url,
         db_file=args.db_file,
         server_args=args.server_arg,

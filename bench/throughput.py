@@ -2,7 +2,7 @@
 
 Phases run one after the other on the same stack: ``baseline-remote``, ``saga-remote``,
 ``baseline-local``, ``saga-local`` (each a closed loop of N workflows, C in flight, after
-an uncounted warm-up), then ``http`` (open loop through the API, in the stack's step mode).
+an uncounted warm-up), then ``http`` (open loop through the API, whose sagas run in remote mode).
 """
 
 import argparse
@@ -59,7 +59,6 @@ async def run(args: argparse.Namespace) -> int:
     run_dir = new_run_dir(args.out)
     log(args, f"run folder {run_dir}; step mode {mode}; phases {', '.join(args.phases)}")
     options = StackOptions(
-        mode=mode,
         database_url=args.database_url,
         db_file=args.db_file,
         server_args=args.server_arg,
@@ -75,7 +74,7 @@ async def run(args: argparse.Namespace) -> int:
         try:
             for name in args.phases:
                 if name == "http":
-                    phases[name] = await _http_phase(bench, http, dealer, args, mode)
+                    phases[name] = await _http_phase(bench, http, dealer, args)
                 else:
                     phases[name] = await _client_phase(bench, dealer, args, name)
                 p = phases[name]
@@ -161,7 +160,6 @@ async def _http_phase(
     http: httpx.AsyncClient,
     dealer: Dealer,
     args: argparse.Namespace,
-    mode: StepMode,
 ) -> PhaseResult:
     dealer.via = "http"
     tag = f"bench-{bench.run_dir.name}"
@@ -198,7 +196,7 @@ async def _http_phase(
     result = _phase_result(
         "http",
         "http",
-        mode,
+        StepMode.REMOTE,  # the API starts every saga in remote mode
         sagas=load.requested,
         ok=load.e2e_seconds,
         problems=warm.problems + load.problems,

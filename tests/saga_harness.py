@@ -18,7 +18,8 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import select
 from temporalio import activity
-from temporalio.client import Client, WorkflowHandle
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
 
@@ -321,3 +322,26 @@ def replayer(workflow: type = OrderProcessWorkflow) -> Replayer:
         data_converter=pydantic_data_converter,
         workflow_runner=workflow_runner(),
     )
+
+
+async def replay_failures_at_every_task(history: WorkflowHistory) -> list[str]:
+    """Replay ``history`` cut after each workflow task start, and whole.
+
+    A cut is the history a worker rebuilding the saga gets at that moment (after a crash, an
+    eviction from its cache, or to answer a query), so every cut must replay, not only the
+    closed history. Returns the failures as ``"<events>: <error>"``, none if it replays.
+    """
+    events = list(history.events)
+    cuts = [
+        index + 1
+        for index, event in enumerate(events)
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED
+    ]
+    failures = []
+    for cut in dict.fromkeys([*cuts, len(events)]):
+        replay = await replayer().replay_workflow(
+            WorkflowHistory(history.workflow_id, events[:cut]), raise_on_replay_failure=False
+        )
+        if replay.replay_failure is not None:
+            failures.append(f"{cut} events: {replay.replay_failure}")
+    return failures

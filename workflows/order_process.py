@@ -16,9 +16,11 @@ unwinds the stack last-in-first-out and the run completes with the order CANCELL
 cancellation of the workflow itself unwinds the same way, shielded, then the run closes as
 CANCELED. Infrastructure failures are retried by Temporal and never compensate.
 
-Forward steps run as local activities or as regular activities on the service queues, as
-the saga's ``step_mode`` says (:class:`domain.payloads.StepMode`); compensations always run
-as regular activities, so every step before them is recorded before anything is undone.
+Forward steps run as regular activities on the service queues; a saga started in ``local``
+step mode runs them as local activities instead (:class:`domain.payloads.StepMode`: the API
+never starts one, as local steps are not replay-safe when the saga is queried meanwhile).
+Compensations always run as regular activities, so every step before them is recorded before
+anything is undone.
 """
 
 import asyncio

@@ -19,7 +19,6 @@ from temporalio.worker import Worker
 
 from api.app import create_app
 from domain import names
-from domain.payloads import StepMode
 from telemetry import tracing_interceptors
 from tests.e2e.conftest import Stack
 from tests.e2e.test_api_saga import ORDER
@@ -34,10 +33,8 @@ async def test_one_trace_runs_from_the_http_request_into_the_saga(
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     queue = f"order-process-traced-{uuid.uuid4()}"
-    # Remote steps: the trace must cross into the stack's service workers, another client.
-    settings = stack.settings.model_copy(
-        update={"workflow_task_queue": queue, "saga_step_mode": StepMode.REMOTE}
-    )
+    # The steps run on the stack's service workers: the trace must cross into them.
+    settings = stack.settings.model_copy(update={"workflow_task_queue": queue})
     app = create_app(settings, tracer_provider=provider)
     client = await Client.connect(
         settings.temporal_address,
