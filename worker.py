@@ -19,8 +19,10 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine
-from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.deliveries import DeliveryActivities
@@ -78,6 +80,39 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     )
 
 
+def saga_replayer(workflow: type = OrderProcessWorkflow) -> Replayer:
+    """Replays saga histories as a worker rebuilding a saga does (same converter, sandbox)."""
+    return Replayer(
+        workflows=[workflow],
+        data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner(),
+    )
+
+
+async def replay_failures_at_every_task(history: WorkflowHistory) -> list[str]:
+    """Replay ``history`` cut after each workflow task start, and whole.
+
+    A cut is the history a worker rebuilding the saga gets at that moment (after a crash, an
+    eviction from its cache, or to answer a query), so every cut must replay, not only the
+    closed history. Returns the failures as ``"<events> events: <error>"``; none if it replays.
+    """
+    events = list(history.events)
+    cuts = [
+        index + 1
+        for index, event in enumerate(events)
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED
+    ]
+    replayer = saga_replayer()
+    failures = []
+    for cut in dict.fromkeys([*cuts, len(events)]):
+        replay = await replayer.replay_workflow(
+            WorkflowHistory(history.workflow_id, events[:cut]), raise_on_replay_failure=False
+        )
+        if replay.replay_failure is not None:
+            failures.append(f"{cut} events: {replay.replay_failure}")
+    return failures
+
+
 def workflow_worker(
     client: Client,
     task_queue: str,
@@ -89,8 +124,9 @@ def workflow_worker(
 ) -> Worker:
     """The saga's workflow worker; it also runs ``activities`` as local activities.
 
-    Sagas in ``local`` step mode run their steps here (``no_remote_activities``: this worker
-    never takes regular activity tasks, those stay on the service queues).
+    Sagas started in ``local`` step mode (by earlier versions, or by the bench) run their
+    steps here (``no_remote_activities``: this worker never takes regular activity tasks,
+    those stay on the service queues). The API starts every saga in ``remote`` mode.
     """
     return Worker(
         client,

@@ -6,15 +6,13 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import select
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer
 
 from chaos.customers import Saga
 from domain import names
 from domain.payloads import SagaState
 from store.db import session
 from store.models import DealerRow, DeliveryRow, OrderItemRow, OrderRow, PaymentRow, RefundRow
-from worker import workflow_runner
+from worker import replay_failures_at_every_task
 from workflows import OrderProcessWorkflow
 
 BAD_RUN_STATUSES = {
@@ -110,11 +108,6 @@ async def check_temporal(client: Client, sagas: list[Saga]) -> tuple[list[str], 
     """No run failed or was terminated; running ones legitimately wait; histories replay."""
     violations: list[str] = []
     statuses: Counter[str] = Counter()
-    replayer = Replayer(
-        workflows=[OrderProcessWorkflow],
-        data_converter=pydantic_data_converter,
-        workflow_runner=workflow_runner(),
-    )
     for saga in sagas:
         if saga.order_id is None:
             continue
@@ -128,12 +121,10 @@ async def check_temporal(client: Client, sagas: list[Saga]) -> tuple[list[str], 
             state: SagaState = await handle.query(OrderProcessWorkflow.state)
             if state.phase != "IN_TRANSIT" or saga.scenario != "confirm_keep":
                 violations.append(f"workflow {handle.id} still running in {state.phase}")
-            continue
-        history = await handle.fetch_history()
-        try:
-            await replayer.replay_workflow(history)
-        except Exception as err:  # any replay failure is the finding
-            violations.append(f"workflow {handle.id} does not replay: {err}")
+        # Open or closed, the saga must replay at every workflow task: what a worker
+        # rebuilding it at that moment (crash, eviction, query) would replay.
+        for failure in await replay_failures_at_every_task(await handle.fetch_history()):
+            violations.append(f"workflow {handle.id} does not replay at {failure}")
     return violations, statuses
 
 

@@ -18,9 +18,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import select
 from temporalio import activity
-from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHandle, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Replayer, Worker
 
 from activities._defn import service_activity
@@ -44,7 +42,7 @@ from domain.status import RecordStatus, SagaPhase
 from store.db import session
 from store.models import DealerRow, DeliveryRow, OrderRow, PaymentRow
 from store.seed import new_dealer
-from worker import service_activities, workflow_runner, workflow_worker
+from worker import saga_replayer, service_activities, workflow_worker
 from workflows import OrderProcessWorkflow
 from workflows.order_process import ORDER_STATUS
 
@@ -317,31 +315,4 @@ class HeldCreatePayment:
 
 def replayer(workflow: type = OrderProcessWorkflow) -> Replayer:
     """Replays histories as a worker rebuilding a saga does (same converter, same sandbox)."""
-    return Replayer(
-        workflows=[workflow],
-        data_converter=pydantic_data_converter,
-        workflow_runner=workflow_runner(),
-    )
-
-
-async def replay_failures_at_every_task(history: WorkflowHistory) -> list[str]:
-    """Replay ``history`` cut after each workflow task start, and whole.
-
-    A cut is the history a worker rebuilding the saga gets at that moment (after a crash, an
-    eviction from its cache, or to answer a query), so every cut must replay, not only the
-    closed history. Returns the failures as ``"<events>: <error>"``, none if it replays.
-    """
-    events = list(history.events)
-    cuts = [
-        index + 1
-        for index, event in enumerate(events)
-        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED
-    ]
-    failures = []
-    for cut in dict.fromkeys([*cuts, len(events)]):
-        replay = await replayer().replay_workflow(
-            WorkflowHistory(history.workflow_id, events[:cut]), raise_on_replay_failure=False
-        )
-        if replay.replay_failure is not None:
-            failures.append(f"{cut} events: {replay.replay_failure}")
-    return failures
+    return saga_replayer(workflow)

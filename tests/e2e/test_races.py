@@ -16,7 +16,8 @@ from api.app import create_app
 from domain import names
 from tests.e2e.conftest import Stack, serve
 from tests.e2e.test_api_saga import ORDER, add_dealer, place_order
-from tests.saga_harness import db_statuses, replay_failures_at_every_task
+from tests.saga_harness import db_statuses
+from worker import replay_failures_at_every_task
 
 DECISIONS = (names.SIGNAL_CONFIRM_PAYMENT, names.SIGNAL_CANCEL_PAYMENT)
 
