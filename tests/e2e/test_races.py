@@ -170,6 +170,22 @@ async def test_confirm_racing_cancel_applies_exactly_one_decision(stack: Stack) 
             await poll(stack.http, placed["order_id"], lambda o: o["status"] == "DELIVERED")
 
 
+async def assert_each_is_409(stack: Stack, *paths: str) -> list[httpx.Response]:
+    """POST to each path: every one is a clear 409 (the saga can no longer take it)."""
+    responses = []
+    for path in paths:
+        response = await stack.http.post(path)
+        assert response.status_code == 409, (path, response.text)
+        responses.append(response)
+    return responses
+
+
+def decisions_and_cancel(payment: str, order_id: str) -> tuple[str, ...]:
+    """The calls a customer can make on an order: confirm, cancel, cancel the order."""
+    payment_path = f"/payments/{payment}"
+    return (f"{payment_path}/confirm", f"{payment_path}/cancel", f"/orders/{order_id}/cancel")
+
+
 async def race_the_end_of_a_saga(stack: Stack) -> str:
     """Cancel, confirms and order cancels at once on a saga that cannot find a dealer.
 
@@ -190,14 +206,7 @@ async def race_the_end_of_a_saga(stack: Stack) -> str:
     shown = ([(r.request.url.path, r.status_code) for r in responses], body)
     assert body["status"] == "CANCELLED", shown
     assert body["payment"]["status"] in ("CANCELLED", "REFUNDED"), shown
-    # Once it has ended, each of them is a clear 409.
-    for late in (
-        f"/payments/{payment}/cancel",
-        f"/payments/{payment}/confirm",
-        f"/orders/{order_id}/cancel",
-    ):
-        response = await stack.http.post(late)
-        assert response.status_code == 409, (late, response.text)
+    await assert_each_is_409(stack, *decisions_and_cancel(payment, order_id))
     return order_id
 
 
@@ -249,13 +258,7 @@ async def test_confirm_after_the_payment_window_closed_is_409(
     assert body["saga"]["failure_type"] == "PaymentTimedOut"
     assert applied_decisions(body) == []
     assert (body["status"], body["payment"]["status"]) == ("CANCELLED", "CANCELLED")
-    for late_call in (
-        f"/payments/{payment}/confirm",
-        f"/payments/{payment}/cancel",
-        f"/orders/{order_id}/cancel",
-    ):
-        late = await stack.http.post(late_call)
-        assert late.status_code == 409, (late_call, late.text)
+    await assert_each_is_409(stack, *decisions_and_cancel(payment, order_id))
     assert db_statuses(stack.engine, order_id)["payment"] == "CANCELLED"
 
 
@@ -278,14 +281,9 @@ async def test_every_call_on_a_delivered_order_is_409(stack: Stack) -> None:
     assert len(applied) == 1
     handle = stack.client.get_workflow_handle(names.workflow_id_for(order_id))
     await handle.result()  # the workflow has finished
-    for late_call in (
-        f"/payments/{payment}/confirm",
-        f"/payments/{payment}/cancel",
-        f"/deliveries/{delivery}/delivered",
-        f"/orders/{order_id}/cancel",
-    ):
-        late = await stack.http.post(late_call)
-        assert late.status_code == 409, (late_call, late.text)
+    await assert_each_is_409(
+        stack, *decisions_and_cancel(payment, order_id), f"/deliveries/{delivery}/delivered"
+    )
     assert db_statuses(stack.engine, order_id)["delivery"] == "DELIVERED"
 
 
@@ -296,14 +294,9 @@ async def test_every_call_on_an_order_cancelled_for_want_of_a_dealer_is_409(stac
     body = await poll(stack.http, order_id, lambda o: o["saga"]["phase"] == "CANCELLED")
     assert body["saga"]["failure_type"] == "NoDealerAvailable"
     delivery = body["delivery"]["delivery_id"]
-    for late_call in (
-        f"/payments/{payment}/confirm",
-        f"/payments/{payment}/cancel",
-        f"/deliveries/{delivery}/delivered",
-        f"/orders/{order_id}/cancel",
-    ):
-        late = await stack.http.post(late_call)
-        assert late.status_code == 409, (late_call, late.text)
+    await assert_each_is_409(
+        stack, *decisions_and_cancel(payment, order_id), f"/deliveries/{delivery}/delivered"
+    )
 
 
 async def test_calls_on_a_saga_terminated_by_an_operator_are_409(stack: Stack) -> None:
@@ -313,13 +306,7 @@ async def test_calls_on_a_saga_terminated_by_an_operator_are_409(stack: Stack) -
     payment, order_id = placed["payment"]["payment_id"], placed["order_id"]
     handle = stack.client.get_workflow_handle(names.workflow_id_for(order_id))
     await handle.terminate(reason="operator")
-    for late_call in (
-        f"/payments/{payment}/confirm",
-        f"/payments/{payment}/cancel",
-        f"/orders/{order_id}/cancel",
-    ):
-        late = await stack.http.post(late_call)
-        assert late.status_code == 409, (late_call, late.text)
+    for late in await assert_each_is_409(stack, *decisions_and_cancel(payment, order_id)):
         assert "ended" in late.json()["detail"]
     body = (await stack.http.get(f"/orders/{order_id}")).json()
     assert body["payment"]["status"] == "PENDING"
