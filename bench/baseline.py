@@ -29,15 +29,9 @@ SIGNAL_CONFIRM = "confirm"
 SIGNAL_DELIVERED = "delivered"
 
 # The saga's delivered path, step for step (names only label the no-op calls).
-BEFORE_CONFIRM = (names.CREATE_ORDER, names.CREATE_PAYMENT)
-BEFORE_DELIVERED = (
-    names.COMPLETE_PAYMENT,
-    names.CONFIRM_ORDER,
-    names.CREATE_DELIVERY,
-    names.ASSIGN_DEALER,
+STEPS = (
+    len(names.STEPS_BEFORE_DECISION) + len(names.STEPS_TO_PIVOT) + len(names.STEPS_AFTER_DELIVERED)
 )
-AFTER_DELIVERED = (names.COMPLETE_DELIVERY, names.MARK_ORDER_DELIVERED)
-STEPS = len(BEFORE_CONFIRM) + len(BEFORE_DELIVERED) + len(AFTER_DELIVERED)
 # Steps the saga runs as regular activities in local mode too, as OrderProcessWorkflow does
 # (assign_dealer's result must race its window's timer as a history event).
 REMOTE_IN_EVERY_MODE = frozenset({names.ASSIGN_DEALER})
@@ -80,11 +74,11 @@ class BaselineWorkflow:
 
     @workflow.run
     async def run(self, params: BaselineInput) -> BaselineResult:
-        await self._run_steps(params.mode, BEFORE_CONFIRM)
+        await self._run_steps(params.mode, names.STEPS_BEFORE_DECISION)
         await workflow.wait_condition(lambda: self._confirmed)
-        await self._run_steps(params.mode, BEFORE_DELIVERED)
+        await self._run_steps(params.mode, names.STEPS_TO_PIVOT)
         await workflow.wait_condition(lambda: self._delivered)
-        await self._run_steps(params.mode, AFTER_DELIVERED)
+        await self._run_steps(params.mode, names.STEPS_AFTER_DELIVERED)
         return BaselineResult(steps=self._steps)
 
     @workflow.signal(name=SIGNAL_CONFIRM)

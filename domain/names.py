@@ -83,3 +83,10 @@ CREATE_DELIVERY = "create_delivery"
 ASSIGN_DEALER = "assign_dealer"
 COMPLETE_DELIVERY = "complete_delivery"
 CANCEL_DELIVERY = "cancel_delivery"
+
+# The saga's delivered path, step for step, split where it waits for a signal: before the
+# customer's decision, from the decision to the pivot (assign_dealer), after the dealer's
+# report. Tests assert the steps a saga ran against it; the bench's baseline mirrors it.
+STEPS_BEFORE_DECISION = (CREATE_ORDER, CREATE_PAYMENT)
+STEPS_TO_PIVOT = (COMPLETE_PAYMENT, CONFIRM_ORDER, CREATE_DELIVERY, ASSIGN_DEALER)
+STEPS_AFTER_DELIVERED = (COMPLETE_DELIVERY, MARK_ORDER_DELIVERED)

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from sqlmodel import select
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
-from temporalio.worker import Replayer, Worker
+from temporalio.worker import Worker
 
 from activities._defn import service_activity
 from activities.payments import PaymentActivities
@@ -42,7 +42,7 @@ from domain.status import RecordStatus, SagaPhase
 from store.db import session
 from store.models import DealerRow, DeliveryRow, OrderRow, PaymentRow
 from store.seed import new_dealer
-from worker import saga_replayer, service_activities, workflow_worker
+from worker import service_activities, workflow_worker
 from workflows import OrderProcessWorkflow
 from workflows.order_process import ORDER_STATUS
 
@@ -65,15 +65,8 @@ def recorded_workflow_id(path: str) -> str:
 
 
 # The saga's forward steps up to its pivot, and its whole delivered path, in order.
-FORWARD_STEPS = [
-    names.CREATE_ORDER,
-    names.CREATE_PAYMENT,
-    names.COMPLETE_PAYMENT,
-    names.CONFIRM_ORDER,
-    names.CREATE_DELIVERY,
-    names.ASSIGN_DEALER,
-]
-DELIVERED_STEPS = [*FORWARD_STEPS, names.COMPLETE_DELIVERY, names.MARK_ORDER_DELIVERED]
+FORWARD_STEPS = [*names.STEPS_BEFORE_DECISION, *names.STEPS_TO_PIVOT]
+DELIVERED_STEPS = [*FORWARD_STEPS, *names.STEPS_AFTER_DELIVERED]
 
 FAST_DEALER_RETRY = SagaTimeouts(
     payment_window=timedelta(minutes=30),
@@ -311,8 +304,3 @@ class HeldCreatePayment:
         self.started.set()
         assert self.release.wait(10)
         return self._real.create_payment(params)
-
-
-def replayer(workflow: type = OrderProcessWorkflow) -> Replayer:
-    """Replays histories as a worker rebuilding a saga does (same converter, same sandbox)."""
-    return saga_replayer(workflow)

@@ -17,7 +17,8 @@ from temporalio.client import WorkflowHistory
 
 from domain import names
 from domain.status import SagaPhase
-from tests.saga_harness import confirm_payment, order_request, replayer, saga_workers, start_saga
+from tests.saga_harness import confirm_payment, order_request, saga_workers, start_saga
+from worker import saga_replayer
 
 SKEW = timedelta(hours=1)
 
@@ -58,5 +59,5 @@ async def test_no_dealer_decisions_follow_history_events_not_task_timestamps(
     skewed = WorkflowHistory.from_json(
         handle.id, skew_tasks_after_first_assignment(history.to_json())
     )
-    replay = await replayer().replay_workflow(skewed, raise_on_replay_failure=False)
+    replay = await saga_replayer().replay_workflow(skewed, raise_on_replay_failure=False)
     assert replay.replay_failure is None, replay.replay_failure

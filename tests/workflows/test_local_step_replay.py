@@ -3,43 +3,44 @@
 A local activity's result is written into the history (as a marker) only when its workflow
 task completes, so a signal or a cancel that reaches the server while a local step runs
 lands around that marker. These runs hold a local step, send something meanwhile, let the
-saga finish, then replay its history from scratch, as a worker does after a crash or a
-cache eviction.
+saga finish, then replay its history at every workflow task, as a worker does after a crash
+or a cache eviction.
 """
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from domain import names
-from domain.payloads import (
-    DeliveredReport,
-    PaymentDecision,
-    StepMode,
-)
+from domain.payloads import DeliveredReport, PaymentDecision, StepMode
 from domain.status import SagaPhase
 from tests.saga_harness import (
     HeldCreatePayment,
     SagaHandle,
     add_dealer,
-    replayer,
     saga_workers,
     start_saga,
     wait_for_phase,
 )
+from worker import replay_failures_at_every_task
 from workflows import OrderProcessWorkflow as Saga
 
 
 async def assert_replays(handle: SagaHandle) -> None:
-    replay = await replayer().replay_workflow(
-        await handle.fetch_history(), raise_on_replay_failure=False
-    )
-    assert replay.replay_failure is None, replay.replay_failure
+    assert await replay_failures_at_every_task(await handle.fetch_history()) == []
 
 
-async def start_held(client, engine, held: HeldCreatePayment, suffix: str) -> SagaHandle:
-    """A local saga whose create_payment is running (held) when this returns."""
-    handle = await start_saga(client, suffix, step_mode=StepMode.LOCAL)
-    assert await asyncio.to_thread(held.started.wait, 10)
-    return handle
+@asynccontextmanager
+async def held_local_saga(
+    client, engine, executor, suffix: str
+) -> AsyncIterator[tuple[SagaHandle, HeldCreatePayment]]:
+    """A local saga whose create_payment is running (held until ``release``), with its
+    workers up while the block runs."""
+    held = HeldCreatePayment(engine)
+    async with saga_workers(client, engine, executor, suffix, overrides=[held.create_payment]):
+        handle = await start_saga(client, suffix, step_mode=StepMode.LOCAL)
+        assert await asyncio.to_thread(held.started.wait, 10)
+        yield handle, held
 
 
 def payment_of(handle: SagaHandle) -> PaymentDecision:
@@ -49,13 +50,9 @@ def payment_of(handle: SagaHandle) -> PaymentDecision:
 async def test_a_confirm_sent_while_a_local_step_runs_is_taken_and_replays(
     time_skipping_env, engine, executor, task_queue_suffix
 ):
-    client = time_skipping_env.client
     add_dealer(engine)
-    held = HeldCreatePayment(engine)
-    async with saga_workers(
-        client, engine, executor, task_queue_suffix, overrides=[held.create_payment]
-    ):
-        handle = await start_held(client, engine, held, task_queue_suffix)
+    client = time_skipping_env.client
+    async with held_local_saga(client, engine, executor, task_queue_suffix) as (handle, held):
         await handle.signal(Saga.confirm_payment, payment_of(handle))
         held.release.set()
         in_transit = await wait_for_phase(handle, SagaPhase.IN_TRANSIT)
@@ -77,11 +74,7 @@ async def test_a_cancel_sent_while_a_local_step_runs_compensates_and_replays(
     time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
-    held = HeldCreatePayment(engine)
-    async with saga_workers(
-        client, engine, executor, task_queue_suffix, overrides=[held.create_payment]
-    ):
-        handle = await start_held(client, engine, held, task_queue_suffix)
+    async with held_local_saga(client, engine, executor, task_queue_suffix) as (handle, held):
         await handle.signal(Saga.cancel_payment, payment_of(handle))
         held.release.set()
         result = await handle.result()

@@ -13,8 +13,9 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.workflow import NondeterminismError
 
-from tests.saga_harness import HISTORIES_DIR, recorded_workflow_id, replayer
+from tests.saga_harness import HISTORIES_DIR, recorded_workflow_id
 from tests.workflows.altered_saga import PaymentFirstSaga
+from worker import saga_replayer
 from workflows import OrderProcessWorkflow
 
 # Every saga path must keep at least one recorded history (``<path>.json``, or
@@ -57,7 +58,7 @@ def test_every_saga_path_has_a_recorded_history():
 async def test_recorded_history_replays_deterministically(file: Path):
     history = load_history(file)
     assert history.events, f"{file.name} holds no events"
-    await replayer(OrderProcessWorkflow).replay_workflow(history)
+    await saga_replayer(OrderProcessWorkflow).replay_workflow(history)
 
 
 async def test_replay_fails_on_a_workflow_that_reorders_its_activities():
@@ -65,4 +66,4 @@ async def test_replay_fails_on_a_workflow_that_reorders_its_activities():
     match any recorded history."""
     history = load_history(HISTORIES_DIR / "delivered.json")
     with pytest.raises(NondeterminismError, match=r"create_order"):
-        await replayer(PaymentFirstSaga).replay_workflow(history)
+        await saga_replayer(PaymentFirstSaga).replay_workflow(history)
