@@ -1,6 +1,24 @@
-"""Typed business failures. They are non-retryable: they compensate, they never retry."""
+"""Typed business failures. They are non-retryable: they compensate, they never retry.
+
+The services raise :class:`BusinessError` (no Temporal types, so the choreographed saga uses
+the same services); the activity adapter turns it into a non-retryable ``ApplicationError``
+of the same type, and the workflow raises :func:`business_error` itself for its own
+decisions (a cancelled or timed-out payment).
+"""
 
 from temporalio.exceptions import ApplicationError
+
+
+class BusinessError(Exception):
+    """A business rule refused the operation; ``error_type`` is one of ``names.BUSINESS_ERRORS``.
+
+    Retrying cannot help: the caller compensates (or answers the client) instead.
+    """
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
 
 
 def business_error(error_type: str, message: str) -> ApplicationError:

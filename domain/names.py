@@ -32,12 +32,16 @@ PAYMENT_CANCELLED = "PaymentCancelled"
 PAYMENT_TIMED_OUT = "PaymentTimedOut"
 INVALID_TRANSITION = "InvalidStateTransition"
 ENTITY_NOT_FOUND = "EntityNotFound"
+# A row exists for this order but another saga created it (a saga started again for an order
+# whose first saga is gone, e.g. after Temporal's retention deleted it): touch nothing.
+OWNED_BY_ANOTHER_SAGA = "OwnedByAnotherSaga"
 BUSINESS_ERRORS = (
     NO_DEALER_AVAILABLE,
     PAYMENT_CANCELLED,
     PAYMENT_TIMED_OUT,
     INVALID_TRANSITION,
     ENTITY_NOT_FOUND,
+    OWNED_BY_ANOTHER_SAGA,
 )
 
 _WORKFLOW_ID_PREFIX = "order-"

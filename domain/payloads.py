@@ -7,6 +7,7 @@ duplicated) by the API's schemas. Money is an exact ``Decimal`` with two places.
 import hashlib
 import json
 import re
+import unicodedata
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -17,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictInt,
     StringConstraints,
     WithJsonSchema,
 )
@@ -65,18 +67,49 @@ Money = Annotated[
         mode="validation",
     ),
 ]
-# No control characters: PostgreSQL text cannot hold NUL, and the others only hide data.
-NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
+# Text a person typed holds no control characters (C0, DEL, C1: PostgreSQL text cannot hold
+# NUL, the others only hide data), no bidirectional formatting characters (they make a name
+# display as another: "Tehran" shown for "narheT") and no line or paragraph separators.
+# Ordinary joiners (ZWNJ in Persian, ZWJ in emoji) stay allowed.
+NO_CONTROL_CHARS = "^[^\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]*$"
+
+
+def _nfc(value: object) -> object:
+    # One spelling per text: "é" typed as e + combining accent is stored, compared and
+    # matched as the single character é.
+    return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
+
+
+# The BeforeValidator comes last: it then wraps the constrained string, so the text is
+# normalised before its length and pattern are checked (listed first, pydantic would check a
+# generic length before stripping, and let "   " through as "").
 Name = Annotated[
     str,
     StringConstraints(
         strip_whitespace=True, min_length=1, max_length=100, pattern=NO_CONTROL_CHARS
     ),
+    BeforeValidator(_nfc),
 ]
 Identifier = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=NO_CONTROL_CHARS),
+    BeforeValidator(_nfc),
 ]
+
+
+def _integral_number(value: object) -> object:
+    # JSON has one number type, and JSON Schema counts 3.0 as the integer 3: take it as 3.
+    # Everything else that is not already an int (true, "3", 3.5) is left for the strict
+    # int check to refuse.
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# A count: a JSON integer (3, or 3.0), never a boolean, a string or a fraction.
+Count = Annotated[StrictInt, BeforeValidator(_integral_number)]
 
 
 class _Payload(BaseModel):
@@ -98,12 +131,26 @@ class OrderItem(_Payload):
     """One line of an order."""
 
     product_id: Identifier
-    quantity: int = Field(ge=1, le=10)
+    # An integer, strictly: true, "3" and 3.0 are refused rather than guessed at.
+    quantity: Count = Field(ge=1, le=10)
     unit_price: Money
 
 
 class OrderRequest(_Payload):
     """What a customer asks for: items and where to deliver them."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": "c1",
+                    "items": [{"product_id": "book", "quantity": 2, "unit_price": "12.50"}],
+                    "province": "Tehran",
+                    "city": "Tehran",
+                }
+            ]
+        }
+    )
 
     customer_id: Identifier
     items: list[OrderItem] = Field(min_length=1, max_length=MAX_ITEMS_PER_ORDER)
@@ -199,14 +246,27 @@ class OrderProcessInput(_Payload):
 # --- activities -------------------------------------------------------------------
 
 
-class CreateOrderInput(_Payload):
+class SagaCall(_Payload):
+    """Base of every activity input: who is acting.
+
+    ``saga_id`` is the acting saga's identity: its workflow's first run id, which stays the
+    same across activity retries, a reset and continue-as-new of that saga, and differs for a
+    saga started again under the same workflow id. Every row a saga creates records it, and a
+    saga acts only on its own rows (``OwnedByAnotherSaga`` otherwise). None only in payloads
+    scheduled before rows recorded their saga: those calls are not checked.
+    """
+
+    saga_id: str | None = None
+
+
+class CreateOrderInput(SagaCall):
     """create_order: insert the order and its items as PENDING (no-op if it exists)."""
 
     order_id: str
     request: OrderRequest
 
 
-class OrderRef(_Payload):
+class OrderRef(SagaCall):
     """Names one order (input of the order transitions and of payment/delivery compensations)."""
 
     order_id: str
@@ -220,7 +280,7 @@ class OrderSnapshot(_Payload):
     total_amount: Decimal
 
 
-class CreatePaymentInput(_Payload):
+class CreatePaymentInput(SagaCall):
     """create_payment: one PENDING payment per order (no-op if it exists).
 
     ``expires_at``: when the saga's payment window closes (stored with the payment, so the
@@ -233,7 +293,7 @@ class CreatePaymentInput(_Payload):
     expires_at: datetime | None = None
 
 
-class PaymentRef(_Payload):
+class PaymentRef(SagaCall):
     """Names one payment."""
 
     payment_id: str
@@ -248,7 +308,7 @@ class PaymentSnapshot(_Payload):
     amount: Decimal
 
 
-class CreateDeliveryInput(_Payload):
+class CreateDeliveryInput(SagaCall):
     """create_delivery: one PENDING delivery per order (no-op if it exists)."""
 
     delivery_id: str
@@ -257,7 +317,7 @@ class CreateDeliveryInput(_Payload):
     city: str
 
 
-class DeliveryRef(_Payload):
+class DeliveryRef(SagaCall):
     """Names one delivery."""
 
     delivery_id: str

@@ -26,7 +26,7 @@ def database_url() -> str:
     if not url:
         from settings import Settings
 
-        url = Settings().database_url
+        url = Settings().database_url_value
     return normalise_url(str(url))
 
 

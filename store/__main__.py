@@ -11,7 +11,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m store", description=__doc__)
     parser.add_argument("command", choices=["init", "seed"])
     args = parser.parse_args()
-    engine = make_engine(Settings().database_url)
+    engine = make_engine(Settings().database_url_value)
     try:
         migrate(engine)
         if args.command == "seed":

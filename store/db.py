@@ -5,6 +5,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,14 @@ from store import models  # noqa: F401  (registers the tables on SQLModel.metada
 
 # Execution option of read_session's connections (see make_engine's "begin" listener).
 READ_ONLY = "order_saga_read_only"
+# Execution option of a budgeted session's connections: the transaction's budget in ms.
+BUDGET_MS = "order_saga_budget_ms"
+# How long a transaction without a budget waits for SQLite's write lock.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class TransactionBudgetExceededError(RuntimeError):
+    """A budgeted transaction ran past its budget: refused at commit (retryable)."""
 
 
 def normalise_url(url: str) -> str:
@@ -28,8 +37,12 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """Create the engine for ``url``.
+def make_engine(
+    url: str, *, pool_size: int = 10, pool_timeout: float = 10.0, echo: bool = False
+) -> Engine:
+    """Create the engine for ``url``: ``pool_size`` connections (and as many again under a
+    burst); a request for one waits at most ``pool_timeout`` seconds, then fails with
+    ``sqlalchemy.exc.TimeoutError`` (the API answers 503).
 
     SQLite gets WAL (readers never block the writer), a busy timeout, foreign keys, and
     ``BEGIN IMMEDIATE`` transactions: a transaction takes the write lock up front, so two
@@ -39,18 +52,47 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        engine = create_engine(
+            url,
+            echo=echo,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_timeout=pool_timeout,
+        )
+
+        @event.listens_for(engine, "begin")
+        def _on_begin_postgresql(connection: Any) -> None:
+            # A budgeted transaction: the database itself cuts off a statement or a lock wait
+            # that would outlast the budget, and the whole session if it idles in between.
+            budget = connection.get_execution_options().get(BUDGET_MS)
+            if budget:
+                for setting in (
+                    "statement_timeout",
+                    "lock_timeout",
+                    "idle_in_transaction_session_timeout",
+                ):
+                    connection.exec_driver_sql(f"SET LOCAL {setting} = {int(budget)}")
+
+        return engine
 
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30})
+    engine = create_engine(
+        url,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=pool_timeout,
+        connect_args={"check_same_thread": False, "timeout": 30},
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event below issue BEGIN itself.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         _enable_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -60,8 +102,12 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     def _on_begin(connection: Any) -> None:
         # A read-only session (read_session) needs no write lock: a deferred BEGIN reads a WAL
         # snapshot and neither waits for nor holds up the writers.
-        read_only = connection.get_execution_options().get(READ_ONLY)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        options = connection.get_execution_options()
+        # A budgeted transaction waits for the write lock no longer than its budget (set on
+        # every BEGIN: the connection goes back to the pool and serves other sessions).
+        busy_ms = int(options.get(BUDGET_MS) or SQLITE_BUSY_TIMEOUT_MS)
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={busy_ms}")
+        connection.exec_driver_sql("BEGIN" if options.get(READ_ONLY) else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -154,9 +200,29 @@ def drop_schema(engine: Engine) -> None:
         connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
 
 
-def session(engine: Engine) -> Session:
-    """A new session; objects stay readable after commit (payloads are built from them)."""
-    return Session(engine, expire_on_commit=False)
+def session(engine: Engine, *, budget: timedelta | None = None) -> Session:
+    """A new session; objects stay readable after commit (payloads are built from them).
+
+    With ``budget``, each of its transactions must end within it: on PostgreSQL a statement,
+    a lock wait or an idle moment longer than the budget is aborted by the server
+    (``statement_timeout``, ``lock_timeout``, ``idle_in_transaction_session_timeout``); on
+    SQLite the wait for the write lock is cut to the budget; on both, a commit later than the
+    budget after the session was opened raises :class:`TransactionBudgetExceededError` instead.
+    """
+    if budget is None:
+        return Session(engine, expire_on_commit=False)
+    budget_ms = max(1, int(budget.total_seconds() * 1000))
+    db = Session(engine.execution_options(**{BUDGET_MS: budget_ms}), expire_on_commit=False)
+    deadline = time.monotonic() + budget.total_seconds()
+
+    def refuse_late_commit(_session: Session) -> None:
+        if time.monotonic() > deadline:
+            raise TransactionBudgetExceededError(
+                f"the transaction outlasted its budget of {budget}; rolled back"
+            )
+
+    event.listen(db, "before_commit", refuse_late_commit)
+    return db
 
 
 def read_session(engine: Engine) -> Session:

@@ -33,6 +33,9 @@ class OrderRow(SQLModel, table=True):
     city: str = Field(max_length=100)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    # The saga that created the row (its workflow's first run id): a saga acts only on its
+    # own rows. None for rows written before migration 0003 (the first saga to move one claims it).
+    saga_id: str | None = Field(default=None, max_length=64)
 
 
 class OrderItemRow(SQLModel, table=True):
@@ -62,6 +65,9 @@ class PaymentRow(SQLModel, table=True):
     # When the saga's payment window closes: the API refuses a decision after it without
     # asking the saga. None for payments created before this column existed.
     expires_at: datetime | None = None
+    # The saga that created the row (its workflow's first run id): a saga acts only on its
+    # own rows. None for rows written before migration 0003 (the first saga to move one claims it).
+    saga_id: str | None = Field(default=None, max_length=64)
 
 
 class RefundRow(SQLModel, table=True):
@@ -112,3 +118,28 @@ class DeliveryRow(SQLModel, table=True):
     dealer_id: int | None = Field(default=None, foreign_key="dealers.id", index=True)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    # The saga that created the row (its workflow's first run id): a saga acts only on its
+    # own rows. None for rows written before migration 0003 (the first saga to move one claims it).
+    saga_id: str | None = Field(default=None, max_length=64)
+
+
+class IdempotencyKeyRow(SQLModel, table=True):
+    """A customer's ``Idempotency-Key`` of ``POST /orders`` and the order it stands for.
+
+    Kept for as long as the order: a replay of the request, however late (long after Temporal
+    dropped the closed saga), answers that order from here and starts nothing. Written before
+    the saga starts, so it has no foreign key to the order row the saga writes later.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    customer_id: str = Field(primary_key=True, max_length=64)
+    key: str = Field(primary_key=True, max_length=200)
+    # OrderRequest.fingerprint() of the first request: the same key with another body is refused.
+    fingerprint: str = Field(max_length=64)
+    order_id: str = Field(max_length=36)
+    created_at: datetime = Field(default_factory=utcnow)
+    # When the order's saga was known to be started: a replay that finds neither the order
+    # row nor a saga then knows the saga ended before it wrote the order, rather than start
+    # a new one years later.
+    saga_started_at: datetime | None = None

@@ -51,7 +51,8 @@ def reset_schema(engine: Engine) -> None:
         with engine.begin() as conn:
             conn.execute(
                 text(
-                    "TRUNCATE refunds, order_items, payments, deliveries, dealers, orders"
+                    "TRUNCATE refunds, order_items, payments, deliveries, dealers, orders,"
+                    " idempotency_keys"
                     " RESTART IDENTITY"
                 )
             )

@@ -61,6 +61,7 @@ from domain.status import (
     RecordStatus,
     SagaPhase,
 )
+from domain.timeouts import STEP_START_TO_CLOSE
 from workflows.compensation import CompensationStack, describe_error, run_shielded
 
 ORDER_STATUS = SearchAttributeKey.for_keyword(names.ORDER_STATUS_SEARCH_ATTRIBUTE)
@@ -87,7 +88,7 @@ STEP_RETRY = RetryPolicy(
 # Compensations: one attempt per call; CompensationStack drives the retries so every
 # failed attempt is recorded in the saga state instead of hiding inside the server.
 COMPENSATION_RETRY = RetryPolicy(maximum_attempts=1)
-ACTIVITY_TIMEOUT = timedelta(seconds=30)
+ACTIVITY_TIMEOUT = STEP_START_TO_CLOSE
 
 R = TypeVar("R")
 
@@ -110,6 +111,10 @@ class OrderProcessWorkflow:
         # Deterministic ids: a retried step, and the API, name the same payment and delivery.
         self._payment_id = names.payment_id_for(order_id)
         self._delivery_id = names.delivery_id_for(order_id)
+        # Who this saga is, for the rows it creates and the only rows it may touch: the first
+        # run id of its workflow, kept by Temporal across a reset and continue-as-new, and
+        # new for a saga started again under the same workflow id (SagaCall says why).
+        self._saga_id = workflow.info().first_execution_run_id
         self._state = SagaState(
             order_id=order_id,
             total_amount=params.request.total_amount,
@@ -152,12 +157,14 @@ class OrderProcessWorkflow:
         self._compensations.push(
             names.CANCEL_ORDER,
             lambda: self._compensate(
-                names.CANCEL_ORDER, OrderRef(order_id=order_id), self._params.queues.orders
+                names.CANCEL_ORDER,
+                OrderRef(order_id=order_id, saga_id=self._saga_id),
+                self._params.queues.orders,
             ),
         )
         order = await self._step(
             names.CREATE_ORDER,
-            CreateOrderInput(order_id=order_id, request=request),
+            CreateOrderInput(order_id=order_id, request=request, saga_id=self._saga_id),
             self._params.queues.orders,
             OrderSnapshot,
         )
@@ -167,7 +174,7 @@ class OrderProcessWorkflow:
             names.CANCEL_OR_REFUND_PAYMENT,
             lambda: self._compensate(
                 names.CANCEL_OR_REFUND_PAYMENT,
-                OrderRef(order_id=order_id),
+                OrderRef(order_id=order_id, saga_id=self._saga_id),
                 self._params.queues.payments,
             ),
         )
@@ -180,6 +187,7 @@ class OrderProcessWorkflow:
                 order_id=order_id,
                 amount=order.total_amount,
                 expires_at=state.payment_deadline,
+                saga_id=self._saga_id,
             ),
             self._params.queues.payments,
             PaymentSnapshot,
@@ -190,14 +198,14 @@ class OrderProcessWorkflow:
 
         payment = await self._step(
             names.COMPLETE_PAYMENT,
-            PaymentRef(payment_id=self._payment_id),
+            PaymentRef(payment_id=self._payment_id, saga_id=self._saga_id),
             self._params.queues.payments,
             PaymentSnapshot,
         )
         state.payment_status = payment.status
         order = await self._step(
             names.CONFIRM_ORDER,
-            OrderRef(order_id=order_id),
+            OrderRef(order_id=order_id, saga_id=self._saga_id),
             self._params.queues.orders,
             OrderSnapshot,
         )
@@ -207,7 +215,9 @@ class OrderProcessWorkflow:
         self._compensations.push(
             names.CANCEL_DELIVERY,
             lambda: self._compensate(
-                names.CANCEL_DELIVERY, OrderRef(order_id=order_id), self._params.queues.deliveries
+                names.CANCEL_DELIVERY,
+                OrderRef(order_id=order_id, saga_id=self._saga_id),
+                self._params.queues.deliveries,
             ),
         )
         delivery = await self._step(
@@ -217,6 +227,7 @@ class OrderProcessWorkflow:
                 order_id=order_id,
                 province=request.province,
                 city=request.city,
+                saga_id=self._saga_id,
             ),
             self._params.queues.deliveries,
             DeliverySnapshot,
@@ -265,7 +276,7 @@ class OrderProcessWorkflow:
         exactly as the original run did, whatever the task timestamps say.
         """
         timeouts = self._params.timeouts
-        ref = DeliveryRef(delivery_id=self._delivery_id)
+        ref = DeliveryRef(delivery_id=self._delivery_id, saga_id=self._saga_id)
         interval = timeouts.dealer_retry_initial_interval
         window_open = True
 
@@ -320,14 +331,14 @@ class OrderProcessWorkflow:
         state = self._state
         delivery = await self._step(
             names.COMPLETE_DELIVERY,
-            DeliveryRef(delivery_id=self._delivery_id),
+            DeliveryRef(delivery_id=self._delivery_id, saga_id=self._saga_id),
             self._params.queues.deliveries,
             DeliverySnapshot,
         )
         state.delivery_status = delivery.status
         order = await self._step(
             names.MARK_ORDER_DELIVERED,
-            OrderRef(order_id=state.order_id),
+            OrderRef(order_id=state.order_id, saga_id=self._saga_id),
             self._params.queues.orders,
             OrderSnapshot,
         )

@@ -41,7 +41,15 @@ from store.seed import new_dealer
 pytestmark = pytest.mark.db
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE_TABLES = {"orders", "order_items", "payments", "refunds", "dealers", "deliveries"}
+SERVICE_TABLES = {
+    "orders",
+    "order_items",
+    "payments",
+    "refunds",
+    "dealers",
+    "deliveries",
+    "idempotency_keys",
+}
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 

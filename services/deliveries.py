@@ -1,0 +1,222 @@
+"""DeliveryService: one delivery per order, dealer assignment (the saga's pivot) and capacity."""
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from domain.payloads import CompensationOutcome, DeliverySnapshot
+from domain.status import DeliveryStatus
+from services.rows import (
+    insert_or_get,
+    invalid_transition,
+    is_owner,
+    not_found,
+    require_owner,
+    transition,
+)
+from store.models import DealerRow, DeliveryRow, place_key
+
+# How many times assignment picks again when another transaction took the chosen dealer's
+# last unit between the pick and the guarded update.
+MAX_PICKS = 20
+
+
+def snapshot(row: DeliveryRow) -> DeliverySnapshot:
+    return DeliverySnapshot(
+        delivery_id=row.id,
+        order_id=row.order_id,
+        status=DeliveryStatus(row.status),
+        dealer_id=row.dealer_id,
+    )
+
+
+def delivery_of(db: Session, order_id: str) -> DeliveryRow | None:
+    """The order's delivery (at most one: ``order_id`` is unique)."""
+    return db.exec(select(DeliveryRow).where(DeliveryRow.order_id == order_id)).first()
+
+
+def create_delivery(
+    db: Session, delivery_id: str, order_id: str, province: str, city: str, saga_id: str | None
+) -> tuple[DeliveryRow, bool]:
+    """Create the order's PENDING delivery to ``province``/``city``.
+
+    Idempotent: one delivery per order (unique ``order_id``); the existing one of the same
+    saga is returned. Returns the delivery and whether this call inserted it.
+    ``EntityNotFound`` if the order does not exist; ``OwnedByAnotherSaga`` if another saga
+    created the delivery.
+    """
+    existing = delivery_of(db, order_id)
+    if existing is None:
+        delivery = DeliveryRow(
+            id=delivery_id,
+            order_id=order_id,
+            status=DeliveryStatus.PENDING,
+            province=province,
+            city=city,
+            saga_id=saga_id,
+        )
+        try:
+            existing, inserted = insert_or_get(db, delivery, lambda: delivery_of(db, order_id))
+        except IntegrityError:  # no row explains it: the foreign key refused it
+            raise not_found(f"order {order_id}") from None
+        if inserted:
+            return existing, True
+    require_owner(existing.saga_id, saga_id, f"delivery {existing.id}")
+    return existing, False
+
+
+def assign_dealer(db: Session, delivery_id: str, saga_id: str | None) -> tuple[DeliveryRow, bool]:
+    """Assign the least-loaded dealer of the delivery's province and city with free capacity.
+
+    Takes one unit of the dealer's capacity (a guarded UPDATE, so two assignments never
+    overbook) and moves the delivery PENDING -> IN_TRANSIT, both in the caller's transaction.
+    Returns the delivery (``dealer_id`` None when no dealer is free right now: the caller
+    decides how long to keep trying) and whether this call assigned it. Idempotent: an
+    IN_TRANSIT delivery is returned with its dealer. A delivery no longer PENDING otherwise
+    (compensated) is ``InvalidStateTransition``. Raises ``RuntimeError`` (retryable) when
+    contention stole every free dealer ``MAX_PICKS`` times in a row.
+    """
+    delivery = db.get(DeliveryRow, delivery_id)
+    if delivery is None:
+        raise not_found(f"delivery {delivery_id}")
+    require_owner(delivery.saga_id, saga_id, f"delivery {delivery_id}")
+    for _ in range(MAX_PICKS):
+        if delivery.status == DeliveryStatus.IN_TRANSIT:
+            return delivery, False
+        if delivery.status != DeliveryStatus.PENDING:
+            raise invalid_transition(
+                f"delivery {delivery_id} is {delivery.status}, cannot assign a dealer"
+            )
+        dealer_id = _least_loaded_dealer(db, delivery)
+        if dealer_id is None:
+            return delivery, False
+        attempt = db.begin_nested()
+        if not _take_capacity(db, dealer_id):
+            attempt.rollback()
+            continue  # someone took its last unit first: pick again
+        if transition(
+            db,
+            DeliveryRow,
+            delivery_id,
+            [DeliveryStatus.PENDING],
+            DeliveryStatus.IN_TRANSIT,
+            saga_id=saga_id,
+            dealer_id=dealer_id,
+        ):
+            attempt.commit()
+            db.refresh(delivery)
+            return delivery, True
+        # Moved by someone else meanwhile (cancelled, or assigned by a concurrent attempt):
+        # give the capacity back and look at the delivery again.
+        attempt.rollback()
+        db.refresh(delivery)
+    raise RuntimeError(f"dealer assignment for {delivery_id} lost {MAX_PICKS} races")
+
+
+def complete_delivery(
+    db: Session, delivery_id: str, saga_id: str | None
+) -> tuple[DeliveryRow, bool]:
+    """IN_TRANSIT -> DELIVERED and release the dealer's capacity.
+
+    Idempotent: a DELIVERED delivery is returned as it is and releases nothing again.
+    Returns the delivery and whether this call delivered it.
+    """
+    changed = transition(
+        db,
+        DeliveryRow,
+        delivery_id,
+        [DeliveryStatus.IN_TRANSIT],
+        DeliveryStatus.DELIVERED,
+        saga_id=saga_id,
+    )
+    delivery = db.get(DeliveryRow, delivery_id, populate_existing=True)
+    if delivery is None:
+        raise not_found(f"delivery {delivery_id}")
+    require_owner(delivery.saga_id, saga_id, f"delivery {delivery_id}")
+    if changed:
+        # The dealer the guarded update saw (re-read above), not a stale earlier read.
+        assert delivery.dealer_id is not None, "an IN_TRANSIT delivery has a dealer"
+        _release_capacity(db, delivery.dealer_id)
+    if delivery.status != DeliveryStatus.DELIVERED:
+        raise invalid_transition(f"delivery {delivery_id} is {delivery.status}, cannot deliver")
+    return delivery, changed
+
+
+def cancel_delivery(
+    db: Session, order_id: str, saga_id: str | None
+) -> tuple[CompensationOutcome, bool]:
+    """Compensation: cancel the order's delivery, releasing its dealer if one was assigned.
+    Returns the outcome and whether it changed the delivery.
+
+    An IN_TRANSIT delivery is cancelled only here: its assignment landed but the saga was
+    cancelled before it saw the result, so the pivot never happened for the saga. Safe when
+    there is nothing to undo (no delivery, already cancelled, another saga's delivery).
+    """
+    delivery = delivery_of(db, order_id)
+    if delivery is None:
+        return CompensationOutcome(action="nothing to undo"), False
+    if not is_owner(delivery.saga_id, saga_id):
+        action = f"another saga's delivery ({delivery.status}): left alone"
+        return CompensationOutcome(action=action), False
+    if transition(
+        db,
+        DeliveryRow,
+        delivery.id,
+        [DeliveryStatus.PENDING],
+        DeliveryStatus.CANCELLED,
+        saga_id=saga_id,
+    ):
+        return CompensationOutcome(action="cancelled", status=DeliveryStatus.CANCELLED), True
+    # No longer PENDING: an assignment may have committed since the read above (under
+    # PostgreSQL's READ COMMITTED), so read the dealer it set, not the stale None.
+    db.refresh(delivery)
+    dealer_id = delivery.dealer_id
+    if dealer_id is not None and transition(
+        db,
+        DeliveryRow,
+        delivery.id,
+        [DeliveryStatus.IN_TRANSIT],
+        DeliveryStatus.CANCELLED,
+        saga_id=saga_id,
+    ):
+        _release_capacity(db, dealer_id)
+        action = f"cancelled, released dealer {dealer_id}"
+        return CompensationOutcome(action=action, status=DeliveryStatus.CANCELLED), True
+    db.refresh(delivery)
+    return CompensationOutcome(action=f"left as {delivery.status}", status=delivery.status), False
+
+
+def _take_capacity(db: Session, dealer_id: int) -> bool:
+    """Atomically take one unit of a dealer's capacity; False if it is full."""
+    result = db.execute(
+        update(DealerRow)
+        .where(
+            col(DealerRow.id) == dealer_id,
+            col(DealerRow.active_deliveries) < col(DealerRow.capacity),
+        )
+        .values(active_deliveries=DealerRow.active_deliveries + 1)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def _release_capacity(db: Session, dealer_id: int) -> None:
+    """Give one unit of capacity back (guarded: never below zero)."""
+    db.execute(
+        update(DealerRow)
+        .where(col(DealerRow.id) == dealer_id, col(DealerRow.active_deliveries) > 0)
+        .values(active_deliveries=DealerRow.active_deliveries - 1)
+    )
+
+
+def _least_loaded_dealer(db: Session, delivery: DeliveryRow) -> int | None:
+    statement = (
+        select(DealerRow.id)
+        .where(
+            DealerRow.province_key == place_key(delivery.province),
+            DealerRow.city_key == place_key(delivery.city),
+            DealerRow.active_deliveries < DealerRow.capacity,
+        )
+        .order_by(col(DealerRow.active_deliveries), col(DealerRow.id))
+        .limit(1)
+    )
+    return db.exec(statement).first()

@@ -1,0 +1,168 @@
+"""OrderService: orders and their items, and the Idempotency-Keys of ``POST /orders``."""
+
+from dataclasses import dataclass
+
+from sqlalchemy import update
+from sqlmodel import Session, col
+
+from domain.payloads import CompensationOutcome, OrderRequest, OrderSnapshot, from_cents, to_cents
+from domain.status import OrderStatus
+from services.rows import (
+    insert_or_get,
+    invalid_transition,
+    is_owner,
+    not_found,
+    require_owner,
+    transition,
+)
+from store.models import IdempotencyKeyRow, OrderItemRow, OrderRow, utcnow
+
+
+def snapshot(row: OrderRow) -> OrderSnapshot:
+    return OrderSnapshot(
+        order_id=row.id, status=OrderStatus(row.status), total_amount=from_cents(row.total_cents)
+    )
+
+
+def create_order(
+    db: Session, order_id: str, request: OrderRequest, saga_id: str | None
+) -> tuple[OrderRow, bool]:
+    """Insert the order PENDING with its items and the total computed here, in cents.
+
+    Idempotent: the order id is the primary key; an existing order of the same saga is
+    returned as it is (whatever ``request`` says now). Returns the order and whether this call
+    inserted it. ``OwnedByAnotherSaga`` if another saga created the order.
+    """
+    existing = db.get(OrderRow, order_id)
+    if existing is None:
+        order = OrderRow(
+            id=order_id,
+            customer_id=request.customer_id,
+            status=OrderStatus.PENDING,
+            total_cents=to_cents(request.total_amount),
+            province=request.province,
+            city=request.city,
+            saga_id=saga_id,
+        )
+        # The order row first (items reference it); a concurrent attempt's insert wins.
+        existing, inserted = insert_or_get(db, order, lambda: db.get(OrderRow, order_id))
+        if inserted:
+            db.add_all(
+                OrderItemRow(
+                    order_id=order_id,
+                    product_id=item.product_id,
+                    quantity=item.quantity,
+                    unit_price_cents=to_cents(item.unit_price),
+                )
+                for item in request.items
+            )
+            db.flush()
+            return existing, True
+    require_owner(existing.saga_id, saga_id, f"order {order_id}")
+    return existing, False
+
+
+def confirm_order(db: Session, order_id: str, saga_id: str | None) -> OrderRow:
+    """PENDING -> CONFIRMED. Idempotent: a CONFIRMED or DELIVERED order is returned as it is."""
+    return _move(
+        db, order_id, saga_id, [OrderStatus.PENDING], OrderStatus.CONFIRMED, OrderStatus.DELIVERED
+    )
+
+
+def mark_order_delivered(db: Session, order_id: str, saga_id: str | None) -> OrderRow:
+    """CONFIRMED -> DELIVERED. Idempotent."""
+    return _move(db, order_id, saga_id, [OrderStatus.CONFIRMED], OrderStatus.DELIVERED)
+
+
+def cancel_order(
+    db: Session, order_id: str, saga_id: str | None
+) -> tuple[CompensationOutcome, bool]:
+    """Compensation: PENDING or CONFIRMED -> CANCELLED. Returns the outcome and whether it
+    changed the order.
+
+    Safe when there is nothing to undo (no order yet, already cancelled, another saga's
+    order); never raises for a state it cannot change, so an unwind never loops on it.
+    """
+    cancellable = [OrderStatus.PENDING, OrderStatus.CONFIRMED]
+    if transition(db, OrderRow, order_id, cancellable, OrderStatus.CANCELLED, saga_id=saga_id):
+        return CompensationOutcome(action="cancelled", status=OrderStatus.CANCELLED), True
+    row = db.get(OrderRow, order_id, populate_existing=True)
+    if row is None:
+        return CompensationOutcome(action="nothing to undo"), False
+    if not is_owner(row.saga_id, saga_id):
+        return CompensationOutcome(action=f"another saga's order ({row.status}): left alone"), False
+    if row.status == OrderStatus.CANCELLED:
+        return CompensationOutcome(action="already cancelled", status=row.status), False
+    return CompensationOutcome(action=f"left as {row.status}", status=row.status), False
+
+
+def _move(
+    db: Session,
+    order_id: str,
+    saga_id: str | None,
+    from_states: list[OrderStatus],
+    to: OrderStatus,
+    *later: OrderStatus,
+) -> OrderRow:
+    """Guarded transition; a replay finding the row already at ``to`` (or later) is a no-op."""
+    transition(db, OrderRow, order_id, from_states, to, saga_id=saga_id)
+    row = db.get(OrderRow, order_id, populate_existing=True)
+    if row is None:
+        raise not_found(f"order {order_id}")
+    require_owner(row.saga_id, saga_id, f"order {order_id}")
+    if row.status not in (to, *later):
+        raise invalid_transition(f"order {order_id} is {row.status}, cannot become {to}")
+    return row
+
+
+# --- Idempotency-Keys --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyUse:
+    """The order an Idempotency-Key stands for, whether this call recorded the key, and
+    whether the order's saga was known to have started."""
+
+    order_id: str
+    fingerprint: str
+    recorded: bool
+    saga_started: bool
+
+
+def use_idempotency_key(
+    db: Session, customer_id: str, key: str, fingerprint: str, order_id: str
+) -> KeyUse:
+    """Record that ``customer_id``'s ``key`` stands for ``order_id`` (a request whose
+    :meth:`~domain.payloads.OrderRequest.fingerprint` is ``fingerprint``), or return what the
+    key was recorded for before. Kept forever: a replay years later still finds its order.
+    Does not commit; the caller commits before it starts anything for the order.
+    """
+
+    def stored_use() -> IdempotencyKeyRow | None:
+        return db.get(IdempotencyKeyRow, (customer_id, key))
+
+    stored, recorded = stored_use(), False
+    if stored is None:
+        row = IdempotencyKeyRow(
+            customer_id=customer_id, key=key, fingerprint=fingerprint, order_id=order_id
+        )
+        stored, recorded = insert_or_get(db, row, stored_use)
+    return KeyUse(
+        order_id=stored.order_id,
+        fingerprint=stored.fingerprint,
+        recorded=recorded,
+        saga_started=stored.saga_started_at is not None,
+    )
+
+
+def mark_key_saga_started(db: Session, customer_id: str, key: str) -> None:
+    """Record that the saga of ``customer_id``'s ``key`` has started. Does not commit."""
+    db.exec(
+        update(IdempotencyKeyRow)
+        .where(
+            col(IdempotencyKeyRow.customer_id) == customer_id,
+            col(IdempotencyKeyRow.key) == key,
+            col(IdempotencyKeyRow.saga_started_at).is_(None),
+        )
+        .values(saga_started_at=utcnow())
+    )
