@@ -21,17 +21,19 @@ RUN python -m venv /opt/venv \
 
 WORKDIR /app
 
-# Dependencies first, read from pyproject.toml's [project] dependencies (no dev extras), so
-# this layer is rebuilt only when they change, not on every source change.
+# Dependencies first, from the runtime lock (pyproject.toml's [project] dependencies pinned with
+# hashes by `make lock`; no dev extras), so this layer is rebuilt only when the lock changes,
+# not on every source change, and every build installs the same, hash-checked files.
+COPY requirements/main.txt ./requirements/
+RUN pip install --require-hashes -r requirements/main.txt
+
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print(*deps, sep=chr(10))" > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
 
 # Only what runs: the packages and top-level modules pyproject.toml declares ([tool.setuptools]
 # py-modules and packages: keep this list in step), and the Alembic migrations (store/db.py
 # finds migrations/ next to store/, so the code runs from /app).
 COPY domain ./domain
+COPY services ./services
 COPY workflows ./workflows
 COPY activities ./activities
 COPY api ./api

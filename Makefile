@@ -4,15 +4,33 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run worker api test test-db test-e2e lint format typecheck check clean chaos chaos-ci demo screenshot histories migration compose-check bench bench-scale
+.PHONY: install lock run worker api test test-db test-e2e lint format typecheck check clean chaos chaos-ci demo screenshot histories migration compose-check bench bench-scale
 
+## The dependencies from the dev lock (hash-checked), then the project itself without them.
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+## Re-pin requirements/dev.txt (runtime + dev extras) and requirements/main.txt (runtime, what
+## the Dockerfile installs) from pyproject.toml, for Python 3.11 on every platform, with hashes,
+## from PyPI. Keeps the current pins where they still fit; `make lock UPGRADE=1` takes the
+## newest releases. main.txt is constrained by dev.txt, so both pin the same versions.
+UV_VERSION := 0.13.9
+LOCK_INDEX ?= https://pypi.org/simple
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --no-config --universal \
+	--python-version 3.11 --generate-hashes --default-index $(LOCK_INDEX) \
+	--annotation-style line --custom-compile-command "make lock"$(if $(UPGRADE), --upgrade)
+
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet 'uv==$(UV_VERSION)'
+	$(UV_COMPILE) --extra dev -o requirements/dev.txt
+	$(UV_COMPILE) --constraint requirements/dev.txt -o requirements/main.txt
 
 ## Run Temporal (durable data file + Web UI), the worker and the API; Ctrl-C stops all.
 run: install
@@ -82,11 +100,18 @@ typecheck: install
 
 check: lint typecheck test
 
-## Validate docker-compose.yml (the production topology) without a Docker engine.
-## COMPOSE="docker compose" uses Compose v2 instead of Debian's docker-compose.
+## Validate docker-compose.yml (the production topology) without a Docker engine: it renders
+## with its four required secrets (dummy values here) and refuses to without them (even next
+## to a .env: an empty one instead). COMPOSE="docker compose" uses Compose v2.
 COMPOSE ?= docker-compose
+COMPOSE_SECRETS := ORDERS_DB_PASSWORD TEMPORAL_DB_PASSWORD OPERATOR_API_KEYS CUSTOMER_TOKEN_SECRETS
 compose-check:
-	$(COMPOSE) config -q
+	ORDERS_DB_PASSWORD=ci TEMPORAL_DB_PASSWORD=ci OPERATOR_API_KEYS=ci-operator-key-0123456789 \
+	  CUSTOMER_TOKEN_SECRETS=ci-customer-token-secret-0123456789abcdef $(COMPOSE) config -q
+	@no_env=$$(mktemp); \
+	if env $(addprefix -u ,$(COMPOSE_SECRETS)) $(COMPOSE) --env-file "$$no_env" config -q 2>/dev/null; \
+	then rm -f "$$no_env"; echo "docker-compose.yml renders without its required secrets" >&2; exit 1; \
+	else rm -f "$$no_env"; echo "docker-compose.yml refuses to render without its required secrets"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -21,7 +21,21 @@ from domain.names import WORKFLOW_TASK_QUEUE
 from domain.payloads import SagaTimeouts
 from telemetry import metrics_runtime
 
-MIN_SECRET_LENGTH = 16
+MIN_SECRET_LENGTH = 32  # HMAC-SHA256 secrets: at least the hash's 32 bytes
+MIN_OPERATOR_KEY_LENGTH = 16
+# Settings of earlier versions, refused loudly rather than silently ignored.
+RETIRED_AUTH_SETTINGS = ("API_KEYS", "CUSTOMER_TOKEN_SECRET")
+
+
+def _check_lengths(values: list[SecretStr], minimum: int) -> list[SecretStr]:
+    # The message never shows the value (hide_input_in_errors keeps pydantic from it too).
+    for index, value in enumerate(values):
+        if len(value.get_secret_value()) < minimum:
+            raise ValueError(
+                f"item {index + 1} is shorter than {minimum} characters "
+                "(make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+    return values
 
 
 class Settings(BaseSettings):
@@ -30,9 +44,23 @@ class Settings(BaseSettings):
     # hide_input_in_errors: a validation error must not print API keys or secrets.
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
 
-    database_url: str = Field(
-        default="sqlite:///data/orders.db",
-        description="SQLAlchemy URL of the service database (SQLite file or PostgreSQL).",
+    database_url: SecretStr = Field(
+        default=SecretStr("sqlite:///data/orders.db"),
+        description=(
+            "SQLAlchemy URL of the service database (SQLite file or PostgreSQL); secret, as it "
+            "may carry the password."
+        ),
+    )
+    database_pool_size: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Database connections per process (as many again under a burst).",
+    )
+    database_pool_timeout_seconds: float = Field(
+        default=10,
+        gt=0,
+        description="How long a request waits for a free database connection (then 503).",
     )
     temporal_address: str = Field(
         default="localhost:7233", description="Temporal frontend host:port."
@@ -41,7 +69,9 @@ class Settings(BaseSettings):
     temporal_ui_url: str = Field(
         default="http://localhost:8233", description="Base URL of the Temporal Web UI (for links)."
     )
-    temporal_api_key: str | None = Field(default=None, description="API key (e.g. Temporal Cloud).")
+    temporal_api_key: SecretStr | None = Field(
+        default=None, description="API key (e.g. Temporal Cloud)."
+    )
     temporal_tls: bool = Field(default=False, description="Connect to Temporal over TLS.")
     temporal_tls_ca: Path | None = Field(default=None, description="CA certificate file (PEM).")
     temporal_tls_cert: Path | None = Field(
@@ -81,19 +111,33 @@ class Settings(BaseSettings):
         default=1024 * 1024, ge=1, description="Largest request body the API reads (else 413)."
     )
     log_level: str = Field(default="INFO", description="Python log level.")
-    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=list,
+    auth_mode: Literal["required", "dev"] = Field(
+        default="required",
         description=(
-            "Comma-separated keys; when set, every mutating call needs one in X-API-Key "
-            "(several at once for rotation). Empty: no API key is asked for (dev)."
+            "'required': every call but the health checks needs a credential, and the API "
+            "refuses to start without any configured. 'dev': no credentials at all (make run)."
         ),
     )
-    customer_token_secret: SecretStr | None = Field(
-        default=None,
+    operator_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
         description=(
-            "HMAC secret of customer tokens; when set, a customer's own calls need "
-            "'Authorization: Bearer <token>' (python -m api.auth token <customer_id>)."
+            f"Comma-separated operator keys (X-API-Key), {MIN_OPERATOR_KEY_LENGTH}+ characters; "
+            "several at once to rotate one."
         ),
+    )
+    customer_token_secrets: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            f"Comma-separated HMAC secrets ({MIN_SECRET_LENGTH}+ characters) of customer "
+            "tokens (JWT HS256, 'Authorization: Bearer'): the first signs, all verify, so a "
+            "secret is rotated by putting the new one first."
+        ),
+    )
+    customer_token_ttl_seconds: int = Field(
+        default=3600,
+        gt=0,
+        le=366 * 24 * 3600,
+        description="Lifetime of the customer tokens `python -m api.auth token` issues.",
     )
 
     metrics_bind_address: str | None = Field(
@@ -123,26 +167,28 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("operator_api_keys", "customer_token_secrets", mode="before")
     @classmethod
-    def _split_api_keys(cls, value: Any) -> Any:
-        # API_KEYS=k1,k2 (NoDecode: the environment's string reaches us as it is).
+    def _comma_separated(cls, value: Any) -> Any:
+        # OPERATOR_API_KEYS=k1,k2 (NoDecode: the environment's string reaches us as it is).
         if isinstance(value, str):
-            return [key.strip() for key in value.split(",") if key.strip()]
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("customer_token_secret", mode="before")
+    @field_validator("operator_api_keys")
     @classmethod
-    def _strong_enough_secret(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            if not value.strip():
-                return None  # CUSTOMER_TOKEN_SECRET= (empty) means off, as if unset
-            if len(value) < MIN_SECRET_LENGTH:
-                raise ValueError(
-                    f"must be at least {MIN_SECRET_LENGTH} characters "
-                    "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
-                )
-        return value
+    def _long_enough_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        return _check_lengths(keys, MIN_OPERATOR_KEY_LENGTH)
+
+    @field_validator("customer_token_secrets")
+    @classmethod
+    def _long_enough_secrets(cls, secrets: list[SecretStr]) -> list[SecretStr]:
+        return _check_lengths(secrets, MIN_SECRET_LENGTH)
+
+    @field_validator("temporal_api_key", mode="before")
+    @classmethod
+    def _empty_key_means_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("temporal_tls_ca", "temporal_tls_cert", "temporal_tls_key")
     @classmethod
@@ -160,6 +206,38 @@ class Settings(BaseSettings):
                 "go together: mTLS needs both the client certificate and its private key"
             )
         return self
+
+    def auth_problem(self) -> str | None:
+        """Why the API must not start with these settings (None: it may).
+
+        Auth is required unless ``AUTH_MODE=dev``, and required auth needs at least one kind
+        of credential: a deployment that forgot them must fail at once, not run open.
+        """
+        if self.auth_mode == "dev" or self.operator_api_keys or self.customer_token_secrets:
+            return None
+        problem = (
+            "no credentials are configured: set OPERATOR_API_KEYS and/or CUSTOMER_TOKEN_SECRETS, "
+            "or AUTH_MODE=dev for a development run without auth"
+        )
+        retired = [name for name in RETIRED_AUTH_SETTINGS if os.environ.get(name)]
+        if retired:
+            problem += (
+                f" ({', '.join(retired)} is no longer read: operator keys are "
+                "OPERATOR_API_KEYS, customer token secrets CUSTOMER_TOKEN_SECRETS)"
+            )
+        return problem
+
+    @property
+    def database_url_value(self) -> str:
+        """The database URL itself (with its password): only for building the engine."""
+        return self.database_url.get_secret_value()
+
+    def engine_options(self) -> dict[str, Any]:
+        """``store.db.make_engine``'s pool options."""
+        return {
+            "pool_size": self.database_pool_size,
+            "pool_timeout": self.database_pool_timeout_seconds,
+        }
 
     @property
     def saga_timeouts(self) -> SagaTimeouts:
@@ -208,7 +286,9 @@ async def connect_temporal(
         return await Client.connect(
             settings.temporal_address,
             namespace=settings.temporal_namespace,
-            api_key=settings.temporal_api_key,
+            api_key=(
+                settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
+            ),
             tls=tls,
             data_converter=pydantic_data_converter,
             interceptors=interceptors,

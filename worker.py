@@ -183,7 +183,7 @@ def build_workers(
 
 async def run(settings: Settings, queues: Sequence[str]) -> None:
     """Wire engine, client and workers once, run until SIGINT/SIGTERM, then shut down cleanly."""
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url_value, **settings.engine_options())
     migrate(engine)  # alembic upgrade head; waits if the API is migrating too
     tracer_provider = configure_tracing(settings, "order-saga-worker")
     client = await connect_temporal(settings, interceptors=tracing_interceptors(tracer_provider))

@@ -25,22 +25,37 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
 
+class AuthNotConfiguredError(RuntimeError):
+    """Auth is required (the default) but no credential is configured."""
+
+
 def create_app(
     settings: Settings | None = None, *, tracer_provider: "TracerProvider | None" = None
 ) -> FastAPI:
     """Build the app. ``settings`` defaults to the environment's.
 
+    Raises :class:`AuthNotConfiguredError` when auth is required (``AUTH_MODE`` is not
+    ``dev``) and neither operator keys nor customer token secrets are configured.
+
     Tracing is on with ``OTEL_EXPORTER`` set, or with ``tracer_provider`` given (tests).
     """
     settings = settings or Settings()
+    problem = settings.auth_problem()
+    if problem is not None:
+        # Fail at start, loudly: an API that forgot its credentials must not run open.
+        raise AuthNotConfiguredError(f"the API refuses to start: {problem}")
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.auth_mode == "dev":
+        logging.getLogger("api").warning(
+            "AUTH_MODE=dev: no credentials are checked; every caller may do everything"
+        )
     tracer_provider = tracer_provider or configure_tracing(settings, "order-saga-api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url_value, **settings.engine_options())
         migrate(engine)  # alembic upgrade head; waits if the worker is migrating too
         # Lazy: the API starts (and /readyz says why it is not ready) while Temporal is down.
         client = await connect_temporal(

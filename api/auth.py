@@ -1,98 +1,152 @@
-"""Who may do what. Both checks are off unless configured, so ``make run`` needs neither.
+"""Who may do what. Every caller is someone: auth is on unless ``AUTH_MODE=dev``.
 
-**API keys** (``API_KEYS``): every mutating call (every POST) needs one of the keys in the
-``X-API-Key`` header: missing, **401** with ``WWW-Authenticate``; wrong, **403**. Reads
-(GET) and the health checks stay open. Several keys may be valid at once, so a key is
-rotated by adding the new one, moving the clients, then removing the old one.
+Two kinds of credential (``settings.py``):
 
-**Customer tokens** (``CUSTOMER_TOKEN_SECRET``): a customer's own calls carry
-``Authorization: Bearer <customer_id>.<hex HMAC-SHA256(secret, customer_id)>``
-(``python -m api.auth token <customer_id>`` prints one). Missing or invalid, **401**;
-``POST /orders`` for another ``customer_id``, or a payment decision or order cancel on an
-order the customer did not place, **403**. Dealers and deliveries are operator actions: the
-API key alone. When both are on, a customer call needs both (the key names the client
-application, the token the customer).
+- **Customer**: ``Authorization: Bearer <JWT>`` (HS256, ``sub`` = the customer id, ``aud``
+  ``order-saga``, ``exp`` required), signed with the first of ``CUSTOMER_TOKEN_SECRETS`` and
+  accepted when any of them verifies it, so a secret rotates by putting the new one first and
+  dropping the old one once its tokens have expired (``python -m api.auth token <customer_id>``
+  issues one). A customer credential is bound to that one customer: it places orders in their
+  name, reads, confirms and cancels only their own orders and payments, and lists only theirs.
+- **Operator**: ``X-API-Key: <key>``, one of ``OPERATOR_API_KEYS`` (several at once to
+  rotate). Operators add and list dealers, report deliveries, cancel any order on behalf of
+  the shop, list every order and read the saga's full state. They do not place orders or
+  decide payments: those are the customer's.
 
-Order of the answers: the API key, then the token (401 before anything is looked up), then
-the resource: an unknown payment or order is **404** and someone else's is **403**. The ids
-are UUIDs no one can guess and ``GET /orders`` lists orders openly, so telling 404 from 403
-reveals nothing a caller could not read anyway, and it tells an honest client its mistake.
-An order whose saga has started but whose row is not written yet (a 202 from ``POST /orders``)
-has no owner to check: its cancel is 404 until the row exists, normally milliseconds later.
-
-Every comparison of a secret value is constant-time (``hmac.compare_digest``).
+Answers: no credential, or one that is malformed, expired or signed with an unknown secret,
+**401** (with ``WWW-Authenticate``), before anything is looked up. A valid credential of the
+wrong kind, or a customer's on another customer's order, **403**. An unknown id is **404**
+(ids are random UUIDs, so telling 404 from 403 to a caller with a valid credential reveals
+nothing guessable). ``AUTH_MODE=dev``: no credential is asked for and every caller may do
+everything; ``make run`` says so when it starts. Every comparison of a secret is
+constant-time; no key, token or secret is ever logged or shown in a repr.
 """
 
 import argparse
-import hashlib
 import hmac
 import sys
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Security, status
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+import jwt
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, Security, status
+from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import SecretStr
-from starlette.concurrency import run_in_threadpool
 
-from api import queries
-from api.deps import ServicesDep
-from api.errors import NotFoundError
+from api.deps import Services, ServicesDep
+from api.limits import StrictJSONRoute
 from api.schemas import Problem
-from domain.payloads import OrderRequest
 from settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
+TOKEN_AUDIENCE = "order-saga"
+TOKEN_ALGORITHM = "HS256"
+# Tolerated clock difference between the issuer of a token and this API.
+TOKEN_LEEWAY = timedelta(seconds=30)
 
-api_key_header = APIKeyHeader(
+# Documentation only: the schemes each route needs, in its OpenAPI security requirement.
+# The credentials are read by ``authenticate`` itself, from the request's headers.
+operator_key = APIKeyHeader(
     name=API_KEY_HEADER,
-    scheme_name="ApiKey",
-    description="One of API_KEYS. Needed by every POST when API_KEYS is set.",
-    auto_error=False,  # we answer 401/403 ourselves, and nothing at all when keys are off
+    scheme_name="OperatorKey",
+    description="An operator key, one of OPERATOR_API_KEYS.",
+    auto_error=False,
 )
-customer_bearer = HTTPBearer(
+customer_token = HTTPBearer(
     scheme_name="CustomerToken",
+    bearerFormat="JWT",
     description=(
-        "A customer's token, `<customer_id>.<hex HMAC-SHA256>`; needed by a customer's own "
-        "calls when CUSTOMER_TOKEN_SECRET is set (`python -m api.auth token <customer_id>`)."
+        "A customer's token: a JWT (HS256) with sub = the customer id, aud = order-saga and "
+        "exp, signed with one of CUSTOMER_TOKEN_SECRETS (`python -m api.auth token <id>`)."
     ),
     auto_error=False,
 )
 
-AUTH_RESPONSES: dict[int | str, dict[str, object]] = {
-    401: {"model": Problem, "description": "Credentials missing or invalid (when auth is on)."},
-    403: {"model": Problem, "description": "Not allowed with these credentials."},
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "No valid credential."},
+    403: {"model": Problem, "description": "Not allowed with this credential."},
 }
+_CHALLENGE = {"WWW-Authenticate": f'Bearer, APIKey header="{API_KEY_HEADER}"'}
 
-_API_KEY_CHALLENGE = {"WWW-Authenticate": f'APIKey header="{API_KEY_HEADER}"'}
+
+class Role(StrEnum):
+    """What a caller is."""
+
+    CUSTOMER = "customer"
+    OPERATOR = "operator"
+    # AUTH_MODE=dev: nobody is checked, so the caller may do what anyone may.
+    DEVELOPER = "developer"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated caller of a request."""
+
+    role: Role
+    customer_id: str | None = None  # a customer's own id
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role in (Role.OPERATOR, Role.DEVELOPER)
+
+    def acts_for(self, customer_id: str) -> bool:
+        """May act as ``customer_id`` (place, read, decide and cancel their orders)."""
+        return self.role == Role.DEVELOPER or (
+            self.role == Role.CUSTOMER and self.customer_id == customer_id
+        )
+
+    def may_see(self, customer_id: str) -> bool:
+        """May read and cancel an order of ``customer_id``: its customer, or an operator."""
+        return self.is_operator or self.acts_for(customer_id)
 
 
 # --- customer tokens -----------------------------------------------------------------------
 
 
-def _mac(secret: str, customer_id: str) -> str:
-    return hmac.new(secret.encode(), customer_id.encode(), hashlib.sha256).hexdigest()
+class InvalidTokenError(Exception):
+    """The bearer token is not one of ours, or has expired (the message says which)."""
 
 
-def issue_customer_token(secret: str, customer_id: str) -> str:
-    """The bearer token of ``customer_id``: ``<customer_id>.<hex HMAC-SHA256(secret, id)>``."""
-    if not customer_id:
+def issue_customer_token(
+    secret: str, customer_id: str, ttl: timedelta, *, now: datetime | None = None
+) -> str:
+    """A customer token for ``customer_id``, valid for ``ttl`` from ``now``."""
+    if not customer_id.strip():
         raise ValueError("a customer token needs a customer id")
-    return f"{customer_id}.{_mac(secret, customer_id)}"
+    issued = now or datetime.now(UTC)
+    claims = {"sub": customer_id, "aud": TOKEN_AUDIENCE, "iat": issued, "exp": issued + ttl}
+    return jwt.encode(claims, secret, algorithm=TOKEN_ALGORITHM)
 
 
-def verify_customer_token(secret: str, token: str) -> str | None:
-    """The customer id a token was issued for, or None if it was not issued with ``secret``."""
-    # The MAC is the part after the last dot, so a customer id may itself contain dots.
-    customer_id, dot, mac = token.rpartition(".")
-    if not (dot and customer_id):
-        return None
-    expected = _mac(secret, customer_id).encode()
-    # Bytes, not str: compare_digest refuses a str that is not ASCII.
-    if not hmac.compare_digest(expected, mac.encode()):
-        return None
-    return customer_id
+def verify_customer_token(secrets: Sequence[SecretStr], token: str) -> str:
+    """The customer id of ``token`` if one of ``secrets`` signed it and it has not expired.
+
+    Raises :class:`InvalidTokenError` otherwise. Only HS256 is accepted (never ``none``).
+    """
+    for secret in secrets:
+        try:
+            claims = jwt.decode(
+                token,
+                secret.get_secret_value(),
+                algorithms=[TOKEN_ALGORITHM],
+                audience=TOKEN_AUDIENCE,
+                leeway=TOKEN_LEEWAY,
+                options={"require": ["sub", "aud", "exp"]},
+            )
+        except jwt.InvalidSignatureError:
+            continue  # perhaps signed with another of the secrets
+        except jwt.ExpiredSignatureError:
+            raise InvalidTokenError("the customer token has expired") from None
+        except jwt.InvalidTokenError as err:
+            raise InvalidTokenError(f"the customer token is not valid: {err}") from None
+        customer_id = claims["sub"]
+        if not isinstance(customer_id, str) or not customer_id:
+            raise InvalidTokenError("the customer token names no customer")
+        return customer_id
+    raise InvalidTokenError("the customer token is not valid: unknown signature")
 
 
 # --- dependencies --------------------------------------------------------------------------
@@ -106,140 +160,133 @@ def _key_matches(given: str, keys: Sequence[SecretStr]) -> bool:
     return matched
 
 
-async def require_api_key(
-    services: ServicesDep,
-    key: Annotated[str | None, Security(api_key_header)],
-) -> None:
-    """Every mutating call: one of ``API_KEYS`` in ``X-API-Key`` (nothing when none is set)."""
-    keys = services.settings.api_keys
-    if not keys:
-        return
-    if not key:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            f"an API key is required in the {API_KEY_HEADER} header",
-            headers=_API_KEY_CHALLENGE,
-        )
-    if not _key_matches(key, keys):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "this API key is not valid")
+def _unauthenticated(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers=_CHALLENGE)
 
 
-OperatorKey = Depends(require_api_key)
-"""For a route's ``dependencies=[...]``: the API key check (every POST has it)."""
+def forbidden(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_403_FORBIDDEN, detail)
 
 
-def _header_text(value: str) -> str | None:
-    """A header as the UTF-8 the client sent (Starlette decodes headers as latin-1), so a
-    customer id that is not ASCII keeps working; None if the bytes are not UTF-8."""
-    try:
-        return value.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        return None
+async def authenticate(request: Request, services: ServicesDep) -> Caller:
+    """The caller of ``request``, from its one credential; 401 when it has none valid.
+
+    Decided once per request (kept in its state): :class:`AuthenticatedJSONRoute` asks first.
+    """
+    known: Caller | None = getattr(request.state, "caller", None)
+    if known is not None:
+        return known
+    caller = _identify(request, services.settings)
+    request.state.caller = caller
+    return caller
 
 
-async def authenticated_customer(
-    services: ServicesDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(customer_bearer)],
-) -> str | None:
-    """The customer id of the bearer token; None when customer auth is off."""
-    secret = services.settings.customer_token_secret
-    if secret is None:
-        return None
-    if credentials is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "a customer token is required: Authorization: Bearer <token>",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    token = _header_text(credentials.credentials)
-    customer_id = None if token is None else verify_customer_token(secret.get_secret_value(), token)
-    if customer_id is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "the customer token is not valid",
-            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-        )
-    return customer_id
+def _identify(request: Request, settings: Settings) -> Caller:
+    if settings.auth_mode == "dev":
+        return Caller(Role.DEVELOPER)
+    key = request.headers.get(API_KEY_HEADER)
+    authorization = request.headers.get("Authorization")
+    if key is not None and authorization is not None:
+        raise _unauthenticated(f"send one credential: {API_KEY_HEADER} or a bearer token")
+    if key is not None:
+        if not _key_matches(key, settings.operator_api_keys):
+            raise _unauthenticated("this operator key is not valid")
+        return Caller(Role.OPERATOR)
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _unauthenticated("use 'Authorization: Bearer <customer token>'")
+        try:
+            customer_id = verify_customer_token(settings.customer_token_secrets, token.strip())
+        except InvalidTokenError as err:
+            raise _unauthenticated(str(err)) from None
+        return Caller(Role.CUSTOMER, customer_id)
+    raise _unauthenticated(
+        f"a credential is required: a customer's 'Authorization: Bearer <token>' or an "
+        f"operator's {API_KEY_HEADER}"
+    )
 
 
-CustomerDep = Annotated[str | None, Depends(authenticated_customer)]
+CallerDep = Annotated[Caller, Depends(authenticate)]
 
 
-def _not_yours(what: str) -> HTTPException:
-    return HTTPException(status.HTTP_403_FORBIDDEN, f"this {what} belongs to another customer")
+class AuthenticatedJSONRoute(StrictJSONRoute):
+    """A route whose caller is authenticated before its body is even parsed: without a valid
+    credential the answer is 401, whatever the body holds (malformed JSON included), so
+    nothing about the request is looked at for a caller who is nobody."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def authenticated(request: Request) -> Response:
+            services: Services = request.app.state.services
+            await authenticate(request, services)
+            return await handler(request)
+
+        return authenticated
 
 
-async def require_order_placer(body: OrderRequest, customer: CustomerDep) -> None:
-    """POST /orders: a customer places orders in their own name only."""
-    if customer is not None and customer != body.customer_id:
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN, "the token's customer is not the order's customer_id"
-        )
+async def _operator(
+    caller: CallerDep, _documented: Annotated[str | None, Security(operator_key)]
+) -> Caller:
+    if not caller.is_operator:
+        raise forbidden("this is an operator's call")
+    return caller
 
 
-async def _require_owner(services: ServicesDep, customer: str | None, kind: str, key: str) -> None:
-    """The customer placed the order behind ``kind`` ``key``: 404 unknown, 403 not theirs."""
-    if customer is None:
-        return
-    lookup = {"order_id": key} if kind == "order" else {"payment_id": key}
-    owner = await run_in_threadpool(queries.customer_of, services.engine, **lookup)
-    if owner is None:
-        raise NotFoundError(f"{kind} {key} does not exist")
-    if owner != customer:
-        raise _not_yours(kind)
+async def _customer(
+    caller: CallerDep,
+    _documented: Annotated[Any, Security(customer_token)],
+) -> Caller:
+    if caller.role == Role.OPERATOR:
+        raise forbidden("this is the customer's own call, not an operator's")
+    return caller
 
 
-async def require_order_owner(
-    order_id: uuid.UUID, services: ServicesDep, customer: CustomerDep
-) -> None:
-    """POST /orders/{order_id}/cancel: the customer who placed the order (404 unknown)."""
-    await _require_owner(services, customer, "order", str(order_id))
+async def _anyone(
+    caller: CallerDep,
+    _operator_documented: Annotated[str | None, Security(operator_key)],
+    _customer_documented: Annotated[Any, Security(customer_token)],
+) -> Caller:
+    return caller
 
 
-async def require_payment_owner(
-    payment_id: uuid.UUID, services: ServicesDep, customer: CustomerDep
-) -> None:
-    """POST /payments/{payment_id}/...: the customer who placed its order (404 unknown)."""
-    await _require_owner(services, customer, "payment", str(payment_id))
+Operator = Annotated[Caller, Depends(_operator)]
+"""An operator (403 for a customer)."""
+Customer = Annotated[Caller, Depends(_customer)]
+"""A customer acting for themselves (403 for an operator); check whose order with ``acts_for``."""
+AnyCaller = Annotated[Caller, Depends(_anyone)]
+"""A customer or an operator; check whose order with ``may_see``."""
 
 
-OrderPlacer = Depends(require_order_placer)
-OrderOwner = Depends(require_order_owner)
-PaymentOwner = Depends(require_payment_owner)
+def require_customer_of(caller: Caller, owner: str, what: str) -> None:
+    """403 unless ``caller`` acts for ``owner`` (the customer of ``what``)."""
+    if not caller.acts_for(owner):
+        raise forbidden(f"this {what} belongs to another customer")
+
+
+def require_visible(caller: Caller, owner: str, what: str) -> None:
+    """403 unless ``caller`` is ``owner`` or an operator."""
+    if not caller.may_see(owner):
+        raise forbidden(f"this {what} belongs to another customer")
 
 
 def document_security(app: FastAPI, settings: Settings) -> None:
-    """Declare in the app's OpenAPI document the schemes that are on, and only those.
-
-    A scheme that is off asks for nothing, so documenting it would tell clients (and schema
-    fuzzers) that a call without it is refused. When both are on, a customer call needs both:
-    one requirement naming the two (OpenAPI's AND), not FastAPI's list of either-or.
+    """In ``AUTH_MODE=dev`` no call needs a credential: say so in the OpenAPI document too
+    (a documented scheme would tell clients, and schema fuzzers, that calls without it fail).
     """
-    enabled = {
-        name
-        for name, on in (
-            (api_key_header.scheme_name, bool(settings.api_keys)),
-            (customer_bearer.scheme_name, settings.customer_token_secret is not None),
-        )
-        if on
-    }
+    if settings.auth_mode != "dev":
+        return
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
             for operation in (op for ops in schema["paths"].values() for op in ops.values()):
-                names = {n for req in operation.pop("security", []) for n in req if n in enabled}
-                if names:
-                    operation["security"] = [{name: [] for name in sorted(names)}]
-            components = schema.get("components", {})
-            schemes = {
-                name: scheme
-                for name, scheme in components.pop("securitySchemes", {}).items()
-                if name in enabled
-            }
-            if schemes:
-                components["securitySchemes"] = schemes
+                operation.pop("security", None)
+                for code in ("401", "403"):
+                    operation.get("responses", {}).pop(code, None)
+            schema.get("components", {}).pop("securitySchemes", None)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -249,22 +296,42 @@ def document_security(app: FastAPI, settings: Settings) -> None:
 # --- CLI -----------------------------------------------------------------------------------
 
 
+MAX_TOKEN_TTL = 366 * 24 * 3600
+
+
+def _lifetime(text: str) -> int:
+    seconds = int(text)
+    if not 0 < seconds <= MAX_TOKEN_TTL:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_TOKEN_TTL} seconds")
+    return seconds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m api.auth token <customer_id>``: print a token (CUSTOMER_TOKEN_SECRET)."""
+    """``python -m api.auth token <customer_id> [--ttl SECONDS]``: print a customer token,
+    signed with the first of CUSTOMER_TOKEN_SECRETS."""
     parser = argparse.ArgumentParser(prog="python -m api.auth", description=main.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    token = commands.add_parser("token", help="print the bearer token of a customer")
+    token = commands.add_parser("token", help="print a customer's bearer token")
     token.add_argument("customer_id")
+    token.add_argument(
+        "--ttl",
+        type=_lifetime,
+        help="lifetime in seconds, 1 to a year (default: CUSTOMER_TOKEN_TTL_SECONDS)",
+    )
     args = parser.parse_args(argv)
 
-    secret = Settings().customer_token_secret
-    if secret is None:
-        print("CUSTOMER_TOKEN_SECRET is not set: customer tokens are off", file=sys.stderr)
+    settings = Settings()
+    if not settings.customer_token_secrets:
+        print("CUSTOMER_TOKEN_SECRETS is not set: no customer token can be issued", file=sys.stderr)
         return 2
     customer_id = args.customer_id.strip()
     if not customer_id:
         parser.error("customer_id is empty")
-    print(issue_customer_token(secret.get_secret_value(), customer_id))
+    ttl = timedelta(
+        seconds=args.ttl if args.ttl is not None else settings.customer_token_ttl_seconds
+    )
+    secret = settings.customer_token_secrets[0].get_secret_value()
+    print(issue_customer_token(secret, customer_id, ttl))
     return 0
 
 

@@ -2,18 +2,59 @@
 
 import json
 import logging
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 log = logging.getLogger("api")
+
+_DESCRIPTIONS = {
+    202: "Accepted: the saga has it; follow Location.",
+    401: "No valid credential.",
+    403: "Not allowed with this credential.",
+    404: "No such resource.",
+    409: "The saga's state does not allow it now.",
+    413: "The request body is too large.",
+    422: "Invalid request (each invalid field, or why it is refused).",
+    503: "A dependency (database or Temporal) is unavailable; retry after Retry-After.",
+}
+
+
+def responses(
+    *codes: int, accepted_model: type[Any] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of a route: every status code it can answer besides its
+    success, each with the body it carries (so a schema-driven client expects no other)."""
+    from api.schemas import InvalidRequest, Problem
+
+    documented: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        model: type[Any] = Problem
+        if code == 422:
+            model = InvalidRequest
+        elif code == 202:
+            assert accepted_model is not None, "a 202 needs its body's model"
+            model = accepted_model
+        entry: dict[str, Any] = {"model": model, "description": _DESCRIPTIONS[code]}
+        if code == 503:
+            entry["headers"] = {
+                "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}
+            }
+        documented[code] = entry
+    return documented
 
 
 class ApiError(Exception):
@@ -40,6 +81,31 @@ class IdempotencyKeyReusedError(ApiError):
     status_code = 422
 
 
+def is_namespace_missing(err: RPCError) -> bool:
+    """Temporal answered NOT_FOUND because the namespace does not exist (a configuration
+    mistake), not because a workflow does not."""
+    return err.status == RPCStatusCode.NOT_FOUND and any(
+        detail.type_url.endswith("NamespaceNotFoundFailure") for detail in err.grpc_status.details
+    )
+
+
+def is_saga_missing(err: RPCError) -> bool:
+    """Temporal answered NOT_FOUND for the workflow itself (never started, or gone)."""
+    return err.status == RPCStatusCode.NOT_FOUND and not is_namespace_missing(err)
+
+
+def temporal_misconfiguration(err: RPCError) -> str | None:
+    """What is wrong with this API's Temporal settings, if ``err`` says so (else None)."""
+    if is_namespace_missing(err):
+        return f"the Temporal namespace does not exist (TEMPORAL_NAMESPACE): {err.message}"
+    if err.status in (RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNAUTHENTICATED):
+        return (
+            "Temporal refused this API's credentials (TEMPORAL_API_KEY, TEMPORAL_TLS_CERT/KEY "
+            f"or the namespace's permissions): {err.message}"
+        )
+    return None
+
+
 @contextmanager
 def saga_ended_is_conflict(what: str) -> Iterator[None]:
     """A signal or cancel that reaches a saga that has ended meanwhile (or was terminated by
@@ -47,9 +113,48 @@ def saga_ended_is_conflict(what: str) -> Iterator[None]:
     try:
         yield
     except RPCError as err:
-        if err.status != RPCStatusCode.NOT_FOUND:
+        if not is_saga_missing(err):
             raise
         raise ConflictError(f"{what}: its saga has ended") from err
+
+
+# At most this many validation errors in a 422, and no input echoed longer than this (JSON).
+MAX_VALIDATION_ERRORS = 5
+MAX_ECHOED_INPUT = 80
+
+
+def _small_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    small = []
+    for error in list(errors)[:MAX_VALIDATION_ERRORS]:
+        entry = {key: error[key] for key in ("type", "loc", "msg") if key in error}
+        for key in ("input", "ctx"):  # what was sent, and the rule's details: when short
+            if key not in error:
+                continue
+            try:
+                echoed = json.dumps(jsonable_encoder(error[key]), ensure_ascii=True)
+            except (TypeError, ValueError):
+                continue
+            if len(echoed) <= MAX_ECHOED_INPUT:
+                entry[key] = error[key]
+        small.append(entry)
+    return small
+
+
+def unavailable(detail: str, retry_after: int = 2) -> JSONResponse:
+    """503 with ``Retry-After``: a dependency is down or misconfigured; nothing was done."""
+    return JSONResponse(
+        {"detail": detail}, status_code=503, headers={"Retry-After": str(retry_after)}
+    )
+
+
+def _methods_of(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves at the request's path."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -57,10 +162,24 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_request: Request, err: RequestValidationError) -> Response:
-        # FastAPI's own 422, but ASCII-escaped: the errors echo the input, and text that has
-        # no UTF-8 form (a lone surrogate, "\ud800" in the JSON) must not turn into a 500.
-        body = json.dumps({"detail": jsonable_encoder(err.errors())}, ensure_ascii=True)
-        return Response(body, status_code=422, media_type="application/json")
+        # FastAPI's own 422, made small: a few errors, no large input echoed back (a client
+        # that sent 10,000 bad items gets 5 lines, not its request back). ASCII-escaped: text
+        # with no UTF-8 form (a lone surrogate, "\ud800" in the JSON) must not turn into a 500.
+        errors = err.errors()
+        body: dict[str, Any] = {"detail": jsonable_encoder(_small_errors(errors))}
+        if len(errors) > MAX_VALIDATION_ERRORS:
+            body["omitted"] = len(errors) - MAX_VALIDATION_ERRORS
+        return Response(
+            json.dumps(body, ensure_ascii=True), status_code=422, media_type="application/json"
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> Response:
+        if err.status_code == 405:
+            # Starlette names only the methods of the first route on the path; list them all
+            # (GET and POST /orders are two routes), as RFC 9110 asks of a 405's Allow.
+            err.headers = {**(err.headers or {}), "Allow": ", ".join(_methods_of(app, request))}
+        return await http_exception_handler(request, err)
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, err: ApiError) -> JSONResponse:
@@ -68,21 +187,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RPCError)
     async def _temporal_error(_request: Request, err: RPCError) -> JSONResponse:
+        mistake = temporal_misconfiguration(err)
+        if mistake is not None:
+            log.error("Temporal configuration: %s", mistake)
+            return unavailable(mistake, retry_after=30)
         log.warning("Temporal call failed: %s (%s)", err.message, err.status)
-        return JSONResponse(
-            {"detail": f"Temporal is unavailable: {err.message}"},
-            status_code=503,
-            headers={"Retry-After": "2"},
-        )
+        return unavailable(f"Temporal is unavailable: {err.message}")
 
     @app.exception_handler(WorkflowQueryFailedError)
     async def _query_failed(_request: Request, err: WorkflowQueryFailedError) -> JSONResponse:
         log.error("The saga could not answer a query: %s", err)
-        return JSONResponse(
-            {"detail": "the saga cannot answer right now; try again later"},
-            status_code=503,
-            headers={"Retry-After": "5"},
-        )
+        return unavailable("the saga cannot answer right now; try again later", retry_after=5)
 
     @app.exception_handler(RuntimeError)
     async def _temporal_not_connected(_request: Request, err: RuntimeError) -> JSONResponse:
@@ -91,14 +206,17 @@ def install_error_handlers(app: FastAPI) -> None:
         if "connect" not in str(err).lower():
             raise err
         log.warning("Temporal is not connected: %s", err)
-        return JSONResponse(
-            {"detail": "Temporal is unavailable"}, status_code=503, headers={"Retry-After": "2"}
-        )
+        return unavailable("Temporal is unavailable")
 
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(InterfaceError)
+    @app.exception_handler(SQLAlchemyError)
+    @app.exception_handler(sqlite3.Error)
     async def _database_error(_request: Request, err: Exception) -> JSONResponse:
-        log.warning("Database call failed: %s", err)
-        return JSONResponse(
-            {"detail": "the database is unavailable"}, status_code=503, headers={"Retry-After": "2"}
-        )
+        # Every class of database failure: a lost connection, an exhausted pool, a read-only
+        # server after a failover, a corrupt file. The request changed nothing the client
+        # could not safely retry (writes are single transactions; POST /orders answers 202
+        # itself once its saga has started).
+        if isinstance(err, (OperationalError, InterfaceError, PoolTimeoutError)):
+            log.warning("Database call failed: %s", err)
+        else:
+            log.error("Database call failed: %s", err, exc_info=err)
+        return unavailable("the database is unavailable")

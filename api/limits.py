@@ -8,12 +8,15 @@ the limit is handed to the application unchanged.
 
 ``StrictJSONRoute``: a JSON object with the same key twice is ambiguous (which ``unit_price``
 did the client mean?), so it is refused with **422** like any other malformed JSON, rather
-than silently keeping the last value; so are bytes that are not text and nesting too deep
-to parse (which FastAPI would answer with an undocumented 400).
+than silently keeping the last value; so are ``NaN`` and ``Infinity`` (not JSON), numbers
+longer than ``MAX_NUMBER_CHARS``, bytes that are not text and nesting too deep to parse
+(which FastAPI would answer with an undocumented 400). Numbers with a fraction are read as
+exact decimals.
 """
 
 import json
 from collections.abc import Callable, Coroutine
+from decimal import Decimal
 from typing import Any
 
 from fastapi import Request, Response
@@ -97,6 +100,30 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
+# No number in a request needs more digits than this (an amount has at most 12): a longer one
+# is refused before Python converts it (a 5000-digit integer would hit Python's own limit).
+MAX_NUMBER_CHARS = 40
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json reads NaN, Infinity and -Infinity, which are not JSON: refuse them.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"a number of {len(text)} digits is too long")
+    return int(text)
+
+
+def _exact_decimal(text: str) -> Decimal:
+    # Decimals stay exact ("12.50" is 12.50, not the float nearest to it); an integer field
+    # refuses them as it refuses floats.
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"a number of {len(text)} characters is too long")
+    return Decimal(text)
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for key, value in pairs:
@@ -111,10 +138,19 @@ class _StrictJSONRequest(Request):
         if not hasattr(self, "_json"):
             body = await self.body()
             try:
-                self._json = json.loads(body, object_pairs_hook=_unique_keys)
-            except (UnicodeDecodeError, RecursionError) as err:
-                # Not JSON either (bytes that are no text, nesting too deep to parse): the
-                # same 422 as any other malformed JSON rather than a bare 400.
+                self._json = json.loads(
+                    body,
+                    object_pairs_hook=_unique_keys,
+                    parse_constant=_reject_constant,
+                    parse_int=_bounded_int,
+                    parse_float=_exact_decimal,
+                )
+            except json.JSONDecodeError:
+                raise
+            except (ValueError, RecursionError) as err:
+                # Not JSON either (bytes that are no text, NaN, a number too long to read,
+                # nesting too deep to parse): the same 422 as any other malformed JSON rather
+                # than a bare 400.
                 raise json.JSONDecodeError(f"{type(err).__name__}: {err}", "", 0) from err
         return self._json
 

@@ -16,6 +16,7 @@ from api.schemas import (
 from domain.names import workflow_id_for
 from domain.payloads import from_cents
 from domain.status import DeliveryStatus, OrderStatus, PaymentStatus
+from services import orders as order_service
 from settings import Settings
 from store.db import read_session, session
 from store.models import DealerRow, DeliveryRow, OrderItemRow, OrderRow, PaymentRow, place_key
@@ -114,6 +115,22 @@ def list_orders(
     ], total
 
 
+def use_idempotency_key(
+    engine: Engine, customer_id: str, key: str, fingerprint: str, order_id: str
+) -> order_service.KeyUse:
+    """Record (committed) that the key stands for ``order_id``, or what it stood for before."""
+    with session(engine) as db:
+        use = order_service.use_idempotency_key(db, customer_id, key, fingerprint, order_id)
+        db.commit()
+    return use
+
+
+def mark_key_saga_started(engine: Engine, customer_id: str, key: str) -> None:
+    with session(engine) as db:
+        order_service.mark_key_saga_started(db, customer_id, key)
+        db.commit()
+
+
 def get_payment(engine: Engine, payment_id: str) -> PaymentRow | None:
     with read_session(engine) as db:
         return db.get(PaymentRow, payment_id)
@@ -186,5 +203,6 @@ def add_dealer(engine: Engine, dealer: DealerCreate) -> DealerView:
 
 
 def ping(engine: Engine) -> None:
+    """A read of the orders table: the database answers and its schema is in place."""
     with read_session(engine) as db:
-        db.exec(select(1)).one()
+        db.exec(select(OrderRow.id).limit(1)).first()

@@ -21,9 +21,9 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
-from api.errors import ConflictError, IdempotencyKeyReusedError, NotFoundError
+from api.errors import ConflictError, IdempotencyKeyReusedError, NotFoundError, is_saga_missing
 from domain import names
 from domain.payloads import (
     DeliveredReport,
@@ -165,7 +165,7 @@ class SagaGateway:
                 rpc_timeout=timedelta(seconds=self._settings.query_timeout_seconds),
             )
         except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
+            if is_saga_missing(err):
                 return None
             raise
 
@@ -174,7 +174,7 @@ class SagaGateway:
         try:
             await self.handle(order_id).describe()
         except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
+            if is_saga_missing(err):
                 return False
             raise
         return True

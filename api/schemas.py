@@ -4,9 +4,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from domain.payloads import Name, SagaState
+from domain.payloads import Count, Name, SagaState
 from domain.status import DeliveryStatus, OrderStatus, PaymentStatus
 
 Phone = Annotated[
@@ -106,11 +106,25 @@ def order_path(order_id: str) -> str:
 class DealerCreate(BaseModel):
     """A new delivery person."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Ana",
+                    "phone": "+98 21 0009",
+                    "province": "Tehran",
+                    "city": "Tehran",
+                    "capacity": 4,
+                }
+            ]
+        }
+    )
+
     name: Name
     phone: Phone
     province: Name
     city: Name
-    capacity: int = Field(ge=1, le=1000)
+    capacity: Count = Field(ge=1, le=1000)
 
 
 class DealerView(BaseModel):
@@ -132,6 +146,8 @@ class Problem(BaseModel):
 
 
 class InvalidRequest(BaseModel):
-    """422: each invalid field (FastAPI's list of errors), or why the request is refused."""
+    """422: the first few invalid fields (type, loc, msg, and the input when it is short), or
+    why the request is refused; ``omitted``: how many more errors were not listed."""
 
     detail: str | list[dict[str, Any]]
+    omitted: int | None = None

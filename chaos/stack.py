@@ -120,6 +120,9 @@ class Stack:
             "ORDER_CREATE_WAIT_SECONDS": "10",
             "CHAOS_FAULT_DIR": str(self.fault_dir),
             "LOG_LEVEL": "WARNING",
+            # A rig on loopback that plays every customer and the shop at once: no credentials
+            # (tests/e2e/test_auth.py covers them).
+            "AUTH_MODE": "dev",
         }
         if not self.fault_injection:
             del env["CHAOS_FAULT_DIR"]  # an inherited one too: fault points stay no-ops

@@ -7,8 +7,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api import auth, queries
 from api.deps import ServicesDep
-from api.errors import ConflictError, NotFoundError, saga_ended_is_conflict
-from api.schemas import Accepted, Problem
+from api.errors import ConflictError, NotFoundError, responses, saga_ended_is_conflict
+from api.schemas import Accepted
 from domain.status import DeliveryStatus
 
 router = APIRouter(prefix="/deliveries", tags=["deliveries"])
@@ -17,12 +17,15 @@ router = APIRouter(prefix="/deliveries", tags=["deliveries"])
 @router.post(
     "/{delivery_id}/delivered",
     status_code=status.HTTP_202_ACCEPTED,
+    operation_id="reportDelivered",
     response_model=Accepted,
-    responses={**auth.AUTH_RESPONSES, 404: {"model": Problem}, 409: {"model": Problem}},
-    dependencies=[auth.OperatorKey],  # the dealer's report: an operator action, no customer
+    responses=responses(401, 403, 404, 409, 503),
 )
-async def mark_delivered(delivery_id: uuid.UUID, services: ServicesDep) -> Accepted:
-    """Report an IN_TRANSIT delivery delivered. 404 unknown, 409 not in transit."""
+async def mark_delivered(
+    delivery_id: uuid.UUID, services: ServicesDep, _caller: auth.Operator
+) -> Accepted:
+    """The dealer's report, by an operator: an IN_TRANSIT delivery is delivered. 404 unknown,
+    409 not in transit."""
     key = str(delivery_id)
     delivery = await run_in_threadpool(queries.get_delivery, services.engine, key)
     if delivery is None:

@@ -1,23 +1,31 @@
 """/orders: start sagas, read them, cancel them."""
 
+import logging
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from api import auth, queries
-from api.deps import ServicesDep
-from api.errors import NotFoundError, saga_ended_is_conflict
-from api.limits import StrictJSONRoute
-from api.schemas import Accepted, InvalidRequest, OrderPage, OrderView, Problem, order_path
+from api.deps import Services, ServicesDep
+from api.errors import (
+    ConflictError,
+    IdempotencyKeyReusedError,
+    NotFoundError,
+    responses,
+    saga_ended_is_conflict,
+)
+from api.schemas import Accepted, OrderPage, OrderView, order_path
 from domain import names
-from domain.payloads import NO_CONTROL_CHARS, OrderRequest
+from domain.payloads import NO_CONTROL_CHARS, OrderRequest, SagaState
 from domain.status import OrderStatus
 
-router = APIRouter(prefix="/orders", tags=["orders"], route_class=StrictJSONRoute)
+log = logging.getLogger("api.orders")
+router = APIRouter(prefix="/orders", tags=["orders"], route_class=auth.AuthenticatedJSONRoute)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -25,57 +33,156 @@ IdempotencyKey = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=200,
-        description="Same key (for the same customer) again: the same order, no second saga.",
+        pattern=NO_CONTROL_CHARS,
+        description=(
+            "Same key (for the same customer) again: the same order, from the database, "
+            "however late; no second saga. The same key with another body: 422."
+        ),
     ),
 ]
-OrderId = Annotated[uuid.UUID, "order id"]
+REPLAYED = {"Idempotent-Replayed": "true"}
+
+
+# OpenAPI links: where an answer's ids lead (clients, and schema-driven testers, follow them).
+_ORDER_LINKS = {
+    "GetOrder": {"operationId": "getOrder", "parameters": {"order_id": "$response.body#/order_id"}},
+    "GetSaga": {"operationId": "getSaga", "parameters": {"order_id": "$response.body#/order_id"}},
+    "CancelOrder": {
+        "operationId": "cancelOrder",
+        "parameters": {"order_id": "$response.body#/order_id"},
+    },
+}
+_PAYMENT_LINKS = {
+    name: {
+        "operationId": operation,
+        "parameters": {"payment_id": "$response.body#/payment/payment_id"},
+    }
+    for name, operation in (
+        ("ConfirmPayment", "confirmPayment"),
+        ("CancelPayment", "cancelPayment"),
+    )
+}
+_DELIVERY_LINKS = {
+    "ReportDelivered": {
+        "operationId": "reportDelivered",
+        "parameters": {"delivery_id": "$response.body#/delivery/delivery_id"},
+    }
+}
+
+
+def _with_links(
+    documented: dict[int | str, dict[str, Any]], **links: dict[str, Any]
+) -> dict[int | str, dict[str, Any]]:
+    for code, code_links in links.items():
+        documented.setdefault(int(code.removeprefix("status_")), {})["links"] = code_links
+    return documented
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=OrderView,
-    responses={
-        202: {"model": Accepted},
-        **auth.AUTH_RESPONSES,
-        413: {"model": Problem},
-        422: {"model": InvalidRequest},
-        503: {"model": Problem},
-    },
-    dependencies=[auth.OperatorKey, auth.OrderPlacer],
+    operation_id="placeOrder",
+    responses=_with_links(
+        responses(202, 401, 403, 409, 413, 422, 503, accepted_model=Accepted),
+        status_201={**_ORDER_LINKS, **_PAYMENT_LINKS},
+        status_202=_ORDER_LINKS,
+    ),
 )
 async def create_order(
     body: OrderRequest,
     services: ServicesDep,
-    response: Response,
+    caller: auth.Customer,
     idempotency_key: IdempotencyKey = None,
-) -> OrderView | Response:
+) -> Response:
     """Start the order's saga and answer with the order and its pending payment.
 
     201 once the payment exists (the usual case, within a few hundred ms), 202 with a
     ``Location`` to poll when it does not exist yet. ``Idempotency-Key``: a retried request
-    returns the same order (header ``Idempotent-Replayed: true``) and starts nothing.
+    answers the same order (header ``Idempotent-Replayed: true``) and starts nothing, even
+    long after its saga ended; the key is kept in the database. 409 if that order's saga
+    ended before it wrote the order (it was cancelled at once).
     """
-    order_id = (
-        names.order_id_for_idempotency_key(body.customer_id, idempotency_key)
-        if idempotency_key
-        else str(uuid.uuid4())
-    )
-    state, existed = await services.saga.start(order_id, body)
-    view = await run_in_threadpool(queries.order_view, services.engine, services.settings, order_id)
-    if existed:
-        response.headers["Idempotent-Replayed"] = "true"
-    if view is None or view.payment is None:
-        accepted = Accepted.for_order(order_id, "the saga is starting")
-        return Response(
-            accepted.model_dump_json(),
-            status_code=status.HTTP_202_ACCEPTED,
-            media_type="application/json",
-            headers={"Location": order_path(order_id), **dict(response.headers)},
+    auth.require_customer_of(caller, body.customer_id, "order's customer_id")
+    fingerprint = body.fingerprint()
+    replayed = False
+    if idempotency_key is None:
+        order_id = str(uuid.uuid4())
+    else:
+        use = await run_in_threadpool(
+            queries.use_idempotency_key,
+            services.engine,
+            body.customer_id,
+            idempotency_key,
+            fingerprint,
+            names.order_id_for_idempotency_key(body.customer_id, idempotency_key),
         )
-    response.headers["Location"] = order_path(order_id)
-    view.saga = state
-    return view
+        if use.fingerprint != fingerprint:
+            raise IdempotencyKeyReusedError(
+                "this Idempotency-Key was already used for a different request"
+            )
+        order_id, replayed = use.order_id, not use.recorded
+        if replayed:
+            view = await run_in_threadpool(
+                queries.order_view, services.engine, services.settings, order_id
+            )
+            if view is not None:
+                return _answer(view, caller, replayed=True)
+            if use.saga_started and not await services.saga.exists(order_id):
+                raise ConflictError(
+                    f"order {order_id} of this Idempotency-Key was cancelled before it was "
+                    "created; use a new key for a new order"
+                )
+            # The first request recorded the key; its saga may still be writing the order, or
+            # the request failed before starting it. Starting again is safe: one saga per order.
+    state, existed = await services.saga.start(order_id, body)
+    if idempotency_key is not None:
+        await _mark_started(services, body.customer_id, idempotency_key)
+    # From here the saga is durably started: no answer may invite a retry that starts another
+    # one, so a database that cannot be read now gets a 202 to poll, never an error.
+    try:
+        view = await run_in_threadpool(
+            queries.order_view, services.engine, services.settings, order_id
+        )
+    except SQLAlchemyError as err:
+        log.warning("order %s started, but its rows cannot be read yet: %s", order_id, err)
+        view = None
+    if view is None or view.payment is None:
+        return _accepted(order_id, replayed=replayed or existed)
+    view.saga = state if caller.is_operator else None
+    return _answer(view, caller, replayed=replayed or existed)
+
+
+async def _mark_started(services: Services, customer_id: str, key: str) -> None:
+    try:
+        await run_in_threadpool(queries.mark_key_saga_started, services.engine, customer_id, key)
+    except SQLAlchemyError as err:
+        # Only a hint for late replays (a replay that finds no mark starts again, which is
+        # safe); the saga has started, so this request must not fail for it.
+        log.warning("could not mark the saga of key %r started: %s", key, err)
+
+
+def _answer(view: OrderView, caller: auth.Caller, *, replayed: bool) -> Response:
+    if not caller.is_operator:
+        view.saga = None
+    headers = {"Location": order_path(view.order_id), **(REPLAYED if replayed else {})}
+    return Response(
+        view.model_dump_json(),
+        status_code=status.HTTP_201_CREATED,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _accepted(order_id: str, *, replayed: bool) -> Response:
+    accepted = Accepted.for_order(order_id, "the saga is starting")
+    headers = {"Location": order_path(order_id), **(REPLAYED if replayed else {})}
+    return Response(
+        accepted.model_dump_json(),
+        status_code=status.HTTP_202_ACCEPTED,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 # Seed-compatible alias of POST /orders (the original example's route name).
@@ -85,20 +192,28 @@ router.add_api_route(
     methods=["POST"],
     status_code=status.HTTP_201_CREATED,
     response_model=OrderView,
-    dependencies=[auth.OperatorKey, auth.OrderPlacer],
     include_in_schema=False,
 )
 
 
-@router.get("", response_model=OrderPage)
+@router.get(
+    "", response_model=OrderPage, operation_id="listOrders", responses=responses(401, 403, 503)
+)
 def list_orders(
     services: ServicesDep,
+    caller: auth.AnyCaller,
     status_filter: Annotated[OrderStatus | None, Query(alias="status")] = None,
     customer_id: Annotated[str | None, Query(max_length=64, pattern=NO_CONTROL_CHARS)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> OrderPage:
-    """Orders, newest first, filtered by status and customer."""
+    """Orders, newest first, filtered by status and customer. A customer sees only their own
+    (another ``customer_id`` is 403); an operator sees every order."""
+    if not caller.is_operator:
+        assert caller.customer_id is not None
+        if customer_id is not None:
+            auth.require_customer_of(caller, customer_id, "customer's order list")
+        customer_id = caller.customer_id
     items, total = queries.list_orders(
         services.engine,
         services.settings,
@@ -110,10 +225,27 @@ def list_orders(
     return OrderPage(items=items, total=total, limit=limit, offset=offset)
 
 
-@router.get("/{order_id}", response_model=OrderView, responses={404: {"model": Problem}})
-async def get_order(order_id: uuid.UUID, services: ServicesDep) -> OrderView:
-    """The order, its payment and delivery (database) and the saga's state (workflow query)."""
+@router.get(
+    "/{order_id}",
+    response_model=OrderView,
+    operation_id="getOrder",
+    responses=_with_links(
+        responses(401, 403, 404, 503), status_200={**_PAYMENT_LINKS, **_DELIVERY_LINKS}
+    ),
+)
+async def get_order(
+    order_id: uuid.UUID, services: ServicesDep, caller: auth.AnyCaller
+) -> OrderView:
+    """The order, its payment and delivery (database); for an operator also the saga's state
+    (workflow query). 404 unknown, 403 another customer's."""
     key = str(order_id)
+    if not caller.is_operator:
+        view = await run_in_threadpool(queries.order_view, services.engine, services.settings, key)
+        if view is None:
+            raise NotFoundError(f"order {key} does not exist")
+        assert view.customer_id is not None
+        auth.require_visible(caller, view.customer_id, "order")
+        return view
     try:
         saga = await services.saga.state(key)
         exists: bool | None = saga is not None
@@ -140,16 +272,41 @@ async def get_order(order_id: uuid.UUID, services: ServicesDep) -> OrderView:
     return view
 
 
+@router.get(
+    "/{order_id}/saga",
+    response_model=SagaState,
+    operation_id="getSaga",
+    responses=responses(401, 403, 404, 503),
+)
+async def get_saga(order_id: uuid.UUID, services: ServicesDep, _caller: auth.Operator) -> SagaState:
+    """The saga's full state for an operator: steps, compensations, signals, failure (a
+    workflow query). 404 when the order has no saga (any more: Temporal keeps a closed saga
+    for the namespace's retention period)."""
+    key = str(order_id)
+    saga = await services.saga.state(key)
+    if saga is None:
+        raise NotFoundError(f"order {key} has no saga")
+    return saga
+
+
 @router.post(
     "/{order_id}/cancel",
     status_code=status.HTTP_202_ACCEPTED,
+    operation_id="cancelOrder",
     response_model=Accepted,
-    responses={**auth.AUTH_RESPONSES, 404: {"model": Problem}, 409: {"model": Problem}},
-    dependencies=[auth.OperatorKey, auth.OrderOwner],
+    responses=responses(401, 403, 404, 409, 503),
 )
-async def cancel_order(order_id: uuid.UUID, services: ServicesDep) -> Accepted:
-    """Cancel the order before a dealer is assigned; the saga refunds and cancels. 409 after."""
+async def cancel_order(
+    order_id: uuid.UUID, services: ServicesDep, caller: auth.AnyCaller
+) -> Accepted:
+    """Cancel the order before a dealer is assigned; the saga refunds and cancels. 409 after.
+    Its customer, or an operator on behalf of the shop."""
     key = str(order_id)
+    if not caller.is_operator:
+        owner = await run_in_threadpool(queries.customer_of, services.engine, order_id=key)
+        if owner is None:
+            raise NotFoundError(f"order {key} does not exist")
+        auth.require_visible(caller, owner, "order")
     with saga_ended_is_conflict(f"order {key} can no longer be cancelled"):
         await services.saga.cancel(key)
     return Accepted.for_order(key, "cancellation requested")

@@ -1,6 +1,8 @@
-"""Security settings: API keys, the customer token secret, and TLS to Temporal.
+"""Security settings: who may call the API (auth mode, operator keys, customer token secrets),
+the secrets that must never show, and TLS to Temporal.
 
-Misconfiguration fails when the settings load, naming the setting, never at the first call.
+Misconfiguration fails when the settings load, naming the setting and never showing the
+value, or, for missing credentials, when the API is built (``Settings.auth_problem``).
 """
 
 from pathlib import Path
@@ -9,7 +11,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 from temporalio.service import TLSConfig
 
-from settings import Settings
+from settings import MIN_OPERATOR_KEY_LENGTH, MIN_SECRET_LENGTH, Settings
 
 # TLSConfig only carries the bytes to the SDK's core, so PEM-looking bytes are enough here;
 # the e2e tests connect for real.
@@ -18,6 +20,11 @@ PEM = {
     "cert": b"-----BEGIN CERTIFICATE-----\nY2VydA==\n-----END CERTIFICATE-----\n",
     "key": b"-----BEGIN PRIVATE KEY-----\na2V5\n-----END PRIVATE KEY-----\n",
 }
+KEY_ONE = "operator-key-one-0123456789"
+KEY_TWO = "operator-key-two-0123456789"
+SECRET_ONE = "customer-token-secret-one-0123456789abcdef"
+SECRET_TWO = "customer-token-secret-two-0123456789abcdef"
+RETIRED = ("API_KEYS", "CUSTOMER_TOKEN_SECRET")
 
 
 @pytest.fixture
@@ -29,52 +36,222 @@ def pem_files(tmp_path: Path) -> dict[str, Path]:
     return files
 
 
-# --- API keys and the customer token secret --------------------------------------------------
+@pytest.fixture(autouse=True)
+def no_retired_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retired settings are no fields any more, so conftest does not clear them."""
+    for name in RETIRED:
+        monkeypatch.delenv(name, raising=False)
 
 
-def test_auth_is_off_by_default() -> None:
+def values(secrets: list[SecretStr]) -> list[str]:
+    return [secret.get_secret_value() for secret in secrets]
+
+
+# --- auth mode, operator keys, customer token secrets ----------------------------------------
+
+
+def test_auth_is_required_by_default_with_no_credential_configured() -> None:
     settings = Settings()
-    assert settings.api_keys == []
-    assert settings.customer_token_secret is None
+    assert settings.auth_mode == "required"
+    assert settings.operator_api_keys == []
+    assert settings.customer_token_secrets == []
+    assert settings.customer_token_ttl_seconds == 3600
 
 
-def test_api_keys_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("API_KEYS", " key-one, key-two ,, ")
-    keys = Settings().api_keys
-    assert [k.get_secret_value() for k in keys] == ["key-one", "key-two"]
+def test_auth_mode_dev_is_read_and_nothing_else_is_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AUTH_MODE", "dev")
+    assert Settings().auth_mode == "dev"
+    for wrong in ("off", "none", "DEV ", ""):
+        monkeypatch.setenv("AUTH_MODE", wrong)
+        with pytest.raises(ValidationError) as raised:
+            Settings()
+        assert [e["loc"] for e in raised.value.errors()] == [("auth_mode",)], wrong
 
 
-def test_an_empty_api_keys_means_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("API_KEYS", "")
-    assert Settings().api_keys == []
+@pytest.mark.parametrize(
+    ("name", "field", "first", "second"),
+    [
+        ("OPERATOR_API_KEYS", "operator_api_keys", KEY_ONE, KEY_TWO),
+        ("CUSTOMER_TOKEN_SECRETS", "customer_token_secrets", SECRET_ONE, SECRET_TWO),
+    ],
+)
+def test_credentials_are_comma_separated_lists(
+    monkeypatch: pytest.MonkeyPatch, name: str, field: str, first: str, second: str
+) -> None:
+    monkeypatch.setenv(name, f" {first} ,, {second},  ,")
+    assert values(getattr(Settings(), field)) == [first, second]  # in order: the first signs
+    monkeypatch.setenv(name, first)
+    assert values(getattr(Settings(), field)) == [first]
+    for empty in ("", "  ", ",", " , ,"):
+        monkeypatch.setenv(name, empty)
+        assert getattr(Settings(), field) == [], repr(empty)
 
 
-def test_an_empty_customer_token_secret_means_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CUSTOMER_TOKEN_SECRET", "  ")
-    assert Settings().customer_token_secret is None
-
-
-def test_a_short_customer_token_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CUSTOMER_TOKEN_SECRET", "hunter2")
+@pytest.mark.parametrize(
+    ("name", "field", "minimum"),
+    [
+        ("OPERATOR_API_KEYS", "operator_api_keys", MIN_OPERATOR_KEY_LENGTH),
+        ("CUSTOMER_TOKEN_SECRETS", "customer_token_secrets", MIN_SECRET_LENGTH),
+    ],
+)
+def test_a_too_short_credential_is_refused_naming_the_setting_not_the_value(
+    monkeypatch: pytest.MonkeyPatch, name: str, field: str, minimum: int
+) -> None:
+    assert (MIN_OPERATOR_KEY_LENGTH, MIN_SECRET_LENGTH) == (16, 32)
+    long_enough = "L" * minimum
+    short = "hunter2-" + "s" * (minimum - 9)  # one character short
+    monkeypatch.setenv(name, f"{long_enough},{short}")
     with pytest.raises(ValidationError) as raised:
         Settings()
-    assert raised.value.errors()[0]["loc"] == ("customer_token_secret",)
-    assert "at least 16 characters" in str(raised.value)
-    assert "hunter2" not in str(raised.value)
+    errors = raised.value.errors()
+    assert [e["loc"] for e in errors] == [(field,)]
+    assert f"item 2 is shorter than {minimum} characters" in errors[0]["msg"]
+    for shown in (str(raised.value), repr(raised.value)):
+        assert field in shown
+        assert "hunter2" not in shown
+        assert long_enough not in shown
+    # Exactly the minimum is enough.
+    monkeypatch.setenv(name, long_enough)
+    assert values(getattr(Settings(), field)) == [long_enough]
 
 
-def test_secrets_never_show_in_a_repr_or_a_validation_error(
+def test_a_too_short_credential_given_in_code_is_refused_too() -> None:
+    with pytest.raises(ValidationError, match="operator_api_keys"):
+        Settings(operator_api_keys=[SecretStr("short")])
+    with pytest.raises(ValidationError, match="customer_token_secrets"):
+        Settings(customer_token_secrets=[SecretStr("s" * (MIN_SECRET_LENGTH - 1))])
+
+
+@pytest.mark.parametrize("ttl", ["0", "-1", str(400 * 24 * 3600), "an hour"])
+def test_a_customer_token_ttl_out_of_range_is_refused(
+    monkeypatch: pytest.MonkeyPatch, ttl: str
+) -> None:
+    monkeypatch.setenv("CUSTOMER_TOKEN_TTL_SECONDS", ttl)
+    with pytest.raises(ValidationError) as raised:
+        Settings()
+    assert [e["loc"] for e in raised.value.errors()] == [("customer_token_ttl_seconds",)]
+
+
+def test_credentials_never_show_in_a_repr_or_a_validation_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("API_KEYS", "very-secret-api-key")
-    monkeypatch.setenv("CUSTOMER_TOKEN_SECRET", "very-secret-token-secret")
+    monkeypatch.setenv("OPERATOR_API_KEYS", f"{KEY_ONE},{KEY_TWO}")
+    monkeypatch.setenv("CUSTOMER_TOKEN_SECRETS", f"{SECRET_ONE},{SECRET_TWO}")
     settings = Settings()
-    assert settings.api_keys == [SecretStr("very-secret-api-key")]
-    assert "very-secret" not in repr(settings)
+    assert values(settings.operator_api_keys) == [KEY_ONE, KEY_TWO]
+    assert values(settings.customer_token_secrets) == [SECRET_ONE, SECRET_TWO]
+    for shown in (repr(settings), str(settings), settings.model_dump_json()):
+        for secret in (KEY_ONE, KEY_TWO, SECRET_ONE, SECRET_TWO):
+            assert secret not in shown
+    # Another setting is wrong: its error does not show the credentials loaded beside it.
     monkeypatch.setenv("TEMPORAL_TLS_CERT", str(tmp_path / "missing.pem"))
     with pytest.raises(ValidationError) as raised:
         Settings()
-    assert "very-secret" not in str(raised.value)
+    for shown in (str(raised.value), repr(raised.value)):
+        for secret in (KEY_ONE, KEY_TWO, SECRET_ONE, SECRET_TWO):
+            assert secret not in shown
+
+
+# --- auth_problem: the API refuses to start without credentials ------------------------------
+
+
+@pytest.mark.parametrize(
+    "configured",
+    [
+        {"auth_mode": "dev"},
+        {"operator_api_keys": KEY_ONE},
+        {"customer_token_secrets": SECRET_ONE},
+        {"operator_api_keys": KEY_ONE, "customer_token_secrets": SECRET_ONE},
+        # Dev mode ignores credentials; having some is no problem either.
+        {"auth_mode": "dev", "operator_api_keys": KEY_ONE},
+    ],
+    ids=["dev", "operator keys", "customer secrets", "both", "dev with keys"],
+)
+def test_no_auth_problem_in_dev_mode_or_with_either_credential(
+    monkeypatch: pytest.MonkeyPatch, configured: dict[str, str]
+) -> None:
+    for field, value in configured.items():
+        monkeypatch.setenv(field.upper(), value)
+    assert Settings().auth_problem() is None
+
+
+@pytest.mark.parametrize("empty", [None, "", " , "], ids=["unset", "empty", "only commas"])
+def test_required_auth_without_any_credential_is_a_problem(
+    monkeypatch: pytest.MonkeyPatch, empty: str | None
+) -> None:
+    if empty is not None:
+        monkeypatch.setenv("OPERATOR_API_KEYS", empty)
+        monkeypatch.setenv("CUSTOMER_TOKEN_SECRETS", empty)
+    problem = Settings().auth_problem()
+    assert problem is not None
+    for hint in ("OPERATOR_API_KEYS", "CUSTOMER_TOKEN_SECRETS", "AUTH_MODE=dev"):
+        assert hint in problem
+    assert "no longer read" not in problem  # no retired setting is set
+
+
+@pytest.mark.parametrize("retired", RETIRED)
+def test_a_retired_setting_is_not_read_and_the_problem_names_it(
+    monkeypatch: pytest.MonkeyPatch, retired: str
+) -> None:
+    old_value = "old-style-credential-0123456789abcdefghij"
+    monkeypatch.setenv(retired, old_value)
+    settings = Settings()
+    assert settings.operator_api_keys == []
+    assert settings.customer_token_secrets == []
+    problem = settings.auth_problem()
+    assert problem is not None
+    assert f"{retired} is no longer read" in problem
+    assert "OPERATOR_API_KEYS" in problem
+    assert "CUSTOMER_TOKEN_SECRETS" in problem
+    assert old_value not in problem
+
+
+def test_both_retired_settings_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in RETIRED:
+        monkeypatch.setenv(name, "old-style-credential-0123456789abcdefghij")
+    problem = Settings().auth_problem()
+    assert problem is not None
+    assert "API_KEYS, CUSTOMER_TOKEN_SECRET is no longer read" in problem
+
+
+# --- other secrets: the database URL and Temporal's API key ----------------------------------
+
+
+def test_the_database_url_is_a_secret_its_password_never_shows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "postgresql://orders:pa55-hunter2-word@db.internal:5432/orders"
+    monkeypatch.setenv("DATABASE_URL", url)
+    settings = Settings()
+    assert isinstance(settings.database_url, SecretStr)
+    assert settings.database_url_value == url
+    for shown in (repr(settings), str(settings), settings.model_dump_json()):
+        assert "hunter2" not in shown
+    assert Settings(database_url="sqlite:///x.db").database_url_value == "sqlite:///x.db"
+
+
+def test_the_default_database_is_a_local_sqlite_file() -> None:
+    assert Settings().database_url_value == "sqlite:///data/orders.db"
+
+
+def test_the_temporal_api_key_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEMPORAL_API_KEY", "temporal-cloud-key-hunter2")
+    settings = Settings()
+    assert isinstance(settings.temporal_api_key, SecretStr)
+    assert settings.temporal_api_key.get_secret_value() == "temporal-cloud-key-hunter2"
+    for shown in (repr(settings), str(settings), settings.model_dump_json()):
+        assert "hunter2" not in shown
+
+
+@pytest.mark.parametrize("empty", ["", "   "])
+def test_an_empty_temporal_api_key_means_none(monkeypatch: pytest.MonkeyPatch, empty: str) -> None:
+    monkeypatch.setenv("TEMPORAL_API_KEY", empty)
+    settings = Settings()
+    assert settings.temporal_api_key is None
+    assert settings.tls_config() is False  # and so no TLS implied by it
+    assert Settings(temporal_api_key=empty).temporal_api_key is None
 
 
 # --- TLS to Temporal -------------------------------------------------------------------------
@@ -85,7 +262,7 @@ def test_nothing_set_means_a_plain_connection() -> None:
 
 
 def test_an_api_key_alone_implies_tls() -> None:
-    assert Settings(temporal_api_key="cloud-key").tls_config() is True
+    assert Settings(temporal_api_key=SecretStr("cloud-key")).tls_config() is True
 
 
 def test_tls_alone_trusts_the_system_roots() -> None:

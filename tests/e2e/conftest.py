@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
@@ -24,6 +25,11 @@ from store.db import make_engine
 from tests.conftest import database_url, reset_schema, temporal_binary
 from worker import build_workers
 from workflows.order_process import SEARCH_ATTRIBUTES
+
+# uvicorn closes an idle keep-alive connection after 5 s, and httpx keeps one for 5 s too: a
+# request sent on a connection at the moment the server closes it fails with ReadError. The
+# client lets its idle connections go first.
+LIMITS = httpx.Limits(keepalive_expiry=2)
 
 
 @dataclass
@@ -49,6 +55,15 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         data_converter=pydantic_data_converter,
         dev_server_existing_path=temporal_binary("temporal"),
         search_attributes=list(SEARCH_ATTRIBUTES),
+        # A closed workflow is deleted once the queues' ack levels pass its close, which they
+        # report every 30 s by default: every 1 s here, so a deletion (what retention does)
+        # takes seconds in tests/e2e/test_idempotency.py.
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            'history.visibilityProcessorUpdateAckInterval="1s"',
+            "--dynamic-config-value",
+            'history.transferProcessorUpdateAckInterval="1s"',
+        ],
     )
     settings = Settings(
         database_url=database_url(tmp_path_factory.mktemp("e2e")),
@@ -58,8 +73,10 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         dealer_assignment_window_seconds=1.5,
         dealer_retry_initial_seconds=0.5,
         order_create_wait_seconds=10,
+        # The open API of most tests; tests/e2e/test_auth.py runs a secured one beside it.
+        auth_mode="dev",
     )
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url_value)
     reset_schema(engine)
     port = free_port()
     server = uvicorn.Server(
@@ -76,7 +93,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
                 serving.result()
             await asyncio.sleep(0.05)
         http = await stack.enter_async_context(
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30)
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, limits=LIMITS)
         )
         yield Stack(http=http, client=env.client, engine=engine, settings=settings)
         server.should_exit = True
@@ -95,43 +112,58 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             if serving.done():
                 serving.result()
             await asyncio.sleep(0.05)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, limits=LIMITS
+        ) as http:
             yield http
     finally:
         server.should_exit = True
         await serving
 
 
-API_KEY = "e2e-operator-key"
-OLD_API_KEY = "e2e-operator-key-being-rotated-out"
-CUSTOMER_TOKEN_SECRET = "e2e-customer-token-secret-0123456789"
+OPERATOR_KEY = "e2e-operator-key-0123456789"
+OLD_OPERATOR_KEY = "e2e-operator-key-being-rotated-out"
+CUSTOMER_TOKEN_SECRET = "e2e-customer-token-secret-0123456789abcdef"
+OLD_CUSTOMER_TOKEN_SECRET = "e2e-customer-token-secret-being-rotated-out"
+TOKEN_TTL = timedelta(minutes=10)
 
 
 @dataclass
 class SecuredApi:
-    """A second API with API keys and customer tokens on, over the stack's Temporal and DB."""
+    """A second API with auth required (operator keys and customer tokens), over the stack's
+    Temporal and database."""
 
     http: httpx.AsyncClient
     settings: Settings
 
     @staticmethod
-    def key(value: str = API_KEY) -> dict[str, str]:
+    def operator(value: str = OPERATOR_KEY) -> dict[str, str]:
+        """Headers of an operator's call."""
         return {API_KEY_HEADER: value}
 
     @staticmethod
-    def customer(customer_id: str, *, key: str | None = API_KEY) -> dict[str, str]:
-        """Headers of a customer's call: the application's API key and the customer's token."""
-        token = issue_customer_token(CUSTOMER_TOKEN_SECRET, customer_id)
-        headers = {"Authorization": f"Bearer {token}"}
-        return {**headers, API_KEY_HEADER: key} if key else headers
+    def customer(
+        customer_id: str,
+        *,
+        secret: str = CUSTOMER_TOKEN_SECRET,
+        ttl: timedelta = TOKEN_TTL,
+        now: datetime | None = None,
+    ) -> dict[str, str]:
+        """Headers of a customer's own call: their bearer token."""
+        token = issue_customer_token(secret, customer_id, ttl, now=now)
+        return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture(scope="session")
 async def secured(stack: Stack) -> AsyncIterator[SecuredApi]:
     settings = stack.settings.model_copy(
         update={
-            "api_keys": [SecretStr(API_KEY), SecretStr(OLD_API_KEY)],
-            "customer_token_secret": SecretStr(CUSTOMER_TOKEN_SECRET),
+            "auth_mode": "required",
+            "operator_api_keys": [SecretStr(OPERATOR_KEY), SecretStr(OLD_OPERATOR_KEY)],
+            "customer_token_secrets": [
+                SecretStr(CUSTOMER_TOKEN_SECRET),
+                SecretStr(OLD_CUSTOMER_TOKEN_SECRET),
+            ],
         }
     )
     async with serve(create_app(settings)) as http:

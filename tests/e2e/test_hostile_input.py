@@ -61,6 +61,10 @@ async def settled_snapshot(stack: Stack, within: float = 15) -> dict[str, int]:
         last = now
 
 
+def _not_json(literal: str) -> Any:
+    raise AssertionError(f"{literal} in an answer is not JSON")
+
+
 class Refusals:
     """Sends requests that must be refused and checks each one changed nothing."""
 
@@ -77,7 +81,8 @@ class Refusals:
         assert response.status_code in allowed, (method, url[:100], response.status_code, shown)
         assert response.headers["content-type"].startswith("application/json"), shown
         if response.status_code >= 400:
-            assert "detail" in response.json(), shown
+            # Strict JSON: NaN or Infinity echoed back would not be JSON at all.
+            assert "detail" in json.loads(response.text, parse_constant=_not_json), shown
         after = await snapshot(self.stack)
         assert after == self.before, f"{method} {url[:100]} changed state: {self.before} -> {after}"
         return response
@@ -175,13 +180,25 @@ async def test_10000_items_are_refused_the_maximum_is_100(refusals: Refusals) ->
     response = await refusals.expect(422, "POST", "/orders", json=many)
     assert any(e["loc"] == ["body", "items"] for e in response.json()["detail"])
     await refusals.expect(422, "POST", "/orders", json=order(items=[item()] * 101))
+    # The answer is small: it lists a few errors and does not echo the 10,000 items back.
+    assert len(response.content) < 2000, len(response.content)
+
+
+async def test_a_422_lists_a_few_errors_and_counts_the_rest(refusals: Refusals) -> None:
+    bad = order(items=[item(quantity=0, unit_price="0") for _ in range(50)])
+    response = await refusals.expect(422, "POST", "/orders", json=bad)
+    body = response.json()
+    assert len(body["detail"]) == 5
+    assert body["omitted"] == 95
+    assert len(response.content) < 2000
 
 
 # --- text ------------------------------------------------------------------------------
 
 
 async def test_emoji_and_right_to_left_text_are_stored_exactly(stack: Stack) -> None:
-    city = "تهران 🚚 \u202etset"  # Persian, an emoji and a right-to-left override
+    # Persian (with a zero-width non-joiner between two words) and an emoji.
+    city = "تهران 🚚 \u0646\u06cc\u0645\u200c\u0641\u0627\u0635\u0644\u0647"
     product = "کتاب-📚-\u05e9\u05dc\u05d5\u05dd"
     response = await stack.http.post(
         "/orders", json=order(city=city, province="اصفهان", items=[item(product_id=product)])
@@ -190,6 +207,14 @@ async def test_emoji_and_right_to_left_text_are_stored_exactly(stack: Stack) -> 
     body = (await stack.http.get(f"/orders/{placed['order_id']}")).json()
     assert (body["city"], body["province"]) == (city, "اصفهان")
     assert body["items"][0]["product_id"] == product
+
+
+async def test_names_are_stored_in_one_unicode_spelling(stack: Stack) -> None:
+    # "Café" typed with a combining accent is stored as the single character é (NFC).
+    response = await stack.http.post("/orders", json=order(city="Cafe\u0301", province="Qom"))
+    placed = await accepted(stack, response)
+    body = (await stack.http.get(f"/orders/{placed['order_id']}")).json()
+    assert body["city"] == "Caf\u00e9"
 
 
 @pytest.mark.parametrize(
@@ -202,6 +227,12 @@ async def test_emoji_and_right_to_left_text_are_stored_exactly(stack: Stack) -> 
         {"city": "Teh\nran"},
         {"city": "Teh\x1bran"},
         {"city": "Teh\x7fran"},
+        {"city": "Teh\x85ran"},  # C1 control (next line)
+        {"city": "\u202etset"},  # right-to-left override: shows as "test"
+        {"city": "Teh\u2066ran\u2069"},  # bidirectional isolates
+        {"customer_id": "c\u200f1"},  # right-to-left mark
+        {"province": "Teh\u061cran"},  # Arabic letter mark
+        {"city": "Teh\u2028ran"},  # line separator
         {"city": "   "},
         {"city": "x" * 101},
         {"customer_id": "c" * 65},
@@ -285,6 +316,11 @@ async def test_control_characters_in_filters_and_dealers_are_refused(refusals: R
         item(quantity=-(10**30)),
         item(quantity=1.5),
         item(quantity="lots"),
+        item(quantity=True),
+        item(quantity=False),
+        item(quantity="3"),
+        item(quantity="3.0"),
+        item(quantity=[3]),
     ],
     ids=repr,
 )
@@ -292,6 +328,27 @@ async def test_bad_amounts_and_quantities_are_refused(
     refusals: Refusals, bad_item: dict[str, Any]
 ) -> None:
     await refusals.expect(422, "POST", "/orders", json=order(items=[bad_item]))
+
+
+async def test_an_integral_number_is_an_integer_quantity(stack: Stack) -> None:
+    # JSON Schema counts 2.0 as the integer 2, so the API takes it as 2 (never true or "2").
+    placed = await accepted(
+        stack, await stack.http.post("/orders", json=order(items=[item(quantity=2.0)]))
+    )
+    assert placed["items"][0]["quantity"] == 2
+
+
+@pytest.mark.parametrize("field", ["quantity", "unit_price"])
+async def test_numbers_too_long_to_read_are_refused_with_a_json_422(
+    refusals: Refusals, field: str
+) -> None:
+    for literal in (b"9" * 5000, b"1." + b"0" * 5000, b"1e" + b"9" * 4000):
+        body = json.dumps(order(items=[item(**{field: "NUMBER"})])).encode()
+        body = body.replace(b'"NUMBER"', literal)
+        response = await refusals.expect(
+            422, "POST", "/orders", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert len(response.content) < 1000
 
 
 async def test_nan_and_infinity_json_literals_are_refused(refusals: Refusals) -> None:

@@ -12,10 +12,15 @@ and Hypothesis calls run in a worker thread while the loop serves them.
 """
 
 import asyncio
+import json
+import os
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import requests
 import schemathesis
@@ -31,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import SecuredApi, Stack
 from tests.e2e.test_hostile_input import row_counts
 
 MAX_EXAMPLES = 25
@@ -156,3 +161,150 @@ async def test_every_operation_of_the_running_app_is_fuzzed(stack: Stack) -> Non
     paths: dict[str, Any] = (await stack.http.get("/openapi.json")).json()["paths"]
     served = {f"{method.upper()} {path}" for path, ops in paths.items() for method in ops}
     assert served == set(operations())
+
+
+# --- the Schemathesis CLI: every check, every phase ------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = Path(sys.executable).parent / "schemathesis"
+PHASES = "examples,coverage,fuzzing,stateful"
+CUSTOMER = "alice"
+
+
+async def real_ids(
+    http: httpx.AsyncClient, customer: dict[str, str], operator: dict[str, str]
+) -> dict[str, str]:
+    """A payment awaiting its decision and a delivery in transit, of the customer whose
+    headers are ``customer``, for the operations that need existing ids: the CLI then reaches
+    them with real data, not only 404s."""
+    city = f"Fuzz City {uuid.uuid4().hex[:6]}"
+    dealer = {"name": "Fuzz", "phone": f"+1 {uuid.uuid4().int % 10**9}", "province": "Tehran"}
+    added = await http.post(
+        "/dealers", json={**dealer, "city": city, "capacity": 1}, headers=operator
+    )
+    assert added.status_code == 201, added.text
+    body = {
+        "customer_id": CUSTOMER,
+        "items": [{"product_id": "book", "quantity": 1, "unit_price": "9.99"}],
+        "province": "Tehran",
+        "city": city,
+    }
+    pending = (await http.post("/orders", json=body, headers=customer)).json()
+    shipped = (await http.post("/orders", json=body, headers=customer)).json()
+    payment = shipped["payment"]["payment_id"]
+    confirmed = await http.post(f"/payments/{payment}/confirm", headers=customer)
+    assert confirmed.status_code == 202, confirmed.text
+    deadline = time.monotonic() + 20
+    while True:
+        order = (await http.get(f"/orders/{shipped['order_id']}", headers=customer)).json()
+        if (order["delivery"] or {}).get("status") == "IN_TRANSIT":
+            break
+        assert time.monotonic() < deadline, f"the fuzz order never got a dealer: {order}"
+        await asyncio.sleep(0.1)
+    return {
+        "order_id": pending["order_id"],
+        "payment_id": pending["payment"]["payment_id"],
+        "delivery_id": order["delivery"]["delivery_id"],
+    }
+
+
+def cli_config(ids: dict[str, str], wfc: Path | None) -> str:
+    """schemathesis.toml: longer stateful scenarios, the real ids per operation, and with
+    ``wfc`` the credentials of two customers who must not see each other's orders and of an
+    operator (Web Fuzzing Commons auth: each operation gets the first identity it admits)."""
+    operations = {
+        "POST /payments/{payment_id}/confirm": "payment_id",
+        "POST /payments/{payment_id}/cancel": "payment_id",
+        "POST /deliveries/{delivery_id}/delivered": "delivery_id",
+        "GET /orders/{order_id}": "order_id",
+        "GET /orders/{order_id}/saga": "order_id",
+        "POST /orders/{order_id}/cancel": "order_id",
+    }
+    lines = []
+    if wfc is not None:
+        lines += ["[auth.wfc]", f'path = "{wfc}"', 'peers = ["alice", "bob"]', ""]
+    lines += [
+        "[phases.stateful]",
+        "max-steps = 12",
+        "[phases.stateful.generation]",
+        "max-examples = 40",
+    ]
+    for name, parameter in operations.items():
+        lines += [
+            "",
+            "[[operations]]",
+            f'include-name = "{name}"',
+            f'parameters = {{ {parameter} = "{ids[parameter]}" }}',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def wfc_document(secured: SecuredApi) -> dict[str, Any]:
+    def entry(name: str, headers: dict[str, str]) -> dict[str, Any]:
+        fixed = [{"name": header, "value": value} for header, value in headers.items()]
+        return {"name": name, "fixedHeaders": fixed}
+
+    return {
+        "auth": [
+            entry("alice", secured.customer(CUSTOMER)),
+            entry("operator", secured.operator()),
+            entry("bob", secured.customer("bob")),
+        ]
+    }
+
+
+@pytest.mark.parametrize("auth", ["dev", "required"])
+async def test_the_schemathesis_cli_finds_no_failure_with_every_check_and_phase(
+    stack: Stack, secured: SecuredApi, tmp_path: Path, auth: str
+) -> None:
+    """``schemathesis run --checks all`` with the examples, coverage, fuzzing and stateful
+    (OpenAPI links) phases, at a small size, against the running stack: the open API
+    (AUTH_MODE=dev), and the API with auth required, where the checks also prove that every
+    operation refuses a call without credentials and that one customer cannot reach another's
+    orders (ignored_auth, object_level_authorization)."""
+    wfc: Path | None = None
+    if auth == "dev":
+        http, customer, operator = stack.http, {}, {}
+    else:
+        http, customer, operator = secured.http, secured.customer(CUSTOMER), secured.operator()
+        wfc = tmp_path / "wfc.json"
+        wfc.write_text(json.dumps(wfc_document(secured)))
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(cli_config(await real_ids(http, customer, operator), wfc))
+    base_url = str(http.base_url).rstrip("/")
+    process = await asyncio.create_subprocess_exec(
+        str(CLI),
+        "--config-file",
+        str(config),
+        "run",
+        f"{base_url}/openapi.json",
+        "--checks",
+        "all",
+        "--phases",
+        PHASES,
+        "--max-examples",
+        "10",
+        "--seed",
+        "1",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--no-color",
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "SCHEMATHESIS_HOOKS": "tests.e2e.schemathesis_hooks",
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output = (await process.communicate())[0].decode(errors="replace")
+    assert process.returncode == 0, output[-6000:]
+    for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
+        assert f"✅  {phase}" in output, output[-6000:]
+    # Every operation got real data at least once (no operation saw only 404s), and every
+    # protected one admitted one of the identities.
+    assert "Missing test data" not in output, output[-6000:]
+    assert "Authentication failed" not in output, output[-6000:]

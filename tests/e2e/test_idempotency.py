@@ -1,0 +1,214 @@
+"""Money and identity beyond the saga's lifetime, end to end (dev server, worker, API).
+
+Temporal keeps a closed saga only for the namespace's retention period (7 days in compose);
+``temporal workflow delete`` drops it at once. What the system promises must not depend on
+it: a replayed ``POST /orders`` answers its order from the database and starts nothing, and
+a saga started again for an existing order (by hand, from the Web UI or the CLI) never moves
+money. A reset saga keeps its identity and carries on with its own rows.
+"""
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import (
+    DeleteWorkflowExecutionRequest,
+    ResetWorkflowExecutionRequest,
+)
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.queries import mark_key_saga_started, use_idempotency_key
+from api.saga import start_order_saga
+from domain import names
+from domain.payloads import OrderRequest
+from store.models import RefundRow
+from tests.activities.support import all_rows
+from tests.e2e.conftest import Stack
+from tests.e2e.test_api_saga import ORDER, add_dealer, eventually
+from tests.saga_harness import db_statuses
+
+
+def order_in(city: str) -> dict[str, Any]:
+    return {**ORDER, "customer_id": f"idem-{uuid.uuid4().hex[:8]}", "city": city}
+
+
+async def deliver(stack: Stack, body: dict[str, Any], key: str) -> dict[str, Any]:
+    """Place ``body`` with ``key``, confirm, report delivered: the order when DELIVERED."""
+    placed = await stack.http.post("/orders", json=body, headers={"Idempotency-Key": key})
+    assert placed.status_code == 201, placed.text
+    order = placed.json()
+    confirm = await stack.http.post(f"/payments/{order['payment']['payment_id']}/confirm")
+    assert confirm.status_code == 202, confirm.text
+    in_transit = await eventually(
+        stack, order["order_id"], lambda o: (o["saga"] or {}).get("phase") == "IN_TRANSIT"
+    )
+    delivery_id = in_transit["delivery"]["delivery_id"]
+    reported = await stack.http.post(f"/deliveries/{delivery_id}/delivered")
+    assert reported.status_code == 202, reported.text
+    return await eventually(
+        stack, order["order_id"], lambda o: (o["saga"] or {}).get("phase") == "DELIVERED"
+    )
+
+
+async def saga_exists(stack: Stack, workflow_id: str) -> bool:
+    try:
+        await stack.client.get_workflow_handle(workflow_id).describe()
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+        return False
+    return True
+
+
+async def delete_saga(stack: Stack, workflow_id: str, within: float = 20) -> None:
+    """What the namespace's retention does to a closed saga (``temporal workflow delete``)."""
+    await stack.client.workflow_service.delete_workflow_execution(
+        DeleteWorkflowExecutionRequest(
+            namespace=stack.client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=workflow_id),
+        )
+    )
+    deadline = time.monotonic() + within
+    while await saga_exists(stack, workflow_id):  # deletion is asynchronous on the server
+        assert time.monotonic() < deadline, f"{workflow_id} was not deleted"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_replay_after_the_saga_was_deleted_answers_the_order_and_moves_no_money(
+    stack: Stack,
+) -> None:
+    city = f"Retention {uuid.uuid4().hex[:6]}"
+    await add_dealer(stack, city)
+    body, key = order_in(city), f"retention-{uuid.uuid4()}"
+    delivered = await deliver(stack, body, key)
+    order_id, workflow_id = delivered["order_id"], delivered["workflow_id"]
+    await delete_saga(stack, workflow_id)
+
+    replay = await stack.http.post("/orders", json=body, headers={"Idempotency-Key": key})
+
+    assert replay.status_code == 201, replay.text
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.headers["Location"] == f"/orders/{order_id}"
+    answered = replay.json()
+    assert answered["order_id"] == order_id
+    assert (answered["status"], answered["payment"]["status"]) == ("DELIVERED", "COMPLETED")
+    assert not await saga_exists(stack, workflow_id)  # it started nothing
+    # The same key with another body is still refused, from the database alone.
+    other = await stack.http.post(
+        "/orders", json={**body, "province": "Isfahan"}, headers={"Idempotency-Key": key}
+    )
+    assert other.status_code == 422, other.text
+    assert not await saga_exists(stack, workflow_id)
+
+    # Someone starts a saga for the order by hand (Web UI, CLI): it touches nothing.
+    handle = await start_order_saga(
+        stack.client,
+        order_id,
+        OrderRequest.model_validate(body),
+        task_queue=stack.settings.workflow_task_queue,
+        timeouts=stack.settings.saga_timeouts,
+    )
+    result = await handle.result()
+    assert (result.phase, result.failure_type) == ("CANCELLED", names.OWNED_BY_ANOTHER_SAGA)
+
+    statuses = db_statuses(stack.engine, order_id)
+    assert (statuses["order"], statuses["payment"], statuses["delivery"]) == (
+        "DELIVERED",
+        "COMPLETED",
+        "DELIVERED",
+    )
+    refunds = await asyncio.to_thread(all_rows, stack.engine, RefundRow)
+    assert [r for r in refunds if r.payment_id == names.payment_id_for(order_id)] == []
+    assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED  # none running
+
+
+async def test_a_reset_saga_keeps_its_identity_and_finishes_with_its_own_rows(
+    stack: Stack,
+) -> None:
+    city = f"Reset {uuid.uuid4().hex[:6]}"
+    await add_dealer(stack, city)
+    placed = await stack.http.post("/orders", json=order_in(city))
+    assert placed.status_code == 201, placed.text
+    order = placed.json()
+    await stack.http.post(f"/payments/{order['payment']['payment_id']}/confirm")
+    await eventually(
+        stack, order["order_id"], lambda o: (o["saga"] or {}).get("phase") == "IN_TRANSIT"
+    )
+    handle = stack.client.get_workflow_handle(order["workflow_id"])
+    history = await handle.fetch_history()
+    first_task = next(
+        e.event_id
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+    )
+
+    # Reset to the saga's first workflow task: a new run re-runs every step from the start
+    # (with the confirm signal re-applied) over the rows its earlier run wrote.
+    reset = await stack.client.workflow_service.reset_workflow_execution(
+        ResetWorkflowExecutionRequest(
+            namespace=stack.client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=order["workflow_id"]),
+            reason="test: a reset keeps the saga's identity",
+            workflow_task_finish_event_id=first_task,
+            request_id=str(uuid.uuid4()),
+        )
+    )
+    assert reset.run_id != history.run_id
+    in_transit = await eventually(
+        stack,
+        order["order_id"],
+        lambda o: (o["saga"] or {}).get("phase") in ("IN_TRANSIT", "CANCELLED"),
+    )
+    assert in_transit["saga"]["failure_type"] is None, in_transit["saga"]
+    assert in_transit["saga"]["phase"] == "IN_TRANSIT"
+    reported = await stack.http.post(
+        f"/deliveries/{in_transit['delivery']['delivery_id']}/delivered"
+    )
+    assert reported.status_code == 202, reported.text
+    done = await eventually(
+        stack, order["order_id"], lambda o: (o["saga"] or {}).get("phase") == "DELIVERED"
+    )
+    assert (done["status"], done["payment"]["status"]) == ("DELIVERED", "COMPLETED")
+    assert db_statuses(stack.engine, order["order_id"])["payments"] == 1
+
+
+async def test_a_key_whose_first_request_died_before_starting_the_saga_starts_it(
+    stack: Stack,
+) -> None:
+    body, key = order_in("Tehran"), f"died-{uuid.uuid4()}"
+    request = OrderRequest.model_validate(body)
+    order_id = names.order_id_for_idempotency_key(request.customer_id, key)
+    # The first request recorded its key, then its process died before it started the saga.
+    await asyncio.to_thread(
+        use_idempotency_key, stack.engine, request.customer_id, key, request.fingerprint(), order_id
+    )
+
+    retried = await stack.http.post("/orders", json=body, headers={"Idempotency-Key": key})
+
+    assert retried.status_code == 201, retried.text
+    assert retried.json()["order_id"] == order_id
+    assert retried.headers["Idempotent-Replayed"] == "true"
+    assert await saga_exists(stack, names.workflow_id_for(order_id))
+
+
+async def test_a_key_whose_saga_ended_before_writing_its_order_is_409_and_starts_nothing(
+    stack: Stack,
+) -> None:
+    body, key = order_in("Tehran"), f"gone-{uuid.uuid4()}"
+    request = OrderRequest.model_validate(body)
+    order_id = names.order_id_for_idempotency_key(request.customer_id, key)
+    # Its saga started, was cancelled before it wrote the order, and is gone now.
+    await asyncio.to_thread(
+        use_idempotency_key, stack.engine, request.customer_id, key, request.fingerprint(), order_id
+    )
+    await asyncio.to_thread(mark_key_saga_started, stack.engine, request.customer_id, key)
+
+    replay = await stack.http.post("/orders", json=body, headers={"Idempotency-Key": key})
+
+    assert replay.status_code == 409, replay.text
+    assert "new key" in replay.json()["detail"]
+    assert not await saga_exists(stack, names.workflow_id_for(order_id))

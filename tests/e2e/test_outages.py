@@ -1,0 +1,191 @@
+"""Outages and configuration mistakes answer 503 with Retry-After: never a 500, never a 404 or
+409 that is not true, and never an answer that invites a duplicate order.
+
+Each test builds its own API (in-process, over the stack's Temporal and worker) with the
+fault it needs: an exhausted connection pool, a read-only database (a failover to a
+replica), a corrupt SQLite file, a namespace that does not exist.
+"""
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import SecretStr
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+from temporalio.client import WorkflowExecutionStatus
+
+from api.app import create_app
+from settings import Settings
+from store.db import make_engine, migrate
+from tests.e2e.conftest import Stack
+from tests.e2e.test_api_saga import ORDER
+
+
+@asynccontextmanager
+async def api(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
+    """An API with ``settings``, started (lifespan) and served in-process."""
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http,
+    ):
+        yield http, app
+
+
+def assert_unavailable(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert int(response.headers["Retry-After"]) > 0
+
+
+def corrupt(path: Path) -> None:
+    """What a disk returning garbage leaves: the file is no database any more."""
+    for leftover in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    path.write_bytes(os.urandom(8192))
+
+
+@contextmanager
+def every_connection_taken(engine: Engine) -> Iterator[None]:
+    """Check out every connection the engine's pool will give (pool size and overflow)."""
+    held = []
+    try:
+        while True:
+            try:
+                held.append(engine.connect())
+            except Exception:  # the pool's TimeoutError: it is exhausted
+                break
+        yield
+    finally:
+        for connection in held:
+            connection.close()
+
+
+async def test_an_exhausted_pool_is_503_and_an_order_already_started_is_202(stack: Stack) -> None:
+    settings = stack.settings.model_copy(
+        update={"database_pool_size": 1, "database_pool_timeout_seconds": 0.2}
+    )
+    async with api(settings) as (http, app):
+        with every_connection_taken(app.state.services.engine):
+            assert_unavailable(await http.get("/orders"))
+            assert_unavailable(await http.post("/dealers", json=dealer()))
+            # The saga starts (Temporal needs no database connection of the API's), then the
+            # order cannot be read back: 202 with its Location, never an error inviting a retry
+            # that would start a second order.
+            placed = await http.post("/orders", json=ORDER)
+            assert placed.status_code == 202, placed.text
+            order_id = placed.json()["order_id"]
+            assert placed.headers["Location"] == f"/orders/{order_id}"
+        handle = stack.client.get_workflow_handle(f"order-{order_id}")
+        assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+        polled = await http.get(f"/orders/{order_id}")
+        assert polled.status_code == 200, polled.text
+
+
+@pytest.fixture
+def throwaway_database(stack: Stack) -> Iterator[str]:
+    """A database of its own (PostgreSQL, a fresh database; SQLite, a fresh file), migrated."""
+    url = stack.settings.database_url_value
+    if not url.startswith("postgres"):
+        path = Path(make_url(url).database or "").parent / f"outage-{uuid.uuid4().hex}.db"
+        migrate(f"sqlite:///{path}")
+        yield f"sqlite:///{path}"
+        return
+    name = f"outage_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    own = make_url(url).set(database=name).render_as_string(hide_password=False)
+    migrate(own)
+    try:
+        yield own
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def dealer() -> dict[str, Any]:
+    return {
+        "name": "Outage Dealer",
+        "phone": f"+1 {uuid.uuid4().int % 10**9}",
+        "province": "Tehran",
+        "city": "Tehran",
+        "capacity": 1,
+    }
+
+
+async def test_a_read_only_database_after_a_failover_is_503(
+    stack: Stack, throwaway_database: str
+) -> None:
+    if not throwaway_database.startswith("postgres"):
+        pytest.skip("a read-only failover is a PostgreSQL situation (run with DATABASE_URL)")
+    settings = stack.settings.model_copy(update={"database_url": SecretStr(throwaway_database)})
+    async with api(settings) as (http, _app):
+        engine = make_engine(throwaway_database).execution_options(isolation_level="AUTOCOMMIT")
+        name = make_url(throwaway_database).database
+        with engine.connect() as connection:
+            connection.execute(
+                text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+            )
+            # New sessions see it; the API's pooled connections are replaced as a failover would.
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            )
+        engine.dispose()
+        # The terminated connections fail their pre-ping and are replaced by read-only ones.
+        assert (await http.get("/dealers")).status_code == 200
+        assert_unavailable(await http.post("/dealers", json=dealer()))
+
+
+async def test_a_corrupt_database_file_is_503(stack: Stack, throwaway_database: str) -> None:
+    if throwaway_database.startswith("postgres"):
+        pytest.skip("a corrupt file is an SQLite situation")
+    settings = stack.settings.model_copy(update={"database_url": SecretStr(throwaway_database)})
+    async with api(settings) as (http, app):
+        assert (await http.get("/dealers")).status_code == 200
+        path = Path(make_url(throwaway_database).database or "")
+        app.state.services.engine.dispose()
+        await asyncio.to_thread(corrupt, path)
+        for call in (http.get("/dealers"), http.post("/dealers", json=dealer())):
+            assert_unavailable(await call)
+        ready = await http.get("/readyz")
+        assert_unavailable(ready)
+        assert ready.json()["database"].startswith("error")
+
+
+async def test_a_namespace_that_does_not_exist_is_503_and_not_ready(stack: Stack) -> None:
+    # An order the real stack knows, so the database holds its rows.
+    placed = await stack.http.post("/orders", json=ORDER)
+    assert placed.status_code == 201, placed.text
+    order = placed.json()
+    settings = stack.settings.model_copy(update={"temporal_namespace": f"nope-{uuid.uuid4()}"})
+    async with api(settings) as (http, _app):
+        ready = await http.get("/readyz")
+        assert_unavailable(ready)
+        assert "namespace" in ready.json()["temporal"]
+        assert ready.json()["database"] == "ok"
+        for response in await asyncio.gather(
+            http.post("/orders", json=ORDER),
+            http.post(f"/payments/{order['payment']['payment_id']}/confirm"),
+            http.post(f"/orders/{order['order_id']}/cancel"),
+            http.get(f"/orders/{order['order_id']}/saga"),
+        ):
+            # Not a 404 ("no such saga") nor a 409 ("its saga has ended"): both would be lies.
+            assert_unavailable(response)
+            assert "TEMPORAL_NAMESPACE" in response.json()["detail"], response.text
+    # Nothing reached the real saga.
+    body = (await stack.http.get(f"/orders/{order['order_id']}")).json()
+    assert body["payment"]["status"] == "PENDING"
+    assert body["saga"]["signals"] == []
