@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One command to run the whole system on this machine (make run):
 #   Temporal dev server (durable SQLite file, Web UI), the worker, the API.
+# A part that exits unexpectedly (a crash, kill -9, a worker that gave up while Temporal was
+# down) is started again: after 1 s, then 2, 4, ... up to 30 s while it keeps exiting.
 # Ctrl-C stops everything cleanly. Running it again keeps every order and resumes every
 # saga that was waiting, because Temporal and the service database live in $DATA_DIR.
 set -euo pipefail
@@ -16,21 +18,38 @@ HOST=${HOST:-127.0.0.1}
 export TEMPORAL_ADDRESS=${TEMPORAL_ADDRESS:-$HOST:$TEMPORAL_PORT}
 export TEMPORAL_UI_URL=${TEMPORAL_UI_URL:-http://$HOST:$TEMPORAL_UI_PORT}
 export DATABASE_URL=${DATABASE_URL:-sqlite:///$DATA_DIR/orders.db}
+# A development run: no API keys or customer tokens unless you set AUTH_MODE otherwise.
+export AUTH_MODE=${AUTH_MODE:-dev}
 
 mkdir -p "$DATA_DIR/logs"
+# "<pid> <name>" of each part running now, in the order to stop them; rewritten on every
+# (re)start, so a later run can stop what this one leaves behind if it is killed with kill -9.
 PIDS_FILE="$DATA_DIR/run.pids"
 
-say() { printf '\033[1m[run]\033[0m %s\n' "$*"; }
+if [[ -t 1 ]]; then
+  say() { printf '\033[1m[run]\033[0m %s\n' "$*"; }
+else
+  say() { printf '[run] %s\n' "$*"; }
+fi
 
-# A previous run stopped with kill -9 may have left its children behind: stop them.
+terminate() { # pid, seconds: SIGTERM, then SIGKILL if it is still running after that long
+  local pid=$1 seconds=$2 i
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < seconds * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    [[ -z ${hurry:-} ]] || break # a second Ctrl-C: no more waiting
+    sleep 0.1 || true
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+# A previous run stopped with kill -9 may have left its parts behind: stop them.
 if [[ -f "$PIDS_FILE" ]]; then
-  while read -r pid; do
+  while read -r pid _; do
     # Only our own leftovers: alive and running from this checkout.
     if [[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" == "$(pwd)" ]]; then
       say "stopping process $pid left behind by a previous run"
-      kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -KILL "$pid" 2>/dev/null || true
+      terminate "$pid" 15
     fi
   done <"$PIDS_FILE"
   rm -f "$PIDS_FILE"
@@ -44,36 +63,81 @@ for port in "$TEMPORAL_PORT" "$TEMPORAL_UI_PORT" "$API_PORT"; do
   fi
 done
 
-children=()
+# The parts, in start order; they are stopped in reverse (API, worker, Temporal). Each runs in
+# its own session (setsid): Ctrl-C reaches only this script, which stops them in order.
+# `exec` keeps one process per part, so $! is the part's own pid.
+PARTS=(temporal worker api)
+run_temporal() {
+  exec setsid "$VENV/bin/temporal" server start-dev \
+    --ip "$HOST" --port "$TEMPORAL_PORT" --ui-port "$TEMPORAL_UI_PORT" \
+    --db-filename "$DATA_DIR/temporal.db" \
+    --sqlite-pragma journal_mode=wal --sqlite-pragma synchronous=normal \
+    --search-attribute OrderStatus=Keyword --search-attribute CustomerId=Keyword \
+    --log-level warn
+}
+run_worker() { exec setsid "$VENV/bin/python" worker.py; }
+run_api() {
+  exec setsid "$VENV/bin/uvicorn" api.app:create_app --factory --host "$HOST" --port "$API_PORT"
+}
+
+declare -A part_pid=()     # name -> pid of the running part; unset while it waits to restart
+declare -A started_at=()   # name -> $SECONDS when it was last started
+declare -A restart_at=()   # name -> $SECONDS when to start it again (while part_pid is unset)
+declare -A delay=()        # name -> seconds waited before its last restart
+declare -A restarts=()     # name -> how many times it was restarted
+
+write_pids() {
+  local i name
+  for ((i = ${#PARTS[@]} - 1; i >= 0; i--)); do
+    name=${PARTS[i]}
+    [[ -z ${part_pid[$name]:-} ]] || echo "${part_pid[$name]} $name"
+  done >"$PIDS_FILE.new"
+  mv -f "$PIDS_FILE.new" "$PIDS_FILE"
+}
+
+start() { # name
+  "run_$1" >>"$DATA_DIR/logs/$1.log" 2>&1 &
+  part_pid[$1]=$!
+  started_at[$1]=$SECONDS
+  write_pids
+}
+
+# Signals only raise a flag, checked between steps: a signal handled in the middle of start()
+# could otherwise lose a pid that was just started, and leave that process running.
+# SIGHUP too: closing the terminal stops everything rather than leave the parts running.
+stopping=
+trap 'stopping=1' INT TERM HUP
+stop_if_asked() { [[ -z $stopping ]] || exit 0; }
+
 stop_all() {
-  trap - INT TERM EXIT
+  set +e # best effort from here: one failing step (a closed terminal) must not skip the rest
+  trap 'hurry=1' INT TERM HUP
+  trap - EXIT
   say "stopping..."
-  # API first, then the worker (it finishes in-flight activities), then Temporal.
-  for ((i = ${#children[@]} - 1; i >= 0; i--)); do
-    kill -TERM "${children[i]}" 2>/dev/null || true
-    wait "${children[i]}" 2>/dev/null || true
+  local i name
+  # API first, then the worker (up to 10 s to finish in-flight activities), then Temporal.
+  for ((i = ${#PARTS[@]} - 1; i >= 0; i--)); do
+    name=${PARTS[i]}
+    [[ -n ${part_pid[$name]:-} ]] || continue
+    terminate "${part_pid[$name]}" 15
+    wait "${part_pid[$name]}" 2>/dev/null || true
+    unset "part_pid[$name]"
+    write_pids
   done
   rm -f "$PIDS_FILE"
   say "stopped. Data kept in $DATA_DIR/ (delete it to start from scratch)."
+  # Asked to stop (Ctrl-C, SIGTERM): that is success, even if a step was interrupted.
+  [[ -z $stopping ]] || exit 0
 }
-trap 'interrupted=1; exit 0' INT TERM
 trap stop_all EXIT
 
-start() { # name, command...
-  local name=$1
-  shift
-  # Its own session: Ctrl-C reaches only this script, which stops the parts in order.
-  setsid "$@" >>"$DATA_DIR/logs/$name.log" 2>&1 &
-  children+=($!)
-  echo $! >>"$PIDS_FILE"
-}
-
 wait_until() { # description, seconds, command...
-  local what=$1 seconds=$2
+  local what=$1 seconds=$2 i pid
   shift 2
   for ((i = 0; i < seconds * 10; i++)); do
+    stop_if_asked
     if "$@" >/dev/null 2>&1; then return 0; fi
-    for pid in "${children[@]}"; do
+    for pid in "${part_pid[@]}"; do
       if ! kill -0 "$pid" 2>/dev/null; then
         say "a process died while waiting for $what; see $DATA_DIR/logs/"
         tail -n 20 "$DATA_DIR"/logs/*.log
@@ -86,25 +150,58 @@ wait_until() { # description, seconds, command...
   exit 1
 }
 
+# One pass of the supervision: notice each part that exited, start it again once its delay
+# is over. A single loop in this script, rather than one supervisor process per part: every
+# part is a child of this script (so `wait` gives its exit status), one process owns the pid
+# file, nothing restarts a part once stopping has begun (the loop is left first), and kill -9
+# of this script leaves no supervisor behind to restart what the next run stops.
+supervise() {
+  local name status message
+  for name in "${PARTS[@]}"; do
+    stop_if_asked
+    if [[ -n ${part_pid[$name]:-} ]]; then
+      # This shell reaps its children as they exit, so a dead part fails kill -0.
+      ! kill -0 "${part_pid[$name]}" 2>/dev/null || continue
+      status=0
+      wait "${part_pid[$name]}" || status=$?
+      unset "part_pid[$name]"
+      write_pids
+      if ((SECONDS - started_at[$name] >= 60)); then
+        delay[$name]=1 # it ran for a while: this is a new failure, not the same one again
+      else
+        delay[$name]=$((${delay[$name]:-0} * 2))
+        ((delay[$name] >= 1)) || delay[$name]=1
+        ((delay[$name] <= 30)) || delay[$name]=30
+      fi
+      restarts[$name]=$((${restarts[$name]:-0} + 1))
+      restart_at[$name]=$((SECONDS + delay[$name]))
+      message="$name exited (status $status); restarting in ${delay[$name]}s (restart ${restarts[$name]})"
+      say "$message"
+      echo "[run] $message" >>"$DATA_DIR/logs/$name.log"
+    elif ((SECONDS >= ${restart_at[$name]:-0})); then
+      start "$name"
+    fi
+  done
+}
+
 say "starting Temporal dev server (data: $DATA_DIR/temporal.db)"
-start temporal "$VENV/bin/temporal" server start-dev \
-  --ip "$HOST" --port "$TEMPORAL_PORT" --ui-port "$TEMPORAL_UI_PORT" \
-  --db-filename "$DATA_DIR/temporal.db" \
-  --sqlite-pragma journal_mode=wal --sqlite-pragma synchronous=normal \
-  --search-attribute OrderStatus=Keyword --search-attribute CustomerId=Keyword \
-  --log-level warn
+start temporal
 wait_until "Temporal" 60 "$VENV/bin/temporal" operator cluster health --address "$TEMPORAL_ADDRESS"
 
 # Migrates the schema (alembic upgrade head) before seeding; the worker and the API migrate too
 # at startup, which is then a no-op.
 say "migrating the database and adding demo dealers ($DATABASE_URL)"
 "$VENV/bin/python" -m store seed
+stop_if_asked
 
 say "starting the worker"
-start worker "$VENV/bin/python" worker.py
+start worker
 
+if [[ $AUTH_MODE == dev ]]; then
+  say "auth is off (AUTH_MODE=dev): a development run on $HOST; production needs OPERATOR_API_KEYS and CUSTOMER_TOKEN_SECRETS (docs/configuration.md)"
+fi
 say "starting the API"
-start api "$VENV/bin/uvicorn" api.app:create_app --factory --host "$HOST" --port "$API_PORT"
+start api
 wait_until "the API" 60 "$VENV/bin/python" -c \
   "import urllib.request; urllib.request.urlopen('http://$HOST:$API_PORT/healthz', timeout=1)"
 
@@ -124,7 +221,10 @@ cat <<MSG
   Press Ctrl-C to stop.
 MSG
 
-# Stop everything as soon as any part dies, rather than run half a system.
-wait -n "${children[@]}" || true
-[[ -n ${interrupted:-} ]] || say "a process exited unexpectedly; see $DATA_DIR/logs/"
-exit 1
+# Until Ctrl-C or SIGTERM (then the EXIT trap stops everything). This shell's stderr goes to
+# run.log here: bash reports there each child killed by a signal ("Killed ..."), which the
+# restart line already says.
+while true; do
+  supervise
+  sleep 0.5
+done 2>>"$DATA_DIR/logs/run.log"
