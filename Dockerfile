@@ -1,8 +1,8 @@
 # One image for every service of the order saga (see docker-compose.yml):
 #   API (default):  uvicorn api.app:create_app --factory --host 0.0.0.0 --port 8000
 #   worker:         python worker.py [--queue order-process|orders|payments|deliveries]
-#   migrations:     python -m store seed      (alembic upgrade head + demo dealers)
-# Configuration comes from environment variables (settings.py, README "Configuration").
+#   migrations:     python -m store init      (alembic upgrade head; `seed` adds demo dealers)
+# Configuration comes from environment variables (settings.py, docs/configuration.md).
 
 # Python minor and Debian release pinned; rebuild regularly for the patch releases.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -36,6 +36,7 @@ COPY domain ./domain
 COPY services ./services
 COPY workflows ./workflows
 COPY activities ./activities
+COPY sagas ./sagas
 COPY api ./api
 COPY store ./store
 COPY migrations ./migrations

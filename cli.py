@@ -76,8 +76,11 @@ def _phase(body: dict[str, Any]) -> str | None:
     return phase
 
 
-async def _demo_path(http: httpx.AsyncClient, gateway: Any, path: str) -> tuple[str, ...]:
+async def _demo_path(
+    http: httpx.AsyncClient, client: Any, settings: Any, path: str
+) -> tuple[str, ...]:
     from domain.payloads import OrderItem, OrderRequest
+    from sagas.orchestration import start_order_saga
 
     no_dealer = path == "no dealer"
     request = OrderRequest(
@@ -87,7 +90,13 @@ async def _demo_path(http: httpx.AsyncClient, gateway: Any, path: str) -> tuple[
         city="Atlantis" if no_dealer else "Tehran",
     )
     order_id = str(uuid.uuid4())
-    await gateway.start(order_id, request)
+    await start_order_saga(
+        client,
+        order_id,
+        request,
+        task_queue=settings.workflow_task_queue,
+        timeouts=settings.saga_timeouts,
+    )
     body = await _wait_for_order(http, order_id, lambda b: b.get("payment") is not None, 30)
     payment_id = body["payment"]["payment_id"]
     if path in ("delivered", "no dealer"):
@@ -112,12 +121,12 @@ async def _demo_path(http: httpx.AsyncClient, gateway: Any, path: str) -> tuple[
 
 async def demo(args: argparse.Namespace) -> int:
     """Drive one order down each path and print the outcomes with their Web UI links."""
-    from api.saga import SagaGateway
-    from settings import Settings, connect_temporal
+    from sagas.temporal import connect_temporal
+    from settings import Settings
 
     # Short windows so the timeout and no-dealer paths end within seconds.
     settings = Settings(payment_window_seconds=5, dealer_assignment_window_seconds=3)
-    gateway = SagaGateway(await connect_temporal(settings), settings)
+    client = await connect_temporal(settings)
     progress = Progress(len(DEMO_PATHS), "demo")
     rows = []
     async with _client(args) as http:
@@ -125,7 +134,7 @@ async def demo(args: argparse.Namespace) -> int:
             print("no dealer serves Tehran: run `python -m store seed` (make run does)")
             return 1
         for path in DEMO_PATHS:
-            rows.append(await _demo_path(http, gateway, path))
+            rows.append(await _demo_path(http, client, settings, path))
             progress.step(f"{path}: {rows[-1][1]}")
     print(_table(rows, ("path", "order", "payment", "delivery", "failure", "Temporal Web UI")))
     return 0

@@ -1,25 +1,21 @@
 """One settings object for the API and the worker, read once from the environment.
 
 Every field maps to an environment variable of the same name in upper case
-(``DATABASE_URL``, ``TEMPORAL_ADDRESS``, ...); a ``.env`` file is read too. The README
-lists them all.
+(``DATABASE_URL``, ``TEMPORAL_ADDRESS``, ...); a ``.env`` file is read too.
+docs/configuration.md lists them all (a test keeps it complete).
 """
 
 import os
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from temporalio.client import Client, Interceptor
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import TLSConfig
 
 from domain.names import WORKFLOW_TASK_QUEUE
 from domain.payloads import SagaTimeouts
-from telemetry import metrics_runtime
 
 MIN_SECRET_LENGTH = 32  # HMAC-SHA256 secrets: at least the hash's 32 bytes
 MIN_OPERATOR_KEY_LENGTH = 16
@@ -263,46 +259,3 @@ class Settings(BaseSettings):
             if self.temporal_tls_key
             else None,
         )
-
-
-class TemporalConnectError(RuntimeError):
-    """Temporal could not be reached with these settings (says where, and with or without TLS)."""
-
-
-async def connect_temporal(
-    settings: Settings, *, lazy: bool = False, interceptors: Sequence[Interceptor] = ()
-) -> Client:
-    """The process's one Temporal client, with the pydantic data converter the payloads need.
-
-    With ``metrics_bind_address`` set, the client (and its workers) run on the process's
-    Prometheus runtime (telemetry.py); ``interceptors`` are e.g. the tracing interceptor.
-
-    Raises TemporalConnectError (unless ``lazy``) when the server cannot be reached, or does
-    not speak the TLS mode configured, rather than retrying in silence.
-    """
-    tls = settings.tls_config()
-    runtime = metrics_runtime(settings.metrics_bind_address)
-    try:
-        return await Client.connect(
-            settings.temporal_address,
-            namespace=settings.temporal_namespace,
-            api_key=(
-                settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
-            ),
-            tls=tls,
-            data_converter=pydantic_data_converter,
-            interceptors=interceptors,
-            lazy=lazy,
-            runtime=runtime,
-        )
-    except RuntimeError as err:
-        hint = (
-            "TLS is on (TEMPORAL_TLS, TEMPORAL_TLS_CA/CERT or TEMPORAL_API_KEY is set); "
-            "a plain local dev server needs them unset"
-            if tls
-            else "TLS is off; a server that requires it needs TEMPORAL_TLS=true"
-        )
-        raise TemporalConnectError(
-            f"cannot connect to Temporal at {settings.temporal_address} "
-            f"(namespace {settings.temporal_namespace}): {err}. {hint}"
-        ) from err

@@ -29,7 +29,8 @@ from activities.deliveries import DeliveryActivities
 from activities.orders import OrderActivities
 from activities.payments import PaymentActivities
 from domain import names
-from settings import Settings, connect_temporal
+from sagas.temporal import connect_temporal
+from settings import Settings
 from store.db import make_engine, migrate
 from telemetry import configure_tracing, tracing_interceptors
 from workflows import OrderProcessWorkflow

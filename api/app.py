@@ -16,8 +16,9 @@ from api.deps import Services
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimitMiddleware
 from api.routes import dealers, deliveries, health, orders, payments
-from api.saga import SagaGateway
-from settings import Settings, connect_temporal
+from sagas.orchestration import OrchestratedSagas
+from sagas.temporal import connect_temporal
+from settings import Settings
 from store.db import make_engine, migrate
 from telemetry import add_tracing_middleware, configure_tracing, tracing_interceptors
 
@@ -62,7 +63,10 @@ def create_app(
             settings, lazy=True, interceptors=tracing_interceptors(tracer_provider)
         )
         app.state.services = Services(
-            settings=settings, engine=engine, client=client, saga=SagaGateway(client, settings)
+            settings=settings,
+            engine=engine,
+            client=client,
+            sagas=OrchestratedSagas(client, engine, settings),
         )
         try:
             yield

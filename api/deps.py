@@ -7,7 +7,7 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from temporalio.client import Client
 
-from api.saga import SagaGateway
+from sagas.orchestration import OrchestratedSagas
 from settings import Settings
 
 
@@ -18,7 +18,7 @@ class Services:
     settings: Settings
     engine: Engine
     client: Client
-    saga: SagaGateway
+    sagas: OrchestratedSagas
 
 
 def get_services(request: Request) -> Services:

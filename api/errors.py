@@ -3,8 +3,7 @@
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,7 +16,16 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from temporalio.client import WorkflowQueryFailedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
+
+from sagas.errors import (
+    ConflictError,
+    DealerExistsError,
+    IdempotencyKeyReusedError,
+    NotFoundError,
+    SagaError,
+)
+from sagas.temporal import temporal_misconfiguration
 
 log = logging.getLogger("api")
 
@@ -57,65 +65,14 @@ def responses(
     return documented
 
 
-class ApiError(Exception):
-    """An answer other than success, with the HTTP status it maps to."""
-
-    status_code = 400
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-class NotFoundError(ApiError):
-    status_code = 404
-
-
-class ConflictError(ApiError):
-    status_code = 409
-
-
-class IdempotencyKeyReusedError(ApiError):
-    """The same Idempotency-Key with a different body (422, as the IETF draft says)."""
-
-    status_code = 422
-
-
-def is_namespace_missing(err: RPCError) -> bool:
-    """Temporal answered NOT_FOUND because the namespace does not exist (a configuration
-    mistake), not because a workflow does not."""
-    return err.status == RPCStatusCode.NOT_FOUND and any(
-        detail.type_url.endswith("NamespaceNotFoundFailure") for detail in err.grpc_status.details
-    )
-
-
-def is_saga_missing(err: RPCError) -> bool:
-    """Temporal answered NOT_FOUND for the workflow itself (never started, or gone)."""
-    return err.status == RPCStatusCode.NOT_FOUND and not is_namespace_missing(err)
-
-
-def temporal_misconfiguration(err: RPCError) -> str | None:
-    """What is wrong with this API's Temporal settings, if ``err`` says so (else None)."""
-    if is_namespace_missing(err):
-        return f"the Temporal namespace does not exist (TEMPORAL_NAMESPACE): {err.message}"
-    if err.status in (RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNAUTHENTICATED):
-        return (
-            "Temporal refused this API's credentials (TEMPORAL_API_KEY, TEMPORAL_TLS_CERT/KEY "
-            f"or the namespace's permissions): {err.message}"
-        )
-    return None
-
-
-@contextmanager
-def saga_ended_is_conflict(what: str) -> Iterator[None]:
-    """A signal or cancel that reaches a saga that has ended meanwhile (or was terminated by
-    an operator) is a 409 about ``what``, not a 503 telling the client to retry."""
-    try:
-        yield
-    except RPCError as err:
-        if not is_saga_missing(err):
-            raise
-        raise ConflictError(f"{what}: its saga has ended") from err
+# The door's refusals, as HTTP answers.
+SAGA_ERROR_STATUS: dict[type[SagaError], int] = {
+    NotFoundError: 404,
+    ConflictError: 409,
+    DealerExistsError: 409,
+    # The same Idempotency-Key with a different body: 422, as the IETF draft says.
+    IdempotencyKeyReusedError: 422,
+}
 
 
 # At most this many validation errors in a 422, and no input echoed longer than this (JSON).
@@ -181,9 +138,12 @@ def install_error_handlers(app: FastAPI) -> None:
             err.headers = {**(err.headers or {}), "Allow": ", ".join(_methods_of(app, request))}
         return await http_exception_handler(request, err)
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, err: ApiError) -> JSONResponse:
-        return JSONResponse({"detail": err.detail}, status_code=err.status_code)
+    @app.exception_handler(SagaError)
+    async def _saga_error(_request: Request, err: SagaError) -> JSONResponse:
+        status = next(
+            (code for kind, code in SAGA_ERROR_STATUS.items() if isinstance(err, kind)), 400
+        )
+        return JSONResponse({"detail": err.detail}, status_code=status)
 
     @app.exception_handler(RPCError)
     async def _temporal_error(_request: Request, err: RPCError) -> JSONResponse:

@@ -2,6 +2,8 @@
 
 import uuid
 
+from temporalio.common import SearchAttributeKey
+
 # One task queue per service, plus the workflow's own, so each can scale on its own.
 ORDERS_TASK_QUEUE = "orders"
 PAYMENTS_TASK_QUEUE = "payments"
@@ -18,6 +20,16 @@ ALL_TASK_QUEUES = (
 ORDER_STATUS_SEARCH_ATTRIBUTE = "OrderStatus"
 # Keyword search attribute set at start: find a customer's orders in the Web UI.
 CUSTOMER_ID_SEARCH_ATTRIBUTE = "CustomerId"
+ORDER_STATUS = SearchAttributeKey.for_keyword(ORDER_STATUS_SEARCH_ATTRIBUTE)
+CUSTOMER_ID = SearchAttributeKey.for_keyword(CUSTOMER_ID_SEARCH_ATTRIBUTE)
+SEARCH_ATTRIBUTES = (ORDER_STATUS, CUSTOMER_ID)
+
+# The saga's metrics (workflows/metrics.py emits them; telemetry.py serves them).
+METRIC_STARTED = "order_saga_started"
+METRIC_COMPLETED = "order_saga_completed"  # outcome: delivered | cancelled
+METRIC_COMPENSATED = "order_saga_compensated"  # reason: the failure type
+METRIC_COMPENSATION_RETRIES = "order_saga_compensation_retries"  # compensation: its name
+METRIC_PAYMENT_WAIT = "order_saga_payment_wait"  # ms, decision: confirm | cancel | timeout
 
 # Signals and queries of OrderProcessWorkflow.
 SIGNAL_CONFIRM_PAYMENT = "confirm_payment"

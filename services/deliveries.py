@@ -15,6 +15,7 @@ from services.rows import (
     transition,
 )
 from store.models import DealerRow, DeliveryRow, place_key
+from store.seed import new_dealer
 
 # How many times assignment picks again when another transaction took the chosen dealer's
 # last unit between the pick and the guarded update.
@@ -220,3 +221,22 @@ def _least_loaded_dealer(db: Session, delivery: DeliveryRow) -> int | None:
         .limit(1)
     )
     return db.exec(statement).first()
+
+
+def add_dealer(
+    db: Session, name: str, phone: str, province: str, city: str, capacity: int
+) -> tuple[DealerRow, bool]:
+    """A new dealer serving ``province``/``city`` with ``capacity`` parcels at once.
+
+    The phone number is unique: when it is taken, the dealer who has it is returned instead.
+    Returns the dealer and whether this call added it. Does not commit.
+    """
+    dealer = new_dealer(name, phone, province, city, capacity)
+
+    def holder() -> DealerRow | None:
+        return db.exec(select(DealerRow).where(DealerRow.phone == phone)).first()
+
+    existing = holder()
+    if existing is not None:
+        return existing, False
+    return insert_or_get(db, dealer, holder)

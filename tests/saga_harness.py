@@ -24,6 +24,7 @@ from temporalio.worker import Worker
 from activities._defn import service_activity
 from activities.payments import PaymentActivities
 from domain import names
+from domain.names import ORDER_STATUS
 from domain.payloads import (
     CompensationOutcome,
     CreatePaymentInput,
@@ -44,12 +45,11 @@ from store.models import DealerRow, DeliveryRow, OrderRow, PaymentRow
 from store.seed import new_dealer
 from worker import service_activities, workflow_worker
 from workflows import OrderProcessWorkflow
-from workflows.order_process import ORDER_STATUS
 
 SagaHandle = WorkflowHandle[OrderProcessWorkflow, SagaState]
 
 # Recorded histories of every saga path, replayed by tests/workflows/test_replay.py and
-# refreshed by ``python -m scripts.record_histories`` (``make histories``).
+# refreshed by ``python -m tests.workflows.record_histories`` (``make histories``).
 HISTORIES_DIR = Path(__file__).resolve().parent / "histories"
 _RECORDED_ORDER_IDS = uuid.UUID("0b6f3f1e-5c2a-4d7e-8f19-2a4c6e8b0d13")
 

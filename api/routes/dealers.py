@@ -4,11 +4,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from api import auth, queries
+from api import auth
 from api.deps import ServicesDep
-from api.errors import ConflictError, responses
-from api.schemas import DealerCreate, DealerView
+from api.errors import responses
 from domain.payloads import NO_CONTROL_CHARS
+from domain.views import DealerView, NewDealer
+from sagas import dealers, views
 
 router = APIRouter(prefix="/dealers", tags=["dealers"], route_class=auth.AuthenticatedJSONRoute)
 
@@ -29,7 +30,7 @@ def list_dealers(
 ) -> list[DealerView]:
     """Dealers (with their phone numbers: operators only), optionally of one province and
     city (case-insensitive)."""
-    return queries.list_dealers(
+    return views.list_dealers(
         services.engine, province=province, city=city, limit=limit, offset=offset
     )
 
@@ -41,9 +42,6 @@ def list_dealers(
     response_model=DealerView,
     responses=responses(401, 403, 409, 413, 422, 503),
 )
-def add_dealer(body: DealerCreate, services: ServicesDep, _caller: auth.Operator) -> DealerView:
+def add_dealer(body: NewDealer, services: ServicesDep, _caller: auth.Operator) -> DealerView:
     """Add a delivery person. 409 if the phone number is taken."""
-    try:
-        return queries.add_dealer(services.engine, body)
-    except queries.DuplicateDealerError as err:
-        raise ConflictError(f"a dealer with phone {body.phone} exists already") from err
+    return dealers.add_dealer(services.engine, body)

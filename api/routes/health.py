@@ -5,12 +5,11 @@ import asyncio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.service import RPCError
 
-from api import queries
 from api.deps import ServicesDep
-from api.errors import temporal_misconfiguration
+from sagas import views
+from sagas.temporal import check_namespace, temporal_misconfiguration
 
 router = APIRouter(tags=["health"])
 CHECK_TIMEOUT = 3.0
@@ -33,16 +32,13 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
-            await run_in_threadpool(queries.ping, services.engine)
+            await run_in_threadpool(views.ping, services.engine)
         checks["database"] = "ok"
     except Exception as err:  # any failure means not ready; say which
         checks["database"] = f"error: {type(err).__name__}"
-    namespace = services.settings.temporal_namespace
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
-            await services.client.workflow_service.describe_namespace(
-                DescribeNamespaceRequest(namespace=namespace)
-            )
+            await check_namespace(services.client)
         checks["temporal"] = "ok"
     except RPCError as err:
         checks["temporal"] = f"error: {temporal_misconfiguration(err) or err.message}"

@@ -1,30 +1,22 @@
 """/orders: start sagas, read them, cancel them."""
 
-import logging
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
-from sqlalchemy.exc import SQLAlchemyError
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
-from temporalio.client import WorkflowQueryFailedError
-from temporalio.service import RPCError
 
-from api import auth, queries
-from api.deps import Services, ServicesDep
-from api.errors import (
-    ConflictError,
-    IdempotencyKeyReusedError,
-    NotFoundError,
-    responses,
-    saga_ended_is_conflict,
-)
-from api.schemas import Accepted, OrderPage, OrderView, order_path
-from domain import names
+from api import auth
+from api.deps import ServicesDep
+from api.errors import responses
+from api.schemas import Accepted, order_path
 from domain.payloads import NO_CONTROL_CHARS, OrderRequest, SagaState
 from domain.status import OrderStatus
+from domain.views import OrderPage, OrderView
+from sagas import views
+from sagas.errors import NotFoundError
 
-log = logging.getLogger("api.orders")
 router = APIRouter(prefix="/orders", tags=["orders"], route_class=auth.AuthenticatedJSONRoute)
 
 IdempotencyKey = Annotated[
@@ -40,7 +32,6 @@ IdempotencyKey = Annotated[
         ),
     ),
 ]
-REPLAYED = {"Idempotent-Replayed": "true"}
 
 
 # OpenAPI links: where an answer's ids lead (clients, and schema-driven testers, follow them).
@@ -104,82 +95,21 @@ async def create_order(
     ended before it wrote the order (it was cancelled at once).
     """
     auth.require_customer_of(caller, body.customer_id, "order's customer_id")
-    fingerprint = body.fingerprint()
-    replayed = False
-    if idempotency_key is None:
-        order_id = str(uuid.uuid4())
-    else:
-        use = await run_in_threadpool(
-            queries.use_idempotency_key,
-            services.engine,
-            body.customer_id,
-            idempotency_key,
-            fingerprint,
-            names.order_id_for_idempotency_key(body.customer_id, idempotency_key),
-        )
-        if use.fingerprint != fingerprint:
-            raise IdempotencyKeyReusedError(
-                "this Idempotency-Key was already used for a different request"
-            )
-        order_id, replayed = use.order_id, not use.recorded
-        if replayed:
-            view = await run_in_threadpool(
-                queries.order_view, services.engine, services.settings, order_id
-            )
-            if view is not None:
-                return _answer(view, caller, replayed=True)
-            if use.saga_started and not await services.saga.exists(order_id):
-                raise ConflictError(
-                    f"order {order_id} of this Idempotency-Key was cancelled before it was "
-                    "created; use a new key for a new order"
-                )
-            # The first request recorded the key; its saga may still be writing the order, or
-            # the request failed before starting it. Starting again is safe: one saga per order.
-    state, existed = await services.saga.start(order_id, body)
-    if idempotency_key is not None:
-        await _mark_started(services, body.customer_id, idempotency_key)
-    # From here the saga is durably started: no answer may invite a retry that starts another
-    # one, so a database that cannot be read now gets a 202 to poll, never an error.
-    try:
-        view = await run_in_threadpool(
-            queries.order_view, services.engine, services.settings, order_id
-        )
-    except SQLAlchemyError as err:
-        log.warning("order %s started, but its rows cannot be read yet: %s", order_id, err)
-        view = None
-    if view is None or view.payment is None:
-        return _accepted(order_id, replayed=replayed or existed)
-    view.saga = state if caller.is_operator else None
-    return _answer(view, caller, replayed=replayed or existed)
+    placed = await services.sagas.place(body, idempotency_key)
+    headers = {"Location": order_path(placed.order_id)}
+    if placed.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    if placed.view is None:
+        accepted = Accepted.for_order(placed.order_id, "the saga is starting")
+        return _json(accepted, status.HTTP_202_ACCEPTED, headers)
+    placed.view.saga = placed.saga if caller.is_operator else None
+    return _json(placed.view, status.HTTP_201_CREATED, headers)
 
 
-async def _mark_started(services: Services, customer_id: str, key: str) -> None:
-    try:
-        await run_in_threadpool(queries.mark_key_saga_started, services.engine, customer_id, key)
-    except SQLAlchemyError as err:
-        # Only a hint for late replays (a replay that finds no mark starts again, which is
-        # safe); the saga has started, so this request must not fail for it.
-        log.warning("could not mark the saga of key %r started: %s", key, err)
-
-
-def _answer(view: OrderView, caller: auth.Caller, *, replayed: bool) -> Response:
-    if not caller.is_operator:
-        view.saga = None
-    headers = {"Location": order_path(view.order_id), **(REPLAYED if replayed else {})}
+def _json(body: BaseModel, status_code: int, headers: dict[str, str]) -> Response:
     return Response(
-        view.model_dump_json(),
-        status_code=status.HTTP_201_CREATED,
-        media_type="application/json",
-        headers=headers,
-    )
-
-
-def _accepted(order_id: str, *, replayed: bool) -> Response:
-    accepted = Accepted.for_order(order_id, "the saga is starting")
-    headers = {"Location": order_path(order_id), **(REPLAYED if replayed else {})}
-    return Response(
-        accepted.model_dump_json(),
-        status_code=status.HTTP_202_ACCEPTED,
+        body.model_dump_json(),
+        status_code=status_code,
         media_type="application/json",
         headers=headers,
     )
@@ -214,7 +144,7 @@ def list_orders(
         if customer_id is not None:
             auth.require_customer_of(caller, customer_id, "customer's order list")
         customer_id = caller.customer_id
-    items, total = queries.list_orders(
+    items, total = views.list_orders(
         services.engine,
         services.settings,
         status=status_filter,
@@ -238,37 +168,9 @@ async def get_order(
 ) -> OrderView:
     """The order, its payment and delivery (database); for an operator also the saga's state
     (workflow query). 404 unknown, 403 another customer's."""
-    key = str(order_id)
-    if not caller.is_operator:
-        view = await run_in_threadpool(queries.order_view, services.engine, services.settings, key)
-        if view is None:
-            raise NotFoundError(f"order {key} does not exist")
-        assert view.customer_id is not None
+    view = await services.sagas.order(str(order_id), with_saga=caller.is_operator)
+    if view.customer_id is not None:
         auth.require_visible(caller, view.customer_id, "order")
-        return view
-    try:
-        saga = await services.saga.state(key)
-        exists: bool | None = saga is not None
-    except (RPCError, WorkflowQueryFailedError):
-        # No worker answered the query (down or busy): the database still answers, and
-        # Temporal itself says whether the saga exists.
-        saga, exists = None, None
-    # Read after the saga: it records a step only once the step's rows are written, so the
-    # rows shown are never behind the saga shown (a CANCELLED saga, a CANCELLED order).
-    view = await run_in_threadpool(queries.order_view, services.engine, services.settings, key)
-    if view is None:
-        if exists is None:
-            exists = await services.saga.exists(key)
-        if not exists:
-            raise NotFoundError(f"order {key} does not exist")
-        workflow_id = names.workflow_id_for(key)
-        view = OrderView(
-            order_id=key,
-            workflow_id=workflow_id,
-            workflow_url=services.settings.workflow_url(workflow_id),
-            status=None,
-        )
-    view.saga = saga
     return view
 
 
@@ -283,7 +185,7 @@ async def get_saga(order_id: uuid.UUID, services: ServicesDep, _caller: auth.Ope
     workflow query). 404 when the order has no saga (any more: Temporal keeps a closed saga
     for the namespace's retention period)."""
     key = str(order_id)
-    saga = await services.saga.state(key)
+    saga = await services.sagas.saga_state(key)
     if saga is None:
         raise NotFoundError(f"order {key} has no saga")
     return saga
@@ -303,10 +205,9 @@ async def cancel_order(
     Its customer, or an operator on behalf of the shop."""
     key = str(order_id)
     if not caller.is_operator:
-        owner = await run_in_threadpool(queries.customer_of, services.engine, order_id=key)
+        owner = await run_in_threadpool(views.customer_of, services.engine, order_id=key)
         if owner is None:
             raise NotFoundError(f"order {key} does not exist")
         auth.require_visible(caller, owner, "order")
-    with saga_ended_is_conflict(f"order {key} can no longer be cancelled"):
-        await services.saga.cancel(key)
+    await services.sagas.cancel(key)
     return Accepted.for_order(key, "cancellation requested")

@@ -1,17 +1,16 @@
 """/payments: the customer's decision, delivered into the saga as a signal."""
 
 import uuid
-from datetime import UTC, datetime
 
 from fastapi import APIRouter, status
 from starlette.concurrency import run_in_threadpool
 
-from api import auth, queries
+from api import auth
 from api.deps import Services, ServicesDep
-from api.errors import ConflictError, NotFoundError, responses, saga_ended_is_conflict
+from api.errors import responses
 from api.schemas import Accepted
-from domain.status import PaymentStatus
-from store.models import as_utc
+from sagas import views
+from sagas.errors import NotFoundError
 
 router = APIRouter(prefix="/payments", tags=["payments"])
 
@@ -24,27 +23,13 @@ async def _decide(
     """The customer's decision: 404 unknown payment, 403 another customer's, then 409 unless
     it is still PENDING inside its window."""
     key = str(payment_id)
-    payment = await run_in_threadpool(queries.get_payment, services.engine, key)
-    if payment is None:
+    owner = await run_in_threadpool(views.customer_of, services.engine, payment_id=key)
+    if owner is None:
         raise NotFoundError(f"payment {key} does not exist")
-    owner = await run_in_threadpool(queries.customer_of, services.engine, payment_id=key)
-    assert owner is not None, "a payment's order exists (foreign key)"
     auth.require_customer_of(caller, owner, "payment")
-    if payment.status != PaymentStatus.PENDING:
-        raise ConflictError(f"payment {key} is {payment.status}, not PENDING")
-    with saga_ended_is_conflict(f"payment {key} can no longer be decided"):
-        if payment.expires_at is None:
-            # Created before payments recorded their window: ask the saga.
-            await services.saga.decide_payment(payment.order_id, key, confirm=confirm)
-        elif datetime.now(UTC) >= as_utc(payment.expires_at):
-            raise ConflictError(f"payment {key}: its payment window closed at {payment.expires_at}")
-        else:
-            # One signal, no query: the answer does not wait for a worker (nor for a saga
-            # evicted from its cache to be rebuilt). A decision that loses a race with another
-            # one is recorded by the saga as ignored.
-            await services.saga.send_decision(payment.order_id, key, confirm=confirm)
+    order_id = await services.sagas.decide_payment(key, confirm=confirm)
     verb = "confirmation" if confirm else "cancellation"
-    return Accepted.for_order(payment.order_id, f"payment {verb} sent to the saga")
+    return Accepted.for_order(order_id, f"payment {verb} sent to the saga")
 
 
 @router.post(

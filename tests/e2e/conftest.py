@@ -20,11 +20,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from api.auth import API_KEY_HEADER, issue_customer_token
+from domain.names import SEARCH_ATTRIBUTES
 from settings import Settings
 from store.db import make_engine
 from tests.conftest import database_url, reset_schema, temporal_binary
 from worker import build_workers
-from workflows.order_process import SEARCH_ATTRIBUTES
 
 # uvicorn closes an idle keep-alive connection after 5 s, and httpx keeps one for 5 s too: a
 # request sent on a connection at the moment the server closes it fails with ReadError. The

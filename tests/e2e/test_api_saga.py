@@ -10,9 +10,9 @@ import httpx
 from temporalio.client import WorkflowExecutionStatus
 
 from api.app import create_app
+from domain.names import CUSTOMER_ID, ORDER_STATUS
 from tests.e2e.conftest import Stack
 from tests.saga_harness import db_statuses
-from workflows.order_process import CUSTOMER_ID, ORDER_STATUS
 
 ORDER: dict[str, Any] = {
     "customer_id": "e2e-customer",

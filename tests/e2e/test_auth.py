@@ -25,7 +25,7 @@ from sqlmodel import select
 
 from api.app import create_app
 from api.auth import TOKEN_AUDIENCE, issue_customer_token
-from settings import TemporalConnectError, connect_temporal
+from sagas.temporal import TemporalConnectError, connect_temporal
 from store.db import session
 from store.models import IdempotencyKeyRow
 from tests.api.test_openapi_security import (

@@ -21,15 +21,27 @@ from temporalio.api.workflowservice.v1 import (
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.queries import mark_key_saga_started, use_idempotency_key
-from api.saga import start_order_saga
 from domain import names
 from domain.payloads import OrderRequest
+from sagas.orchestration import start_order_saga
+from services.orders import mark_key_saga_started, use_idempotency_key
+from store.db import session
 from store.models import RefundRow
 from tests.activities.support import all_rows
 from tests.e2e.conftest import Stack
 from tests.e2e.test_api_saga import ORDER, add_dealer, eventually
 from tests.saga_harness import db_statuses
+
+
+def record_key(stack: Stack, request: OrderRequest, key: str, *, saga_started: bool) -> str:
+    """What a first request with ``key`` left behind when it died: the key, recorded."""
+    order_id = names.order_id_for_idempotency_key(request.customer_id, key)
+    with session(stack.engine) as db:
+        use_idempotency_key(db, request.customer_id, key, request.fingerprint(), order_id)
+        if saga_started:
+            mark_key_saga_started(db, request.customer_id, key)
+        db.commit()
+    return order_id
 
 
 def order_in(city: str) -> dict[str, Any]:
@@ -181,11 +193,8 @@ async def test_a_key_whose_first_request_died_before_starting_the_saga_starts_it
 ) -> None:
     body, key = order_in("Tehran"), f"died-{uuid.uuid4()}"
     request = OrderRequest.model_validate(body)
-    order_id = names.order_id_for_idempotency_key(request.customer_id, key)
     # The first request recorded its key, then its process died before it started the saga.
-    await asyncio.to_thread(
-        use_idempotency_key, stack.engine, request.customer_id, key, request.fingerprint(), order_id
-    )
+    order_id = await asyncio.to_thread(record_key, stack, request, key, saga_started=False)
 
     retried = await stack.http.post("/orders", json=body, headers={"Idempotency-Key": key})
 
@@ -200,12 +209,8 @@ async def test_a_key_whose_saga_ended_before_writing_its_order_is_409_and_starts
 ) -> None:
     body, key = order_in("Tehran"), f"gone-{uuid.uuid4()}"
     request = OrderRequest.model_validate(body)
-    order_id = names.order_id_for_idempotency_key(request.customer_id, key)
     # Its saga started, was cancelled before it wrote the order, and is gone now.
-    await asyncio.to_thread(
-        use_idempotency_key, stack.engine, request.customer_id, key, request.fingerprint(), order_id
-    )
-    await asyncio.to_thread(mark_key_saga_started, stack.engine, request.customer_id, key)
+    order_id = await asyncio.to_thread(record_key, stack, request, key, saga_started=True)
 
     replay = await stack.http.post("/orders", json=body, headers={"Idempotency-Key": key})
 

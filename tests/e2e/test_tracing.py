@@ -55,7 +55,7 @@ async def test_one_trace_runs_from_the_http_request_into_the_saga(
             transport=httpx.ASGITransport(app=app), base_url="http://api", timeout=30
         ) as http,
     ):
-        with caplog.at_level(logging.INFO, logger="api.saga"):
+        with caplog.at_level(logging.INFO, logger="sagas"):
             response = await http.post("/orders", json=ORDER)
         assert response.status_code == 201, response.text
         body = response.json()

@@ -1,11 +1,13 @@
-"""Read-side queries the API serves from the service database (sync: run in a thread)."""
+"""The read side: orders, payments, deliveries and dealers as the views show them, read from
+the services' rows (sync: callers in an event loop run them in a thread)."""
 
 from sqlalchemy import Engine, func
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from api.schemas import (
-    DealerCreate,
+from domain.names import workflow_id_for
+from domain.payloads import from_cents
+from domain.status import DeliveryStatus, OrderStatus, PaymentStatus
+from domain.views import (
     DealerView,
     DeliveryView,
     ItemView,
@@ -13,18 +15,9 @@ from api.schemas import (
     OrderView,
     PaymentView,
 )
-from domain.names import workflow_id_for
-from domain.payloads import from_cents
-from domain.status import DeliveryStatus, OrderStatus, PaymentStatus
-from services import orders as order_service
 from settings import Settings
-from store.db import read_session, session
+from store.db import read_session
 from store.models import DealerRow, DeliveryRow, OrderItemRow, OrderRow, PaymentRow, place_key
-from store.seed import new_dealer
-
-
-class DuplicateDealerError(Exception):
-    """A dealer with this phone number exists already."""
 
 
 def order_view(engine: Engine, settings: Settings, order_id: str) -> OrderView | None:
@@ -115,23 +108,8 @@ def list_orders(
     ], total
 
 
-def use_idempotency_key(
-    engine: Engine, customer_id: str, key: str, fingerprint: str, order_id: str
-) -> order_service.KeyUse:
-    """Record (committed) that the key stands for ``order_id``, or what it stood for before."""
-    with session(engine) as db:
-        use = order_service.use_idempotency_key(db, customer_id, key, fingerprint, order_id)
-        db.commit()
-    return use
-
-
-def mark_key_saga_started(engine: Engine, customer_id: str, key: str) -> None:
-    with session(engine) as db:
-        order_service.mark_key_saga_started(db, customer_id, key)
-        db.commit()
-
-
 def get_payment(engine: Engine, payment_id: str) -> PaymentRow | None:
+    """The payment's row; None if unknown."""
     with read_session(engine) as db:
         return db.get(PaymentRow, payment_id)
 
@@ -154,11 +132,12 @@ def customer_of(
 
 
 def get_delivery(engine: Engine, delivery_id: str) -> DeliveryRow | None:
+    """The delivery's row; None if unknown."""
     with read_session(engine) as db:
         return db.get(DeliveryRow, delivery_id)
 
 
-def _dealer_view(row: DealerRow) -> DealerView:
+def dealer_view(row: DealerRow) -> DealerView:
     assert row.id is not None
     return DealerView(
         id=row.id,
@@ -174,6 +153,7 @@ def _dealer_view(row: DealerRow) -> DealerView:
 def list_dealers(
     engine: Engine, *, province: str | None, city: str | None, limit: int, offset: int
 ) -> list[DealerView]:
+    """A page of dealers, optionally of one province and city (matched case-insensitively)."""
     filters = []
     if province is not None:
         filters.append(col(DealerRow.province_key) == place_key(province))
@@ -187,19 +167,7 @@ def list_dealers(
             .limit(limit)
             .offset(offset)
         ).all()
-    return [_dealer_view(r) for r in rows]
-
-
-def add_dealer(engine: Engine, dealer: DealerCreate) -> DealerView:
-    """Insert a dealer; raises DuplicateDealerError if its phone number is taken."""
-    row = new_dealer(dealer.name, dealer.phone, dealer.province, dealer.city, dealer.capacity)
-    with session(engine) as db:
-        db.add(row)
-        try:
-            db.commit()
-        except IntegrityError as err:
-            raise DuplicateDealerError(dealer.phone) from err
-        return _dealer_view(row)
+    return [dealer_view(r) for r in rows]
 
 
 def ping(engine: Engine) -> None:
