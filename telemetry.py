@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from temporalio.client import Interceptor
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
+from domain import names
+
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from opentelemetry.sdk.trace import TracerProvider
@@ -52,7 +54,7 @@ def metrics_runtime(bind_address: str | None) -> Runtime | None:
                     metrics=PrometheusConfig(
                         bind_address=bind_address,
                         histogram_bucket_overrides={
-                            "order_saga_payment_wait": PAYMENT_WAIT_BUCKETS_MS
+                            names.METRIC_PAYMENT_WAIT: PAYMENT_WAIT_BUCKETS_MS
                         },
                     )
                 )

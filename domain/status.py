@@ -34,6 +34,17 @@ class DeliveryStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
+class OrderSearchStatus(StrEnum):
+    """Values of the ``OrderStatus`` search attribute (filter sagas in the Web UI): the order's
+    status, or COMPENSATING while the saga unwinds (also while a compensation keeps failing)."""
+
+    PENDING = OrderStatus.PENDING.value
+    CONFIRMED = OrderStatus.CONFIRMED.value
+    DELIVERED = OrderStatus.DELIVERED.value
+    CANCELLED = OrderStatus.CANCELLED.value
+    COMPENSATING = "COMPENSATING"
+
+
 class SagaPhase(StrEnum):
     """Where the saga is; also what the workflow is waiting for."""
 

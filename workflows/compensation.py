@@ -127,11 +127,18 @@ class CompensationStack:
             return
 
 
-def describe_error(err: BaseException) -> str:
-    """The innermost cause's message: what a person needs to read (not 'Activity task failed')."""
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost cause of ``err``: the activity's own failure inside Temporal's
+    ``ActivityError`` wrapper, the ``ApplicationError`` of a business rule."""
     cause: BaseException = err
     while cause.__cause__ is not None:
         cause = cause.__cause__
+    return cause
+
+
+def describe_error(err: BaseException) -> str:
+    """The innermost cause's message: what a person needs to read (not 'Activity task failed')."""
+    cause = root_cause(err)
     if isinstance(cause, ApplicationError) and cause.type:
         return f"{cause.type}: {cause.message}"
     return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__

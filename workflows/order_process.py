@@ -25,11 +25,12 @@ anything is undone.
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 from temporalio.workflow import ActivityCancellationType
 
@@ -56,26 +57,21 @@ from domain.payloads import (
 )
 from domain.status import (
     DeliveryStatus,
+    OrderSearchStatus,
     OrderStatus,
     PaymentStatus,
     RecordStatus,
     SagaPhase,
 )
 from domain.timeouts import STEP_START_TO_CLOSE
-from workflows.compensation import CompensationStack, describe_error, run_shielded
-
-ORDER_STATUS = SearchAttributeKey.for_keyword(names.ORDER_STATUS_SEARCH_ATTRIBUTE)
-CUSTOMER_ID = SearchAttributeKey.for_keyword(names.CUSTOMER_ID_SEARCH_ATTRIBUTE)
-SEARCH_ATTRIBUTES = (ORDER_STATUS, CUSTOMER_ID)
-COMPENSATING = "COMPENSATING"
-
-# Saga metrics, through workflow.metric_meter(): replay-safe (nothing is recorded while a
-# history replays) and no Temporal command, so they never change what the workflow issues.
-METRIC_STARTED = "order_saga_started"
-METRIC_COMPLETED = "order_saga_completed"  # outcome: delivered | cancelled
-METRIC_COMPENSATED = "order_saga_compensated"  # reason: the failure type
-METRIC_COMPENSATION_RETRIES = "order_saga_compensation_retries"  # compensation: its name
-METRIC_PAYMENT_WAIT = "order_saga_payment_wait"  # ms, decision: confirm | cancel | timeout
+from workflows import metrics
+from workflows.compensation import (
+    Compensation,
+    CompensationStack,
+    describe_error,
+    root_cause,
+    run_shielded,
+)
 
 # Forward steps: infrastructure failures retry forever with capped backoff (the saga is
 # durable, it can wait out an outage); business failures are non-retryable by type.
@@ -132,21 +128,21 @@ class OrderProcessWorkflow:
 
     @workflow.run
     async def run(self, params: OrderProcessInput) -> SagaState:
-        self._count(METRIC_STARTED)
+        metrics.count(names.METRIC_STARTED)
         try:
             await self._until_pivot()
         except (ApplicationError, ActivityError, asyncio.CancelledError) as err:
             cancelled = is_cancelled_exception(err)
             self._record_failure(err, cancelled=cancelled)
-            self._count(METRIC_COMPENSATED, reason=self._state.failure_type or "unknown")
+            metrics.count(names.METRIC_COMPENSATED, reason=self._state.failure_type or "unknown")
             await self._unwind()
-            self._count(METRIC_COMPLETED, outcome="cancelled")
+            metrics.count(names.METRIC_COMPLETED, outcome="cancelled")
             if cancelled:
                 raise  # the run closes as CANCELED, after its compensations ran
             return self._state
         # Past the pivot: a cancel request cannot undo a parcel already with its dealer.
         await run_shielded(self._deliver(), on_cancel=self._record_ignored_cancel)
-        self._count(METRIC_COMPLETED, outcome="delivered")
+        metrics.count(names.METRIC_COMPLETED, outcome="delivered")
         return self._state
 
     async def _until_pivot(self) -> None:
@@ -154,12 +150,13 @@ class OrderProcessWorkflow:
         request = self._params.request
         state = self._state
 
+        # Each compensation is pushed with what its outcome means for the saga's state.
         self._compensations.push(
             names.CANCEL_ORDER,
-            lambda: self._compensate(
+            self._compensation(
                 names.CANCEL_ORDER,
-                OrderRef(order_id=order_id, saga_id=self._saga_id),
                 self._params.queues.orders,
+                lambda status: self._set_order_status(OrderStatus(status)),
             ),
         )
         order = await self._step(
@@ -172,10 +169,10 @@ class OrderProcessWorkflow:
 
         self._compensations.push(
             names.CANCEL_OR_REFUND_PAYMENT,
-            lambda: self._compensate(
+            self._compensation(
                 names.CANCEL_OR_REFUND_PAYMENT,
-                OrderRef(order_id=order_id, saga_id=self._saga_id),
                 self._params.queues.payments,
+                lambda status: setattr(state, "payment_status", PaymentStatus(status)),
             ),
         )
         # The window is counted from here; the payment row records when it closes.
@@ -214,10 +211,10 @@ class OrderProcessWorkflow:
         self._set_phase(SagaPhase.ASSIGNING_DEALER, "Assigning a dealer")
         self._compensations.push(
             names.CANCEL_DELIVERY,
-            lambda: self._compensate(
+            self._compensation(
                 names.CANCEL_DELIVERY,
-                OrderRef(order_id=order_id, saga_id=self._saga_id),
                 self._params.queues.deliveries,
+                self._delivery_undone,
             ),
         )
         delivery = await self._step(
@@ -349,11 +346,11 @@ class OrderProcessWorkflow:
         self._set_phase(
             SagaPhase.COMPENSATING, "Compensating: " + (self._state.failure_reason or "")
         )
-        self._upsert_order_status(COMPENSATING)
+        self._upsert_order_status(OrderSearchStatus.COMPENSATING)
         await self._compensations.unwind()
         state = self._state
         # cancel_order ran to success, so the order is CANCELLED (or was never created).
-        self._upsert_order_status(state.order_status or OrderStatus.CANCELLED)
+        self._upsert_order_status(OrderSearchStatus(state.order_status or OrderStatus.CANCELLED))
         self._set_phase(SagaPhase.CANCELLED, "Cancelled: " + (state.failure_reason or ""))
 
     # --- signals, queries, updates -----------------------------------------------------
@@ -473,31 +470,36 @@ class OrderProcessWorkflow:
         self._finish_record(record)
         return result
 
-    async def _compensate(self, name: str, arg: Any, task_queue: str) -> None:
-        # Always a regular activity, in both step modes. Its scheduling completes the workflow
-        # task, which records every local step before it: local steps run again only when
-        # their workflow task is lost, and must never run again after the undo of their
-        # effect (a re-run assign_dealer would find its delivery already cancelled).
-        outcome = await workflow.execute_activity(
-            name,
-            arg,
-            task_queue=task_queue,
-            result_type=CompensationOutcome,
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
-            retry_policy=COMPENSATION_RETRY,
-        )
-        workflow.logger.info("Compensation %s: %s", name, outcome.action)
-        # Reflect the entity's status after the compensation in the saga's view of it.
-        state, status = self._state, outcome.status
-        if status is None:
-            return
-        if name == names.CANCEL_ORDER:
-            self._set_order_status(OrderStatus(status))
-        elif name == names.CANCEL_OR_REFUND_PAYMENT:
-            state.payment_status = PaymentStatus(status)
-        elif name == names.CANCEL_DELIVERY:
-            state.delivery_status = DeliveryStatus(status)
-            state.dealer_id = None
+    def _compensation(
+        self, name: str, task_queue: str, reflect: Callable[[str], None]
+    ) -> Compensation:
+        """Compensation ``name`` of this saga's order, as the stack runs it: one attempt of the
+        activity on ``task_queue``, then ``reflect`` of the status it left its entity in
+        (not called when there was no entity of this saga's to undo)."""
+        ref = OrderRef(order_id=self._params.order_id, saga_id=self._saga_id)
+
+        async def compensate() -> None:
+            # Always a regular activity, in both step modes. Its scheduling completes the
+            # workflow task, which records every local step before it: local steps run again
+            # only when their workflow task is lost, and must never run again after the undo of
+            # their effect (a re-run assign_dealer would find its delivery already cancelled).
+            outcome = await workflow.execute_activity(
+                name,
+                ref,
+                task_queue=task_queue,
+                result_type=CompensationOutcome,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=COMPENSATION_RETRY,
+            )
+            workflow.logger.info("Compensation %s: %s", name, outcome.action)
+            if outcome.status is not None:
+                reflect(outcome.status)
+
+        return compensate
+
+    def _delivery_undone(self, status: str) -> None:
+        self._state.delivery_status = DeliveryStatus(status)
+        self._state.dealer_id = None
 
     def _start_record(self, name: str) -> StepRecord:
         record = StepRecord(name=name, status=RecordStatus.RUNNING, started_at=workflow.now())
@@ -519,9 +521,7 @@ class OrderProcessWorkflow:
             state.failure_type = "WorkflowCancelled"
             state.failure_reason = "the saga was cancelled before its pivot"
             return
-        cause: BaseException = err
-        while isinstance(cause, ActivityError) and cause.__cause__ is not None:
-            cause = cause.__cause__
+        cause = root_cause(err)
         state.failure_type = (
             cause.type if isinstance(cause, ApplicationError) else type(cause).__name__
         )
@@ -542,30 +542,21 @@ class OrderProcessWorkflow:
         )
 
     def _on_compensation_retry(self, record: StepRecord) -> None:
-        self._count(METRIC_COMPENSATION_RETRIES, compensation=record.name)
+        metrics.count(names.METRIC_COMPENSATION_RETRIES, compensation=record.name)
         workflow.set_current_details(
             f"Compensation {record.name} keeps failing (attempt {record.attempts}): {record.error}"
         )
 
-    def _count(self, name: str, **attributes: str) -> None:
-        counter = workflow.metric_meter().create_counter(name, unit="1")
-        counter.add(1, attributes or None)
-
     def _record_payment_wait(self, since: datetime) -> None:
-        waited = workflow.now() - since
-        workflow.metric_meter().create_histogram(
-            METRIC_PAYMENT_WAIT,
-            description="Time from the payment's creation to the decision (or the timeout).",
-            unit="ms",
-        ).record(int(waited.total_seconds() * 1000), {"decision": self._decision or "none"})
+        metrics.record_payment_wait(workflow.now() - since, self._decision or "none")
 
     def _set_order_status(self, status: OrderStatus) -> None:
         if self._state.order_status != status:
             self._state.order_status = status
-            self._upsert_order_status(status)
+            self._upsert_order_status(OrderSearchStatus(status))
 
-    def _upsert_order_status(self, value: str) -> None:
-        workflow.upsert_search_attributes([ORDER_STATUS.value_set(value)])
+    def _upsert_order_status(self, value: OrderSearchStatus) -> None:
+        workflow.upsert_search_attributes([names.ORDER_STATUS.value_set(value)])
 
     def _set_phase(self, phase: SagaPhase, details: str) -> None:
         self._state.phase = phase

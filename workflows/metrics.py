@@ -1,0 +1,27 @@
+"""The saga's metrics, emitted by the workflow through ``workflow.metric_meter()``.
+
+Replay-safe (nothing is recorded while a history replays) and no Temporal command, so they
+never change what the workflow issues. Names: ``domain.names.METRIC_*``; with
+``METRICS_BIND_ADDRESS`` set, telemetry.py serves them with the SDK's own.
+"""
+
+from datetime import timedelta
+
+from temporalio import workflow
+
+from domain import names
+
+
+def count(name: str, **attributes: str) -> None:
+    """Add one to the counter ``name`` (one of ``names.METRIC_*``) with ``attributes``."""
+    counter = workflow.metric_meter().create_counter(name, unit="1")
+    counter.add(1, attributes or None)
+
+
+def record_payment_wait(waited: timedelta, decision: str) -> None:
+    """How long the customer took to decide (or the window to close), in ms."""
+    workflow.metric_meter().create_histogram(
+        names.METRIC_PAYMENT_WAIT,
+        description="Time from the payment's creation to the decision (or the timeout).",
+        unit="ms",
+    ).record(int(waited.total_seconds() * 1000), {"decision": decision})
