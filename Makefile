@@ -59,7 +59,7 @@ migration: install
 ## Re-record tests/histories/*.json (one closed history per saga path, replayed by
 ## tests/workflows/test_replay.py). Only for a deliberately incompatible workflow change.
 histories: install
-	$(BIN)/python -m scripts.record_histories
+	$(BIN)/python -m tests.workflows.record_histories
 
 ## With `make run` going: one order down each path (delivered, cancel, timeout, no dealer).
 demo: install
@@ -72,20 +72,20 @@ screenshot: install
 ## Fault injection on the real stack: 300 sagas, 20 worker kills, 4 Temporal restarts,
 ## 2 database outages, then every invariant checked (PostgreSQL; CHAOS_ARGS=--database sqlite).
 chaos: install
-	$(BIN)/python -m chaos $(CHAOS_ARGS)
+	$(BIN)/python -m tools.chaos $(CHAOS_ARGS)
 
 ## The small chaos run CI does on PostgreSQL.
 chaos-ci: install
-	$(BIN)/python -m chaos --sagas 40 --kills 3 --restarts 1 --outages 1 $(CHAOS_ARGS)
+	$(BIN)/python -m tools.chaos --sagas 40 --kills 3 --restarts 1 --outages 1 $(CHAOS_ARGS)
 
 ## Benchmark on a fresh local stack: the saga against a no-database baseline workflow, with
 ## remote and local steps, then the HTTP API at 20 orders/s; .bench/latest.json (BENCH_ARGS=...).
 bench: install
-	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m tools.bench $(BENCH_ARGS)
 
 ## Many open sagas: worker memory, confirm latency and throughput at 1,000 and 10,000 open.
 bench-scale: install
-	$(BIN)/python -m bench scale $(BENCH_ARGS)
+	$(BIN)/python -m tools.bench scale $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -2,7 +2,7 @@
 
 A change to ``workflows/`` that would break sagas already running (a step added, removed
 or reordered, a timer changed, without ``workflow.patched``) makes these replays fail.
-The histories in ``tests/histories/`` are recorded by ``python -m scripts.record_histories``
+The histories in ``tests/histories/`` are recorded by ``python -m tests.workflows.record_histories``
 (``make histories``); refresh them only for a deliberately incompatible change. Replay
 runs in-process: no server.
 """

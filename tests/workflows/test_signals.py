@@ -24,14 +24,16 @@ from tests.saga_harness import (
     wait_for_phase,
     wait_until_seeking_a_dealer,
 )
+from tests.workflows.scenarios import (
+    LATE_AND_DUPLICATE_SIGNAL_LOG,
+    cancel_the_payment,
+    late_and_duplicate_signals,
+    signal_log,
+)
 from workflows import OrderProcessWorkflow as Saga
 
 # Just past the saga's first pause between dealer assignment attempts.
 FAST_RETRY_GAP = FAST_DEALER_RETRY.dealer_retry_initial_interval + timedelta(seconds=1)
-
-
-def signal_log(state) -> list[tuple[str, bool, str]]:
-    return [(s.name, s.applied, s.note) for s in state.signals]
 
 
 def compensation_retrying(state) -> bool:
@@ -45,38 +47,9 @@ async def test_duplicate_unknown_and_early_signals_are_ignored_and_the_order_is_
     add_dealer(engine)
     async with saga_workers(client, engine, executor, task_queue_suffix):
         handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
-        waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
-        payment_id, delivery_id = waiting.payment_id, waiting.delivery_id
-        assert payment_id is not None
-        assert delivery_id is not None
+        result = await late_and_duplicate_signals(handle)
 
-        await handle.signal(Saga.mark_delivered, DeliveredReport(delivery_id=delivery_id))
-        await handle.signal(Saga.confirm_payment, PaymentDecision(payment_id="not-a-payment"))
-        still_waiting = await wait_for_phase(
-            handle, SagaPhase.AWAITING_PAYMENT, until=lambda s: len(s.signals) == 2
-        )
-        assert still_waiting.payment_status == PaymentStatus.PENDING
-
-        decision = PaymentDecision(payment_id=payment_id)
-        await handle.signal(Saga.confirm_payment, decision)
-        await handle.signal(Saga.confirm_payment, decision)
-        await handle.signal(Saga.cancel_payment, decision)
-        await wait_for_phase(handle, SagaPhase.IN_TRANSIT, until=lambda s: len(s.signals) == 5)
-
-        await handle.signal(Saga.mark_delivered, DeliveredReport(delivery_id="not-a-delivery"))
-        await wait_for_phase(handle, SagaPhase.IN_TRANSIT, until=lambda s: len(s.signals) == 6)
-        await handle.signal(Saga.mark_delivered, DeliveredReport(delivery_id=delivery_id))
-        result = await handle.result()
-
-    assert signal_log(result) == [
-        (names.SIGNAL_MARK_DELIVERED, False, "ignored in phase AWAITING_PAYMENT"),
-        (names.SIGNAL_CONFIRM_PAYMENT, False, "unknown payment not-a-payment"),
-        (names.SIGNAL_CONFIRM_PAYMENT, True, "confirm"),
-        (names.SIGNAL_CONFIRM_PAYMENT, False, "decision already taken: confirm"),
-        (names.SIGNAL_CANCEL_PAYMENT, False, "decision already taken: confirm"),
-        (names.SIGNAL_MARK_DELIVERED, False, "unknown delivery not-a-delivery"),
-        (names.SIGNAL_MARK_DELIVERED, True, "delivered"),
-    ]
+    assert signal_log(result) == LATE_AND_DUPLICATE_SIGNAL_LOG
     assert result.phase == SagaPhase.DELIVERED
     assert result.compensations == []
     assert [s.name for s in result.steps].count(names.COMPLETE_PAYMENT) == 1
@@ -134,10 +107,7 @@ async def test_confirm_after_cancel_is_ignored_while_the_saga_compensates(
         client, engine, executor, task_queue_suffix, overrides=[refund.cancel_or_refund_payment]
     ):
         handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
-        waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
-        assert waiting.payment_id is not None
-        decision = PaymentDecision(payment_id=waiting.payment_id)
-        await handle.signal(Saga.cancel_payment, decision)
+        decision = await cancel_the_payment(handle)
         await wait_for_phase(handle, SagaPhase.COMPENSATING, until=compensation_retrying)
 
         await handle.signal(Saga.confirm_payment, decision)

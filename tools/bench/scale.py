@@ -1,4 +1,4 @@
-"""``python -m bench scale``: many sagas open at once, waiting for their payment.
+"""``python -m tools.bench scale``: many sagas open at once, waiting for their payment.
 
 Opens sagas (through the Temporal client, ~100 starts in flight) up to a first level (1,000)
 and then up to ``--open`` (10,000); at each level, once every open saga has its payment:
@@ -29,8 +29,12 @@ from pydantic import BaseModel
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from bench.driver import guarded, order_request, start_saga
-from bench.environment import (
+from domain import names
+from domain.payloads import SagaTimeouts, StepMode
+from domain.status import DeliveryStatus, PaymentStatus
+from store.models import DeliveryRow, PaymentRow
+from tools.bench.driver import guarded, order_request, start_saga
+from tools.bench.environment import (
     DEALER_WINDOW_SECONDS,
     BenchError,
     BenchStack,
@@ -41,13 +45,9 @@ from bench.environment import (
     read_rows,
     running_stack,
 )
-from bench.progress import Progress, status
-from bench.report import ms, num, table, write_json
-from bench.stats import Latency
-from domain import names
-from domain.payloads import SagaTimeouts, StepMode
-from domain.status import DeliveryStatus, PaymentStatus
-from store.models import DeliveryRow, PaymentRow
+from tools.bench.progress import Progress, status
+from tools.bench.report import ms, num, table, write_json
+from tools.bench.stats import Latency
 
 FIRST_LEVEL = 1000
 SETTLE_SECONDS = 600.0
@@ -284,6 +284,41 @@ async def run(args: argparse.Namespace) -> int:
     levels = sorted({min(FIRST_LEVEL, args.open), args.open})
     run_dir = new_run_dir(args.out, "-scale")
     log(args, f"run folder {run_dir}; step mode {args.mode}; levels {levels}")
+    results, run_max_mb, failures = await _measure_levels(run_dir, levels, args)
+    first, last = results[0], results[-1]
+    worker_max = run_max_mb.get("worker", math.nan)
+    p99_ratio = last.confirm.p99_ms / first.confirm.p99_ms if first.confirm.p99_ms else math.nan
+    throughput_ratio = (
+        last.throughput_per_s / first.throughput_per_s if first.throughput_per_s else math.nan
+    )
+    summary = (
+        f"bench-scale: {last.open} open sagas, worker RSS {worker_max:.0f} MB, confirm p99 "
+        f"{first.confirm.p99_ms:.0f} ms at {first.open} and {last.confirm.p99_ms:.0f} ms at "
+        f"{last.open} (x{p99_ratio:.2f})"
+    )
+    result = ScaleResult(
+        started_at=started_at,
+        wall_seconds=time.perf_counter() - started,
+        run_dir=str(run_dir),
+        mode=args.mode,
+        config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        levels=results,
+        confirm_p99_ratio=p99_ratio,
+        throughput_ratio=throughput_ratio,
+        worker_rss_max_mb=worker_max,
+        api_rss_max_mb=run_max_mb.get("api", math.nan),
+        failures=len(failures),
+        summary=summary,
+    )
+    write_json(result, run_dir / "scale-result.json", args.out / "scale-latest.json")
+    _print_result(result, failures, run_dir, args)
+    return 1 if failures else 0
+
+
+async def _measure_levels(
+    run_dir: Path, levels: list[int], args: argparse.Namespace
+) -> tuple[list[LevelResult], dict[str, float], list[str]]:
+    """Each level measured on one stack: the results, each process's peak RSS, the failures."""
     options = StackOptions(
         database_url=args.database_url,
         db_file=args.db_file,
@@ -305,35 +340,14 @@ async def run(args: argparse.Namespace) -> int:
                 f"{r.open} open: confirm p99 {r.confirm.p99_ms:.0f} ms, "
                 f"{r.throughput_per_s:.1f} confirmed sagas/s",
             )
-        worker_max = bench.monitor.run_max_mb.get("worker", math.nan)
-        api_max = bench.monitor.run_max_mb.get("api", math.nan)
-        failures = scale.failures
+        run_max_mb = dict(bench.monitor.run_max_mb)
+    return results, run_max_mb, scale.failures
 
-    first, last = results[0], results[-1]
-    p99_ratio = last.confirm.p99_ms / first.confirm.p99_ms if first.confirm.p99_ms else math.nan
-    throughput_ratio = (
-        last.throughput_per_s / first.throughput_per_s if first.throughput_per_s else math.nan
-    )
-    summary = (
-        f"bench-scale: {last.open} open sagas, worker RSS {worker_max:.0f} MB, confirm p99 "
-        f"{first.confirm.p99_ms:.0f} ms at {first.open} and {last.confirm.p99_ms:.0f} ms at "
-        f"{last.open} (x{p99_ratio:.2f})"
-    )
-    result = ScaleResult(
-        started_at=started_at,
-        wall_seconds=time.perf_counter() - started,
-        run_dir=str(run_dir),
-        mode=args.mode,
-        config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        levels=results,
-        confirm_p99_ratio=p99_ratio,
-        throughput_ratio=throughput_ratio,
-        worker_rss_max_mb=worker_max,
-        api_rss_max_mb=api_max,
-        failures=len(failures),
-        summary=summary,
-    )
-    write_json(result, run_dir / "scale-result.json", args.out / "scale-latest.json")
+
+def _print_result(
+    result: ScaleResult, failures: list[str], run_dir: Path, args: argparse.Namespace
+) -> None:
+    """The table, the first failures, where the run's files are, then the summary line last."""
     print(render(result))
     for failure in failures[:10]:
         print(f"FAILED {failure}")
@@ -342,8 +356,7 @@ async def run(args: argparse.Namespace) -> int:
         f"run folder {run_dir}; result {args.out / 'scale-latest.json'}; "
         f"{result.wall_seconds:.0f} s"
     )
-    print(summary, flush=True)
-    return 1 if failures else 0
+    print(result.summary, flush=True)
 
 
 def render(result: ScaleResult) -> str:
@@ -378,7 +391,7 @@ def render(result: ScaleResult) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``python -m bench scale``."""
+    """The options of ``python -m tools.bench scale``."""
     parser.add_argument("--open", type=int, default=10_000, help="open sagas at the last level")
     parser.add_argument("--sample", type=int, default=200, help="confirms timed at each level")
     parser.add_argument("--sample-rate", type=float, default=20.0, help="their rate per second")

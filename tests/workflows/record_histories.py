@@ -1,7 +1,8 @@
 """Record the history of every saga path, for the replay tests (tests/workflows/test_replay.py).
 
-    .venv/bin/python -m scripts.record_histories                 # every path (make histories)
-    .venv/bin/python -m scripts.record_histories no_dealer ...   # only the paths named
+    .venv/bin/python -m tests.workflows.record_histories               # every path (make histories)
+    .venv/bin/python -m tests.workflows.record_histories no_dealer ... # only the paths named
+    .venv/bin/python -m tests.workflows.record_histories --out DIR     # not in tests/histories
 
 Each path runs once on Temporal's time-skipping test server with the real workers (real
 activities over a fresh temporary SQLite database, fakes registered under real activity
@@ -9,6 +10,7 @@ names where a fault is needed), and its closed history is written to
 ``tests/histories/<path>.json``. Inputs are fixed (order id derived from the path name,
 same items, same timeouts, same dealers), so a refresh changes timestamps, run ids and, where
 an activity and a signal race, how events are grouped into workflow tasks; never the path.
+The paths the tests drive too (``scenarios.py``) are defined there, once for both.
 
 Refresh only when a workflow change is deliberately incompatible with running sagas (and
 guarded with ``workflow.patched``): the old files are what the replay test protects.
@@ -38,13 +40,7 @@ from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, Telemetr
 from temporalio.testing import WorkflowEnvironment
 
 from domain import names
-from domain.payloads import (
-    DeliveredReport,
-    PaymentDecision,
-    SagaState,
-    SagaTimeouts,
-    StepMode,
-)
+from domain.payloads import SagaState, SagaTimeouts, StepMode
 from domain.status import RecordStatus, SagaPhase
 from store.db import make_engine, migrate
 from tests.saga_harness import (
@@ -58,6 +54,8 @@ from tests.saga_harness import (
     start_saga,
     wait_for_phase,
 )
+from tests.workflows import scenarios
+from tests.workflows.scenarios import cancel_the_payment, mark_delivered, signal_log
 from workflows import OrderProcessWorkflow as Saga
 
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
@@ -120,12 +118,6 @@ async def closed_as_cancelled(handle: SagaHandle) -> SagaState:
     return state
 
 
-async def mark_delivered(handle: SagaHandle, state: SagaState) -> SagaState:
-    assert state.delivery_id is not None
-    await handle.signal(Saga.mark_delivered, DeliveredReport(delivery_id=state.delivery_id))
-    return await handle.result()
-
-
 # --- the paths ---------------------------------------------------------------------------
 
 
@@ -145,10 +137,7 @@ async def customer_cancel(rec: Recording) -> SagaHandle:
     """The customer cancels the payment: cancel payment, cancel order."""
     async with rec.workers():
         handle = await rec.start()
-        waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
-        assert waiting.payment_id is not None
-        decision = PaymentDecision(payment_id=waiting.payment_id, reason="changed my mind")
-        await handle.signal(Saga.cancel_payment, decision)
+        await cancel_the_payment(handle, reason="changed my mind")
         result = await handle.result()
     expect(result.failure_type == names.PAYMENT_CANCELLED, "PaymentCancelled", result)
     return handle
@@ -229,9 +218,7 @@ async def compensation_retried(rec: Recording) -> SagaHandle:
     refund = FailingRefund(rec.engine, failures=2)
     async with rec.workers(overrides=[refund.cancel_or_refund_payment]):
         handle = await rec.start()
-        waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
-        assert waiting.payment_id is not None
-        await handle.signal(Saga.cancel_payment, PaymentDecision(payment_id=waiting.payment_id))
+        await cancel_the_payment(handle)
         result = await handle.result()
     expect(refund.calls == 3, f"3 calls of the refund, not {refund.calls}")
     expect(result.compensations[0].attempts == 3, "the refund's 3 attempts", result)
@@ -243,31 +230,10 @@ async def late_and_duplicate_signals(rec: Recording) -> SagaHandle:
     add_dealer(rec.engine)
     async with rec.workers():
         handle = await rec.start()
-        waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
-        payment_id, delivery_id = waiting.payment_id, waiting.delivery_id
-        assert payment_id is not None
-        assert delivery_id is not None
-        # Too early (no dealer has the parcel) and addressed to an unknown payment.
-        await handle.signal(Saga.mark_delivered, DeliveredReport(delivery_id=delivery_id))
-        await handle.signal(Saga.confirm_payment, PaymentDecision(payment_id="not-a-payment"))
-        await wait_for_phase(
-            handle, SagaPhase.AWAITING_PAYMENT, until=lambda s: len(s.signals) == 2
-        )
-        # Taken once; the duplicate confirm and the late cancel are ignored.
-        decision = PaymentDecision(payment_id=payment_id)
-        await handle.signal(Saga.confirm_payment, decision)
-        await handle.signal(Saga.confirm_payment, decision)
-        await handle.signal(Saga.cancel_payment, decision)
-        await wait_for_phase(handle, SagaPhase.IN_TRANSIT, until=lambda s: len(s.signals) == 5)
-        # A report for another delivery, then the real one.
-        await handle.signal(Saga.mark_delivered, DeliveredReport(delivery_id="not-a-delivery"))
-        in_transit = await wait_for_phase(
-            handle, SagaPhase.IN_TRANSIT, until=lambda s: len(s.signals) == 6
-        )
-        result = await mark_delivered(handle, in_transit)
+        result = await scenarios.late_and_duplicate_signals(handle)
     expect(result.phase == SagaPhase.DELIVERED, "DELIVERED", result)
-    applied = [s.applied for s in result.signals]
-    expect(applied == [False, False, True, False, False, False, True], "signal log", result)
+    log = signal_log(result)
+    expect(log == scenarios.LATE_AND_DUPLICATE_SIGNAL_LOG, "the signal log", result)
     return handle
 
 

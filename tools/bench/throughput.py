@@ -1,4 +1,4 @@
-"""``python -m bench``: throughput and latency of the saga against its baseline, then HTTP.
+"""``python -m tools.bench``: throughput and latency of the saga against its baseline, then HTTP.
 
 Phases run one after the other on the same stack: ``baseline-remote``, ``saga-remote``,
 ``baseline-local``, ``saga-local`` (each a closed loop of N workflows, C in flight, after
@@ -17,9 +17,10 @@ from pathlib import Path
 
 import httpx
 
-from bench.api_load import http_load
-from bench.driver import Dealer, Outcome, closed_loop, drive_baseline, drive_saga, guarded
-from bench.environment import (
+from domain.payloads import SagaTimeouts, StepMode
+from tools.bench.api_load import HttpLoad, http_load
+from tools.bench.driver import Dealer, Outcome, closed_loop, drive_baseline, drive_saga, guarded
+from tools.bench.environment import (
     DEALER_WINDOW_SECONDS,
     BenchStack,
     StackOptions,
@@ -27,8 +28,8 @@ from bench.environment import (
     new_run_dir,
     running_stack,
 )
-from bench.progress import Progress, status
-from bench.report import (
+from tools.bench.progress import Progress, status
+from tools.bench.report import (
     BenchResult,
     HttpDetail,
     PhaseKind,
@@ -38,8 +39,7 @@ from bench.report import (
     summary_line,
     write_json,
 )
-from bench.stats import Latency
-from domain.payloads import SagaTimeouts, StepMode
+from tools.bench.stats import Latency
 
 CLIENT_PHASES = ("baseline-remote", "saga-remote", "baseline-local", "saga-local")
 PHASES = (*CLIENT_PHASES, "http")
@@ -58,36 +58,7 @@ async def run(args: argparse.Namespace) -> int:
     mode: StepMode = args.mode
     run_dir = new_run_dir(args.out)
     log(args, f"run folder {run_dir}; step mode {mode}; phases {', '.join(args.phases)}")
-    options = StackOptions(
-        database_url=args.database_url,
-        db_file=args.db_file,
-        server_args=args.server_arg,
-    )
-    phases: dict[str, PhaseResult] = {}
-    async with (
-        running_stack(run_dir, options) as bench,
-        api_client(bench) as http,
-    ):
-        log(args, f"stack up: Temporal {bench.stack.temporal_address}, API {bench.stack.api_url}")
-        dealer = Dealer(bench.client, bench.engine, http)
-        dealer_task = asyncio.create_task(dealer.run())
-        try:
-            for name in args.phases:
-                if name == "http":
-                    phases[name] = await _http_phase(bench, http, dealer, args)
-                else:
-                    phases[name] = await _client_phase(bench, dealer, args, name)
-                p = phases[name]
-                log(
-                    args,
-                    f"{name}: {p.sagas_per_s:.1f} sagas/s, p99 {p.e2e.p99_ms:.0f} ms, "
-                    f"{p.failures} failed",
-                )
-        finally:
-            dealer_task.cancel()
-            await asyncio.gather(dealer_task, return_exceptions=True)
-        rss_run_max = dict(bench.monitor.run_max_mb)
-
+    phases, rss_run_max, dealer = await _run_phases(run_dir, args)
     failures = sum(p.failures for p in phases.values())
     summary = summary_line(phases, mode)
     result = BenchResult(
@@ -106,6 +77,58 @@ async def run(args: argparse.Namespace) -> int:
     write_json(result, run_dir / "result.json", args.out / "latest.json")
     if not args.keep:
         shutil.rmtree(run_dir)
+    _print_result(result, run_dir, args)
+    return 1 if failures else 0
+
+
+async def _run_phases(
+    run_dir: Path, args: argparse.Namespace
+) -> tuple[dict[str, PhaseResult], dict[str, float], Dealer]:
+    """Every phase chosen, on one stack: the results by name, each peak RSS, the dealer."""
+    options = StackOptions(
+        database_url=args.database_url,
+        db_file=args.db_file,
+        server_args=args.server_arg,
+    )
+    phases: dict[str, PhaseResult] = {}
+    async with (
+        running_stack(run_dir, options) as bench,
+        api_client(bench) as http,
+    ):
+        log(args, f"stack up: Temporal {bench.stack.temporal_address}, API {bench.stack.api_url}")
+        dealer = Dealer(bench.client, bench.engine, http)
+        dealer_task = asyncio.create_task(dealer.run())
+        try:
+            for name in args.phases:
+                phases[name] = await _phase(bench, http, dealer, args, name)
+        finally:
+            dealer_task.cancel()
+            await asyncio.gather(dealer_task, return_exceptions=True)
+        rss_run_max = dict(bench.monitor.run_max_mb)
+    return phases, rss_run_max, dealer
+
+
+async def _phase(
+    bench: BenchStack,
+    http: httpx.AsyncClient,
+    dealer: Dealer,
+    args: argparse.Namespace,
+    name: str,
+) -> PhaseResult:
+    """Run the phase ``name`` and log its headline numbers."""
+    if name == "http":
+        p = await _http_phase(bench, http, dealer, args)
+    else:
+        p = await _client_phase(bench, dealer, args, name)
+    log(
+        args,
+        f"{name}: {p.sagas_per_s:.1f} sagas/s, p99 {p.e2e.p99_ms:.0f} ms, {p.failures} failed",
+    )
+    return p
+
+
+def _print_result(result: BenchResult, run_dir: Path, args: argparse.Namespace) -> None:
+    """The tables, where the run's files are, then the summary line last."""
     print(render(result))
     print()
     kept = "" if args.keep else " (removed)"
@@ -113,8 +136,7 @@ async def run(args: argparse.Namespace) -> int:
         f"run folder {run_dir}{kept}; result {args.out / 'latest.json'}; "
         f"{result.wall_seconds:.0f} s"
     )
-    print(summary, flush=True)
-    return 1 if failures else 0
+    print(result.summary, flush=True)
 
 
 async def _client_phase(
@@ -161,38 +183,15 @@ async def _http_phase(
     dealer: Dealer,
     args: argparse.Namespace,
 ) -> PhaseResult:
+    """The open loop through the API, after a few uncounted orders."""
     dealer.via = "http"
     tag = f"bench-{bench.run_dir.name}"
     # --rate counts requests: each order is a POST /orders and a confirm.
     orders_per_s = args.rate / 2
-    total = round(orders_per_s * args.http_seconds)
-    # A few orders first, uncounted: the API's first calls open its Temporal connection.
-    warm = await guarded(
-        bench,
-        http_load(
-            bench,
-            http,
-            rate=HTTP_WARMUP_ORDERS,
-            seconds=1,
-            tag=f"{tag}-warmup",
-            settle_within=args.saga_timeout,
-        ),
-    )
+    warm = await _http_warmup(bench, http, tag, args)
     before, report_calls = _DealerCounts.of(dealer), len(dealer.report_seconds)
     with bench.monitor.measure() as usage:
-        async with Progress("http requests", total, enabled=not args.quiet) as bar:
-            load = await guarded(
-                bench,
-                http_load(
-                    bench,
-                    http,
-                    rate=orders_per_s,
-                    seconds=args.http_seconds,
-                    tag=tag,
-                    settle_within=args.saga_timeout,
-                    on_request=bar.advance,
-                ),
-            )
+        load = await _http_measured(bench, http, tag, orders_per_s, args)
     result = _phase_result(
         "http",
         "http",
@@ -220,6 +219,47 @@ async def _http_phase(
         reports_refused_409=result.dealer_not_yet,
     )
     return result
+
+
+async def _http_warmup(
+    bench: BenchStack, http: httpx.AsyncClient, tag: str, args: argparse.Namespace
+) -> HttpLoad:
+    """A few orders first, uncounted: the API's first calls open its Temporal connection."""
+    return await guarded(
+        bench,
+        http_load(
+            bench,
+            http,
+            rate=HTTP_WARMUP_ORDERS,
+            seconds=1,
+            tag=f"{tag}-warmup",
+            settle_within=args.saga_timeout,
+        ),
+    )
+
+
+async def _http_measured(
+    bench: BenchStack,
+    http: httpx.AsyncClient,
+    tag: str,
+    orders_per_s: float,
+    args: argparse.Namespace,
+) -> HttpLoad:
+    """The measured open loop: ``--http-seconds`` of orders at ``orders_per_s``."""
+    total = round(orders_per_s * args.http_seconds)
+    async with Progress("http requests", total, enabled=not args.quiet) as bar:
+        return await guarded(
+            bench,
+            http_load(
+                bench,
+                http,
+                rate=orders_per_s,
+                seconds=args.http_seconds,
+                tag=tag,
+                settle_within=args.saga_timeout,
+                on_request=bar.advance,
+            ),
+        )
 
 
 def _phase_result(
@@ -287,7 +327,7 @@ class _DealerCounts:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``python -m bench`` (without a subcommand)."""
+    """The options of ``python -m tools.bench`` (without a subcommand)."""
     parser.add_argument("--sagas", type=int, default=200, help="measured sagas per phase")
     parser.add_argument("--concurrency", type=int, default=50, help="sagas in flight (<= 500)")
     parser.add_argument("--warmup", type=int, default=20, help="uncounted sagas per phase")

@@ -1,6 +1,6 @@
 """The processes of the chaos run: Temporal dev server, worker (supervised), API.
 
-The benchmark (``python -m bench``) runs the same stack with a few options changed: Temporal
+The benchmark (``python -m tools.bench``) runs the same stack with a few options changed: Temporal
 in memory, extra server flags and environment, no fault points, no worker supervision.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -103,13 +103,26 @@ class Stack:
     _supervisor: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
+        """Lay out the run folder and set up the three processes (none started yet)."""
         self.fault_dir = self.data_dir / "faults"
+        logs = self._make_folders()
+        self.env = self._environment()
+        self.temporal = Proc("temporal", self._temporal_argv(), self.env, logs / "temporal.log")
+        self.worker = Proc("worker", [sys.executable, "worker.py"], self.env, logs / "worker.log")
+        self.api = Proc("api", self._api_argv(), self.env, logs / "api.log")
+
+    def _make_folders(self) -> Path:
+        """Create the run folder, its fault point folder if armed, and its logs folder."""
         if self.fault_injection:
             self.fault_dir.mkdir(parents=True, exist_ok=True)
         else:
             self.data_dir.mkdir(parents=True, exist_ok=True)
         logs = self.data_dir / "logs"
         logs.mkdir(exist_ok=True)
+        return logs
+
+    def _environment(self) -> dict[str, str]:
+        """The environment of the worker and the API: ours, the stack's settings, extra_env."""
         env = {
             **os.environ,
             "DATABASE_URL": self.database_url,
@@ -127,7 +140,10 @@ class Stack:
         if not self.fault_injection:
             del env["CHAOS_FAULT_DIR"]  # an inherited one too: fault points stay no-ops
         env.update(self.extra_env)
-        self.env = env
+        return env
+
+    def _temporal_argv(self) -> list[str]:
+        """``temporal server start-dev`` on our port, in memory or on its data file."""
         if self.temporal_in_memory:
             persistence: list[str] = []
         else:
@@ -139,46 +155,38 @@ class Stack:
                 "--sqlite-pragma",
                 "synchronous=normal",
             ]
-        self.temporal = Proc(
-            "temporal",
-            [
-                str(BIN / "temporal"),
-                "server",
-                "start-dev",
-                "--headless",
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                str(self.temporal_port),
-                *persistence,
-                "--search-attribute",
-                "OrderStatus=Keyword",
-                "--search-attribute",
-                "CustomerId=Keyword",
-                "--log-level",
-                "error",
-                *self.server_args,
-            ],
-            env,
-            logs / "temporal.log",
-        )
-        self.worker = Proc("worker", [sys.executable, "worker.py"], env, logs / "worker.log")
-        self.api = Proc(
-            "api",
-            [
-                str(BIN / "uvicorn"),
-                "api.app:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.api_port),
-                "--log-level",
-                "warning",
-            ],
-            env,
-            logs / "api.log",
-        )
+        return [
+            str(BIN / "temporal"),
+            "server",
+            "start-dev",
+            "--headless",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.temporal_port),
+            *persistence,
+            "--search-attribute",
+            "OrderStatus=Keyword",
+            "--search-attribute",
+            "CustomerId=Keyword",
+            "--log-level",
+            "error",
+            *self.server_args,
+        ]
+
+    def _api_argv(self) -> list[str]:
+        """uvicorn serving the API's app factory on our port."""
+        return [
+            str(BIN / "uvicorn"),
+            "api.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.api_port),
+            "--log-level",
+            "warning",
+        ]
 
     @property
     def temporal_address(self) -> str:

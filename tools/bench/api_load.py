@@ -1,7 +1,7 @@
 """The HTTP phase: orders placed and confirmed through the API at a fixed rate (open loop).
 
 Each tick posts ``/orders`` (with an Idempotency-Key) and, as soon as the order is there
-with its payment, ``/payments/{id}/confirm``; the :class:`~bench.driver.Dealer` reports the
+with its payment, ``/payments/{id}/confirm``; the :class:`~tools.bench.driver.Dealer` reports the
 delivery over HTTP (``POST /deliveries/{id}/delivered``). The phase ends when every
 accepted order is DELIVERED in the database. A request that does not get a 2xx is counted,
 and its saga is a failure.
@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import httpx
 from sqlmodel import col, select
 
-from bench.driver import order_request
-from bench.environment import BenchStack, compile_query, read_rows
 from domain import names
 from domain.status import OrderStatus
 from store.models import OrderRow
+from tools.bench.driver import order_request
+from tools.bench.environment import BenchStack, compile_query, read_rows
 
 PAYMENT_WAIT_SECONDS = 30.0
 PAYMENT_RETRY_SECONDS = 0.2
@@ -58,63 +58,79 @@ async def http_load(
     ``settle_within`` seconds after the last request) until every accepted one is DELIVERED.
     ``tag`` makes the Idempotency-Keys unique to the call."""
     load = HttpLoad(requested=round(rate * seconds))
-    # Order id -> when its POST /orders was sent, until it is seen DELIVERED.
-    accepted: dict[str, float] = {}
-    loop = asyncio.get_running_loop()
-    first = loop.time()
+    first = asyncio.get_running_loop().time()
     first_sent = time.perf_counter()
-
-    async def place(index: int) -> None:
-        sent = time.perf_counter()
-        try:
-            order_id = await _place_and_confirm(http, load, index, f"{tag}-{index}")
-        except httpx.HTTPError as err:
-            load.non_2xx[f"{type(err).__name__}"] += 1
-            load.problems.append(f"order {tag}-{index}: {type(err).__name__}: {err}")
-            return
-        finally:
-            on_request()
-        if order_id is not None:
-            accepted[order_id] = sent
-
+    orders = _OpenLoop(bench, http, load, tag, on_request, last_delivered=first_sent)
     delivered_sql = compile_query(
         bench.engine, select(OrderRow.id).where(col(OrderRow.status) == OrderStatus.DELIVERED.value)
     )
-    placing = True
-    last_delivered = first_sent
-
-    async def watch() -> None:
-        """See orders reach DELIVERED while they are still being placed (their e2e time)."""
-        nonlocal last_delivered
-        deadline = math.inf
-        while placing or (accepted and time.perf_counter() < deadline):
-            if not placing and deadline == math.inf:
-                deadline = time.perf_counter() + settle_within
-            rows = await asyncio.to_thread(read_rows, bench.engine, delivered_sql)
-            now = time.perf_counter()
-            for (order_id,) in rows:
-                sent = accepted.pop(order_id, None)
-                if sent is not None:
-                    load.e2e_seconds.append(now - sent)
-                    last_delivered = now
-            await asyncio.sleep(DB_POLL_SECONDS)
-
-    watcher = asyncio.create_task(watch())
+    watcher = asyncio.create_task(orders.watch(delivered_sql, settle_within))
     try:
-        tasks = []
-        for index in range(load.requested):
-            # Open loop: request i leaves at first + i / rate, however slow the answers are.
-            await asyncio.sleep(max(0.0, first + index / rate - loop.time()))
-            tasks.append(asyncio.create_task(place(index)))
-        await asyncio.gather(*tasks)
-        placing = False
+        await orders.send_all(rate, first)
+        orders.placing = False
         await watcher
     finally:
         watcher.cancel()
     load.delivered = len(load.e2e_seconds)
-    load.seconds = last_delivered - first_sent
-    load.problems += [f"order {o} not DELIVERED within {settle_within:.0f}s" for o in accepted]
+    load.seconds = orders.last_delivered - first_sent
+    load.problems += [
+        f"order {o} not DELIVERED within {settle_within:.0f}s" for o in orders.accepted
+    ]
     return load
+
+
+@dataclass
+class _OpenLoop:
+    """One HTTP load: the orders being placed, and the accepted ones not yet DELIVERED."""
+
+    bench: BenchStack
+    http: httpx.AsyncClient
+    load: HttpLoad
+    tag: str
+    on_request: Callable[[], None]
+    last_delivered: float  # when an order was last seen DELIVERED
+    # Order id -> when its POST /orders was sent, until it is seen DELIVERED.
+    accepted: dict[str, float] = field(default_factory=dict)
+    placing: bool = True
+
+    async def send_all(self, rate: float, first: float) -> None:
+        """Send every order at its time, then wait for all of their answers."""
+        loop = asyncio.get_running_loop()
+        tasks = []
+        for index in range(self.load.requested):
+            # Open loop: request i leaves at first + i / rate, however slow the answers are.
+            await asyncio.sleep(max(0.0, first + index / rate - loop.time()))
+            tasks.append(asyncio.create_task(self.place(index)))
+        await asyncio.gather(*tasks)
+
+    async def place(self, index: int) -> None:
+        """Place order ``index`` and confirm it; keep it to watch if both were accepted."""
+        sent = time.perf_counter()
+        try:
+            order_id = await _place_and_confirm(self.http, self.load, index, f"{self.tag}-{index}")
+        except httpx.HTTPError as err:
+            self.load.non_2xx[f"{type(err).__name__}"] += 1
+            self.load.problems.append(f"order {self.tag}-{index}: {type(err).__name__}: {err}")
+            return
+        finally:
+            self.on_request()
+        if order_id is not None:
+            self.accepted[order_id] = sent
+
+    async def watch(self, delivered_sql: str, settle_within: float) -> None:
+        """See orders reach DELIVERED while they are still being placed (their e2e time)."""
+        deadline = math.inf
+        while self.placing or (self.accepted and time.perf_counter() < deadline):
+            if not self.placing and deadline == math.inf:
+                deadline = time.perf_counter() + settle_within
+            rows = await asyncio.to_thread(read_rows, self.bench.engine, delivered_sql)
+            now = time.perf_counter()
+            for (order_id,) in rows:
+                sent = self.accepted.pop(order_id, None)
+                if sent is not None:
+                    self.load.e2e_seconds.append(now - sent)
+                    self.last_delivered = now
+            await asyncio.sleep(DB_POLL_SECONDS)
 
 
 async def _place_and_confirm(

@@ -1,6 +1,6 @@
 """The stack of one bench run: Temporal (in memory), saga worker, API, baseline worker.
 
-Built on :class:`chaos.stack.Stack` (the chaos run's processes) with the benchmark's options:
+Built on :class:`tools.chaos.stack.Stack` (the chaos run's processes) with the benchmark's options:
 Temporal without a data file unless one is asked for, no fault points, no worker
 supervision (a worker that dies fails the run instead of hiding in the numbers).
 """
@@ -27,12 +27,12 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from bench.baseline import BASELINE_ACTIVITY_TASK_QUEUE, BASELINE_TASK_QUEUE
-from bench.procstat import ResourceMonitor
-from chaos.stack import ROOT, Proc, Stack
 from domain import names
 from store.db import drop_schema, make_engine, migrate, normalise_url, read_session, session
 from store.seed import new_dealer
+from tools.bench.baseline import BASELINE_ACTIVITY_TASK_QUEUE, BASELINE_TASK_QUEUE
+from tools.bench.procstat import ResourceMonitor
+from tools.chaos.stack import ROOT, Proc, Stack
 
 BENCH_DIR = ROOT / ".bench"
 PROVINCE = CITY = "Tehran"
@@ -167,7 +167,7 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
     baseline = (
         Proc(
             "baseline",
-            [sys.executable, "-m", "bench.baseline_worker"],
+            [sys.executable, "-m", "tools.bench.baseline_worker"],
             stack.env,
             run_dir / "logs" / "baseline.log",
         )

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from bench.stats import Latency
 from domain.payloads import StepMode
+from tools.bench.stats import Latency
 
 PhaseKind = Literal["baseline", "saga", "http"]
 
@@ -141,126 +141,123 @@ def num(value: float, places: int = 1) -> str:
     return "-" if math.isnan(value) else f"{value:.{places}f}"
 
 
+PHASE_HEADERS = [
+    "phase",
+    "sagas",
+    "failed",
+    "wall s",
+    "sagas/s",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "max ms",
+    "worker CPU ms/saga",
+    "server CPU ms/saga",
+    "API CPU ms/saga",
+    "worker RSS MB",
+]
+LATENCY_NOTE = (
+    "latency: start call to result (http: POST /orders to DELIVERED seen in the database,"
+    " polled every 0.1 s); worker = the baseline worker in baseline phases"
+)
+CPU_PROCESSES = ["worker", "baseline", "server", "api", "bench"]
+
+
 def render(result: BenchResult) -> str:
-    """The tables printed at the end of ``python -m bench``."""
-    out = []
-    rows = []
-    for p in result.phases:
-        label = f"{p.name} ({p.mode})" if p.kind == "http" else p.name
-        rows.append(
-            [
-                label,
-                str(p.sagas),
-                str(p.failures),
-                num(p.seconds),
-                num(p.sagas_per_s),
-                ms(p.e2e.p50_ms),
-                ms(p.e2e.p95_ms),
-                ms(p.e2e.p99_ms),
-                ms(p.e2e.max_ms),
-                num(p.cpu_ms_per_saga.get("worker", math.nan)),
-                num(p.cpu_ms_per_saga.get("server", math.nan)),
-                num(p.cpu_ms_per_saga.get("api", math.nan)),
-                num(p.rss_max_mb.get("baseline" if p.kind == "baseline" else "worker", math.nan)),
-            ]
-        )
-    out.append(
-        table(
-            [
-                "phase",
-                "sagas",
-                "failed",
-                "wall s",
-                "sagas/s",
-                "p50 ms",
-                "p95 ms",
-                "p99 ms",
-                "max ms",
-                "worker CPU ms/saga",
-                "server CPU ms/saga",
-                "API CPU ms/saga",
-                "worker RSS MB",
-            ],
-            rows,
-        )
-    )
-    out.append(
-        "latency: start call to result (http: POST /orders to DELIVERED seen in the database,"
-        " polled every 0.1 s); worker = the baseline worker in baseline phases"
-    )
+    """The tables printed at the end of ``python -m tools.bench``."""
+    out = [_phases_table(result.phases), LATENCY_NOTE]
     if result.ratios:
-        out.append("")
-        out.append(
-            table(
-                ["ratio", "sagas/s", "p99"],
-                [
-                    [
-                        f"{r.numerator} / {r.denominator} ({r.label})",
-                        num(r.sagas_per_s, 2),
-                        num(r.p99, 2),
-                    ]
-                    for r in result.ratios
-                ],
-            )
-        )
+        out += ["", _ratios_table(result.ratios)]
     for p in result.phases:
-        if p.http is None:
-            continue
-        h = p.http
-        out.append("")
-        non_2xx = ", ".join(f"{k}: {v}" for k, v in sorted(h.non_2xx.items())) or "none"
-        out.append(
-            f"HTTP: {h.rate_per_s:g} requests/s ({h.orders_per_s:g} orders/s + their confirms) "
-            f"for {h.seconds:g} s, saga mode {p.mode}; "
-            f"non-2xx: {non_2xx}; 202 (payment not ready): {h.answered_202} "
-            f"(confirm retried on 404: {h.confirm_404}); "
-            f"delivered reports refused with 409 and retried: {h.reports_refused_409}"
-        )
-        out.append(
-            table(
-                ["call", "count", "p50 ms", "p95 ms", "p99 ms", "max ms"],
-                [
-                    [
-                        name,
-                        str(lat.count),
-                        ms(lat.p50_ms),
-                        ms(lat.p95_ms),
-                        ms(lat.p99_ms),
-                        ms(lat.max_ms),
-                    ]
-                    for name, lat in (
-                        ("POST /orders", h.orders),
-                        ("POST /payments/{id}/confirm", h.confirms),
-                        ("POST /deliveries/{id}/delivered", h.delivered_reports),
-                    )
-                ],
-            )
-        )
-    out.append("")
-    names = ["worker", "baseline", "server", "api", "bench"]
-    out.append(
-        table(
-            ["CPU seconds", *names, "dealer queries", "not yet at pivot", "resends"],
-            [
-                [
-                    p.name,
-                    *(num(p.cpu_s.get(n, math.nan), 2) for n in names),
-                    str(p.dealer_queries),
-                    str(p.dealer_not_yet),
-                    str(p.dealer_resends),
-                ]
-                for p in result.phases
-            ],
-        )
-    )
-    peak = ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(result.rss_run_max_mb.items()))
-    out.append(f"peak RSS over the run: {peak}")
-    for error in result.dealer_errors:
-        out.append(f"dealer error (retried): {error}")
-    for p in result.phases:
-        for sample in p.failure_samples:
-            out.append(f"FAILED {p.name}: {sample}")
+        if p.http is not None:
+            out += ["", *_http_table(p, p.http)]
+    out += ["", _cpu_table(result.phases)]
+    out += _footer(result)
     return "\n".join(out)
+
+
+def _phases_table(phases: Sequence[PhaseResult]) -> str:
+    """One row per phase: sagas, failures, throughput, latency, CPU per saga, worker RSS."""
+    return table(PHASE_HEADERS, [_phase_row(p) for p in phases])
+
+
+def _phase_row(p: PhaseResult) -> list[str]:
+    """The cells of one phase in :func:`_phases_table`."""
+    label = f"{p.name} ({p.mode})" if p.kind == "http" else p.name
+    return [
+        label,
+        str(p.sagas),
+        str(p.failures),
+        num(p.seconds),
+        num(p.sagas_per_s),
+        ms(p.e2e.p50_ms),
+        ms(p.e2e.p95_ms),
+        ms(p.e2e.p99_ms),
+        ms(p.e2e.max_ms),
+        num(p.cpu_ms_per_saga.get("worker", math.nan)),
+        num(p.cpu_ms_per_saga.get("server", math.nan)),
+        num(p.cpu_ms_per_saga.get("api", math.nan)),
+        num(p.rss_max_mb.get("baseline" if p.kind == "baseline" else "worker", math.nan)),
+    ]
+
+
+def _ratios_table(found: Sequence[Ratio]) -> str:
+    """One row per ratio between two phases: in throughput and in p99 latency."""
+    return table(
+        ["ratio", "sagas/s", "p99"],
+        [
+            [f"{r.numerator} / {r.denominator} ({r.label})", num(r.sagas_per_s, 2), num(r.p99, 2)]
+            for r in found
+        ],
+    )
+
+
+def _http_table(p: PhaseResult, h: HttpDetail) -> list[str]:
+    """The HTTP phase's line of counts, then the latency of each of its calls."""
+    non_2xx = ", ".join(f"{k}: {v}" for k, v in sorted(h.non_2xx.items())) or "none"
+    counts = (
+        f"HTTP: {h.rate_per_s:g} requests/s ({h.orders_per_s:g} orders/s + their confirms) "
+        f"for {h.seconds:g} s, saga mode {p.mode}; "
+        f"non-2xx: {non_2xx}; 202 (payment not ready): {h.answered_202} "
+        f"(confirm retried on 404: {h.confirm_404}); "
+        f"delivered reports refused with 409 and retried: {h.reports_refused_409}"
+    )
+    calls = (
+        ("POST /orders", h.orders),
+        ("POST /payments/{id}/confirm", h.confirms),
+        ("POST /deliveries/{id}/delivered", h.delivered_reports),
+    )
+    rows = [
+        [name, str(lat.count), ms(lat.p50_ms), ms(lat.p95_ms), ms(lat.p99_ms), ms(lat.max_ms)]
+        for name, lat in calls
+    ]
+    return [counts, table(["call", "count", "p50 ms", "p95 ms", "p99 ms", "max ms"], rows)]
+
+
+def _cpu_table(phases: Sequence[PhaseResult]) -> str:
+    """CPU seconds of each process per phase, and the dealer's counts."""
+    return table(
+        ["CPU seconds", *CPU_PROCESSES, "dealer queries", "not yet at pivot", "resends"],
+        [
+            [
+                p.name,
+                *(num(p.cpu_s.get(n, math.nan), 2) for n in CPU_PROCESSES),
+                str(p.dealer_queries),
+                str(p.dealer_not_yet),
+                str(p.dealer_resends),
+            ]
+            for p in phases
+        ],
+    )
+
+
+def _footer(result: BenchResult) -> list[str]:
+    """Peak RSS over the run, then every dealer error and failure sample kept."""
+    peak = ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(result.rss_run_max_mb.items()))
+    lines = [f"peak RSS over the run: {peak}"]
+    lines += [f"dealer error (retried): {error}" for error in result.dealer_errors]
+    lines += [f"FAILED {p.name}: {sample}" for p in result.phases for sample in p.failure_samples]
+    return lines
 
 
 def write_json(document: BaseModel, path: Path, latest: Path) -> None:

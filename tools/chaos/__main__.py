@@ -1,8 +1,8 @@
-"""``python -m chaos``: drive sagas through the real stack while breaking it, then check.
+"""``python -m tools.chaos``: drive sagas through the real stack while breaking it, then check.
 
-    python -m chaos                                   # default size, PostgreSQL
-    python -m chaos --sagas 40 --kills 3 --restarts 1 --outages 1   # the CI size
-    python -m chaos --database sqlite
+    python -m tools.chaos                             # default size, PostgreSQL
+    python -m tools.chaos --sagas 40 --kills 3 --restarts 1 --outages 1   # the CI size
+    python -m tools.chaos --database sqlite
 
 Prints a table of outcomes and ends with one line:
 ``chaos: <N> sagas, <K> worker kills, <M> server restarts, <D> db outages, <V> violations``.
@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -25,12 +26,12 @@ from sqlmodel import select
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from chaos.checks import check_database, check_intent, check_temporal, outcome_table
-from chaos.customers import Api, Saga, pick_scenario, run_saga
-from chaos.stack import Stack
 from store.db import drop_schema, make_engine, migrate, normalise_url, session
 from store.models import OrderRow
 from store.seed import new_dealer
+from tools.chaos.checks import check_database, check_intent, check_temporal, outcome_table
+from tools.chaos.customers import Api, Saga, pick_scenario, run_saga
+from tools.chaos.stack import Stack
 
 # Where a crash hurts most (see activities/faults.py): armed first, one per kill.
 FAULT_POINTS = [
@@ -162,12 +163,35 @@ class Chaos:
 
 
 async def main(args: argparse.Namespace) -> int:
-    # SIGTERM stops the run as Ctrl-C does: a cancel of this task, so the stack's ``finally``
-    # stops every child process (they run in their own sessions and would outlive us).
+    """The whole run: set up, drive the sagas while the blows fall, check, report."""
+    _stop_on_sigterm()
+    rng = random.Random(args.seed)
+    database, stack = _set_up(args)
+    await stack.start()
+    api = Api(stack.api_url)
+    chaos = Chaos(stack, database, rng, args)
+    sagas = _plan_sagas(args, rng)
+    try:
+        await _drive(api, chaos, sagas, rng, args)
+        violations, statuses = await _check(database, stack, api, sagas)
+    finally:
+        await api.close()
+        await stack.stop()
+    _report(sagas, chaos, api, stack, statuses, violations)
+    return 1 if violations else 0
+
+
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM stop the run as Ctrl-C does: a cancel of the running task."""
+    # The cancel lets the stack's ``finally`` stop every child process (they run in their own
+    # sessions and would outlive us).
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    rng = random.Random(args.seed)
+
+
+def _set_up(args: argparse.Namespace) -> tuple[Database, Stack]:
+    """A fresh database with its dealers, and the stack over it (not started yet)."""
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="chaos-"))
     data_dir.mkdir(parents=True, exist_ok=True)
     database = Database(args.database, args.database_url, data_dir)
@@ -179,46 +203,71 @@ async def main(args: argparse.Namespace) -> int:
         dealer_window=args.dealer_window,
     )
     log(f"data in {data_dir}; database {database.kind}")
-    await stack.start()
-    api = Api(stack.api_url)
-    chaos = Chaos(stack, database, rng, args)
+    return database, stack
+
+
+def _plan_sagas(args: argparse.Namespace, rng: random.Random) -> list[Saga]:
+    """The run's sagas, each with its scenario and an Idempotency-Key unique to the run."""
     run_id = f"{int(time.time())}-{rng.randrange(10**6)}"
-    sagas = [Saga(i, pick_scenario(rng), f"chaos-{run_id}-{i}") for i in range(args.sagas)]
+    return [Saga(i, pick_scenario(rng), f"chaos-{run_id}-{i}") for i in range(args.sagas)]
+
+
+async def _drive(
+    api: Api, chaos: Chaos, sagas: list[Saga], rng: random.Random, args: argparse.Namespace
+) -> None:
+    """Every saga through the API, ``--in-flight`` at a time, while the blows fall."""
     slots = asyncio.Semaphore(args.in_flight)
-    done = 0
-
-    async def one(saga: Saga) -> None:
-        nonlocal done
-        async with slots:
-            try:
-                await run_saga(api, saga, random.Random(rng.random()), args.settle_within)
-            except TimeoutError as err:
-                saga.problems.append(str(err))
-            done += 1
-            chaos.settled = done
-            if done % max(1, args.sagas // 10) == 0:
-                log(f"{done}/{args.sagas} sagas settled")
-
     started = time.monotonic()
-    try:
-        await asyncio.gather(chaos.run(), *(one(s) for s in sagas))
-        log(f"driving done in {time.monotonic() - started:.0f}s; checking")
-        engine = make_engine(database.url)
-        with session(engine) as db:
-            orders_in_db = set(db.exec(select(OrderRow.id)).all())
-        violations = check_database(engine)
-        engine.dispose()
-        violations += check_intent(sagas, orders_in_db)
-        violations += [f"HTTP 5xx other than 503: {e}" for e in api.server_errors]
-        client = await Client.connect(
-            stack.temporal_address, data_converter=pydantic_data_converter
-        )
-        temporal_violations, statuses = await check_temporal(client, sagas)
-        violations += temporal_violations
-    finally:
-        await api.close()
-        await stack.stop()
+    settling = (_settle(api, chaos, saga, rng, slots, args) for saga in sagas)
+    await asyncio.gather(chaos.run(), *settling)
+    log(f"driving done in {time.monotonic() - started:.0f}s; checking")
 
+
+async def _settle(
+    api: Api,
+    chaos: Chaos,
+    saga: Saga,
+    rng: random.Random,
+    slots: asyncio.Semaphore,
+    args: argparse.Namespace,
+) -> None:
+    """Drive one saga to its end in a free slot, and count it settled (it paces the blows)."""
+    async with slots:
+        try:
+            await run_saga(api, saga, random.Random(rng.random()), args.settle_within)
+        except TimeoutError as err:
+            saga.problems.append(str(err))
+        chaos.settled += 1
+        if chaos.settled % max(1, args.sagas // 10) == 0:
+            log(f"{chaos.settled}/{args.sagas} sagas settled")
+
+
+async def _check(
+    database: Database, stack: Stack, api: Api, sagas: list[Saga]
+) -> tuple[list[str], Counter[str]]:
+    """Every invariant, in SQL and in Temporal: the violations, and the runs by status."""
+    engine = make_engine(database.url)
+    with session(engine) as db:
+        orders_in_db = set(db.exec(select(OrderRow.id)).all())
+    violations = check_database(engine)
+    engine.dispose()
+    violations += check_intent(sagas, orders_in_db)
+    violations += [f"HTTP 5xx other than 503: {e}" for e in api.server_errors]
+    client = await Client.connect(stack.temporal_address, data_converter=pydantic_data_converter)
+    temporal_violations, statuses = await check_temporal(client, sagas)
+    violations += temporal_violations
+    return violations, statuses
+
+
+def _report(
+    sagas: list[Saga],
+    chaos: Chaos,
+    api: Api,
+    stack: Stack,
+    statuses: Counter[str],
+    violations: list[str],
+) -> None:
+    """Print the outcomes, what was done to the stack, the violations and the last line."""
     print()
     print(outcome_table(sagas))
     print()
@@ -232,12 +281,11 @@ async def main(args: argparse.Namespace) -> int:
         f"chaos: {len(sagas)} sagas, {chaos.kills} worker kills, {chaos.restarts} server restarts, "
         f"{chaos.outages} db outages, {len(violations)} violations"
     )
-    return 1 if violations else 0
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m chaos",
+        prog="python -m tools.chaos",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

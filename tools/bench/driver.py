@@ -20,10 +20,6 @@ from sqlalchemy import Engine
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowHandle
 
-from api.saga import start_order_saga
-from bench.baseline import BASELINE_TASK_QUEUE, STEPS, BaselineInput, BaselineWorkflow
-from bench.environment import CITY, PROVINCE, BenchStack, compile_query, read_rows
-from bench.progress import Progress
 from domain import names
 from domain.payloads import (
     DeliveredReport,
@@ -35,7 +31,11 @@ from domain.payloads import (
     StepMode,
 )
 from domain.status import DeliveryStatus, OrderStatus, SagaPhase
+from sagas.orchestration import start_order_saga
 from store.models import DeliveryRow
+from tools.bench.baseline import BASELINE_TASK_QUEUE, STEPS, BaselineInput, BaselineWorkflow
+from tools.bench.environment import CITY, PROVINCE, BenchStack, compile_query, read_rows
+from tools.bench.progress import Progress
 from workflows import OrderProcessWorkflow
 
 SagaHandle = WorkflowHandle[OrderProcessWorkflow, SagaState]
@@ -60,8 +60,8 @@ async def start_saga(
     timeouts: SagaTimeouts,
     task_queue: str = names.WORKFLOW_TASK_QUEUE,
 ) -> SagaHandle:
-    """Start the order's saga in ``mode`` as ``api.saga.SagaGateway.start`` does: workflow id
-    from the order id, reject-duplicate, the two search attributes, the summary and the
+    """Start the order's saga in ``mode`` as the door's ``OrchestratedSagas.place`` does:
+    workflow id from the order id, reject-duplicate, the two search attributes, the summary and the
     request fingerprint memo. Unlike the API it does not wait for the payment to exist (an
     update round trip): the bench knows the payment id and confirms right away."""
     return await start_order_saga(
@@ -185,7 +185,8 @@ MAX_ERRORS_KEPT = 100
 @dataclass
 class Dealer:
     """Every dealer at once: reports each IN_TRANSIT delivery delivered as soon as the database
-    shows it (one SELECT for all, every 50 ms), following ``api.saga.report_delivered``'s rule.
+    shows it (one SELECT for all, every 50 ms), following the rule of the door's
+    ``OrchestratedSagas.report_delivered``.
 
     The database is a moment ahead of the saga: the dealer assignment commits before the saga
     hears of it, and a ``mark_delivered`` that reaches the saga before its pivot is recorded

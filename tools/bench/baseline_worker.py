@@ -1,4 +1,4 @@
-"""``python -m bench.baseline_worker``: the worker process of the baseline workflow.
+"""``python -m tools.bench.baseline_worker``: the worker process of the baseline workflow.
 
 Polls ``bench-baseline`` (the workflow, and its local activities) and
 ``bench-baseline-activities`` (the remote no-op activities), on the Temporal server named by
@@ -14,13 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.worker import Worker
 
-from bench.baseline import (
+from sagas.temporal import connect_temporal
+from settings import Settings
+from tools.bench.baseline import (
     BASELINE_ACTIVITY_TASK_QUEUE,
     BASELINE_TASK_QUEUE,
     BaselineWorkflow,
     noop,
 )
-from settings import Settings, connect_temporal
 from worker import workflow_runner
 
 

@@ -1,25 +1,25 @@
-"""``python -m bench``: the saga measured on a real stack (``make bench``).
+"""``python -m tools.bench``: the saga measured on a real stack (``make bench``).
 
-    python -m bench                           # default size, a few minutes on 2 cores
-    python -m bench --sagas 500 --concurrency 100 --phases saga-local,baseline-local
-    python -m bench --database-url postgresql://postgres@127.0.0.1:5432/bench
-    python -m bench --server-arg=--dynamic-config-value \\
+    python -m tools.bench                     # default size, a few minutes on 2 cores
+    python -m tools.bench --sagas 500 --concurrency 100 --phases saga-local,baseline-local
+    python -m tools.bench --database-url postgresql://postgres@127.0.0.1:5432/bench
+    python -m tools.bench --server-arg=--dynamic-config-value \\
                     --server-arg=history.transferProcessorMaxPollRPS=100
-    python -m bench scale                     # many open sagas (``make bench-scale``)
-    python -m bench scale --open 3000
+    python -m tools.bench scale               # many open sagas (``make bench-scale``)
+    python -m tools.bench scale --open 3000
 
 Each run starts its own stack in a new folder ``.bench/<timestamp>/`` (logs, the service
 database): the Temporal dev server in memory (``--db-file`` for a data file), the saga
-worker, the API, and for ``python -m bench`` a worker for the baseline workflow.
+worker, the API, and for ``python -m tools.bench`` a worker for the baseline workflow.
 
-``python -m bench`` runs the phases ``baseline-remote``, ``saga-remote``, ``baseline-local``,
+``python -m tools.bench`` runs the phases ``baseline-remote``, ``saga-remote``, ``baseline-local``,
 ``saga-local`` (closed loops through the Temporal client) and ``http`` (an open loop through
 the API, whose sagas run in remote mode), prints tables and writes ``result.json`` (also
 ``.bench/latest.json``). Its last line is
 ``bench: <sagas/s> sagas/s, ratio <x> to baseline, p99 <ms> ms``: the saga in the step mode
 ``--mode`` (default remote) against the baseline in the same mode.
 
-``python -m bench scale`` ends with
+``python -m tools.bench scale`` ends with
 ``bench-scale: <N> open sagas, worker RSS <MB> MB, confirm p99 <a> ms at 1000 and <b> ms at
 <N> (x<b/a>)`` and writes ``.bench/scale-latest.json``.
 
@@ -35,9 +35,9 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from bench import scale, throughput
-from bench.environment import BENCH_DIR, BenchError, kill_leftovers
 from domain.payloads import StepMode
+from tools.bench import scale, throughput
+from tools.bench.environment import BENCH_DIR, BenchError, kill_leftovers
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -90,7 +90,7 @@ Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 def parse(argv: list[str]) -> tuple[argparse.Namespace, Command]:
     command = "scale" if argv[:1] == ["scale"] else "bench"
     parser = argparse.ArgumentParser(
-        prog="python -m bench" + (" scale" if command == "scale" else ""),
+        prog="python -m tools.bench" + (" scale" if command == "scale" else ""),
         description=__doc__,
         formatter_class=_HelpFormatter,
     )

@@ -1,4 +1,4 @@
-"""Smoke test of ``python -m bench``: a tiny run on its own stack (SQLite), end to end.
+"""Smoke test of ``python -m tools.bench``: a tiny run on its own stack (SQLite), end to end.
 
 Checks what the run reports, never how fast it was: every phase delivered every saga, and
 the last line has the documented format.
@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PHASES = ["baseline-remote", "saga-remote", "baseline-local", "saga-local", "http"]
 LAST_LINE = re.compile(r"bench: \d+\.\d sagas/s, ratio \d+\.\d\d to baseline, p99 \d+ ms")
 
@@ -26,7 +26,7 @@ def test_a_small_bench_delivers_every_saga_in_every_phase(tmp_path: Path):
         [
             sys.executable,
             "-m",
-            "bench",
+            "tools.bench",
             "--sagas=10",
             "--concurrency=5",
             "--warmup=3",

@@ -7,11 +7,11 @@ from sqlalchemy import Engine
 from sqlmodel import select
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from chaos.customers import Saga
 from domain import names
 from domain.payloads import SagaState
 from store.db import session
 from store.models import DealerRow, DeliveryRow, OrderItemRow, OrderRow, PaymentRow, RefundRow
+from tools.chaos.customers import Saga
 from worker import replay_failures_at_every_task
 from workflows import OrderProcessWorkflow
 

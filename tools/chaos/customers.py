@@ -87,8 +87,19 @@ def pick_scenario(rng: random.Random) -> str:
 
 async def run_saga(api: Api, saga: Saga, rng: random.Random, settle_within: float) -> None:
     """Drive one saga to its end (or to its legitimate wait), recording what was accepted."""
+    order_id = await place_order(api, saga, order_body(saga, rng), settle_within)
+    if order_id is None:
+        return
+    await customer_move(api, saga)
+    if saga.scenario in ("confirm_deliver", "contended_city"):
+        await deliver_when_in_transit(api, saga, order_id, settle_within)
+    saga.final = await wait_for_end(api, saga, order_id, settle_within)
+
+
+def order_body(saga: Saga, rng: random.Random) -> dict[str, Any]:
+    """The saga's POST /orders body: random items, in the city its scenario calls for."""
     city = CITIES.get(saga.scenario, "Tehran")
-    body = {
+    return {
         "customer_id": f"customer-{saga.index % 37}",
         "items": [
             {
@@ -101,21 +112,30 @@ async def run_saga(api: Api, saga: Saga, rng: random.Random, settle_within: floa
         "province": "Isfahan" if city == "Isfahan" else "Tehran" if city == "Tehran" else "Nowhere",
         "city": city,
     }
+
+
+async def place_order(
+    api: Api, saga: Saga, body: dict[str, Any], settle_within: float
+) -> str | None:
+    """POST /orders (Idempotency-Key), learn its payment: the order id, None if refused."""
     created = await api.call("POST", "/orders", json=body, headers={"Idempotency-Key": saga.key})
     if created.status_code not in (201, 202):
         saga.problems.append(f"POST /orders answered {created.status_code}: {created.text[:200]}")
-        return
+        return None
     saga.accepted.append("order")
-    saga.order_id = created.json()["order_id"]
+    order_id: str = created.json()["order_id"]
+    saga.order_id = order_id
     order = (
         created.json()
         if created.status_code == 201
-        else await wait_for(
-            api, saga.order_id, lambda o: o.get("payment") is not None, settle_within
-        )
+        else await wait_for(api, order_id, lambda o: o.get("payment") is not None, settle_within)
     )
     saga.payment_id = order["payment"]["payment_id"]
+    return order_id
 
+
+async def customer_move(api: Api, saga: Saga) -> None:
+    """What the customer of the scenario does: confirm, cancel the payment or the order."""
     if saga.scenario in ("confirm_deliver", "confirm_keep", "contended_city", "no_dealer_city"):
         await decide(api, saga, "confirm")
     elif saga.scenario == "cancel_payment":
@@ -127,20 +147,27 @@ async def run_saga(api: Api, saga: Saga, rng: random.Random, settle_within: floa
         elif response.status_code != 409:
             saga.problems.append(f"order cancel answered {response.status_code}")
 
-    if saga.scenario in ("confirm_deliver", "contended_city"):
-        order = await wait_for(
-            api,
-            saga.order_id,
-            lambda o: o["saga"] and o["saga"]["phase"] in ("IN_TRANSIT", *TERMINAL),
-            settle_within,
-        )
-        if order["saga"]["phase"] == "IN_TRANSIT":
-            await report_delivered(api, saga, order["delivery"]["delivery_id"], settle_within)
 
-    keep_waiting = saga.scenario == "confirm_keep"
-    saga.final = await wait_for(
+async def deliver_when_in_transit(
+    api: Api, saga: Saga, order_id: str, settle_within: float
+) -> None:
+    """Wait for the saga's pivot (or its end), then report the parcel delivered as its dealer."""
+    order = await wait_for(
         api,
-        saga.order_id,
+        order_id,
+        lambda o: o["saga"] and o["saga"]["phase"] in ("IN_TRANSIT", *TERMINAL),
+        settle_within,
+    )
+    if order["saga"]["phase"] == "IN_TRANSIT":
+        await report_delivered(api, saga, order["delivery"]["delivery_id"], settle_within)
+
+
+async def wait_for_end(api: Api, saga: Saga, order_id: str, settle_within: float) -> dict[str, Any]:
+    """The order once its saga ended (``confirm_keep``: once it waits in transit)."""
+    keep_waiting = saga.scenario == "confirm_keep"
+    return await wait_for(
+        api,
+        order_id,
         lambda o: (
             o["saga"] is not None
             and (

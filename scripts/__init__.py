@@ -1,1 +1,0 @@
-"""Developer scripts (run as modules from the project root: ``python -m scripts.<name>``)."""
