@@ -1,0 +1,129 @@
+"""The house's layers, read from the code's own imports (docs/architecture.md draws them).
+
+Each room (a top-level package or module) may import only rooms on a lower floor, no module
+import circle exists, and nothing imports the HTTP wing (``api/``): uvicorn loads its app
+factory by name. Imports under ``if TYPE_CHECKING:`` count too.
+"""
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Floors, lowest first: a room may import its own modules and rooms on lower floors only.
+FLOORS: dict[str, int] = {
+    "domain": 0,  # contracts: payloads, names, statuses, views (no I/O)
+    "settings": 1,  # configuration, read once from the environment
+    "workflows": 1,  # the orchestrated saga (Temporal and domain/ only)
+    "store": 2,  # tables, engine, migrations runner
+    "telemetry": 2,  # metrics and tracing setup
+    "services": 3,  # the business operations, once for both saga styles
+    "migrations": 3,  # Alembic's scripts
+    "activities": 4,  # Temporal adapters over services/
+    "sagas": 5,  # the door: start, steer and read sagas
+    "api": 6,  # HTTP: routes, auth, limits, errors
+    "worker": 6,  # the worker process
+    "cli": 6,  # the command line
+    "tools": 7,  # the rigs: bench, chaos
+}
+
+
+def product_modules() -> dict[str, Path]:
+    """Every module of the rooms above, by dotted name."""
+    modules = {}
+    for room in FLOORS:
+        single = ROOT / f"{room}.py"
+        paths = [single] if single.exists() else sorted((ROOT / room).rglob("*.py"))
+        for path in paths:
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            modules[name] = path
+    return modules
+
+
+def imports_of(path: Path, modules: dict[str, Path]) -> Iterator[str]:
+    """The product modules ``path`` imports (``from package import module`` names the module)."""
+    name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    package = package.removesuffix(".__init__")
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        else:
+            continue
+        for target in targets:
+            if target in modules:
+                yield target
+                break
+
+
+def graph() -> dict[str, set[str]]:
+    modules = product_modules()
+    return {name: set(imports_of(path, modules)) - {name} for name, path in modules.items()}
+
+
+def room(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_every_room_imports_only_lower_floors() -> None:
+    upward = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph().items()
+        for target in targets
+        if room(target) != room(module) and FLOORS[room(target)] >= FLOORS[room(module)]
+    )
+    assert upward == []
+
+
+def test_nothing_imports_the_http_wing() -> None:
+    callers = sorted(
+        module
+        for module, targets in graph().items()
+        if room(module) != "api" and any(room(t) == "api" for t in targets)
+    )
+    assert callers == []
+
+
+def test_the_service_layer_knows_neither_temporal_adapters_nor_the_door() -> None:
+    for module, targets in graph().items():
+        if room(module) == "services":
+            assert {room(t) for t in targets} <= {"domain", "store", "services"}, module
+
+
+def test_there_is_no_import_circle() -> None:
+    edges = graph()
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = "open"
+        path.append(module)
+        for target in sorted(edges[module]):
+            if state.get(target) == "open":
+                raise AssertionError(" -> ".join([*path[path.index(target) :], target]))
+            if target not in state:
+                visit(target)
+        path.pop()
+        state[module] = "done"
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module)
+
+
+def test_the_map_knows_every_room_of_the_house() -> None:
+    rooms = {
+        path.stem if path.is_file() else path.name
+        for path in ROOT.iterdir()
+        if (path.is_file() and path.suffix == ".py")
+        or (path.is_dir() and (path / "__init__.py").exists())
+    }
+    assert rooms - {"tests"} <= set(FLOORS), rooms - set(FLOORS)
