@@ -3,7 +3,7 @@
 
 from sqlalchemy import Engine
 
-from activities import faults
+import faults
 from activities._defn import service_activity, step_session
 from domain import names
 from domain.payloads import (

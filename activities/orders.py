@@ -2,7 +2,7 @@
 
 from sqlalchemy import Engine
 
-from activities import faults
+import faults
 from activities._defn import service_activity, step_session
 from domain import names
 from domain.payloads import CompensationOutcome, CreateOrderInput, OrderRef, OrderSnapshot
@@ -55,7 +55,9 @@ class OrderActivities:
         order); never raises for a state it cannot change, so the unwind never loops on it.
         """
         with step_session(self._engine) as db:
-            outcome, changed = orders.cancel_order(db, ref.order_id, ref.saga_id)
+            outcome, changed = orders.cancel_order(
+                db, ref.order_id, ref.saga_id, ref.reason, ref.placed
+            )
             if changed:
                 faults.point("compensation")
             db.commit()

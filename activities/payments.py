@@ -3,7 +3,7 @@
 
 from sqlalchemy import Engine
 
-from activities import faults
+import faults
 from activities._defn import service_activity, step_session
 from domain import names
 from domain.payloads import (
@@ -13,8 +13,10 @@ from domain.payloads import (
     PaymentRef,
     PaymentSnapshot,
 )
-from domain.status import PaymentStatus
+from domain.status import Decision, PaymentStatus
 from services import payments
+from services.rows import not_found
+from store.models import PaymentRow
 
 
 class PaymentActivities:
@@ -39,10 +41,11 @@ class PaymentActivities:
                 params.expires_at,
                 params.saga_id,
             )
+            decision = payments.decision_of(db, payment.id)
             db.commit()
         if inserted:
             faults.point("after_commit.create_payment")
-        return payments.snapshot(payment)
+        return payments.snapshot(payment, decision)
 
     @service_activity(names.COMPLETE_PAYMENT)
     def complete_payment(self, ref: PaymentRef) -> PaymentSnapshot:
@@ -53,6 +56,19 @@ class PaymentActivities:
         if completed:
             faults.point("after_commit.complete_payment")
         return payments.snapshot(payment)
+
+    @service_activity(names.EXPIRE_PAYMENT)
+    def expire_payment(self, ref: PaymentRef) -> PaymentSnapshot:
+        """The payment's window has closed: record the decision TIMEOUT unless the customer's
+        decision is already on record (their signal may be late or lost), and return the
+        decision that counts. Idempotent: the decision is taken once."""
+        with step_session(self._engine) as db:
+            taken = payments.take_decision(db, ref.payment_id, Decision.TIMEOUT)
+            payment = db.get(PaymentRow, ref.payment_id)
+            db.commit()
+        if payment is None:
+            raise not_found(f"payment {ref.payment_id}")
+        return payments.snapshot(payment, taken.winner)
 
     @service_activity(names.CANCEL_OR_REFUND_PAYMENT)
     def cancel_or_refund_payment(self, ref: OrderRef) -> CompensationOutcome:

@@ -47,6 +47,9 @@ ENTITY_NOT_FOUND = "EntityNotFound"
 # A row exists for this order but another saga created it (a saga started again for an order
 # whose first saga is gone, e.g. after Temporal's retention deleted it): touch nothing.
 OWNED_BY_ANOTHER_SAGA = "OwnedByAnotherSaga"
+# Not an error: the failure type of a saga cancelled on request (its order's customer, an
+# operator on behalf of the shop, or Cancel in the Temporal Web UI).
+CANCELLED_ON_REQUEST = "CancelledOnRequest"
 BUSINESS_ERRORS = (
     NO_DEALER_AVAILABLE,
     PAYMENT_CANCELLED,
@@ -76,6 +79,14 @@ def order_id_for_idempotency_key(customer_id: str, key: str) -> str:
     return str(uuid.uuid5(_ORDER_ID_NAMESPACE, f"{customer_id}\x00{key}"))
 
 
+def new_order_id(customer_id: str, idempotency_key: str | None) -> str:
+    """The id of a new order: derived from its Idempotency-Key (the same key, the same
+    order), or random."""
+    if idempotency_key is not None:
+        return order_id_for_idempotency_key(customer_id, idempotency_key)
+    return str(uuid.uuid4())
+
+
 def payment_id_for(order_id: str) -> str:
     """The order's one payment id: deterministic, so a retried step reuses it."""
     return str(uuid.uuid5(uuid.UUID(order_id), "payment"))
@@ -94,6 +105,7 @@ MARK_ORDER_DELIVERED = "mark_order_delivered"
 CANCEL_ORDER = "cancel_order"
 CREATE_PAYMENT = "create_payment"
 COMPLETE_PAYMENT = "complete_payment"
+EXPIRE_PAYMENT = "expire_payment"
 CANCEL_OR_REFUND_PAYMENT = "cancel_or_refund_payment"
 CREATE_DELIVERY = "create_delivery"
 ASSIGN_DEALER = "assign_dealer"
@@ -101,8 +113,10 @@ COMPLETE_DELIVERY = "complete_delivery"
 CANCEL_DELIVERY = "cancel_delivery"
 
 # The saga's delivered path, step for step, split where it waits for a signal: before the
-# customer's decision, from the decision to the pivot (assign_dealer), after the dealer's
-# report. Tests assert the steps a saga ran against it; the bench's baseline mirrors it.
+# customer's decision (one after the other), from the decision to the pivot (the first three
+# side by side in shape 2, then assign_dealer), after the dealer's report (side by side in
+# shape 2). Tests assert the steps a saga ran against it; the bench's baseline mirrors it.
 STEPS_BEFORE_DECISION = (CREATE_ORDER, CREATE_PAYMENT)
-STEPS_TO_PIVOT = (COMPLETE_PAYMENT, CONFIRM_ORDER, CREATE_DELIVERY, ASSIGN_DEALER)
+STEPS_AFTER_DECISION = (COMPLETE_PAYMENT, CONFIRM_ORDER, CREATE_DELIVERY)
+STEPS_TO_PIVOT = (*STEPS_AFTER_DECISION, ASSIGN_DEALER)
 STEPS_AFTER_DELIVERED = (COMPLETE_DELIVERY, MARK_ORDER_DELIVERED)

@@ -25,6 +25,7 @@ from pydantic import (
 
 from domain.names import DELIVERIES_TASK_QUEUE, ORDERS_TASK_QUEUE, PAYMENTS_TASK_QUEUE
 from domain.status import (
+    Decision,
     DeliveryStatus,
     OrderStatus,
     PaymentStatus,
@@ -229,11 +230,20 @@ class StepMode(StrEnum):
     REMOTE = "remote"
 
 
+# The saga's latest shape (see OrderProcessInput.shape and workflows/order_process.py).
+LATEST_SHAPE = 2
+
+
 class OrderProcessInput(_Payload):
     """Input of OrderProcessWorkflow: the order id (chosen by the caller) and the request.
 
     ``step_mode`` defaults to ``remote``: the mode of every saga the API starts, and of every
     saga started before the field existed, so their histories replay unchanged.
+
+    ``shape``: which shape of the saga runs, fixed at its start (a version carried in the
+    input costs no history event, where ``workflow.patched`` records a marker and a search
+    attribute). 1, the default, is the shape of every saga started before the field existed;
+    the door starts every new saga in :data:`LATEST_SHAPE`.
     """
 
     order_id: str
@@ -241,6 +251,7 @@ class OrderProcessInput(_Payload):
     timeouts: SagaTimeouts = SagaTimeouts()
     queues: ServiceQueues = ServiceQueues()
     step_mode: StepMode = StepMode.REMOTE
+    shape: int = 1
 
 
 # --- activities -------------------------------------------------------------------
@@ -267,9 +278,16 @@ class CreateOrderInput(SagaCall):
 
 
 class OrderRef(SagaCall):
-    """Names one order (input of the order transitions and of payment/delivery compensations)."""
+    """Names one order (input of the order transitions and of payment/delivery compensations).
+
+    ``reason``: for a compensation, why the saga undoes (its failure type); cancel_order keeps
+    it with the cancelled order. ``placed``: for cancel_order, the order as it was placed, so
+    an order the saga was cancelled before writing is still recorded, as cancelled.
+    """
 
     order_id: str
+    reason: str | None = None
+    placed: OrderRequest | None = None
 
 
 class OrderSnapshot(_Payload):
@@ -300,12 +318,13 @@ class PaymentRef(SagaCall):
 
 
 class PaymentSnapshot(_Payload):
-    """A payment's current status."""
+    """A payment's current status, and the customer's decision on it once one is recorded."""
 
     payment_id: str
     order_id: str
     status: PaymentStatus
     amount: Decimal
+    decision: Decision | None = None
 
 
 class CreateDeliveryInput(SagaCall):
@@ -351,9 +370,15 @@ class PaymentDecision(_Payload):
 
 
 class DeliveredReport(_Payload):
-    """Signal payload of mark_delivered."""
+    """Signal payload of mark_delivered.
+
+    ``dealer_id``: the dealer the database shows carrying the parcel when the report was
+    sent. A saga that has not yet seen its own assignment holds such a report until it does,
+    and takes it if that assignment is the same dealer.
+    """
 
     delivery_id: str
+    dealer_id: int | None = None
 
 
 class StepRecord(BaseModel):

@@ -34,6 +34,23 @@ class DeliveryStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
+class SagaStyle(StrEnum):
+    """How an order's saga runs: one coordinator (a Temporal workflow) or events between the
+    services (NATS JetStream). Fixed per order when it is placed."""
+
+    ORCHESTRATION = "orchestration"
+    CHOREOGRAPHY = "choreography"
+
+
+class Decision(StrEnum):
+    """What became of a payment's decision window: the customer confirmed or cancelled, or the
+    window closed first. Exactly one of them is recorded, once (a compare-and-set)."""
+
+    CONFIRM = "CONFIRM"
+    CANCEL = "CANCEL"
+    TIMEOUT = "TIMEOUT"
+
+
 class OrderSearchStatus(StrEnum):
     """Values of the ``OrderStatus`` search attribute (filter sagas in the Web UI): the order's
     status, or COMPENSATING while the saga unwinds (also while a compensation keeps failing)."""
@@ -49,6 +66,9 @@ class SagaPhase(StrEnum):
     """Where the saga is; also what the workflow is waiting for."""
 
     STARTED = "STARTED"
+    # Only in an order's view: the saga has accepted the order, its first steps have not
+    # written the order and its payment yet.
+    CREATING = "CREATING"
     AWAITING_PAYMENT = "AWAITING_PAYMENT"
     ASSIGNING_DEALER = "ASSIGNING_DEALER"
     IN_TRANSIT = "IN_TRANSIT"

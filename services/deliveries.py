@@ -1,12 +1,14 @@
 """DeliveryService: one delivery per order, dealer assignment (the saga's pivot) and capacity."""
 
+from datetime import datetime
+
 from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from domain.payloads import CompensationOutcome, DeliverySnapshot
 from domain.status import DeliveryStatus
 from services.rows import (
+    create_owned,
     insert_or_get,
     invalid_transition,
     is_owner,
@@ -46,24 +48,22 @@ def create_delivery(
     ``EntityNotFound`` if the order does not exist; ``OwnedByAnotherSaga`` if another saga
     created the delivery.
     """
-    existing = delivery_of(db, order_id)
-    if existing is None:
-        delivery = DeliveryRow(
-            id=delivery_id,
-            order_id=order_id,
-            status=DeliveryStatus.PENDING,
-            province=province,
-            city=city,
-            saga_id=saga_id,
-        )
-        try:
-            existing, inserted = insert_or_get(db, delivery, lambda: delivery_of(db, order_id))
-        except IntegrityError:  # no row explains it: the foreign key refused it
-            raise not_found(f"order {order_id}") from None
-        if inserted:
-            return existing, True
-    require_owner(existing.saga_id, saga_id, f"delivery {existing.id}")
-    return existing, False
+    delivery = DeliveryRow(
+        id=delivery_id,
+        order_id=order_id,
+        status=DeliveryStatus.PENDING,
+        province=province,
+        city=city,
+        saga_id=saga_id,
+    )
+    return create_owned(
+        db,
+        delivery,
+        lambda: delivery_of(db, order_id),
+        saga_id=saga_id,
+        what=f"the delivery of order {order_id}",
+        parent=f"order {order_id}",
+    )
 
 
 def assign_dealer(db: Session, delivery_id: str, saga_id: str | None) -> tuple[DeliveryRow, bool]:
@@ -144,14 +144,16 @@ def complete_delivery(
 
 
 def cancel_delivery(
-    db: Session, order_id: str, saga_id: str | None
+    db: Session, order_id: str, saga_id: str | None, *, only_before_pivot: bool = False
 ) -> tuple[CompensationOutcome, bool]:
     """Compensation: cancel the order's delivery, releasing its dealer if one was assigned.
     Returns the outcome and whether it changed the delivery.
 
     An IN_TRANSIT delivery is cancelled only here: its assignment landed but the saga was
-    cancelled before it saw the result, so the pivot never happened for the saga. Safe when
-    there is nothing to undo (no delivery, already cancelled, another saga's delivery).
+    cancelled before it saw the result, so the pivot never happened for the saga. With
+    ``only_before_pivot`` it is left alone: DeliveryService deciding for itself (the
+    choreographed saga) takes the assignment, once committed, as the pivot. Safe when there
+    is nothing to undo (no delivery, already cancelled, another saga's delivery).
     """
     delivery = delivery_of(db, order_id)
     if delivery is None:
@@ -172,13 +174,17 @@ def cancel_delivery(
     # PostgreSQL's READ COMMITTED), so read the dealer it set, not the stale None.
     db.refresh(delivery)
     dealer_id = delivery.dealer_id
-    if dealer_id is not None and transition(
-        db,
-        DeliveryRow,
-        delivery.id,
-        [DeliveryStatus.IN_TRANSIT],
-        DeliveryStatus.CANCELLED,
-        saga_id=saga_id,
+    if (
+        not only_before_pivot
+        and dealer_id is not None
+        and transition(
+            db,
+            DeliveryRow,
+            delivery.id,
+            [DeliveryStatus.IN_TRANSIT],
+            DeliveryStatus.CANCELLED,
+            saga_id=saga_id,
+        )
     ):
         _release_capacity(db, dealer_id)
         action = f"cancelled, released dealer {dealer_id}"
@@ -240,3 +246,53 @@ def add_dealer(
     if existing is not None:
         return existing, False
     return insert_or_get(db, dealer, holder)
+
+
+# --- the dealer window as a durable deadline (the choreographed saga) ------------------------
+
+
+def wait_for_dealer(
+    db: Session, delivery_id: str, assign_by: datetime, next_attempt_at: datetime
+) -> None:
+    """Keep looking for a dealer until ``assign_by``: DeliveryService's sweeper tries again
+    at ``next_attempt_at``. Does not commit."""
+    db.exec(
+        update(DeliveryRow)
+        .where(
+            col(DeliveryRow.id) == delivery_id, col(DeliveryRow.status) == DeliveryStatus.PENDING
+        )
+        .values(assign_by=assign_by, next_attempt_at=next_attempt_at)
+    )
+
+
+def retry_later(db: Session, delivery_id: str, next_attempt_at: datetime) -> None:
+    """Another attempt found no dealer: the next one at ``next_attempt_at``."""
+    db.exec(
+        update(DeliveryRow)
+        .where(
+            col(DeliveryRow.id) == delivery_id, col(DeliveryRow.status) == DeliveryStatus.PENDING
+        )
+        .values(next_attempt_at=next_attempt_at, assign_attempts=DeliveryRow.assign_attempts + 1)
+    )
+
+
+def stop_waiting(db: Session, delivery_id: str) -> None:
+    """No more attempts (assigned, cancelled or out of time). Does not commit."""
+    db.exec(
+        update(DeliveryRow).where(col(DeliveryRow.id) == delivery_id).values(next_attempt_at=None)
+    )
+
+
+def due_for_a_dealer(db: Session, now: datetime, limit: int) -> list[str]:
+    """Deliveries whose next attempt is due (oldest first)."""
+    return list(
+        db.exec(
+            select(DeliveryRow.id)
+            .where(
+                col(DeliveryRow.status) == DeliveryStatus.PENDING,
+                col(DeliveryRow.next_attempt_at) <= now,
+            )
+            .order_by(col(DeliveryRow.next_attempt_at))
+            .limit(limit)
+        ).all()
+    )

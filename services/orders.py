@@ -1,13 +1,15 @@
 """OrderService: orders and their items, and the Idempotency-Keys of ``POST /orders``."""
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import Session, col
 
 from domain.payloads import CompensationOutcome, OrderRequest, OrderSnapshot, from_cents, to_cents
-from domain.status import OrderStatus
+from domain.status import OrderStatus, SagaStyle
 from services.rows import (
+    create_owned,
     insert_or_get,
     invalid_transition,
     is_owner,
@@ -25,7 +27,11 @@ def snapshot(row: OrderRow) -> OrderSnapshot:
 
 
 def create_order(
-    db: Session, order_id: str, request: OrderRequest, saga_id: str | None
+    db: Session,
+    order_id: str,
+    request: OrderRequest,
+    saga_id: str | None,
+    style: SagaStyle = SagaStyle.ORCHESTRATION,
 ) -> tuple[OrderRow, bool]:
     """Insert the order PENDING with its items and the total computed here, in cents.
 
@@ -33,33 +39,31 @@ def create_order(
     returned as it is (whatever ``request`` says now). Returns the order and whether this call
     inserted it. ``OwnedByAnotherSaga`` if another saga created the order.
     """
-    existing = db.get(OrderRow, order_id)
-    if existing is None:
-        order = OrderRow(
-            id=order_id,
-            customer_id=request.customer_id,
-            status=OrderStatus.PENDING,
-            total_cents=to_cents(request.total_amount),
-            province=request.province,
-            city=request.city,
-            saga_id=saga_id,
-        )
-        # The order row first (items reference it); a concurrent attempt's insert wins.
-        existing, inserted = insert_or_get(db, order, lambda: db.get(OrderRow, order_id))
-        if inserted:
-            db.add_all(
-                OrderItemRow(
-                    order_id=order_id,
-                    product_id=item.product_id,
-                    quantity=item.quantity,
-                    unit_price_cents=to_cents(item.unit_price),
-                )
-                for item in request.items
+    order = OrderRow(
+        id=order_id,
+        customer_id=request.customer_id,
+        status=OrderStatus.PENDING,
+        total_cents=to_cents(request.total_amount),
+        province=request.province,
+        city=request.city,
+        saga_id=saga_id,
+        saga_style=style,
+    )
+    stored, inserted = create_owned(
+        db, order, lambda: db.get(OrderRow, order_id), saga_id=saga_id, what=f"order {order_id}"
+    )
+    if inserted:  # the order row first: its items reference it
+        db.add_all(
+            OrderItemRow(
+                order_id=order_id,
+                product_id=item.product_id,
+                quantity=item.quantity,
+                unit_price_cents=to_cents(item.unit_price),
             )
-            db.flush()
-            return existing, True
-    require_owner(existing.saga_id, saga_id, f"order {order_id}")
-    return existing, False
+            for item in request.items
+        )
+        db.flush()
+    return stored, inserted
 
 
 def confirm_order(db: Session, order_id: str, saga_id: str | None) -> OrderRow:
@@ -75,16 +79,32 @@ def mark_order_delivered(db: Session, order_id: str, saga_id: str | None) -> Ord
 
 
 def cancel_order(
-    db: Session, order_id: str, saga_id: str | None
+    db: Session,
+    order_id: str,
+    saga_id: str | None,
+    reason: str | None = None,
+    placed: OrderRequest | None = None,
 ) -> tuple[CompensationOutcome, bool]:
-    """Compensation: PENDING or CONFIRMED -> CANCELLED. Returns the outcome and whether it
-    changed the order.
+    """Compensation: PENDING or CONFIRMED -> CANCELLED, keeping ``reason``. Returns the
+    outcome and whether it changed the order.
 
-    Safe when there is nothing to undo (no order yet, already cancelled, another saga's
-    order); never raises for a state it cannot change, so an unwind never loops on it.
+    With ``placed``, an order that was never written (its saga was cancelled before its first
+    step) is written now, cancelled: the id its customer was given names a cancelled order,
+    not nothing. Safe when there is nothing to undo (already cancelled, another saga's order);
+    never raises for a state it cannot change, so an unwind never loops on it.
     """
+    if placed is not None and db.get(OrderRow, order_id) is None:
+        create_order(db, order_id, placed, saga_id)
     cancellable = [OrderStatus.PENDING, OrderStatus.CONFIRMED]
-    if transition(db, OrderRow, order_id, cancellable, OrderStatus.CANCELLED, saga_id=saga_id):
+    if transition(
+        db,
+        OrderRow,
+        order_id,
+        cancellable,
+        OrderStatus.CANCELLED,
+        saga_id=saga_id,
+        cancel_reason=reason,
+    ):
         return CompensationOutcome(action="cancelled", status=OrderStatus.CANCELLED), True
     row = db.get(OrderRow, order_id, populate_existing=True)
     if row is None:
@@ -166,3 +186,28 @@ def mark_key_saga_started(db: Session, customer_id: str, key: str) -> None:
         )
         .values(saga_started_at=utcnow())
     )
+
+
+# --- a cancel asked for (the choreographed saga) --------------------------------------------
+
+
+def request_cancel(db: Session, order_id: str) -> bool:
+    """Record that the order's cancellation was asked for, once, while it can still be
+    cancelled (PENDING or CONFIRMED). Returns whether this call recorded it. Does not commit.
+    DeliveryService decides: it cancels before the pivot and refuses after it."""
+    result: Any = db.exec(
+        update(OrderRow)
+        .where(
+            col(OrderRow.id) == order_id,
+            col(OrderRow.status).in_([OrderStatus.PENDING, OrderStatus.CONFIRMED]),
+            col(OrderRow.cancel_requested_at).is_(None),
+        )
+        .values(cancel_requested_at=utcnow())
+    )
+    return bool(result.rowcount == 1)
+
+
+def withdraw_cancel_request(db: Session, order_id: str) -> None:
+    """The cancellation was refused (the parcel is on its way): the order goes on. Does not
+    commit."""
+    db.exec(update(OrderRow).where(col(OrderRow.id) == order_id).values(cancel_requested_at=None))

@@ -1,14 +1,17 @@
 """PaymentService: one payment per order, its completion, cancellation and refund."""
 
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlalchemy import exists, or_, update
+from sqlmodel import Session, col, select
 
 from domain.payloads import CompensationOutcome, PaymentSnapshot, from_cents, to_cents
-from domain.status import PaymentStatus
+from domain.status import Decision, PaymentStatus, SagaStyle
 from services.rows import (
+    create_owned,
     insert_or_get,
     invalid_transition,
     is_owner,
@@ -16,15 +19,16 @@ from services.rows import (
     require_owner,
     transition,
 )
-from store.models import PaymentRow, RefundRow, utcnow
+from store.models import OrderRow, PaymentDecisionRow, PaymentRow, RefundRow, utcnow
 
 
-def snapshot(row: PaymentRow) -> PaymentSnapshot:
+def snapshot(row: PaymentRow, decision: Decision | None = None) -> PaymentSnapshot:
     return PaymentSnapshot(
         payment_id=row.id,
         order_id=row.order_id,
         status=PaymentStatus(row.status),
         amount=from_cents(row.amount_cents),
+        decision=decision,
     )
 
 
@@ -48,31 +52,34 @@ def create_payment(
     ``EntityNotFound`` if the order does not exist; ``OwnedByAnotherSaga`` if another saga
     created the payment.
     """
-    existing = payment_of(db, order_id)
-    if existing is None:
-        payment = PaymentRow(
-            id=payment_id,
-            order_id=order_id,
-            status=PaymentStatus.PENDING,
-            amount_cents=to_cents(amount),
-            expires_at=expires_at,
-            saga_id=saga_id,
-        )
-        try:
-            existing, inserted = insert_or_get(db, payment, lambda: payment_of(db, order_id))
-        except IntegrityError:  # no row explains it: the foreign key refused it
-            raise not_found(f"order {order_id}") from None
-        if inserted:
-            return existing, True
-    require_owner(existing.saga_id, saga_id, f"payment {existing.id}")
-    return existing, False
+    payment = PaymentRow(
+        id=payment_id,
+        order_id=order_id,
+        status=PaymentStatus.PENDING,
+        amount_cents=to_cents(amount),
+        expires_at=expires_at,
+        saga_id=saga_id,
+    )
+    return create_owned(
+        db,
+        payment,
+        lambda: payment_of(db, order_id),
+        saga_id=saga_id,
+        what=f"the payment of order {order_id}",
+        parent=f"order {order_id}",
+    )
 
 
 def complete_payment(db: Session, payment_id: str, saga_id: str | None) -> tuple[PaymentRow, bool]:
     """PENDING -> COMPLETED (the customer confirmed). Idempotent: COMPLETED stays COMPLETED.
 
-    Returns the payment and whether this call completed it.
+    Returns the payment and whether this call completed it. The customer's decision must be
+    CONFIRM: one taken another way (a signal sent past the API) is recorded as CONFIRM here if
+    none was taken; a payment whose recorded decision is CANCEL or TIMEOUT cannot complete.
     """
+    winner = take_decision(db, payment_id, Decision.CONFIRM).winner
+    if winner not in (None, Decision.CONFIRM):
+        raise invalid_transition(f"payment {payment_id} was decided {winner}, cannot complete")
     changed = transition(
         db,
         PaymentRow,
@@ -127,3 +134,127 @@ def cancel_or_refund_payment(
         return CompensationOutcome(action="refunded", status=PaymentStatus.REFUNDED), True
     db.refresh(row)
     return CompensationOutcome(action=f"already {row.status.lower()}", status=row.status), False
+
+
+# --- the customer's decision -----------------------------------------------------------------
+
+
+def open_decision(db: Session, payment_id: str, order_id: str, customer_id: str) -> None:
+    """Open the order's decision, undecided, when the order is accepted (before the saga writes
+    the payment): a decision can then be taken from the first moment. Idempotent. Does not
+    commit."""
+
+    def existing() -> PaymentDecisionRow | None:
+        return db.get(PaymentDecisionRow, payment_id)
+
+    if existing() is None:
+        row = PaymentDecisionRow(payment_id=payment_id, order_id=order_id, customer_id=customer_id)
+        insert_or_get(db, row, existing)
+
+
+@dataclass(frozen=True)
+class DecisionTaken:
+    """What became of one attempt to decide a payment.
+
+    ``winner``: the decision on record (None: none may be taken any more, see ``refusal``);
+    ``applied``: this attempt recorded it (it won the compare-and-set); ``order_id``: the
+    payment's order (None for an unknown payment).
+    """
+
+    order_id: str | None
+    winner: Decision | None
+    applied: bool
+    refusal: str | None = None
+
+
+def take_decision(
+    db: Session, payment_id: str, decision: Decision, *, now: datetime | None = None
+) -> DecisionTaken:
+    """Record ``decision`` for the payment if none is recorded and its window is open (a
+    compare-and-set: of racing decisions exactly one wins). Does not commit.
+
+    The window is open until the payment's ``expires_at`` while it is PENDING, and from the
+    order's acceptance if the payment is not written yet. Losers learn the winner; a refusal
+    with no winner says why (the window closed, the payment is no longer pending). The
+    window's own close is the decision TIMEOUT, taken by the saga the same way.
+    """
+    now = now or utcnow()
+    decision_row = db.get(PaymentDecisionRow, payment_id)
+    payment = db.get(PaymentRow, payment_id)
+    if decision_row is None:
+        if payment is None:
+            return DecisionTaken(order_id=None, winner=None, applied=False, refusal="unknown")
+        # An order accepted before decisions were recorded: open its decision now.
+        customer = db.exec(select(OrderRow.customer_id).where(OrderRow.id == payment.order_id))
+        open_decision(db, payment_id, payment.order_id, customer.one())
+    undecided = [
+        col(PaymentDecisionRow.payment_id) == payment_id,
+        col(PaymentDecisionRow.decision).is_(None),
+    ]
+    if decision != Decision.TIMEOUT:
+        # The customer decides only while the window is open: the payment not written yet, or
+        # PENDING before its expiry. (TIMEOUT is the window's own close, taken by the saga.)
+        undecided.append(
+            ~exists().where(
+                col(PaymentRow.id) == payment_id,
+                or_(
+                    col(PaymentRow.status) != PaymentStatus.PENDING,
+                    col(PaymentRow.expires_at) <= now,
+                ),
+            )
+        )
+    result: Any = db.exec(
+        update(PaymentDecisionRow).where(*undecided).values(decision=decision, decided_at=now)
+    )
+    row = db.get(PaymentDecisionRow, payment_id, populate_existing=True)
+    assert row is not None
+    if result.rowcount == 1:
+        return DecisionTaken(order_id=row.order_id, winner=decision, applied=True)
+    if row.decision is not None:
+        return DecisionTaken(order_id=row.order_id, winner=Decision(row.decision), applied=False)
+    payment = db.get(PaymentRow, payment_id, populate_existing=True)
+    assert payment is not None, "only a written payment can close its window"
+    refusal = (
+        f"the payment is {payment.status}"
+        if payment.status != PaymentStatus.PENDING
+        else f"its window closed at {payment.expires_at}"
+    )
+    return DecisionTaken(order_id=row.order_id, winner=None, applied=False, refusal=refusal)
+
+
+def withdraw_decision(db: Session, payment_id: str, decision: Decision) -> bool:
+    """Take back ``decision`` recorded for the payment (compare-and-set to none), when it
+    could not be delivered because the payment's saga had ended: nothing acted on it, and the
+    record must not say otherwise. Returns whether it was withdrawn. Does not commit."""
+    result: Any = db.exec(
+        update(PaymentDecisionRow)
+        .where(
+            col(PaymentDecisionRow.payment_id) == payment_id,
+            col(PaymentDecisionRow.decision) == decision,
+        )
+        .values(decision=None, decided_at=None)
+    )
+    return bool(result.rowcount == 1)
+
+
+def decision_of(db: Session, payment_id: str) -> Decision | None:
+    """The decision on record for the payment (None: none yet, or not recorded)."""
+    row = db.get(PaymentDecisionRow, payment_id)
+    return None if row is None or row.decision is None else Decision(row.decision)
+
+
+def due_to_expire(db: Session, now: datetime, style: SagaStyle, limit: int) -> list[str]:
+    """PENDING payments of ``style`` orders whose window has closed (oldest first)."""
+    return list(
+        db.exec(
+            select(PaymentRow.id)
+            .join(OrderRow, col(OrderRow.id) == col(PaymentRow.order_id))
+            .where(
+                col(PaymentRow.status) == PaymentStatus.PENDING,
+                col(PaymentRow.expires_at) <= now,
+                col(OrderRow.saga_style) == style,
+            )
+            .order_by(col(PaymentRow.expires_at))
+            .limit(limit)
+        ).all()
+    )

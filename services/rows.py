@@ -9,9 +9,12 @@ from sqlmodel import Session, SQLModel
 
 from domain import names
 from domain.errors import BusinessError
-from store.models import utcnow
+from store.models import DeliveryRow, OrderRow, PaymentRow, utcnow
 
 M = TypeVar("M", bound=SQLModel)
+
+# The rows a saga creates; each records that saga (``saga_id``).
+OwnedRow = TypeVar("OwnedRow", OrderRow, PaymentRow, DeliveryRow)
 
 
 def transition(
@@ -57,6 +60,36 @@ def insert_or_get(db: Session, row: M, existing: Callable[[], M | None]) -> tupl
             raise
         return found, False
     return row, True
+
+
+def create_owned(
+    db: Session,
+    row: OwnedRow,
+    existing: Callable[[], OwnedRow | None],
+    *,
+    saga_id: str | None,
+    what: str,
+    parent: str | None = None,
+) -> tuple[OwnedRow, bool]:
+    """Insert ``row``, an entity a saga creates (an order, its payment, its delivery), unless
+    ``existing()`` finds it: then that one, if it is the same saga's.
+
+    Returns the row and whether this call inserted it. ``OwnedByAnotherSaga`` when another
+    saga created it; ``EntityNotFound`` for ``parent`` when a foreign key refuses the insert
+    (no row explains the refusal). Does not commit.
+    """
+    found = existing()
+    if found is None:
+        try:
+            found, inserted = insert_or_get(db, row, existing)
+        except IntegrityError:
+            if parent is None:
+                raise
+            raise not_found(parent) from None
+        if inserted:
+            return found, True
+    require_owner(found.saga_id, saga_id, what)
+    return found, False
 
 
 def require_owner(row_saga_id: str | None, saga_id: str | None, what: str) -> None:

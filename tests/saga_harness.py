@@ -26,6 +26,7 @@ from activities.payments import PaymentActivities
 from domain import names
 from domain.names import ORDER_STATUS
 from domain.payloads import (
+    LATEST_SHAPE,
     CompensationOutcome,
     CreatePaymentInput,
     OrderItem,
@@ -158,6 +159,7 @@ async def start_saga(
     *,
     order_id: str | None = None,
     step_mode: StepMode = StepMode.REMOTE,
+    shape: int = LATEST_SHAPE,
 ) -> SagaHandle:
     """Start a saga on the suffixed task queues; a fresh order id unless one is given."""
     order_id = order_id or str(uuid.uuid4())
@@ -169,6 +171,7 @@ async def start_saga(
             timeouts=timeouts,
             queues=ServiceQueues.with_suffix(suffix),
             step_mode=step_mode,
+            shape=shape,
         ),
         id=names.workflow_id_for(order_id),
         task_queue=names.WORKFLOW_TASK_QUEUE + suffix,

@@ -25,8 +25,9 @@ anything is undone.
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -46,6 +47,7 @@ from domain.payloads import (
     DeliverySnapshot,
     OrderProcessInput,
     OrderRef,
+    OrderRequest,
     OrderSnapshot,
     PaymentDecision,
     PaymentRef,
@@ -56,6 +58,7 @@ from domain.payloads import (
     StepRecord,
 )
 from domain.status import (
+    Decision,
     DeliveryStatus,
     OrderSearchStatus,
     OrderStatus,
@@ -85,6 +88,8 @@ STEP_RETRY = RetryPolicy(
 # failed attempt is recorded in the saga state instead of hiding inside the server.
 COMPENSATION_RETRY = RetryPolicy(maximum_attempts=1)
 ACTIVITY_TIMEOUT = STEP_START_TO_CLOSE
+# The saga's own name for each recorded decision.
+DECISIONS = {Decision.CONFIRM: "confirm", Decision.CANCEL: "cancel", Decision.TIMEOUT: "timeout"}
 
 R = TypeVar("R")
 
@@ -118,7 +123,15 @@ class OrderProcessWorkflow:
             delivery_id=self._delivery_id,
         )
         self._decision: str | None = None
+        self._window_closing = False
+        self._early_report: DeliveredReport | None = None
         self._past_pivot = False
+        # Shape 2 (every saga the door starts now) has fewer workflow tasks and takes
+        # decisions recorded in the database; shape 1 is kept, so sagas started before still
+        # run and replay as they did. What differs is said in run().
+        self._second_shape = params.shape >= 2
+        # The OrderStatus search attribute as it stands (the start sets it to PENDING).
+        self._search_status = workflow.info().typed_search_attributes.get(names.ORDER_STATUS)
         self._delivered = False
         self._compensations = CompensationStack(
             self._state.compensations, on_retry=self._on_compensation_retry
@@ -128,6 +141,13 @@ class OrderProcessWorkflow:
 
     @workflow.run
     async def run(self, params: OrderProcessInput) -> SagaState:
+        # Shape 2 differs from shape 1 in: the steps after the decision (complete payment,
+        # confirm order, create delivery) and after the report (complete delivery, mark
+        # delivered) run side by side; the dealer window's timer starts only when a first
+        # assignment finds no dealer; no search-attribute update repeats the current value; a
+        # decision already recorded with the payment is taken from it, and the window's close
+        # reads the recorded decision back (expire_payment) before it cancels; a delivery
+        # report the database already backs is held until the saga sees its pivot.
         metrics.count(names.METRIC_STARTED)
         try:
             await self._until_pivot()
@@ -157,6 +177,7 @@ class OrderProcessWorkflow:
                 names.CANCEL_ORDER,
                 self._params.queues.orders,
                 lambda status: self._set_order_status(OrderStatus(status)),
+                placed=request if self._second_shape else None,
             ),
         )
         order = await self._step(
@@ -190,34 +211,31 @@ class OrderProcessWorkflow:
             PaymentSnapshot,
         )
         state.payment_status = payment.status
+        if self._second_shape and payment.decision is not None:
+            # The customer decided before the payment was written (the API records decisions
+            # from the order's acceptance): take it, whether or not its signal has come.
+            self._take_recorded_decision(payment.decision)
 
         await self._wait_for_decision()
 
-        payment = await self._step(
+        # The next three steps, as coroutine factories: run one after the other (first shape)
+        # or side by side (second).
+        complete_payment = partial(
+            self._step,
             names.COMPLETE_PAYMENT,
             PaymentRef(payment_id=self._payment_id, saga_id=self._saga_id),
             self._params.queues.payments,
             PaymentSnapshot,
         )
-        state.payment_status = payment.status
-        order = await self._step(
+        confirm_order = partial(
+            self._step,
             names.CONFIRM_ORDER,
             OrderRef(order_id=order_id, saga_id=self._saga_id),
             self._params.queues.orders,
             OrderSnapshot,
         )
-        self._set_order_status(order.status)
-
-        self._set_phase(SagaPhase.ASSIGNING_DEALER, "Assigning a dealer")
-        self._compensations.push(
-            names.CANCEL_DELIVERY,
-            self._compensation(
-                names.CANCEL_DELIVERY,
-                self._params.queues.deliveries,
-                self._delivery_undone,
-            ),
-        )
-        delivery = await self._step(
+        create_delivery = partial(
+            self._step,
             names.CREATE_DELIVERY,
             CreateDeliveryInput(
                 delivery_id=self._delivery_id,
@@ -229,6 +247,23 @@ class OrderProcessWorkflow:
             self._params.queues.deliveries,
             DeliverySnapshot,
         )
+        if self._second_shape:
+            # Three independent steps, scheduled in one workflow task.
+            self._set_phase(SagaPhase.ASSIGNING_DEALER, "Assigning a dealer")
+            self._push_cancel_delivery()
+            payment, order, delivery = await self._together(
+                complete_payment(), confirm_order(), create_delivery()
+            )
+            state.payment_status = payment.status
+            self._set_order_status(order.status)
+        else:
+            payment = await complete_payment()
+            state.payment_status = payment.status
+            order = await confirm_order()
+            self._set_order_status(order.status)
+            self._set_phase(SagaPhase.ASSIGNING_DEALER, "Assigning a dealer")
+            self._push_cancel_delivery()
+            delivery = await create_delivery()
         state.delivery_status = delivery.status
 
         delivery = await self._assign_dealer()
@@ -241,6 +276,36 @@ class OrderProcessWorkflow:
             SagaPhase.IN_TRANSIT,
             f"In transit with dealer {delivery.dealer_id}; waiting for mark_delivered",
         )
+        if self._early_report is not None:
+            self.mark_delivered(self._early_report)  # now in transit: taken if it is true
+
+    def _push_cancel_delivery(self) -> None:
+        self._compensations.push(
+            names.CANCEL_DELIVERY,
+            self._compensation(
+                names.CANCEL_DELIVERY,
+                self._params.queues.deliveries,
+                self._delivery_undone,
+            ),
+        )
+
+    async def _together(self, *steps: Coroutine[Any, Any, Any]) -> list[Any]:
+        """Run ``steps`` side by side (scheduled in one workflow task) and return their
+        results in order once every one has settled; then raise the first failure, in order,
+        so the unwind that follows sees everything they did."""
+        results = await asyncio.gather(*steps, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results
+
+    def _take_recorded_decision(self, decision: Decision) -> None:
+        """Take the decision recorded in the database, as its signal would have delivered it."""
+        if self._decision is None:
+            self._decision = DECISIONS[decision]
+            self._record_signal(
+                f"recorded_{self._decision}", applied=True, note=f"recorded decision {decision}"
+            )
 
     async def _wait_for_decision(self) -> None:
         """Wait for confirm or cancel; the window closing is a cancel. Raises on cancel."""
@@ -255,15 +320,32 @@ class OrderProcessWorkflow:
         try:
             await workflow.wait_condition(lambda: self._decision is not None, timeout=window)
         except TimeoutError:
-            # Close the window before anything else: a late signal is now ignored.
-            self._decision = "timeout"
-            self._record_payment_wait(waiting_since)
-            raise business_error(
-                names.PAYMENT_TIMED_OUT, f"no payment decision within {window}"
-            ) from None
+            if self._second_shape:
+                await self._close_window()
+            else:
+                # Close the window before anything else: a late signal is now ignored.
+                self._decision = "timeout"
+            if self._decision == "timeout":
+                self._record_payment_wait(waiting_since)
+                raise business_error(
+                    names.PAYMENT_TIMED_OUT, f"no payment decision within {window}"
+                ) from None
         self._record_payment_wait(waiting_since)
         if self._decision == "cancel":
             raise business_error(names.PAYMENT_CANCELLED, "the customer cancelled the payment")
+
+    async def _close_window(self) -> None:
+        """The window's timer fired: record TIMEOUT unless a decision is on record already
+        (taken in time, its signal late or lost), and take whichever decision counts."""
+        self._window_closing = True
+        payment = await self._step(
+            names.EXPIRE_PAYMENT,
+            PaymentRef(payment_id=self._payment_id, saga_id=self._saga_id),
+            self._params.queues.payments,
+            PaymentSnapshot,
+        )
+        if self._decision is None:
+            self._decision = DECISIONS[payment.decision or Decision.TIMEOUT]
 
     async def _assign_dealer(self) -> DeliverySnapshot:
         """Try to assign a dealer until one is free or the assignment window closes.
@@ -282,7 +364,9 @@ class OrderProcessWorkflow:
             await workflow.sleep(timeouts.dealer_assignment_window)
             window_open = False
 
-        window = asyncio.create_task(close_window())
+        # The first shape opens the window before the first attempt; the second only when a
+        # first attempt finds no dealer (usually one does, and no timer is ever started).
+        window = None if self._second_shape else asyncio.create_task(close_window())
         record = self._start_record(names.ASSIGN_DEALER)
         try:
             while True:
@@ -299,6 +383,8 @@ class OrderProcessWorkflow:
                 )
                 if delivery.dealer_id is not None:
                     break
+                if window is None:
+                    window = asyncio.create_task(close_window())
                 if not window_open:
                     raise business_error(
                         names.NO_DEALER_AVAILABLE,
@@ -318,7 +404,8 @@ class OrderProcessWorkflow:
             self._finish_record(record, err)
             raise
         finally:
-            window.cancel()
+            if window is not None:
+                window.cancel()
         self._finish_record(record)
         return delivery
 
@@ -326,19 +413,26 @@ class OrderProcessWorkflow:
         """After the pivot: wait for the dealer's report, then close delivery and order."""
         await workflow.wait_condition(lambda: self._delivered)
         state = self._state
-        delivery = await self._step(
+        complete_delivery = partial(
+            self._step,
             names.COMPLETE_DELIVERY,
             DeliveryRef(delivery_id=self._delivery_id, saga_id=self._saga_id),
             self._params.queues.deliveries,
             DeliverySnapshot,
         )
-        state.delivery_status = delivery.status
-        order = await self._step(
+        mark_delivered = partial(
+            self._step,
             names.MARK_ORDER_DELIVERED,
             OrderRef(order_id=state.order_id, saga_id=self._saga_id),
             self._params.queues.orders,
             OrderSnapshot,
         )
+        if self._second_shape:
+            delivery, order = await self._together(complete_delivery(), mark_delivered())
+        else:
+            delivery = await complete_delivery()
+            order = await mark_delivered()
+        state.delivery_status = delivery.status
         self._set_order_status(order.status)
         self._set_phase(SagaPhase.DELIVERED, "Delivered")
 
@@ -373,9 +467,25 @@ class OrderProcessWorkflow:
             note = f"unknown delivery {report.delivery_id}"
         elif self._delivered:
             note = "already reported delivered"
+        elif (
+            self._second_shape
+            and state.phase == SagaPhase.ASSIGNING_DEALER
+            and report.dealer_id is not None
+        ):
+            # The database shows the parcel with its dealer a moment before the saga sees its
+            # assignment: hold the report until then, and take it if the dealers match.
+            self._early_report = report
+            self._record_signal(
+                names.SIGNAL_MARK_DELIVERED,
+                applied=False,
+                note=f"held until the saga sees dealer {report.dealer_id} assigned",
+            )
+            return
         elif state.phase != SagaPhase.IN_TRANSIT:
-            # Before the pivot no dealer has the parcel: a report now cannot be true.
+            # Before the assignment no dealer has the parcel: a report now cannot be true.
             note = f"ignored in phase {state.phase}"
+        elif report.dealer_id is not None and report.dealer_id != state.dealer_id:
+            note = f"reported for dealer {report.dealer_id}, but dealer {state.dealer_id} has it"
         else:
             self._delivered = True
             self._record_signal(names.SIGNAL_MARK_DELIVERED, applied=True, note="delivered")
@@ -404,6 +514,8 @@ class OrderProcessWorkflow:
             note = f"unknown payment {payload.payment_id}"
         elif self._decision == "timeout":
             note = "the payment window had closed"
+        elif self._window_closing:
+            note = "the payment window is closing: the decision on record counts"
         elif self._decision is not None:
             note = f"decision already taken: {self._decision}"
         elif state.phase not in (SagaPhase.STARTED, SagaPhase.AWAITING_PAYMENT):
@@ -471,14 +583,26 @@ class OrderProcessWorkflow:
         return result
 
     def _compensation(
-        self, name: str, task_queue: str, reflect: Callable[[str], None]
+        self,
+        name: str,
+        task_queue: str,
+        reflect: Callable[[str], None],
+        *,
+        placed: OrderRequest | None = None,
     ) -> Compensation:
         """Compensation ``name`` of this saga's order, as the stack runs it: one attempt of the
         activity on ``task_queue``, then ``reflect`` of the status it left its entity in
-        (not called when there was no entity of this saga's to undo)."""
-        ref = OrderRef(order_id=self._params.order_id, saga_id=self._saga_id)
+        (not called when there was no entity of this saga's to undo). ``placed``: the order
+        as placed, for cancel_order (see OrderRef)."""
 
         async def compensate() -> None:
+            # Why it undoes: the saga's failure, recorded with the cancelled order.
+            ref = OrderRef(
+                order_id=self._params.order_id,
+                saga_id=self._saga_id,
+                reason=self._state.failure_type,
+                placed=placed,
+            )
             # Always a regular activity, in both step modes. Its scheduling completes the
             # workflow task, which records every local step before it: local steps run again
             # only when their workflow task is lost, and must never run again after the undo of
@@ -518,7 +642,7 @@ class OrderProcessWorkflow:
     def _record_failure(self, err: BaseException, *, cancelled: bool) -> None:
         state = self._state
         if cancelled:
-            state.failure_type = "WorkflowCancelled"
+            state.failure_type = names.CANCELLED_ON_REQUEST
             state.failure_reason = "the saga was cancelled before its pivot"
             return
         cause = root_cause(err)
@@ -556,6 +680,9 @@ class OrderProcessWorkflow:
             self._upsert_order_status(OrderSearchStatus(status))
 
     def _upsert_order_status(self, value: OrderSearchStatus) -> None:
+        if self._second_shape and value == self._search_status:
+            return  # an update that changes nothing is an event that carries nothing
+        self._search_status = value
         workflow.upsert_search_attributes([names.ORDER_STATUS.value_set(value)])
 
     def _set_phase(self, phase: SagaPhase, details: str) -> None:

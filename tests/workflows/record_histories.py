@@ -170,7 +170,7 @@ async def workflow_cancelled_awaiting_payment(rec: Recording) -> SagaHandle:
         await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
         await handle.cancel()
         state = await closed_as_cancelled(handle)
-    expect(state.failure_type == "WorkflowCancelled", "WorkflowCancelled", state)
+    expect(state.failure_type == names.CANCELLED_ON_REQUEST, names.CANCELLED_ON_REQUEST, state)
     return handle
 
 

@@ -302,7 +302,7 @@ async def test_cancelling_the_workflow_while_awaiting_payment_compensates_then_c
         assert await order_status_attribute(handle) == OrderStatus.CANCELLED
 
     assert state.phase == SagaPhase.CANCELLED
-    assert state.failure_type == "WorkflowCancelled"
+    assert state.failure_type == names.CANCELLED_ON_REQUEST
     assert step_names(state.compensations) == PAYMENT_UNWIND
     assert_all_completed_first_time(state.compensations)
     assert (state.order_status, state.payment_status) == (
@@ -331,7 +331,7 @@ async def test_cancelling_the_workflow_while_waiting_for_a_dealer_refunds_and_ho
         await assert_cancelled_run(handle)
         state = await handle.query(Saga.state)
 
-    assert state.failure_type == "WorkflowCancelled"
+    assert state.failure_type == names.CANCELLED_ON_REQUEST
     assert step_names(state.compensations) == PRE_PIVOT_UNWIND
     assert_all_completed_first_time(state.compensations)
     # The interrupted assignment is recorded as failed, not left retrying forever.
