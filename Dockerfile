@@ -36,11 +36,12 @@ COPY domain ./domain
 COPY services ./services
 COPY workflows ./workflows
 COPY activities ./activities
+COPY choreography ./choreography
 COPY sagas ./sagas
 COPY api ./api
 COPY store ./store
 COPY migrations ./migrations
-COPY worker.py settings.py cli.py telemetry.py alembic.ini ./
+COPY worker.py settings.py cli.py telemetry.py faults.py alembic.ini ./
 # The project itself, from pyproject.toml, pointing at /app (one copy of the code).
 RUN pip install --no-deps -e . \
     && mkdir -p /app/data \

@@ -3,11 +3,13 @@
     ordersaga up                       # the one-command run (same as make run)
     ordersaga demo                     # four orders: delivered, cancelled, timed out, no dealer
     ordersaga orders [--status S]      # list orders
+    ordersaga order ID [--follow]      # one order, and its saga: steps or events
     ordersaga dealers list|add ...     # list or add delivery people
+    ordersaga dead-letters list|replay # events no consumer could apply (choreography)
 
-Talks to the API at ``--api`` (default http://127.0.0.1:8000); ``demo`` also starts its
-sagas through Temporal (settings from the environment, as the API's) so it can use short
-windows and show the timeout and no-dealer paths in seconds rather than half an hour.
+Talks to the API at ``--api`` (default http://127.0.0.1:8000); ``demo`` also places its
+orders itself (settings from the environment, as the API's: SAGA_STYLE chooses the style) so
+it can use a short payment window and show the timeout path in seconds, not half an hour.
 """
 
 import argparse
@@ -16,7 +18,8 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent
 DEMO_PATHS = ("delivered", "customer cancel", "payment timeout", "no dealer")
+DEMO_PROVINCE = "Demo"
 
 
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -53,6 +57,24 @@ class Progress:
             print(file=sys.stderr)
 
 
+def _refused(response: httpx.Response) -> int:
+    """Say on stderr why the API refused a call (its problem's detail); the exit code, 1."""
+    try:
+        body = response.json()
+    except ValueError:  # not the API's answer (a proxy's error page, say)
+        body = {"detail": response.text.strip() or response.reason_phrase}
+    detail = body.get("detail") if isinstance(body, dict) else body
+    if isinstance(detail, list):  # validation errors: where, and what is wrong there
+        detail = "; ".join(
+            f"{'.'.join(map(str, e.get('loc', [])[1:]))}: {e.get('msg')}"
+            if isinstance(e, dict)
+            else str(e)
+            for e in detail
+        )
+    print(f"{response.status_code}: {detail}", file=sys.stderr)
+    return 1
+
+
 def _client(args: argparse.Namespace) -> httpx.AsyncClient:
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
     return httpx.AsyncClient(base_url=args.api, headers=headers, timeout=30)
@@ -72,32 +94,79 @@ async def _wait_for_order(
 
 
 def _phase(body: dict[str, Any]) -> str | None:
-    phase: str | None = (body.get("saga") or {}).get("phase")
+    phase: str | None = body.get("phase")
     return phase
 
 
+# Places one order (its request) in the demo's style; returns the order id.
+Placer = Callable[[Any], Awaitable[str]]
+
+
+@asynccontextmanager
+async def _placer(settings: Any) -> AsyncIterator[Placer]:
+    """Places the demo's orders with ``settings``' windows, in ``SAGA_STYLE``: a Temporal
+    workflow started here, or the order and its ``order_created`` event written here."""
+    from domain.status import SagaStyle
+
+    if settings.saga_style == SagaStyle.CHOREOGRAPHY:
+        from choreography.outbox import Publisher
+        from choreography.runtime import connect_broker
+        from sagas.choreography import ChoreographedSagas
+        from store.db import make_engine
+
+        engine = make_engine(settings.database_url_value)
+        broker = connect_broker(settings)
+        await broker.start()
+        door = ChoreographedSagas(engine, settings, Publisher(engine, broker))
+
+        async def place_event(request: Any) -> str:
+            order_id = str(uuid.uuid4())
+            await door.place(request, None, order_id, wait=0)
+            return order_id
+
+        try:
+            yield place_event
+        finally:
+            await broker.stop()
+            engine.dispose()
+        return
+
+    from sagas.orchestration import start_order_saga
+    from sagas.temporal import connect_temporal
+
+    client = await connect_temporal(settings)
+
+    async def start_workflow(request: Any) -> str:
+        order_id = str(uuid.uuid4())
+        await start_order_saga(
+            client,
+            order_id,
+            request,
+            task_queue=settings.workflow_task_queue,
+            timeouts=settings.saga_timeouts,
+        )
+        return order_id
+
+    yield start_workflow
+
+
 async def _demo_path(
-    http: httpx.AsyncClient, client: Any, settings: Any, path: str
+    http: httpx.AsyncClient, place: Placer, path: str, city: str
 ) -> tuple[str, ...]:
     from domain.payloads import OrderItem, OrderRequest
-    from sagas.orchestration import start_order_saga
 
     no_dealer = path == "no dealer"
     request = OrderRequest(
         customer_id="demo-customer",
         items=[OrderItem(product_id="demo-book", quantity=2, unit_price=Decimal("12.50"))],
-        province="Nowhere" if no_dealer else "Tehran",
-        city="Atlantis" if no_dealer else "Tehran",
+        province=DEMO_PROVINCE,
+        # The demo's own city (its own dealer), or one no dealer serves.
+        city=f"Nowhere {uuid.uuid4().hex[:6]}" if no_dealer else city,
     )
-    order_id = str(uuid.uuid4())
-    await start_order_saga(
-        client,
-        order_id,
-        request,
-        task_queue=settings.workflow_task_queue,
-        timeouts=settings.saga_timeouts,
-    )
+    order_id = await place(request)
     body = await _wait_for_order(http, order_id, lambda b: b.get("payment") is not None, 30)
+    if body.get("payment") is None:
+        raise SystemExit(f"order {order_id} got no payment within 30 s: is the worker running?")
     payment_id = body["payment"]["payment_id"]
     if path in ("delivered", "no dealer"):
         await http.post(f"/payments/{payment_id}/confirm")
@@ -114,29 +183,39 @@ async def _demo_path(
         str(body.get("status")),
         str((body.get("payment") or {}).get("status")),
         str((body.get("delivery") or {}).get("status", "-")),
-        str((body.get("saga") or {}).get("failure_type") or "-"),
-        str(body.get("workflow_url")),
+        str(body.get("failure_type") or "-"),
+        str(body.get("workflow_url") or f"ordersaga order {order_id}"),
     )
 
 
 async def demo(args: argparse.Namespace) -> int:
-    """Drive one order down each path and print the outcomes with their Web UI links."""
-    from sagas.temporal import connect_temporal
+    """Drive one order down each path and print the outcomes with where to see each saga."""
     from settings import Settings
 
-    # Short windows so the timeout and no-dealer paths end within seconds.
+    # Short windows so the timeout and no-dealer paths end within seconds. (A choreographed
+    # order's dealer window is DeliveryService's own: the worker's setting.)
     settings = Settings(payment_window_seconds=5, dealer_assignment_window_seconds=3)
-    client = await connect_temporal(settings)
-    progress = Progress(len(DEMO_PATHS), "demo")
+    progress = Progress(len(DEMO_PATHS), f"demo ({settings.saga_style})")
     rows = []
-    async with _client(args) as http:
-        if not (await http.get("/dealers", params={"city": "Tehran"})).json():
-            print("no dealer serves Tehran: run `python -m store seed` (make run does)")
+    async with _client(args) as http, _placer(settings) as place:
+        # The demo brings its own dealer and city, so every path shows whatever else the
+        # database holds (the seeded dealers may all be busy with earlier orders).
+        city = f"Demo City {uuid.uuid4().hex[:6]}"
+        dealer = {
+            "name": "Demo Dealer",
+            "phone": f"+0 {uuid.uuid4().int % 10**10:010d}",
+            "province": DEMO_PROVINCE,
+            "city": city,
+            "capacity": 1,
+        }
+        added = await http.post("/dealers", json=dealer)
+        if added.status_code != 201:
+            print(f"cannot add the demo's dealer: {added.status_code} {added.text}")
             return 1
         for path in DEMO_PATHS:
-            rows.append(await _demo_path(http, client, settings, path))
+            rows.append(await _demo_path(http, place, path, city))
             progress.step(f"{path}: {rows[-1][1]}")
-    print(_table(rows, ("path", "order", "payment", "delivery", "failure", "Temporal Web UI")))
+    print(_table(rows, ("path", "order", "payment", "delivery", "failure", "the saga")))
     return 0
 
 
@@ -147,13 +226,13 @@ async def orders(args: argparse.Namespace) -> int:
     async with _client(args) as http:
         response = await http.get("/orders", params=params)
     if response.status_code != 200:
-        print(response.text, file=sys.stderr)
-        return 1
+        return _refused(response)
     page = response.json()
     rows = [
         (
             o["order_id"],
             o["status"],
+            o["style"],
             o["customer_id"],
             o["total_amount"],
             o["city"],
@@ -161,8 +240,99 @@ async def orders(args: argparse.Namespace) -> int:
         )
         for o in page["items"]
     ]
-    print(_table(rows, ("order", "status", "customer", "total", "city", "created")))
+    print(_table(rows, ("order", "status", "style", "customer", "total", "city", "created")))
     print(f"{len(rows)} of {page['total']} order(s)")
+    return 0
+
+
+FINAL_PHASES = ("DELIVERED", "CANCELLED")
+
+
+def _print_order(body: dict[str, Any], saga: Any) -> None:
+    """The order's state, then its saga's account: a workflow's steps, compensations and
+    signals (orchestration), or every event with who applied it (choreography)."""
+    payment = body.get("payment") or {}
+    delivery = body.get("delivery") or {}
+    print(
+        f"order {body['order_id']} ({body['style']}): {body['phase']}"
+        f"{' / ' + body['failure_type'] if body.get('failure_type') else ''}"
+    )
+    print(
+        f"  order {body.get('status')}  payment {payment.get('status', '-')}"
+        f" (decision {payment.get('decision') or '-'})  delivery {delivery.get('status', '-')}"
+    )
+    if body.get("workflow_url"):
+        print(f"  Temporal Web UI: {body['workflow_url']}")
+    if isinstance(saga, list):  # a choreographed order's event log
+        rows = [
+            (
+                e["occurred_at"][11:23],
+                e["type"],
+                e["source"],
+                "published" if e["published_at"] else "in outbox",
+                ", ".join(
+                    f"{c['consumer']}"
+                    + (f" x{c['deliveries']}" if c["deliveries"] > 1 else "")
+                    + (f": {c['note']}" if c.get("note") else "")
+                    for c in e["consumed"]
+                )
+                + "".join(f" DEAD LETTER {d['id']}: {d['error']}" for d in e["dead_letters"]),
+            )
+            for e in saga
+        ]
+        print(_table(rows, ("at", "event", "from", "", "applied by")))
+    elif isinstance(saga, dict):  # an orchestrated saga's state
+        steps = " -> ".join(s["name"] for s in saga.get("steps", []))
+        undone = " -> ".join(c["name"] for c in saga.get("compensations", []))
+        print(f"  steps: {steps or '-'}")
+        if undone:
+            print(f"  compensations: {undone}")
+
+
+async def order(args: argparse.Namespace) -> int:
+    """Show one order and its saga; with --follow, again on every change until it ends."""
+    async with _client(args) as http:
+        shown = None
+        while True:
+            response = await http.get(f"/orders/{args.order_id}")
+            if response.status_code != 200:
+                return _refused(response)
+            body = response.json()
+            account = await http.get(f"/orders/{args.order_id}/saga")
+            # The saga's account is an operator's read: without one, the order alone.
+            saga = account.json() if account.status_code == 200 else None
+            if (body, saga) != shown:
+                _print_order(body, saga)
+                shown = (body, saga)
+            if not args.follow or body["phase"] in FINAL_PHASES:
+                return 0
+            await asyncio.sleep(0.5)
+
+
+async def dead_letters(args: argparse.Namespace) -> int:
+    async with _client(args) as http:
+        if args.action == "replay":
+            response = await http.post(f"/dead-letters/{args.dead_letter_id}/replay")
+            if response.status_code != 202:
+                return _refused(response)
+            print(response.json()["detail"])
+            return 0
+        response = await http.get("/dead-letters", params={"pending": not args.all})
+    if response.status_code != 200:
+        return _refused(response)
+    rows = [
+        (
+            d["id"],
+            d["failed_at"][:19],
+            d["consumer"],
+            d["order_id"],
+            d["deliveries"],
+            "replayed" if d["replayed_at"] else "waiting",
+            d["error"][:60],
+        )
+        for d in response.json()
+    ]
+    print(_table(rows, ("id", "failed", "consumer", "order", "tries", "", "error")))
     return 0
 
 
@@ -180,11 +350,13 @@ async def dealers(args: argparse.Namespace) -> int:
                 },
             )
             if response.status_code != 201:
-                print(f"{response.status_code}: {response.json().get('detail')}", file=sys.stderr)
-                return 1
+                return _refused(response)
             listed = [response.json()]
         else:
-            listed = (await http.get("/dealers")).json()
+            response = await http.get("/dealers")
+            if response.status_code != 200:  # e.g. 401: a secured API and no --api-key
+                return _refused(response)
+            listed = response.json()
     rows = [
         (
             d["id"],
@@ -211,11 +383,20 @@ def parser() -> argparse.ArgumentParser:
         help="sent as X-API-Key when the API requires one",
     )
     commands = top.add_subparsers(dest="command", required=True)
-    commands.add_parser("up", help="run Temporal, the worker and the API (make run)")
+    commands.add_parser("up", help="run Temporal, NATS, the worker and the API (make run)")
     commands.add_parser("demo", help="one order down each path, with Web UI links")
     listing = commands.add_parser("orders", help="list orders")
     listing.add_argument("--status", choices=["PENDING", "CONFIRMED", "DELIVERED", "CANCELLED"])
     listing.add_argument("--limit", type=int, default=20)
+    one = commands.add_parser("order", help="one order and its saga (steps or events)")
+    one.add_argument("order_id")
+    one.add_argument("--follow", action="store_true", help="show each change until it ends")
+    dead = commands.add_parser("dead-letters", help="events no consumer could apply")
+    dead_actions = dead.add_subparsers(dest="action", required=True)
+    dead_list = dead_actions.add_parser("list")
+    dead_list.add_argument("--all", action="store_true", help="the replayed ones too")
+    replay = dead_actions.add_parser("replay", help="deliver one again, its cause fixed")
+    replay.add_argument("dead_letter_id")
     dealer = commands.add_parser("dealers", help="list or add dealers")
     actions = dealer.add_subparsers(dest="action", required=True)
     actions.add_parser("list")
@@ -232,7 +413,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.command == "up":
         os.execvp("bash", ["bash", str(ROOT / "scripts" / "run.sh")])
-    command = {"demo": demo, "orders": orders, "dealers": dealers}[args.command]
+    command = {
+        "demo": demo,
+        "orders": orders,
+        "order": order,
+        "dealers": dealers,
+        "dead-letters": dead_letters,
+    }[args.command]
     try:
         sys.exit(asyncio.run(command(args)))
     except httpx.ConnectError:

@@ -16,6 +16,7 @@ from temporalio.service import TLSConfig
 
 from domain.names import WORKFLOW_TASK_QUEUE
 from domain.payloads import SagaTimeouts
+from domain.status import SagaStyle
 
 MIN_SECRET_LENGTH = 32  # HMAC-SHA256 secrets: at least the hash's 32 bytes
 MIN_OPERATOR_KEY_LENGTH = 16
@@ -78,6 +79,40 @@ class Settings(BaseSettings):
     )
     workflow_task_queue: str = Field(
         default=WORKFLOW_TASK_QUEUE, description="Task queue the API starts sagas on."
+    )
+    saga_style: SagaStyle = Field(
+        default=SagaStyle.ORCHESTRATION,
+        description=(
+            "How new orders' sagas run: 'orchestration' (a Temporal workflow) or "
+            "'choreography' (events between the services on NATS JetStream; needs NATS_URL). "
+            "Orders of both styles coexist; each keeps the style it was placed with."
+        ),
+    )
+    nats_url: str | None = Field(
+        default=None,
+        description=(
+            "NATS server(s) with JetStream, e.g. nats://127.0.0.1:14222 (comma-separated for a "
+            "cluster). Set: the worker runs the choreographed saga's consumers, relay and "
+            "sweepers, and the API publishes its events."
+        ),
+    )
+    nats_stream_replicas: int = Field(
+        default=1, ge=1, le=5, description="Replicas of the event streams (3 in a cluster)."
+    )
+    event_ack_wait_seconds: float = Field(
+        default=15,
+        gt=0,
+        le=3600,
+        description=(
+            "How long a consumer may hold an event unacknowledged (a crashed worker's events "
+            "are delivered again after it); longer than a handler's transaction budget."
+        ),
+    )
+    event_max_deliveries: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="Deliveries of an event a consumer cannot apply before it is dead-lettered.",
     )
     payment_window_seconds: float = Field(
         default=1800, gt=0, description="How long the saga waits for confirm/cancel."
@@ -193,6 +228,17 @@ class Settings(BaseSettings):
         if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
             raise ValueError(f"{path} is not a readable file")
         return path
+
+    @field_validator("nats_url", mode="before")
+    @classmethod
+    def _empty_url_means_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _choreography_needs_its_broker(self) -> Self:
+        if self.saga_style == SagaStyle.CHOREOGRAPHY and self.nats_url is None:
+            raise ValueError("SAGA_STYLE=choreography needs NATS_URL (the NATS JetStream server)")
+        return self
 
     @model_validator(mode="after")
     def _client_cert_and_key_together(self) -> Self:

@@ -1,18 +1,24 @@
-"""Run the saga's Temporal workers.
+"""Run the sagas' workers: the orchestrated saga's Temporal workers and, with ``NATS_URL``
+set, the choreographed saga's consumers, relay and sweepers.
 
-    python worker.py                      # every task queue in one process
+    python worker.py                      # everything in one process
     python worker.py --queue payments     # only PaymentService's activities
     python worker.py --queue order-process --queue orders
+    python worker.py --events             # only the choreographed saga's parts
+    python worker.py --check [...]        # exit 0 if what it would run can reach its services
 
 Each service's activities poll their own task queue, so each can run and scale as its own
-process; the workflow polls ``order-process``.
+process; the workflow polls ``order-process``. The choreographed saga's consumers are durable
+JetStream pull consumers: any number of ``--events`` processes share their work.
 """
 
 import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -22,14 +28,16 @@ from sqlalchemy import Engine
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.worker import Replayer, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.deliveries import DeliveryActivities
 from activities.orders import OrderActivities
 from activities.payments import PaymentActivities
+from choreography.runtime import Choreography, connect_broker, jetstream_answers
 from domain import names
-from sagas.temporal import connect_temporal
+from sagas.temporal import check_namespace, connect_temporal, temporal_misconfiguration
 from settings import Settings
 from store.db import make_engine, migrate
 from telemetry import configure_tracing, tracing_interceptors
@@ -54,6 +62,7 @@ def service_activities(engine: Engine) -> dict[str, list[Callable[..., Any]]]:
         names.PAYMENTS_TASK_QUEUE: [
             payments.create_payment,
             payments.complete_payment,
+            payments.expire_payment,
             payments.cancel_or_refund_payment,
         ],
         names.DELIVERIES_TASK_QUEUE: [
@@ -182,12 +191,20 @@ def build_workers(
     return workers
 
 
-async def run(settings: Settings, queues: Sequence[str]) -> None:
-    """Wire engine, client and workers once, run until SIGINT/SIGTERM, then shut down cleanly."""
+async def run(settings: Settings, queues: Sequence[str], *, events: bool) -> None:
+    """Wire engine, client and workers once, run until SIGINT/SIGTERM, then shut down cleanly.
+
+    ``queues``: the Temporal task queues to poll (none: no Temporal connection at all);
+    ``events``: run the choreographed saga's parts too (needs ``NATS_URL``).
+    """
     engine = make_engine(settings.database_url_value, **settings.engine_options())
     migrate(engine)  # alembic upgrade head; waits if the API is migrating too
     tracer_provider = configure_tracing(settings, "order-saga-worker")
-    client = await connect_temporal(settings, interceptors=tracing_interceptors(tracer_provider))
+    client = (
+        await connect_temporal(settings, interceptors=tracing_interceptors(tracer_provider))
+        if queues
+        else None
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -197,17 +214,25 @@ async def run(settings: Settings, queues: Sequence[str]) -> None:
             settings.activity_threads, thread_name_prefix="activity"
         ) as executor:
             async with contextlib.AsyncExitStack() as stack:
-                workers = build_workers(
-                    client,
-                    engine,
-                    executor,
-                    queues,
-                    max_concurrent_activities=settings.activity_threads,
-                    cache_size=settings.workflow_cache_size,
-                )
-                for worker in workers:
-                    await stack.enter_async_context(worker)
-                log.info("worker polling %s on %s", ", ".join(queues), settings.temporal_address)
+                if client is not None:
+                    workers = build_workers(
+                        client,
+                        engine,
+                        executor,
+                        queues,
+                        max_concurrent_activities=settings.activity_threads,
+                        cache_size=settings.workflow_cache_size,
+                    )
+                    for worker in workers:
+                        await stack.enter_async_context(worker)
+                    log.info(
+                        "worker polling %s on %s", ", ".join(queues), settings.temporal_address
+                    )
+                if events:
+                    choreography = Choreography(engine, settings, connect_broker(settings))
+                    await choreography.start()
+                    stack.push_async_callback(choreography.stop)
+                    log.info("choreographed saga's consumers on %s", settings.nats_url)
                 if settings.metrics_bind_address:
                     log.info(
                         "Prometheus metrics on http://%s/metrics", settings.metrics_bind_address
@@ -220,6 +245,37 @@ async def run(settings: Settings, queues: Sequence[str]) -> None:
             tracer_provider.shutdown()  # flush the last spans
 
 
+async def reachable(settings: Settings, queues: Sequence[str], *, events: bool) -> list[str]:
+    """What a worker running ``queues`` (and ``events``) cannot reach: the database, Temporal
+    and its namespace, NATS with JetStream. Empty when everything answers."""
+    problems = []
+    try:
+        engine = make_engine(settings.database_url_value, **settings.engine_options())
+        try:
+            await asyncio.to_thread(lambda: engine.connect().close())
+        finally:
+            engine.dispose()
+    except Exception as err:
+        problems.append(f"database: {type(err).__name__}: {err}")
+    if queues:
+        try:
+            async with asyncio.timeout(10):
+                await check_namespace(await connect_temporal(settings))
+        except RPCError as err:
+            problems.append(f"temporal: {temporal_misconfiguration(err) or err.message}")
+        except Exception as err:
+            problems.append(f"temporal: {type(err).__name__}: {err}")
+    if events:
+        try:
+            async with asyncio.timeout(10):
+                await jetstream_answers(settings)
+        except TimeoutError:
+            problems.append(f"nats: no server answered within 10 s at {settings.nats_url}")
+        except Exception as err:
+            problems.append(f"nats: {type(err).__name__}: {err}")
+    return problems
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -230,13 +286,42 @@ def main(argv: Sequence[str] | None = None) -> None:
         choices=names.ALL_TASK_QUEUES,
         help="task queue to poll (repeatable); default: all of them",
     )
+    parser.add_argument(
+        "--events",
+        action="store_true",
+        help="only the choreographed saga's consumers, relay and sweepers (needs NATS_URL)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check that the services this worker needs answer, then exit (0: they all do)",
+    )
     args = parser.parse_args(argv)
     settings = Settings()
+    if args.events and settings.nats_url is None:
+        parser.error("--events needs NATS_URL (the NATS JetStream server)")
+    if args.events and args.queue:
+        parser.error("--events runs no Temporal task queue: drop --queue")
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    asyncio.run(run(settings, args.queue or names.ALL_TASK_QUEUES))
+    if args.events:
+        queues: Sequence[str] = ()
+    else:
+        queues = args.queue or names.ALL_TASK_QUEUES
+    # By default one process runs everything there is: the choreography too when NATS is set.
+    events = args.events or (not args.queue and settings.nats_url is not None)
+    if args.check:
+        problems = asyncio.run(reachable(settings, queues, events=events))
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Without finalizing: a process leaving with a Temporal client connected can abort
+        # in the SDK's native runtime, and a health check must exit with what it found.
+        os._exit(1 if problems else 0)
+    asyncio.run(run(settings, queues, events=events))
 
 
 if __name__ == "__main__":

@@ -4,19 +4,23 @@ The lifespan builds the process's one engine and one Temporal client; nothing co
 import time.
 """
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
+from temporalio.client import Interceptor
 
 from api import auth
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimitMiddleware
-from api.routes import dealers, deliveries, health, orders, payments
-from sagas.orchestration import OrchestratedSagas
+from api.routes import dead_letters, dealers, deliveries, health, orders, payments
+from choreography.outbox import Publisher
+from choreography.runtime import connect_broker, keep_connecting
+from sagas.door import Sagas
 from sagas.temporal import connect_temporal
 from settings import Settings
 from store.db import make_engine, migrate
@@ -31,7 +35,10 @@ class AuthNotConfiguredError(RuntimeError):
 
 
 def create_app(
-    settings: Settings | None = None, *, tracer_provider: "TracerProvider | None" = None
+    settings: Settings | None = None,
+    *,
+    tracer_provider: "TracerProvider | None" = None,
+    temporal_interceptors: Sequence[Interceptor] = (),
 ) -> FastAPI:
     """Build the app. ``settings`` defaults to the environment's.
 
@@ -39,6 +46,7 @@ def create_app(
     ``dev``) and neither operator keys nor customer token secrets are configured.
 
     Tracing is on with ``OTEL_EXPORTER`` set, or with ``tracer_provider`` given (tests).
+    ``temporal_interceptors`` join the API's Temporal client (tests count its calls).
     """
     settings = settings or Settings()
     problem = settings.auth_problem()
@@ -60,17 +68,28 @@ def create_app(
         migrate(engine)  # alembic upgrade head; waits if the worker is migrating too
         # Lazy: the API starts (and /readyz says why it is not ready) while Temporal is down.
         client = await connect_temporal(
-            settings, lazy=True, interceptors=tracing_interceptors(tracer_provider)
+            settings,
+            lazy=True,
+            interceptors=[*tracing_interceptors(tracer_provider), *temporal_interceptors],
         )
+        # The choreographed saga's events: published right after the API writes them, by a
+        # broker connection made in the background (while NATS is down, the relay publishes).
+        broker = connect_broker(settings) if settings.nats_url else None
+        connecting = asyncio.create_task(keep_connecting(broker)) if broker else None
         app.state.services = Services(
             settings=settings,
             engine=engine,
             client=client,
-            sagas=OrchestratedSagas(client, engine, settings),
+            sagas=Sagas(client, engine, settings, Publisher(engine, broker) if broker else None),
+            broker=broker,
         )
         try:
             yield
         finally:
+            if connecting is not None:
+                connecting.cancel()
+            if broker is not None:
+                await broker.stop()
             engine.dispose()
             if tracer_provider is not None:
                 tracer_provider.force_flush()
@@ -92,6 +111,7 @@ def create_app(
         payments.router,
         deliveries.router,
         dealers.router,
+        dead_letters.router,
         health.router,
     ):
         app.include_router(router)

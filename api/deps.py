@@ -4,10 +4,11 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from faststream.nats import NatsBroker
 from sqlalchemy import Engine
 from temporalio.client import Client
 
-from sagas.orchestration import OrchestratedSagas
+from sagas.door import Sagas
 from settings import Settings
 
 
@@ -18,7 +19,9 @@ class Services:
     settings: Settings
     engine: Engine
     client: Client
-    sagas: OrchestratedSagas
+    sagas: Sagas
+    # The choreographed saga's broker connection (None without NATS_URL).
+    broker: NatsBroker | None = None
 
 
 def get_services(request: Request) -> Services:

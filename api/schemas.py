@@ -18,6 +18,24 @@ class Accepted(BaseModel):
         return cls(order_id=order_id, detail=detail, order_url=order_path(order_id))
 
 
+class OrderAccepted(Accepted):
+    """An order accepted: its saga is durably started. ``payment_id`` can be confirmed or
+    cancelled at once; ``status`` is the order's (PENDING until the saga moves it)."""
+
+    payment_id: str
+    status: str
+
+    @classmethod
+    def for_order(cls, order_id: str, payment_id: str) -> "OrderAccepted":
+        return cls(
+            order_id=order_id,
+            payment_id=payment_id,
+            status="PENDING",
+            detail="accepted: the saga is started",
+            order_url=order_path(order_id),
+        )
+
+
 def order_path(order_id: str) -> str:
     """Where an order (and its saga) can be read: ``GET /orders/{order_id}``."""
     return f"/orders/{order_id}"

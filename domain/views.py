@@ -10,8 +10,15 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from domain.payloads import Count, Name, SagaState
-from domain.status import DeliveryStatus, OrderStatus, PaymentStatus
+from domain.payloads import Count, Name
+from domain.status import (
+    Decision,
+    DeliveryStatus,
+    OrderStatus,
+    PaymentStatus,
+    SagaPhase,
+    SagaStyle,
+)
 
 Phone = Annotated[
     str,
@@ -30,11 +37,12 @@ class ItemView(BaseModel):
 
 
 class PaymentView(BaseModel):
-    """The order's payment."""
+    """The order's payment, and the decision taken on it (None until one is)."""
 
     payment_id: str
     status: PaymentStatus
     amount: Decimal
+    decision: Decision | None = None
 
 
 class DeliveryView(BaseModel):
@@ -55,19 +63,64 @@ class OrderSummary(BaseModel):
     province: str
     city: str
     created_at: datetime
-    workflow_id: str
-    workflow_url: str
+    style: SagaStyle
+    workflow_id: str | None = None
+    workflow_url: str | None = None
+
+
+class Consumption(BaseModel):
+    """A service applied an event: when, after how many deliveries, and what it did."""
+
+    consumer: str
+    consumed_at: datetime
+    deliveries: int
+    note: str | None
+
+
+class DeadLetterView(BaseModel):
+    """An event a consumer could not apply on any of its deliveries, kept for an operator."""
+
+    id: str
+    consumer: str
+    event_id: str
+    order_id: str
+    type: str
+    error: str
+    deliveries: int
+    failed_at: datetime
+    replayed_at: datetime | None
+
+
+class EventLogEntry(BaseModel):
+    """One event of a choreographed order: who emitted it when, when it was published, who
+    applied it (with redeliveries) and who could not (dead letters)."""
+
+    event_id: str
+    type: str
+    source: str
+    occurred_at: datetime
+    published_at: datetime | None
+    reason: str | None = None
+    consumed: list[Consumption] = Field(default_factory=list)
+    dead_letters: list[DeadLetterView] = Field(default_factory=list)
 
 
 class OrderView(BaseModel):
-    """One order with its payment, delivery and the saga's own account of what happened.
+    """One order with its payment and delivery, read from the services' rows alone.
 
-    ``status`` is None while the saga has not written the order yet.
+    ``phase``: where its saga is, as the rows show it (CREATING until its first steps have
+    written the order and its payment); ``failure_type``: why it is being or was cancelled,
+    once known. ``status`` is None while the order is not written yet. The saga's own full
+    account (steps, compensations, signals) is the operator's ``GET /orders/{id}/saga``.
     """
 
     order_id: str
-    workflow_id: str
-    workflow_url: str
+    style: SagaStyle
+    # Orchestration: the saga's workflow, and its page in the Temporal Web UI.
+    workflow_id: str | None = None
+    workflow_url: str | None = None
+    phase: SagaPhase
+    failure_type: str | None = None
     status: OrderStatus | None
     customer_id: str | None = None
     total_amount: Decimal | None = None
@@ -76,9 +129,8 @@ class OrderView(BaseModel):
     items: list[ItemView] = Field(default_factory=list)
     payment: PaymentView | None = None
     delivery: DeliveryView | None = None
-    saga: SagaState | None = Field(
-        default=None, description="Steps, compensations, signals and failure, from the workflow."
-    )
+    # Choreography: every event of the order, the counterpart of a workflow's history.
+    events: list[EventLogEntry] | None = None
 
 
 class OrderPage(BaseModel):

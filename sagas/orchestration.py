@@ -10,27 +10,33 @@ signal and no workflow query.
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio.client import (
     Client,
+    WithStartWorkflowOperation,
     WorkflowExecutionStatus,
     WorkflowHandle,
-    WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from domain import names
 from domain.payloads import (
+    LATEST_SHAPE,
     DeliveredReport,
     OrderProcessInput,
     OrderRequest,
@@ -39,23 +45,45 @@ from domain.payloads import (
     SagaTimeouts,
     StepMode,
 )
-from domain.status import DeliveryStatus, OrderStatus, PaymentStatus, SagaPhase
+from domain.status import Decision, DeliveryStatus, OrderStatus, SagaPhase
 from domain.views import OrderView
 from sagas import views
 from sagas.errors import ConflictError, IdempotencyKeyReusedError, NotFoundError
 from sagas.temporal import is_saga_missing
 from services import orders as order_service
+from services import payments as payment_service
 from settings import Settings
 from store.db import session
-from store.models import as_utc
 from workflows import OrderProcessWorkflow
 
 log = logging.getLogger("sagas")
 
-DECISION_SIGNALS = (names.SIGNAL_CONFIRM_PAYMENT, names.SIGNAL_CANCEL_PAYMENT)
 REQUEST_FINGERPRINT = "request_fingerprint"
 
 SagaHandle = WorkflowHandle[OrderProcessWorkflow, SagaState]
+
+
+def saga_start_options(order_id: str, request: OrderRequest, *, task_queue: str) -> dict[str, Any]:
+    """How every saga of an order starts: workflow id ``order-<order_id>``, reject-duplicate
+    (one order never gets a second saga while Temporal remembers the first), the OrderStatus
+    and CustomerId search attributes, a summary for the Web UI and the request's fingerprint
+    in the memo."""
+    return {
+        "id": names.workflow_id_for(order_id),
+        "task_queue": task_queue,
+        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        "search_attributes": TypedSearchAttributes(
+            [
+                SearchAttributePair(names.ORDER_STATUS, OrderStatus.PENDING.value),
+                SearchAttributePair(names.CUSTOMER_ID, request.customer_id),
+            ]
+        ),
+        "static_summary": (
+            f"Order {order_id}: customer {request.customer_id}, {request.total_amount}, "
+            f"{request.city} ({request.province})"
+        ),
+        "memo": {REQUEST_FINGERPRINT: request.fingerprint()},
+    }
 
 
 async def start_order_saga(
@@ -67,10 +95,8 @@ async def start_order_saga(
     timeouts: SagaTimeouts,
     step_mode: StepMode = StepMode.REMOTE,
 ) -> SagaHandle:
-    """Start the saga of ``order_id``: workflow id ``order-<order_id>``, reject-duplicate (one
-    order never gets a second saga while Temporal remembers the first), the OrderStatus and
-    CustomerId search attributes, a summary for the Web UI and the request's fingerprint in
-    the memo.
+    """Start the saga of ``order_id`` (:func:`saga_start_options`). One RPC: Temporal has
+    durably accepted the saga when it returns.
 
     ``step_mode`` stays ``remote`` for every saga the door starts; the bench passes ``local``
     to measure it (:class:`domain.payloads.StepMode` says why sagas do not run locally).
@@ -80,22 +106,13 @@ async def start_order_saga(
     handle: SagaHandle = await client.start_workflow(
         OrderProcessWorkflow.run,
         OrderProcessInput(
-            order_id=order_id, request=request, timeouts=timeouts, step_mode=step_mode
+            order_id=order_id,
+            request=request,
+            timeouts=timeouts,
+            step_mode=step_mode,
+            shape=LATEST_SHAPE,
         ),
-        id=names.workflow_id_for(order_id),
-        task_queue=task_queue,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(names.ORDER_STATUS, OrderStatus.PENDING.value),
-                SearchAttributePair(names.CUSTOMER_ID, request.customer_id),
-            ]
-        ),
-        static_summary=(
-            f"Order {order_id}: customer {request.customer_id}, {request.total_amount}, "
-            f"{request.city} ({request.province})"
-        ),
-        memo={REQUEST_FINGERPRINT: request.fingerprint()},
+        **saga_start_options(order_id, request, task_queue=task_queue),
     )
     return handle
 
@@ -104,15 +121,25 @@ async def start_order_saga(
 class Placement:
     """What placing an order did.
 
-    ``view``: the order with its payment, or None when its rows could not be read yet (the
-    saga has started all the same: poll ``GET /orders/{order_id}``). ``saga``: the saga's
-    state when the order was read. ``replayed``: the request had been made before (same
+    ``payment_id``: known from the start (ids are deterministic). ``view``: the order with
+    its payment when the caller waited for it and it exists, or a replayed request's order as
+    the database holds it; None otherwise (the saga is durably started: poll
+    ``GET /orders/{order_id}``). ``replayed``: the request had been made before (same
     Idempotency-Key), so nothing new was started.
     """
 
     order_id: str
+    payment_id: str
     view: OrderView | None
-    saga: SagaState | None
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class DecisionAccepted:
+    """A payment decision the saga has (or, for the same decision sent again, already had)."""
+
+    order_id: str
+    decision: Decision
     replayed: bool
 
 
@@ -128,8 +155,13 @@ def saga_ended_is_conflict(what: str) -> Iterator[None]:
         raise ConflictError(f"{what}: its saga has ended") from err
 
 
+PAST = {Decision.CONFIRM: "confirmed", Decision.CANCEL: "cancelled", Decision.TIMEOUT: "expired"}
+
+
 class OrchestratedSagas:
-    """The door to ``OrderProcessWorkflow`` executions, one per order id."""
+    """The door to ``OrderProcessWorkflow`` executions, one per order id. Every answer it
+    gives on the hot path (placing an order, reading it, deciding its payment) comes from the
+    database and at most one Temporal RPC: no workflow query, no wait for a worker."""
 
     def __init__(self, client: Client, engine: Engine, settings: Settings) -> None:
         self._client = client
@@ -143,38 +175,41 @@ class OrchestratedSagas:
 
     # --- placing an order --------------------------------------------------------------
 
-    async def place(self, request: OrderRequest, idempotency_key: str | None) -> Placement:
-        """Start the order's saga (once) and read the order back with its pending payment.
+    async def place(
+        self,
+        request: OrderRequest,
+        idempotency_key: str | None,
+        order_id: str | None = None,
+        *,
+        wait: float = 0,
+    ) -> Placement:
+        """Accept the order: record it (its Idempotency-Key, its payment's decision, opened)
+        in the database, then start its saga, one RPC; the saga is durably accepted when this
+        returns. ``wait`` > 0: wait up to that long, in the same RPC (update-with-start), for
+        the payment to exist, and return the order's view if it does.
 
-        With ``idempotency_key`` the key is recorded in the database before the saga starts,
-        so a replay, however late (long after Temporal dropped the closed saga), answers its
-        order from the database and starts nothing. :class:`IdempotencyKeyReusedError` for
-        the key with another request; :class:`ConflictError` when that order's saga ended
-        before it wrote the order (it was cancelled at once). Once the saga has started, a
-        database that cannot be read gives a placement without a view, never an error that
-        would invite a retry starting another order.
+        With ``idempotency_key`` a replay, however late (long after Temporal dropped the
+        closed saga), answers its order from the database and starts nothing.
+        :class:`IdempotencyKeyReusedError` for the key with another request;
+        :class:`ConflictError` when that order's saga ended before it wrote the order.
         """
         fingerprint = request.fingerprint()
+        order_id = order_id or names.new_order_id(request.customer_id, idempotency_key)
+        payment_id = names.payment_id_for(order_id)
+        use = await asyncio.to_thread(
+            self._accept, request, idempotency_key, fingerprint, order_id, payment_id
+        )
         replayed = False
-        if idempotency_key is None:
-            order_id = str(uuid.uuid4())
-        else:
-            use = await asyncio.to_thread(
-                self._use_key,
-                request.customer_id,
-                idempotency_key,
-                fingerprint,
-                names.order_id_for_idempotency_key(request.customer_id, idempotency_key),
-            )
+        if use is not None:
             if use.fingerprint != fingerprint:
                 raise IdempotencyKeyReusedError(
                     "this Idempotency-Key was already used for a different request"
                 )
-            order_id, replayed = use.order_id, not use.recorded
+            replayed = not use.recorded
             if replayed:
                 view = await asyncio.to_thread(self._view, order_id)
-                if view is not None:
-                    return Placement(order_id, view, None, replayed=True)
+                if view is not None and view.status is not None:
+                    return Placement(order_id, payment_id, view, replayed=True)
                 if use.saga_started and not await self.exists(order_id):
                     raise ConflictError(
                         f"order {order_id} of this Idempotency-Key was cancelled before it was "
@@ -183,80 +218,119 @@ class OrchestratedSagas:
                 # The first request recorded the key; its saga may still be writing the order,
                 # or the request failed before starting it: starting again is safe (one saga
                 # per order).
-        state, existed = await self._start(order_id, request, fingerprint)
+        input = OrderProcessInput(
+            order_id=order_id,
+            request=request,
+            timeouts=self._settings.saga_timeouts,
+            shape=LATEST_SHAPE,
+        )
+        options = saga_start_options(
+            order_id, request, task_queue=self._settings.workflow_task_queue
+        )
+        view = None
+        if wait > 0 and await self._start_and_wait(input, options, fingerprint, wait):
+            view = await self._readable_view(order_id)
+        else:
+            replayed |= await self._start(input, options, fingerprint)
         if idempotency_key is not None:
             await self._mark_started(request.customer_id, idempotency_key)
-        try:
-            view = await asyncio.to_thread(self._view, order_id)
-        except SQLAlchemyError as err:
-            log.warning("order %s started, but its rows cannot be read yet: %s", order_id, err)
-            view = None
-        if view is not None and view.payment is None:
-            view = None  # not placed yet as far as the customer can tell: poll it
-        return Placement(order_id, view, state, replayed=replayed or existed)
+        return Placement(order_id, payment_id, view, replayed=replayed)
 
-    async def _start(
-        self, order_id: str, request: OrderRequest, fingerprint: str
-    ) -> tuple[SagaState | None, bool]:
-        """Start the saga and wait briefly until its payment exists. Returns the saga's state
-        (None if the payment did not exist within the wait) and whether it existed already."""
-        workflow_id = names.workflow_id_for(order_id)
-        context = {"order_id": order_id, "workflow_id": workflow_id}
-        try:
-            handle = await start_order_saga(
-                self._client,
-                order_id,
-                request,
-                task_queue=self._settings.workflow_task_queue,
-                timeouts=self._settings.saga_timeouts,
-            )
-            existed = False
-            log.info(
-                "saga started: order_id=%s workflow_id=%s run_id=%s task_queue=%s",
-                order_id,
-                workflow_id,
-                handle.first_execution_run_id or handle.result_run_id,
-                self._settings.workflow_task_queue,
-                extra=context,
-            )
-        except WorkflowAlreadyStartedError:
-            handle, existed = self.handle(order_id), True
-            described = await handle.describe()
-            if await described.memo_value(REQUEST_FINGERPRINT, None) != fingerprint:
-                raise IdempotencyKeyReusedError(
-                    "this Idempotency-Key was already used for a different request"
-                ) from None
-            log.info(
-                "saga already started (retried request): order_id=%s workflow_id=%s",
-                order_id,
-                workflow_id,
-                extra=context,
-            )
-        return await self._wait_for_payment(handle), existed
-
-    async def _wait_for_payment(self, handle: SagaHandle) -> SagaState | None:
-        try:
-            async with asyncio.timeout(self._settings.order_create_wait_seconds):
-                state: SagaState = await handle.execute_update(
-                    names.UPDATE_WAIT_FOR_PAYMENT, result_type=SagaState
-                )
-                return state
-        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
-            # No worker took the update in time (busy, or down): the saga is durably
-            # started all the same, so the caller answers 202 and the client polls.
-            return None
-        except (WorkflowUpdateFailedError, RPCError):
-            # The saga has already ended (updates need a running workflow): the caller
-            # reads the order from the database instead.
-            return None
-
-    def _use_key(
-        self, customer_id: str, key: str, fingerprint: str, order_id: str
-    ) -> order_service.KeyUse:
+    def _accept(
+        self,
+        request: OrderRequest,
+        key: str | None,
+        fingerprint: str,
+        order_id: str,
+        payment_id: str,
+    ) -> order_service.KeyUse | None:
+        """One transaction: the Idempotency-Key (if any) and the payment's decision, opened."""
         with session(self._engine) as db:
-            use = order_service.use_idempotency_key(db, customer_id, key, fingerprint, order_id)
+            use = None
+            if key is not None:
+                use = order_service.use_idempotency_key(
+                    db, request.customer_id, key, fingerprint, order_id
+                )
+                if use.fingerprint != fingerprint:
+                    return use  # refused: record nothing more
+            payment_service.open_decision(db, payment_id, order_id, request.customer_id)
             db.commit()
         return use
+
+    async def _start(
+        self, input: OrderProcessInput, options: dict[str, Any], fingerprint: str
+    ) -> bool:
+        """Start the saga (one RPC); returns whether it existed already (a retried request)."""
+        try:
+            handle = await self._client.start_workflow(OrderProcessWorkflow.run, input, **options)
+        except WorkflowAlreadyStartedError:
+            await self._check_same_request(input.order_id, fingerprint)
+            return True
+        self._log_started(input.order_id, handle.first_execution_run_id or handle.result_run_id)
+        return False
+
+    async def _start_and_wait(
+        self, input: OrderProcessInput, options: dict[str, Any], fingerprint: str, wait: float
+    ) -> bool:
+        """Start the saga (or join it, for a retried request) and wait in the same RPC until
+        its payment exists: update-with-start. Returns whether the payment exists; when the
+        wait runs out, the saga is made sure to exist before the caller answers 202."""
+        start = WithStartWorkflowOperation(
+            OrderProcessWorkflow.run,
+            input,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            **options,
+        )
+        try:
+            async with asyncio.timeout(wait):
+                state = await self._client.execute_update_with_start_workflow(
+                    names.UPDATE_WAIT_FOR_PAYMENT,
+                    start_workflow_operation=start,
+                    result_type=SagaState,
+                )
+        except WorkflowAlreadyStartedError:
+            # Its saga has ended (reject-duplicate): the order is read from the database.
+            await self._check_same_request(input.order_id, fingerprint)
+            return True
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError, WorkflowUpdateFailedError):
+            # No worker took the update in time (busy, or down). Whether the start reached
+            # Temporal before the wait ran out is not known here: make sure it did.
+            await self._start(input, options, fingerprint)
+            return False
+        self._log_started(input.order_id, (await start.workflow_handle()).first_execution_run_id)
+        return state.payment_status is not None
+
+    async def _check_same_request(self, order_id: str, fingerprint: str) -> None:
+        described = await self.handle(order_id).describe()
+        if await described.memo_value(REQUEST_FINGERPRINT, None) != fingerprint:
+            raise IdempotencyKeyReusedError(
+                "this Idempotency-Key was already used for a different request"
+            ) from None
+        log.info(
+            "saga already started (retried request): order_id=%s",
+            order_id,
+            extra={"order_id": order_id, "workflow_id": names.workflow_id_for(order_id)},
+        )
+
+    def _log_started(self, order_id: str, run_id: str | None) -> None:
+        workflow_id = names.workflow_id_for(order_id)
+        log.info(
+            "saga started: order_id=%s workflow_id=%s run_id=%s task_queue=%s",
+            order_id,
+            workflow_id,
+            run_id,
+            self._settings.workflow_task_queue,
+            extra={"order_id": order_id, "workflow_id": workflow_id},
+        )
+
+    async def _readable_view(self, order_id: str) -> OrderView | None:
+        """The order's view, or None when the database cannot be read: the saga has started,
+        so no error may go back to the client (it would retry and start another order)."""
+        try:
+            return await asyncio.to_thread(self._view, order_id)
+        except SQLAlchemyError as err:
+            log.warning("order %s started, but its rows cannot be read yet: %s", order_id, err)
+            return None
 
     async def _mark_started(self, customer_id: str, key: str) -> None:
         def mark() -> None:
@@ -276,42 +350,16 @@ class OrchestratedSagas:
 
     # --- reading ---------------------------------------------------------------------------
 
-    async def order(self, order_id: str, *, with_saga: bool) -> OrderView:
-        """The order as the database holds it; ``with_saga``: with the saga's state too (a
-        workflow query), and for an order whose saga has not written it yet, a view with
-        status None. :class:`NotFoundError` when neither exists."""
-        if not with_saga:
-            view = await asyncio.to_thread(self._view, order_id)
-            if view is None:
-                raise NotFoundError(f"order {order_id} does not exist")
-            return view
-        try:
-            saga = await self.saga_state(order_id)
-            exists: bool | None = saga is not None
-        except (RPCError, WorkflowQueryFailedError):
-            # No worker answered the query (down or busy): the database still answers, and
-            # Temporal itself says whether the saga exists.
-            saga, exists = None, None
-        # Read after the saga: it records a step only once the step's rows are written, so the
-        # rows shown are never behind the saga shown (a CANCELLED saga, a CANCELLED order).
+    async def order(self, order_id: str) -> OrderView:
+        """The order as the database holds it (CREATING while its saga's first steps have not
+        written it). :class:`NotFoundError` for an order never accepted."""
         view = await asyncio.to_thread(self._view, order_id)
         if view is None:
-            if exists is None:
-                exists = await self.exists(order_id)
-            if not exists:
-                raise NotFoundError(f"order {order_id} does not exist")
-            workflow_id = names.workflow_id_for(order_id)
-            view = OrderView(
-                order_id=order_id,
-                workflow_id=workflow_id,
-                workflow_url=self._settings.workflow_url(workflow_id),
-                status=None,
-            )
-        view.saga = saga
+            raise NotFoundError(f"order {order_id} does not exist")
         return view
 
     async def saga_state(self, order_id: str) -> SagaState | None:
-        """The saga's state by query; None if no saga exists for this order."""
+        """The saga's full state by query (an operator's view); None if no saga exists."""
         try:
             return await self.handle(order_id).query(
                 OrderProcessWorkflow.state,
@@ -332,25 +380,19 @@ class OrchestratedSagas:
             raise
         return True
 
-    async def _require_state(self, order_id: str) -> SagaState:
-        state = await self.saga_state(order_id)
-        if state is None:
-            raise NotFoundError(f"order {order_id} does not exist")
-        return state
-
     # --- steering ----------------------------------------------------------------------
 
     async def cancel(self, order_id: str) -> None:
-        """Cancel the saga before its pivot; it compensates. Conflict once a dealer is
-        assigned, once it is cancelled, or when the saga has ended."""
+        """Cancel the saga before its pivot; it compensates. :class:`ConflictError` once a
+        dealer is assigned, once it is cancelling, or when the saga has ended."""
+        view = await self.order(order_id)
+        if view.phase in (SagaPhase.IN_TRANSIT, SagaPhase.DELIVERED):
+            raise ConflictError(
+                f"order {order_id} is past dealer assignment and cannot be cancelled"
+            )
+        if view.phase in (SagaPhase.COMPENSATING, SagaPhase.CANCELLED):
+            raise ConflictError(f"order {order_id} is already cancelled")
         with saga_ended_is_conflict(f"order {order_id} can no longer be cancelled"):
-            state = await self._require_state(order_id)
-            if state.phase in (SagaPhase.IN_TRANSIT, SagaPhase.DELIVERED):
-                raise ConflictError(
-                    f"order {order_id} is past dealer assignment and cannot be cancelled"
-                )
-            if state.phase in (SagaPhase.COMPENSATING, SagaPhase.CANCELLED):
-                raise ConflictError(f"order {order_id} is already cancelled")
             handle = self.handle(order_id)
             if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
                 # Terminated by an operator: its last state is not final, and Temporal would
@@ -360,43 +402,52 @@ class OrchestratedSagas:
                 )
             await handle.cancel()
 
-    async def decide_payment(self, payment_id: str, *, confirm: bool) -> str:
-        """The customer's decision on their payment; returns its order id.
+    async def decide_payment(self, payment_id: str, *, confirm: bool) -> DecisionAccepted:
+        """The customer's decision on their payment, taken by a compare-and-set in the
+        database before the saga hears of it (its ``confirm_payment``/``cancel_payment``
+        signal): of racing decisions exactly one wins, and the loser learns which.
 
-        :class:`NotFoundError` for an unknown payment; :class:`ConflictError` unless it is
-        still PENDING inside its window. One signal, no query: the answer does not wait for a
-        worker (nor for a saga evicted from its cache to be rebuilt). A decision that loses a
-        race with another one is recorded by the saga as ignored.
+        :class:`NotFoundError` for an unknown payment; :class:`ConflictError` when the other
+        decision won, or the window closed, or the payment is no longer pending. The same
+        decision again is accepted again, whenever it comes (its signal sent again while the
+        saga runs: the first may have been lost). Accepted from the order's acceptance on,
+        before the payment is written.
         """
-        payment = await asyncio.to_thread(views.get_payment, self._engine, payment_id)
-        if payment is None:
+        decision = Decision.CONFIRM if confirm else Decision.CANCEL
+        taken = await asyncio.to_thread(self._take_decision, payment_id, decision)
+        if taken.order_id is None:
             raise NotFoundError(f"payment {payment_id} does not exist")
-        if payment.status != PaymentStatus.PENDING:
-            raise ConflictError(f"payment {payment_id} is {payment.status}, not PENDING")
-        with saga_ended_is_conflict(f"payment {payment_id} can no longer be decided"):
-            if payment.expires_at is None:
-                # Created before payments recorded their window: ask the saga.
-                await self._decide_by_asking(payment.order_id, payment_id, confirm=confirm)
-            elif datetime.now(UTC) >= as_utc(payment.expires_at):
-                raise ConflictError(
-                    f"payment {payment_id}: its payment window closed at {payment.expires_at}"
-                )
-            else:
-                await self.send_decision(payment.order_id, payment_id, confirm=confirm)
-        return payment.order_id
+        if taken.winner is None:
+            raise ConflictError(f"payment {payment_id} can no longer be decided: {taken.refusal}")
+        if taken.winner != decision:
+            raise ConflictError(
+                f"payment {payment_id} was already {PAST[taken.winner]} ({taken.winner})"
+            )
+        try:
+            with saga_ended_is_conflict(f"payment {payment_id} can no longer be decided"):
+                await self.send_decision(taken.order_id, payment_id, confirm=confirm)
+        except ConflictError:
+            if taken.applied:  # recorded by this call for a saga that is gone: take it back
+                await asyncio.to_thread(self._withdraw_decision, payment_id, decision)
+                raise
+            # The same decision again, after its saga ended: a decision that stays recorded
+            # reached the saga (one that could not is withdrawn), so the answer is the first's.
+        return DecisionAccepted(taken.order_id, decision, replayed=not taken.applied)
 
-    async def _decide_by_asking(self, order_id: str, payment_id: str, *, confirm: bool) -> None:
-        state = await self._require_state(order_id)
-        decided = [s.name for s in state.signals if s.applied and s.name in DECISION_SIGNALS]
-        if decided:
-            raise ConflictError(f"payment {payment_id} was already decided ({decided[0]})")
-        if state.phase not in (SagaPhase.STARTED, SagaPhase.AWAITING_PAYMENT):
-            raise ConflictError(f"payment {payment_id} is not pending (saga is {state.phase})")
-        await self.send_decision(order_id, payment_id, confirm=confirm)
+    def _withdraw_decision(self, payment_id: str, decision: Decision) -> None:
+        with session(self._engine) as db:
+            payment_service.withdraw_decision(db, payment_id, decision)
+            db.commit()
+
+    def _take_decision(self, payment_id: str, decision: Decision) -> payment_service.DecisionTaken:
+        with session(self._engine) as db:
+            taken = payment_service.take_decision(db, payment_id, decision)
+            db.commit()
+        return taken
 
     async def send_decision(self, order_id: str, payment_id: str, *, confirm: bool) -> None:
-        """Signal the customer's decision; the saga takes the first one inside its window and
-        records any other as ignored. Raises RPCError NOT_FOUND if the saga has ended."""
+        """Signal the customer's decision to the saga. Raises RPCError NOT_FOUND if the saga
+        has ended."""
         signal = (
             OrderProcessWorkflow.confirm_payment if confirm else OrderProcessWorkflow.cancel_payment
         )
@@ -405,23 +456,18 @@ class OrchestratedSagas:
     async def report_delivered(self, delivery_id: str) -> str:
         """The dealer's report that the parcel arrived; returns its order id.
 
-        :class:`NotFoundError` for an unknown delivery; :class:`ConflictError` unless it is
-        IN_TRANSIT and its saga waits for the report (the saga sees its pivot a moment after
-        the database does: a report then is refused rather than ignored).
+        :class:`NotFoundError` for an unknown delivery; :class:`ConflictError` unless the
+        database shows it IN_TRANSIT. The report names the dealer the database shows, so a
+        saga that has not yet seen its assignment holds it until it does.
         """
         delivery = await asyncio.to_thread(views.get_delivery, self._engine, delivery_id)
         if delivery is None:
             raise NotFoundError(f"delivery {delivery_id} does not exist")
         if delivery.status != DeliveryStatus.IN_TRANSIT:
             raise ConflictError(f"delivery {delivery_id} is {delivery.status}, not IN_TRANSIT")
-        order_id = delivery.order_id
         with saga_ended_is_conflict(f"delivery {delivery_id} can no longer be reported"):
-            state = await self._require_state(order_id)
-            if state.phase != SagaPhase.IN_TRANSIT:
-                raise ConflictError(
-                    f"order {order_id} is not waiting for a delivery report (saga is {state.phase})"
-                )
-            await self.handle(order_id).signal(
-                OrderProcessWorkflow.mark_delivered, DeliveredReport(delivery_id=delivery_id)
+            await self.handle(delivery.order_id).signal(
+                OrderProcessWorkflow.mark_delivered,
+                DeliveredReport(delivery_id=delivery_id, dealer_id=delivery.dealer_id),
             )
-        return order_id
+        return delivery.order_id

@@ -2,14 +2,26 @@
 the services' rows (sync: callers in an event loop run them in a thread)."""
 
 from sqlalchemy import Engine, func
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
+from domain import names
+from domain.events import Event
 from domain.names import workflow_id_for
 from domain.payloads import from_cents
-from domain.status import DeliveryStatus, OrderStatus, PaymentStatus
+from domain.status import (
+    Decision,
+    DeliveryStatus,
+    OrderStatus,
+    PaymentStatus,
+    SagaPhase,
+    SagaStyle,
+)
 from domain.views import (
+    Consumption,
+    DeadLetterView,
     DealerView,
     DeliveryView,
+    EventLogEntry,
     ItemView,
     OrderSummary,
     OrderView,
@@ -17,14 +29,64 @@ from domain.views import (
 )
 from settings import Settings
 from store.db import read_session
-from store.models import DealerRow, DeliveryRow, OrderItemRow, OrderRow, PaymentRow, place_key
+from store.models import (
+    DeadLetterRow,
+    DealerRow,
+    DeliveryRow,
+    InboxRow,
+    OrderItemRow,
+    OrderRow,
+    OutboxRow,
+    PaymentDecisionRow,
+    PaymentRow,
+    place_key,
+)
+
+# The saga's failure that each recorded decision stands for.
+DECISION_FAILURES = {
+    Decision.CANCEL: names.PAYMENT_CANCELLED,
+    Decision.TIMEOUT: names.PAYMENT_TIMED_OUT,
+}
+
+
+def progress(
+    order: OrderRow | None,
+    payment: PaymentRow | None,
+    decision: Decision | None,
+    delivery: DeliveryRow | None,
+) -> tuple[SagaPhase, str | None]:
+    """Where the saga of these rows is, and why it is cancelling (when known), from the rows
+    alone: each step writes its rows before the saga moves on, so they never lag the saga."""
+    if order is not None and order.status == OrderStatus.CANCELLED:
+        return SagaPhase.CANCELLED, order.cancel_reason
+    if order is None or payment is None:
+        return SagaPhase.CREATING, None
+    if order.status == OrderStatus.DELIVERED:
+        return SagaPhase.DELIVERED, None
+    if delivery is not None and delivery.status == DeliveryStatus.IN_TRANSIT:
+        return SagaPhase.IN_TRANSIT, None
+    undone = (
+        payment.status in (PaymentStatus.CANCELLED, PaymentStatus.REFUNDED)
+        or (delivery is not None and delivery.status == DeliveryStatus.CANCELLED)
+        or decision in DECISION_FAILURES
+    )
+    if undone:
+        return SagaPhase.COMPENSATING, DECISION_FAILURES.get(decision) if decision else None
+    if payment.status == PaymentStatus.PENDING:
+        return SagaPhase.AWAITING_PAYMENT, None
+    return SagaPhase.ASSIGNING_DEALER, None
 
 
 def order_view(engine: Engine, settings: Settings, order_id: str) -> OrderView | None:
-    """The order with its items, payment and delivery; None if the order row does not exist."""
+    """The order with its items, payment and delivery, and where its saga is; for a
+    choreographed order its event log too. None if there is no such order (not even
+    accepted)."""
     with read_session(engine) as db:
         order = db.get(OrderRow, order_id)
-        if order is None:
+        accepted = db.exec(
+            select(PaymentDecisionRow).where(PaymentDecisionRow.order_id == order_id)
+        ).first()
+        if order is None and accepted is None:
             return None
         items = db.exec(
             select(OrderItemRow)
@@ -33,28 +95,24 @@ def order_view(engine: Engine, settings: Settings, order_id: str) -> OrderView |
         ).all()
         payment = db.exec(select(PaymentRow).where(PaymentRow.order_id == order_id)).first()
         delivery = db.exec(select(DeliveryRow).where(DeliveryRow.order_id == order_id)).first()
-    workflow_id = workflow_id_for(order_id)
-    return OrderView(
-        order_id=order.id,
-        workflow_id=workflow_id,
-        workflow_url=settings.workflow_url(workflow_id),
-        status=OrderStatus(order.status),
-        customer_id=order.customer_id,
-        total_amount=from_cents(order.total_cents),
-        province=order.province,
-        city=order.city,
-        items=[
-            ItemView(
-                product_id=i.product_id,
-                quantity=i.quantity,
-                unit_price=from_cents(i.unit_price_cents),
-            )
-            for i in items
-        ],
+        # An accepted order not written yet is orchestrated (a choreographed order is written
+        # when it is accepted).
+        style = SagaStyle(order.saga_style) if order else SagaStyle.ORCHESTRATION
+        events = event_log(db, order_id) if style == SagaStyle.CHOREOGRAPHY else None
+    decision = Decision(accepted.decision) if accepted and accepted.decision else None
+    phase, failure = progress(order, payment, decision, delivery)
+    view = OrderView(
+        order_id=order_id,
+        style=style,
+        phase=phase,
+        failure_type=failure,
+        status=OrderStatus(order.status) if order else None,
+        customer_id=order.customer_id if order else accepted.customer_id if accepted else None,
         payment=PaymentView(
             payment_id=payment.id,
             status=PaymentStatus(payment.status),
             amount=from_cents(payment.amount_cents),
+            decision=decision,
         )
         if payment
         else None,
@@ -65,7 +123,111 @@ def order_view(engine: Engine, settings: Settings, order_id: str) -> OrderView |
         )
         if delivery
         else None,
+        events=events,
     )
+    if style == SagaStyle.ORCHESTRATION:
+        view.workflow_id = workflow_id_for(order_id)
+        view.workflow_url = settings.workflow_url(view.workflow_id)
+    if order is not None:
+        view.total_amount = from_cents(order.total_cents)
+        view.province, view.city = order.province, order.city
+        view.items = [
+            ItemView(
+                product_id=i.product_id,
+                quantity=i.quantity,
+                unit_price=from_cents(i.unit_price_cents),
+            )
+            for i in items
+        ]
+    return view
+
+
+def event_log(db: Session, order_id: str) -> list[EventLogEntry]:
+    """Every event of a choreographed order, in the order they were written, each with who
+    applied it and who could not."""
+    emitted = db.exec(
+        select(OutboxRow).where(OutboxRow.order_id == order_id).order_by(col(OutboxRow.id))
+    ).all()
+    consumed = db.exec(select(InboxRow).where(InboxRow.order_id == order_id)).all()
+    dead = db.exec(select(DeadLetterRow).where(DeadLetterRow.order_id == order_id)).all()
+    log = []
+    for row in emitted:
+        event = Event.model_validate_json(row.body)
+        log.append(
+            EventLogEntry(
+                event_id=row.event_id,
+                type=row.type,
+                source=row.source,
+                occurred_at=event.occurred_at,
+                published_at=row.published_at,
+                reason=event.reason,
+                consumed=[
+                    Consumption(
+                        consumer=c.consumer,
+                        consumed_at=c.consumed_at,
+                        deliveries=c.deliveries,
+                        note=c.note,
+                    )
+                    for c in consumed
+                    if c.event_id == row.event_id
+                ],
+                dead_letters=[dead_letter_view(d) for d in dead if d.event_id == row.event_id],
+            )
+        )
+    return log
+
+
+def dead_letter_view(row: DeadLetterRow) -> DeadLetterView:
+    assert row.id is not None
+    return DeadLetterView(
+        id=row.id,
+        consumer=row.consumer,
+        event_id=row.event_id,
+        order_id=row.order_id,
+        type=row.type,
+        error=row.error,
+        deliveries=row.deliveries,
+        failed_at=row.failed_at,
+        replayed_at=row.replayed_at,
+    )
+
+
+def dead_letters(engine: Engine, *, pending_only: bool, limit: int) -> list[DeadLetterView]:
+    """Dead letters, newest first; ``pending_only``: those not replayed yet."""
+    query = select(DeadLetterRow)
+    if pending_only:
+        query = query.where(col(DeadLetterRow.replayed_at).is_(None))
+    with read_session(engine) as db:
+        rows = db.exec(query.order_by(col(DeadLetterRow.failed_at).desc()).limit(limit)).all()
+    return [dead_letter_view(r) for r in rows]
+
+
+def style_of(
+    engine: Engine,
+    *,
+    order_id: str | None = None,
+    payment_id: str | None = None,
+    delivery_id: str | None = None,
+) -> SagaStyle | None:
+    """The style of the order named by its id, its payment's or its delivery's; None for an
+    order never accepted. An order accepted but not written yet is orchestrated."""
+    with read_session(engine) as db:
+        if payment_id is not None:
+            accepted = db.get(PaymentDecisionRow, payment_id)
+            payment = db.get(PaymentRow, payment_id)
+            order_id = accepted.order_id if accepted else payment.order_id if payment else None
+        if delivery_id is not None:
+            delivery = db.get(DeliveryRow, delivery_id)
+            order_id = delivery.order_id if delivery else None
+        if order_id is None:
+            return None
+        order = db.get(OrderRow, order_id)
+        if order is not None:
+            return SagaStyle(order.saga_style)
+        known = db.exec(
+            select(PaymentDecisionRow.payment_id).where(PaymentDecisionRow.order_id == order_id)
+        ).first()
+    return SagaStyle.ORCHESTRATION if known else None
 
 
 def list_orders(
@@ -101,11 +263,18 @@ def list_orders(
             province=r.province,
             city=r.city,
             created_at=r.created_at,
-            workflow_id=workflow_id_for(r.id),
-            workflow_url=settings.workflow_url(workflow_id_for(r.id)),
+            style=SagaStyle(r.saga_style),
+            **_workflow_link(settings, r.id, SagaStyle(r.saga_style)),
         )
         for r in rows
     ], total
+
+
+def _workflow_link(settings: Settings, order_id: str, style: SagaStyle) -> dict[str, str]:
+    if style != SagaStyle.ORCHESTRATION:
+        return {}
+    workflow_id = workflow_id_for(order_id)
+    return {"workflow_id": workflow_id, "workflow_url": settings.workflow_url(workflow_id)}
 
 
 def get_payment(engine: Engine, payment_id: str) -> PaymentRow | None:
@@ -117,18 +286,23 @@ def get_payment(engine: Engine, payment_id: str) -> PaymentRow | None:
 def customer_of(
     engine: Engine, *, order_id: str | None = None, payment_id: str | None = None
 ) -> str | None:
-    """The customer who placed the order (named by its id or its payment's); None if unknown."""
+    """The customer who placed the order (named by its id or its payment's), from the moment
+    it was accepted; None if unknown."""
     if order_id is None and payment_id is None:
         raise TypeError("customer_of needs an order_id or a payment_id")
-    query = select(OrderRow.customer_id)
+    accepted = select(PaymentDecisionRow.customer_id)
+    placed = select(OrderRow.customer_id)
     if order_id is not None:
-        query = query.where(col(OrderRow.id) == order_id)
+        accepted = accepted.where(col(PaymentDecisionRow.order_id) == order_id)
+        placed = placed.where(col(OrderRow.id) == order_id)
     if payment_id is not None:
-        query = query.join(PaymentRow, col(PaymentRow.order_id) == col(OrderRow.id)).where(
+        accepted = accepted.where(col(PaymentDecisionRow.payment_id) == payment_id)
+        placed = placed.join(PaymentRow, col(PaymentRow.order_id) == col(OrderRow.id)).where(
             col(PaymentRow.id) == payment_id
         )
     with read_session(engine) as db:
-        return db.exec(query).first()
+        # Orders accepted before decisions were recorded have no decision row.
+        return db.exec(accepted).first() or db.exec(placed).first()
 
 
 def get_delivery(engine: Engine, delivery_id: str) -> DeliveryRow | None:

@@ -1,8 +1,9 @@
 """SQLModel tables of the three services. Money is stored as integer cents (exact everywhere)."""
 
+import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, Index
+from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Integer, String, Text
 from sqlmodel import Field, SQLModel
 
 
@@ -33,6 +34,16 @@ class OrderRow(SQLModel, table=True):
     city: str = Field(max_length=100)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    # Why a CANCELLED order was cancelled (the saga's failure type: PaymentCancelled,
+    # NoDealerAvailable, ...), so the order's view tells it without asking the saga.
+    cancel_reason: str | None = Field(default=None, max_length=64)
+    # How its saga runs (SagaStyle), fixed when it was placed; both styles share the tables.
+    saga_style: str = Field(
+        default="orchestration",
+        sa_column=Column(String(16), nullable=False, server_default="orchestration"),
+    )
+    # Choreography: when a cancel was asked for (DeliveryService then cancels or refuses it).
+    cancel_requested_at: datetime | None = None
     # The saga that created the row (its workflow's first run id): a saga acts only on its
     # own rows. None for rows written before migration 0003 (the first saga to move one claims it).
     saga_id: str | None = Field(default=None, max_length=64)
@@ -118,6 +129,13 @@ class DeliveryRow(SQLModel, table=True):
     dealer_id: int | None = Field(default=None, foreign_key="dealers.id", index=True)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    # Choreography: the dealer window, a durable deadline in DeliveryService's own row, and
+    # when its sweeper tries the next assignment (none: not waiting for a dealer).
+    assign_by: datetime | None = None
+    next_attempt_at: datetime | None = Field(default=None, index=True)
+    assign_attempts: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default="0")
+    )
     # The saga that created the row (its workflow's first run id): a saga acts only on its
     # own rows. None for rows written before migration 0003 (the first saga to move one claims it).
     saga_id: str | None = Field(default=None, max_length=64)
@@ -143,3 +161,76 @@ class IdempotencyKeyRow(SQLModel, table=True):
     # row nor a saga then knows the saga ended before it wrote the order, rather than start
     # a new one years later.
     saga_started_at: datetime | None = None
+
+
+class PaymentDecisionRow(SQLModel, table=True):
+    """The customer's decision on an order's payment (PaymentService), one per order.
+
+    Opened (``decision`` None) when the order is accepted, before the saga writes the payment
+    itself, so a decision can be taken from the first moment; set exactly once by a
+    compare-and-set: the customer's confirm or cancel, or the window's close, whichever comes
+    first. The saga receives the decision as a signal and reads it back when the window
+    closes, so a decision whose signal was lost is still the one that counts.
+    """
+
+    __tablename__ = "payment_decisions"
+
+    payment_id: str = Field(primary_key=True, max_length=36)
+    order_id: str = Field(unique=True, max_length=36)
+    customer_id: str = Field(index=True, max_length=64)
+    decision: str | None = Field(default=None, max_length=16)
+    decided_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class OutboxRow(SQLModel, table=True):
+    """An event a service emitted, written in the same transaction as the change it reports
+    (the transactional outbox); published to JetStream with ``Nats-Msg-Id`` = ``event_id``,
+    then marked. A crash between publish and mark causes only a duplicate, which JetStream's
+    deduplication window and every consumer's inbox absorb."""
+
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True, max_length=36)
+    order_id: str = Field(index=True, max_length=36)
+    type: str = Field(max_length=32)
+    source: str = Field(max_length=16)
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    published_at: datetime | None = Field(default=None, index=True)
+
+
+class InboxRow(SQLModel, table=True):
+    """An event a consumer has applied, written in the same transaction as its effect: a
+    redelivered or duplicated event finds its row and has no second effect."""
+
+    __tablename__ = "inbox"
+
+    consumer: str = Field(primary_key=True, max_length=64)
+    event_id: str = Field(primary_key=True, max_length=36)
+    order_id: str = Field(index=True, max_length=36)
+    type: str = Field(max_length=32)
+    # How many times the broker delivered it before it was applied (1: the first time).
+    deliveries: int = 1
+    consumed_at: datetime = Field(default_factory=utcnow)
+    # What the consumer did with it, for the order's event log.
+    note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class DeadLetterRow(SQLModel, table=True):
+    """An event a consumer failed to apply on every delivery it was given: kept for an
+    operator to see, fix the cause, and replay. Never silently dropped."""
+
+    __tablename__ = "dead_letters"
+
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()), primary_key=True, max_length=36)
+    consumer: str = Field(max_length=64)
+    event_id: str = Field(max_length=36)
+    order_id: str = Field(index=True, max_length=36)
+    type: str = Field(max_length=32)
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    error: str = Field(sa_column=Column(Text, nullable=False))
+    deliveries: int
+    failed_at: datetime = Field(default_factory=utcnow)
+    replayed_at: datetime | None = None

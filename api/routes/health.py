@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from temporalio.service import RPCError
 
 from api.deps import ServicesDep
+from choreography.runtime import is_connected
 from sagas import views
 from sagas.temporal import check_namespace, temporal_misconfiguration
 
@@ -28,7 +29,8 @@ async def healthz() -> dict[str, str]:
 )
 async def readyz(services: ServicesDep) -> JSONResponse:
     """Ready when the database answers a read of the orders table (schema in place, file
-    readable) and Temporal knows this API's namespace and lets it in."""
+    readable), Temporal knows this API's namespace and lets it in, and (with NATS_URL) the
+    broker is connected."""
     checks: dict[str, str] = {}
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
@@ -44,6 +46,8 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         checks["temporal"] = f"error: {temporal_misconfiguration(err) or err.message}"
     except Exception as err:
         checks["temporal"] = f"error: {type(err).__name__}"
+    if services.broker is not None:  # the choreographed saga's broker
+        checks["broker"] = "ok" if is_connected(services.broker) else "error: NATS not connected"
     ready = all(v == "ok" for v in checks.values())
     headers = {} if ready else {"Retry-After": "5"}
     return JSONResponse(

@@ -10,10 +10,10 @@ from starlette.concurrency import run_in_threadpool
 from api import auth
 from api.deps import ServicesDep
 from api.errors import responses
-from api.schemas import Accepted, order_path
+from api.schemas import Accepted, OrderAccepted, order_path
 from domain.payloads import NO_CONTROL_CHARS, OrderRequest, SagaState
 from domain.status import OrderStatus
-from domain.views import OrderPage, OrderView
+from domain.views import EventLogEntry, OrderPage, OrderView
 from sagas import views
 from sagas.errors import NotFoundError
 
@@ -69,15 +69,54 @@ def _with_links(
     return documented
 
 
+_ACCEPTED_LINKS = {
+    **_ORDER_LINKS,
+    **{
+        name: {"operationId": operation, "parameters": {"payment_id": "$response.body#/payment_id"}}
+        for name, operation in (
+            ("ConfirmPayment", "confirmPayment"),
+            ("CancelPayment", "cancelPayment"),
+        )
+    },
+}
+Prefer = Annotated[
+    str | None,
+    Header(
+        max_length=200,
+        description=(
+            "RFC 7240. `wait=<seconds>`: wait up to that long (at most "
+            "ORDER_CREATE_WAIT_SECONDS) for the payment to exist and answer 201 with the order "
+            "(202 when the wait runs out). Without it the answer comes as soon as the saga is "
+            "durably started."
+        ),
+    ),
+]
+
+
+def preferred_wait(prefer: str | None, most: float) -> float:
+    """The ``wait`` preference of a ``Prefer`` header, in seconds, at most ``most`` (0: none).
+    A preference the server cannot read is ignored, as RFC 7240 asks."""
+    for preference in (prefer or "").split(","):
+        name, _, value = preference.split(";")[0].strip().partition("=")
+        if name.strip().lower() == "wait" and value.strip().isdigit():
+            return min(float(value.strip()), most)
+    return 0.0
+
+
 @router.post(
     "",
-    status_code=status.HTTP_201_CREATED,
-    response_model=OrderView,
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=OrderAccepted,
     operation_id="placeOrder",
     responses=_with_links(
-        responses(202, 401, 403, 409, 413, 422, 503, accepted_model=Accepted),
+        {
+            200: {"model": OrderView, "description": "A replayed request: the order as it is."},
+            201: {"model": OrderView, "description": "Placed, and its payment exists (Prefer)."},
+            **responses(401, 403, 409, 413, 422, 503),
+        },
+        status_200={**_ORDER_LINKS, **_PAYMENT_LINKS},
         status_201={**_ORDER_LINKS, **_PAYMENT_LINKS},
-        status_202=_ORDER_LINKS,
+        status_202=_ACCEPTED_LINKS,
     ),
 )
 async def create_order(
@@ -85,25 +124,29 @@ async def create_order(
     services: ServicesDep,
     caller: auth.Customer,
     idempotency_key: IdempotencyKey = None,
+    prefer: Prefer = None,
 ) -> Response:
-    """Start the order's saga and answer with the order and its pending payment.
-
-    201 once the payment exists (the usual case, within a few hundred ms), 202 with a
-    ``Location`` to poll when it does not exist yet. ``Idempotency-Key``: a retried request
-    answers the same order (header ``Idempotent-Replayed: true``) and starts nothing, even
-    long after its saga ended; the key is kept in the database. 409 if that order's saga
-    ended before it wrote the order (it was cancelled at once).
+    """Place the order: **202** with ``Location``, the order id and its payment id (known at
+    once) as soon as Temporal has durably accepted its saga; the payment can be confirmed
+    from then on. ``Prefer: wait=<seconds>``: **201** with the order once its payment exists
+    (202 when the wait runs out). ``Idempotency-Key``: a retried request answers the same
+    order (``Idempotent-Replayed: true``; **200** with the order once it is written) and
+    starts nothing, even long after its saga ended. 409 if that order's saga ended before it
+    wrote the order (it was cancelled at once).
     """
     auth.require_customer_of(caller, body.customer_id, "order's customer_id")
-    placed = await services.sagas.place(body, idempotency_key)
+    wait = preferred_wait(prefer, services.settings.order_create_wait_seconds)
+    placed = await services.sagas.place(body, idempotency_key, wait=wait)
     headers = {"Location": order_path(placed.order_id)}
+    if wait:
+        headers["Preference-Applied"] = f"wait={wait:g}"
     if placed.replayed:
         headers["Idempotent-Replayed"] = "true"
-    if placed.view is None:
-        accepted = Accepted.for_order(placed.order_id, "the saga is starting")
-        return _json(accepted, status.HTTP_202_ACCEPTED, headers)
-    placed.view.saga = placed.saga if caller.is_operator else None
-    return _json(placed.view, status.HTTP_201_CREATED, headers)
+    if placed.view is not None:
+        code = status.HTTP_200_OK if placed.replayed and not wait else status.HTTP_201_CREATED
+        return _json(placed.view, code, headers)
+    accepted = OrderAccepted.for_order(placed.order_id, placed.payment_id)
+    return _json(accepted, status.HTTP_202_ACCEPTED, headers)
 
 
 def _json(body: BaseModel, status_code: int, headers: dict[str, str]) -> Response:
@@ -120,8 +163,8 @@ router.add_api_route(
     "/create_order",
     create_order,
     methods=["POST"],
-    status_code=status.HTTP_201_CREATED,
-    response_model=OrderView,
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=OrderAccepted,
     include_in_schema=False,
 )
 
@@ -166,9 +209,10 @@ def list_orders(
 async def get_order(
     order_id: uuid.UUID, services: ServicesDep, caller: auth.AnyCaller
 ) -> OrderView:
-    """The order, its payment and delivery (database); for an operator also the saga's state
-    (workflow query). 404 unknown, 403 another customer's."""
-    view = await services.sagas.order(str(order_id), with_saga=caller.is_operator)
+    """The order, its payment and delivery and where its saga is, from the database alone (no
+    workflow query): CREATING while its saga's first steps have not written it. 404 unknown,
+    403 another customer's."""
+    view = await services.sagas.order(str(order_id))
     if view.customer_id is not None:
         auth.require_visible(caller, view.customer_id, "order")
     return view
@@ -176,14 +220,17 @@ async def get_order(
 
 @router.get(
     "/{order_id}/saga",
-    response_model=SagaState,
+    response_model=SagaState | list[EventLogEntry],
     operation_id="getSaga",
     responses=responses(401, 403, 404, 503),
 )
-async def get_saga(order_id: uuid.UUID, services: ServicesDep, _caller: auth.Operator) -> SagaState:
-    """The saga's full state for an operator: steps, compensations, signals, failure (a
-    workflow query). 404 when the order has no saga (any more: Temporal keeps a closed saga
-    for the namespace's retention period)."""
+async def get_saga(
+    order_id: uuid.UUID, services: ServicesDep, _caller: auth.Operator
+) -> SagaState | list[EventLogEntry]:
+    """The saga's full account for an operator. Orchestration: its state (steps,
+    compensations, signals, failure; a workflow query), 404 when the order has no saga (any
+    more: Temporal keeps a closed saga for the namespace's retention period). Choreography:
+    the order's event log."""
     key = str(order_id)
     saga = await services.sagas.saga_state(key)
     if saga is None:

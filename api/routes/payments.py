@@ -27,9 +27,9 @@ async def _decide(
     if owner is None:
         raise NotFoundError(f"payment {key} does not exist")
     auth.require_customer_of(caller, owner, "payment")
-    order_id = await services.sagas.decide_payment(key, confirm=confirm)
-    verb = "confirmation" if confirm else "cancellation"
-    return Accepted.for_order(order_id, f"payment {verb} sent to the saga")
+    accepted = await services.sagas.decide_payment(key, confirm=confirm)
+    verb = "confirmed" if confirm else "cancelled"
+    return Accepted.for_order(accepted.order_id, f"payment {verb}: the saga has the decision")
 
 
 @router.post(
@@ -42,7 +42,9 @@ async def _decide(
 async def confirm_payment(
     payment_id: uuid.UUID, services: ServicesDep, caller: auth.Customer
 ) -> Accepted:
-    """The customer confirms their PENDING payment. 404 unknown, 409 not pending or decided."""
+    """The customer confirms their payment. Of a confirm and a cancel racing, exactly one
+    wins: the other gets 409 naming the winner. The same decision again: the same 202. 404
+    unknown, 409 after the payment window. Taken from the order's acceptance on."""
     return await _decide(services, caller, payment_id, confirm=True)
 
 
@@ -56,6 +58,7 @@ async def confirm_payment(
 async def cancel_payment(
     payment_id: uuid.UUID, services: ServicesDep, caller: auth.Customer
 ) -> Accepted:
-    """The customer cancels their PENDING payment; the saga cancels the order. 404 unknown,
-    409 not pending."""
+    """The customer cancels their payment; the saga cancels the order. Exactly one of racing
+    decisions wins (409 for the other, naming the winner); the same decision again: the same
+    202. 404 unknown, 409 after the payment window."""
     return await _decide(services, caller, payment_id, confirm=False)

@@ -1,0 +1,52 @@
+"""/dead-letters: events of the choreographed saga that no delivery could apply (operators)."""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+from starlette.concurrency import run_in_threadpool
+
+from api import auth
+from api.deps import ServicesDep
+from api.errors import responses
+from api.schemas import Problem
+from domain.views import DeadLetterView
+from sagas import views
+
+router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
+
+
+@router.get(
+    "",
+    response_model=list[DeadLetterView],
+    operation_id="listDeadLetters",
+    responses=responses(401, 403, 503),
+)
+async def list_dead_letters(
+    services: ServicesDep,
+    _caller: auth.Operator,
+    pending: Annotated[bool, Query(description="only those not replayed yet")] = True,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[DeadLetterView]:
+    """Events a consumer failed to apply on every delivery, newest first, with the error."""
+    return await run_in_threadpool(
+        views.dead_letters, services.engine, pending_only=pending, limit=limit
+    )
+
+
+@router.post(
+    "/{dead_letter_id}/replay",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Problem,
+    operation_id="replayDeadLetter",
+    responses=responses(401, 403, 404, 409, 503),
+)
+async def replay_dead_letter(
+    dead_letter_id: uuid.UUID,
+    services: ServicesDep,
+    _caller: auth.Operator,
+) -> Problem:
+    """Deliver the event again to its consumer (once what made it fail is fixed). It still
+    applies at most once. 404 unknown, 409 replayed already or no broker configured."""
+    await services.sagas.replay_dead_letter(str(dead_letter_id))
+    return Problem(detail=f"dead letter {dead_letter_id} published again")

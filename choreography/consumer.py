@@ -1,0 +1,177 @@
+"""An idempotent consumer: each event applied once, in one transaction with its inbox row.
+
+The broker delivers an event at least once. The consumer applies it, records it in its inbox
+and writes the events it emits to the outbox, all in one transaction, then acknowledges it
+(so a crash before the acknowledgement only causes a redelivery, which finds the inbox row
+and has no second effect), then publishes what it emitted. A failure is negatively
+acknowledged with a growing delay. An outage (the database unreachable, a transaction over
+its budget) is retried for as long as it lasts, as Temporal retries a step: waiting is the
+cure. Any other failure (the event cannot be applied: a bug, a missing row) is retried
+``max_deliveries`` times, then kept as a dead letter (a row an operator can see and replay,
+and a message on the dead-letter subject) and acknowledged: never silently dropped, never
+retried forever.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from faststream.nats import NatsBroker, NatsMessage
+from nats.errors import NotJSMessageError
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlmodel import Session
+
+import faults
+from choreography.outbox import Publisher, emit
+from domain.events import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, Event
+from domain.timeouts import STEP_TRANSACTION_BUDGET
+from store.db import TransactionBudgetExceededError, session
+from store.models import DeadLetterRow, InboxRow
+
+log = logging.getLogger("choreography.consumer")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a handler did with an event: the events it emits, and a note for the order's
+    event log (what it changed, or why it changed nothing)."""
+
+    emitted: tuple[Event, ...] = ()
+    note: str | None = None
+
+
+# A service's reaction to one event type: a function over the caller's transaction.
+Handler = Callable[[Session, Event], Outcome]
+
+
+def deliveries_of(message: NatsMessage) -> int:
+    """How many times the broker has delivered ``message`` (1: the first time). A message
+    without JetStream metadata (FastStream's in-memory ``TestNatsBroker``) counts as a first
+    delivery."""
+    try:
+        return message.raw_message.metadata.num_delivered or 1
+    except NotJSMessageError:
+        return 1
+
+
+# Failures of the infrastructure, not of the event: retried until the outage ends.
+OUTAGES = (OperationalError, InterfaceError, PoolTimeoutError, TransactionBudgetExceededError)
+
+
+def retry_delay(delivered: int) -> float:
+    """Seconds before the next delivery of an event that failed ``delivered`` times."""
+    return float(min(0.5 * 2 ** min(delivered - 1, 10), 8.0))
+
+
+class Consumer:
+    """One durable consumer: (service, event type), named ``name``, applying ``handler``."""
+
+    def __init__(
+        self,
+        name: str,
+        handler: Handler,
+        engine: Engine,
+        broker: NatsBroker,
+        publisher: Publisher,
+        *,
+        max_deliveries: int,
+    ) -> None:
+        self.name = name
+        self._handler = handler
+        self._engine = engine
+        self._broker = broker
+        self._publisher = publisher
+        self._max_deliveries = max_deliveries
+
+    async def __call__(self, event: Event, message: NatsMessage) -> None:
+        delivered = deliveries_of(message)
+        try:
+            emitted = await asyncio.to_thread(self._apply, event, delivered)
+        except Exception as err:
+            if isinstance(err, OUTAGES) or delivered < self._max_deliveries:
+                log.warning(
+                    "%s: %s of order %s failed (delivery %d), retrying: %s",
+                    self.name,
+                    event.type,
+                    event.order_id,
+                    delivered,
+                    err,
+                )
+                await message.nack(delay=retry_delay(delivered))
+                return
+            await self._dead_letter(event, delivered, err)
+            await message.ack()
+            return
+        faults.point("consumer.after_commit")  # applied, not acknowledged: redelivered
+        await message.ack()
+        if emitted:
+            await self._publisher.publish(emitted)
+
+    def _apply(self, event: Event, delivered: int) -> list[Event]:
+        """Apply ``event`` once; [] for an event this consumer has applied before."""
+        with session(self._engine, budget=STEP_TRANSACTION_BUDGET) as db:
+            if db.get(InboxRow, (self.name, event.event_id)) is not None:
+                return []
+            outcome = self._handler(db, event)
+            db.add(
+                InboxRow(
+                    consumer=self.name,
+                    event_id=event.event_id,
+                    order_id=event.order_id,
+                    type=event.type,
+                    deliveries=delivered,
+                    note=outcome.note,
+                )
+            )
+            for new in outcome.emitted:
+                emit(db, new)
+            try:
+                db.commit()
+            except IntegrityError:
+                # The same event, applied by a concurrent delivery first: its effect stands.
+                db.rollback()
+                if db.get(InboxRow, (self.name, event.event_id)) is None:
+                    raise
+                return []
+        return list(outcome.emitted)
+
+    async def _dead_letter(self, event: Event, delivered: int, err: Exception) -> None:
+        error = f"{type(err).__name__}: {err}"
+        log.error(
+            "%s: %s of order %s failed %d times: dead-lettered: %s",
+            self.name,
+            event.type,
+            event.order_id,
+            delivered,
+            error,
+        )
+
+        def keep() -> None:
+            with session(self._engine) as db:
+                db.add(
+                    DeadLetterRow(
+                        consumer=self.name,
+                        event_id=event.event_id,
+                        order_id=event.order_id,
+                        type=event.type,
+                        body=event.model_dump_json(),
+                        error=error[:2000],
+                        deliveries=delivered,
+                    )
+                )
+                db.commit()
+
+        await asyncio.to_thread(keep)
+        try:  # the row is the record; the subject lets a monitor subscribe to failures
+            await self._broker.publish(
+                event.model_dump_json().encode(),
+                f"{DEAD_LETTER_PREFIX}.{self.name}",
+                headers={"Nats-Msg-Id": f"{event.event_id}:{self.name}:dead"},
+                stream=DEAD_LETTER_STREAM,
+                timeout=5,
+            )
+        except Exception as publish_error:
+            log.warning("dead letter of %s not published: %s", event.event_id, publish_error)

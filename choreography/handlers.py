@@ -1,0 +1,292 @@
+"""What each service does with each event it consumes: the choreographed saga, step by step.
+
+Read top to bottom, as the events flow (see ``domain/events.py``). Each handler runs inside
+the consumer's transaction (with its inbox row and the events it emits), calls the same
+business operations as the orchestrated saga's activities (``services/``), and returns the
+events it emits. An event that finds its order where it no longer applies (a confirm racing a
+cancel, say) changes nothing and says so in the event log; the money rules hold either way:
+
+- a payment is refunded only when it was COMPLETED, once (a guarded transition);
+- an order is cancelled only by PaymentService's word (its payment cancelled, expired or
+  refunded), so no order is ever cancelled with its money kept;
+- after the pivot (a dealer assigned) nothing is cancelled: a cancel then is refused.
+
+The rule where choreography cannot decide as a coordinator does (a cancel racing the dealer
+assignment): DeliveryService, which owns the pivot, decides. A cancel it sees before the
+assignment cancels the delivery (or, when it comes first, the delivery that would have been
+created) and only then is the payment cancelled or refunded; a cancel it sees after is
+refused and the order goes on.
+"""
+
+from datetime import timedelta
+
+from sqlmodel import Session
+
+from choreography.consumer import Handler, Outcome
+from domain import names
+from domain.errors import BusinessError
+from domain.events import Event, EventType, Service
+from domain.payloads import SagaTimeouts, from_cents
+from domain.status import Decision, DeliveryStatus, PaymentStatus
+from services import deliveries, orders, payments
+from store.models import OrderRow, PaymentRow, utcnow
+
+
+def saga_id_of(order_id: str) -> str:
+    """The identity every row of a choreographed order records as its saga."""
+    return f"events:{order_id}"
+
+
+def event(order_id: str, type: EventType, source: Service, **values: object) -> Event:
+    return Event(order_id=order_id, type=type, source=source, **values)
+
+
+class Handlers:
+    """The services' reactions, with the windows they keep (``timeouts``)."""
+
+    def __init__(self, timeouts: SagaTimeouts) -> None:
+        self._timeouts = timeouts
+
+    def for_consumer(self, service: Service, type: EventType) -> Handler:
+        handler: Handler = {
+            (Service.PAYMENTS, EventType.ORDER_CREATED): self.open_payment,
+            (Service.ORDERS, EventType.PAYMENT_CONFIRMED): self.confirm_order,
+            (Service.DELIVERIES, EventType.ORDER_CONFIRMED): self.create_delivery,
+            (Service.PAYMENTS, EventType.DELIVERY_FAILED): self.refund_payment,
+            (Service.ORDERS, EventType.PAYMENT_REFUNDED): self.cancel_order,
+            (Service.ORDERS, EventType.PAYMENT_CANCELLED): self.cancel_order,
+            (Service.ORDERS, EventType.PAYMENT_EXPIRED): self.cancel_order,
+            (Service.ORDERS, EventType.DELIVERY_COMPLETED): self.deliver_order,
+            (Service.DELIVERIES, EventType.ORDER_CANCEL_REQUESTED): self.stop_delivery,
+            (Service.PAYMENTS, EventType.DELIVERY_CANCELLED): self.undo_payment,
+            (Service.ORDERS, EventType.ORDER_CANCEL_REFUSED): self.go_on,
+        }[service, type]
+        return handler
+
+    # --- PaymentService -----------------------------------------------------------------
+
+    def open_payment(self, db: Session, created: Event) -> Outcome:
+        """order_created: the order's PENDING payment, its window open until a deadline kept
+        in its row (PaymentService's sweeper closes it). A decision the customer took before
+        the payment existed is applied now."""
+        order_id = created.order_id
+        order = _order(db, order_id)
+        payment_id = names.payment_id_for(order_id)
+        window = (
+            timedelta(seconds=created.payment_window_seconds)
+            if created.payment_window_seconds is not None
+            else self._timeouts.payment_window
+        )
+        payment, inserted = payments.create_payment(
+            db,
+            payment_id,
+            order_id,
+            from_cents(order.total_cents),
+            utcnow() + window,
+            saga_id_of(order_id),
+        )
+        if not inserted:
+            return Outcome(note=f"payment already {payment.status}")
+        decision = payments.decision_of(db, payment_id)
+        if decision is None:
+            return Outcome(note="payment opened, waiting for the customer's decision")
+        return apply_decision(db, order_id, payment_id, decision)
+
+    def refund_payment(self, db: Session, failed: Event) -> Outcome:
+        """delivery_failed: no dealer within the window: refund the payment."""
+        return _undo_payment(db, failed.order_id, failed.reason or names.NO_DEALER_AVAILABLE)
+
+    def undo_payment(self, db: Session, stopped: Event) -> Outcome:
+        """delivery_cancelled: the delivery was stopped before the pivot: cancel the payment
+        (refund it if completed). A payment not written yet is written cancelled, so nothing
+        can confirm it any more.
+
+        No payment decision is recorded: the customer cancelled the order, not the payment (a
+        decision says who closed the payment's window, as in the orchestrated saga). A
+        payment no longer PENDING refuses every decision, and its row serializes the racing
+        ones: a confirm that completed it first is refunded below; one that comes after
+        finds it cancelled (and the window's close, ``close_window``, locks it first)."""
+        order_id = stopped.order_id
+        payment_id = names.payment_id_for(order_id)
+        if db.get(PaymentRow, payment_id) is None:
+            order = _order(db, order_id)
+            payments.create_payment(
+                db,
+                payment_id,
+                order_id,
+                from_cents(order.total_cents),
+                None,
+                saga_id_of(order_id),
+            )
+        return _undo_payment(db, order_id, stopped.reason or names.CANCELLED_ON_REQUEST)
+
+    # --- OrderService -------------------------------------------------------------------
+
+    def confirm_order(self, db: Session, confirmed: Event) -> Outcome:
+        """payment_confirmed: the order is CONFIRMED, and delivered next."""
+        order_id = confirmed.order_id
+        try:
+            orders.confirm_order(db, order_id, saga_id_of(order_id))
+        except BusinessError as refused:  # cancelled meanwhile: its refund is under way
+            return Outcome(note=f"not confirmed: {refused.message}")
+        return Outcome(
+            (event(order_id, EventType.ORDER_CONFIRMED, Service.ORDERS),), "order confirmed"
+        )
+
+    def cancel_order(self, db: Session, undone: Event) -> Outcome:
+        """payment_cancelled, payment_expired, payment_refunded: the money is back (or was
+        never taken): the order is CANCELLED, with why. The saga's end."""
+        order_id = undone.order_id
+        reason = undone.reason or FAILURES.get(undone.type)
+        outcome, changed = orders.cancel_order(db, order_id, saga_id_of(order_id), reason)
+        if not changed:
+            return Outcome(note=f"order not cancelled: {outcome.action}")
+        return Outcome(
+            (event(order_id, EventType.ORDER_CANCELLED, Service.ORDERS, reason=reason),),
+            f"order cancelled: {reason}",
+        )
+
+    def deliver_order(self, db: Session, completed: Event) -> Outcome:
+        """delivery_completed: the order is DELIVERED. The saga's other end."""
+        order_id = completed.order_id
+        orders.mark_order_delivered(db, order_id, saga_id_of(order_id))
+        return Outcome(
+            (event(order_id, EventType.ORDER_DELIVERED, Service.ORDERS),), "order delivered"
+        )
+
+    def go_on(self, db: Session, refused: Event) -> Outcome:
+        """order_cancel_refused: the parcel was already on its way: the order goes on."""
+        orders.withdraw_cancel_request(db, refused.order_id)
+        return Outcome(note="cancel refused after the pivot; the order goes on")
+
+    # --- DeliveryService ----------------------------------------------------------------
+
+    def create_delivery(self, db: Session, confirmed: Event) -> Outcome:
+        """order_confirmed: the order's PENDING delivery, and a first dealer assignment. No
+        dealer free: DeliveryService keeps trying until its dealer window, a deadline in the
+        delivery's row, closes (its sweeper)."""
+        order_id = confirmed.order_id
+        order = _order(db, order_id)
+        delivery, inserted = deliveries.create_delivery(
+            db,
+            names.delivery_id_for(order_id),
+            order_id,
+            order.province,
+            order.city,
+            saga_id_of(order_id),
+        )
+        if not inserted:
+            return Outcome(note=f"delivery already {delivery.status}")
+        now = utcnow()
+        deliveries.wait_for_dealer(
+            db,
+            delivery.id,
+            assign_by=now + self._timeouts.dealer_assignment_window,
+            next_attempt_at=now + self._timeouts.dealer_retry_initial_interval,
+        )
+        return try_assignment(db, delivery.id, order_id)
+
+    def stop_delivery(self, db: Session, requested: Event) -> Outcome:
+        """order_cancel_requested: DeliveryService, which owns the pivot, decides. Before it
+        (no delivery yet, or one still waiting for a dealer): the delivery is cancelled (or
+        written cancelled, so none is created later) and the payment is undone next. After it:
+        refused."""
+        order_id = requested.order_id
+        reason = requested.reason or names.CANCELLED_ON_REQUEST
+        delivery = deliveries.delivery_of(db, order_id)
+        inserted = False
+        if delivery is None:
+            order = _order(db, order_id)
+            delivery, inserted = deliveries.create_delivery(
+                db,
+                names.delivery_id_for(order_id),
+                order_id,
+                order.province,
+                order.city,
+                saga_id_of(order_id),
+            )
+        # One guarded update decides: a dealer assigned first (by a sweeper running now, too)
+        # is the pivot, and the cancel is refused.
+        _, cancelled = deliveries.cancel_delivery(
+            db, order_id, saga_id_of(order_id), only_before_pivot=True
+        )
+        if not cancelled:
+            db.refresh(delivery)
+            if delivery.status in (DeliveryStatus.IN_TRANSIT, DeliveryStatus.DELIVERED):
+                return Outcome(
+                    (event(order_id, EventType.ORDER_CANCEL_REFUSED, Service.DELIVERIES),),
+                    f"cancel refused: the delivery is {delivery.status}",
+                )
+            if delivery.status == DeliveryStatus.CANCELLED and not inserted:
+                # The dealer window closed first: its refund and cancel are under way.
+                return Outcome(note="delivery already cancelled: no dealer in the window")
+        deliveries.stop_waiting(db, delivery.id)
+        return Outcome(
+            (event(order_id, EventType.DELIVERY_CANCELLED, Service.DELIVERIES, reason=reason),),
+            "delivery cancelled before the pivot",
+        )
+
+
+# The failure each ending event stands for, when it carries no reason of its own.
+FAILURES = {
+    EventType.PAYMENT_CANCELLED: names.PAYMENT_CANCELLED,
+    EventType.PAYMENT_EXPIRED: names.PAYMENT_TIMED_OUT,
+    EventType.PAYMENT_REFUNDED: names.NO_DEALER_AVAILABLE,
+}
+
+
+def apply_decision(db: Session, order_id: str, payment_id: str, decision: Decision) -> Outcome:
+    """The recorded decision, applied to the PENDING payment: COMPLETED and confirmed, or
+    CANCELLED (by the customer, or by the window closing). One transaction with the decision
+    when the payment exists (the API's call, the sweeper's), or with the payment's creation."""
+    if decision == Decision.CONFIRM:
+        payments.complete_payment(db, payment_id, saga_id_of(order_id))
+        confirmed = event(order_id, EventType.PAYMENT_CONFIRMED, Service.PAYMENTS)
+        return Outcome((confirmed,), "payment confirmed")
+    outcome, changed = payments.cancel_or_refund_payment(db, order_id, saga_id_of(order_id))
+    if not changed:
+        return Outcome(note=f"payment {outcome.action}")
+    type = (
+        EventType.PAYMENT_EXPIRED if decision == Decision.TIMEOUT else EventType.PAYMENT_CANCELLED
+    )
+    return Outcome((event(order_id, type, Service.PAYMENTS),), f"payment {outcome.action}")
+
+
+def try_assignment(db: Session, delivery_id: str, order_id: str) -> Outcome:
+    """One dealer assignment: the pivot when a dealer is free."""
+    delivery, assigned = deliveries.assign_dealer(db, delivery_id, saga_id_of(order_id))
+    if not assigned:
+        return Outcome(note="no dealer free yet")
+    deliveries.stop_waiting(db, delivery_id)
+    return Outcome(
+        (
+            event(
+                order_id,
+                EventType.DELIVERY_ASSIGNED,
+                Service.DELIVERIES,
+                dealer_id=delivery.dealer_id,
+            ),
+        ),
+        f"dealer {delivery.dealer_id} assigned: the pivot",
+    )
+
+
+def _undo_payment(db: Session, order_id: str, reason: str) -> Outcome:
+    outcome, changed = payments.cancel_or_refund_payment(db, order_id, saga_id_of(order_id))
+    if not changed:
+        return Outcome(note=f"payment {outcome.action}")
+    type = (
+        EventType.PAYMENT_REFUNDED
+        if outcome.status == PaymentStatus.REFUNDED
+        else EventType.PAYMENT_CANCELLED
+    )
+    return Outcome(
+        (event(order_id, type, Service.PAYMENTS, reason=reason),), f"payment {outcome.action}"
+    )
+
+
+def _order(db: Session, order_id: str) -> OrderRow:
+    order = db.get(OrderRow, order_id)
+    if order is None:  # every event follows the order's creation: a missing row is a fault
+        raise LookupError(f"order {order_id} does not exist")
+    return order

@@ -1,0 +1,185 @@
+"""The choreographed saga's moving parts in one process: the broker connection, the streams,
+the services' consumers, the relay and the sweepers.
+
+``python worker.py`` runs them all (with the Temporal workers); the API connects a publisher
+only, to publish what it writes to the outbox right after its commit.
+"""
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+
+import nats
+from faststream import AckPolicy
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
+from sqlalchemy import Engine
+
+from choreography.consumer import Consumer
+from choreography.handlers import Handlers
+from choreography.outbox import Publisher, Relay
+from choreography.sweepers import Sweepers
+from domain.events import (
+    CONSUMERS,
+    DEAD_LETTER_PREFIX,
+    DEAD_LETTER_STREAM,
+    STREAM,
+    SUBJECT_PREFIX,
+    Event,
+)
+from settings import Settings
+
+log = logging.getLogger("choreography")
+
+# How long JetStream remembers a message id to drop its duplicates (the outbox's republish
+# after a crash comes within seconds; the inbox catches anything later).
+DUPLICATE_WINDOW = timedelta(minutes=10)
+
+
+def streams(replicas: int) -> tuple[JStream, JStream]:
+    """The event stream (one subject per event type) and the dead-letter stream."""
+    return (
+        JStream(
+            STREAM,
+            subjects=[f"{SUBJECT_PREFIX}.>"],
+            duplicate_window=DUPLICATE_WINDOW.total_seconds(),
+            num_replicas=replicas,
+        ),
+        JStream(
+            DEAD_LETTER_STREAM,
+            subjects=[f"{DEAD_LETTER_PREFIX}.>"],
+            duplicate_window=DUPLICATE_WINDOW.total_seconds(),
+            num_replicas=replicas,
+        ),
+    )
+
+
+def servers(settings: Settings) -> list[str]:
+    """The NATS servers of ``NATS_URL`` (comma-separated)."""
+    return [url.strip() for url in (settings.nats_url or "").split(",") if url.strip()]
+
+
+def connect_broker(settings: Settings) -> NatsBroker:
+    """A broker for ``NATS_URL`` that declares both streams when it starts."""
+    if settings.nats_url is None:
+        raise RuntimeError("NATS_URL is not set: the choreographed saga needs its broker")
+    broker = NatsBroker(
+        servers(settings),
+        max_reconnect_attempts=-1,  # a broker restart or failover is waited out, never fatal
+        reconnect_time_wait=1,
+        # FastStream logs every message received and processed: at DEBUG, not INFO, since
+        # the order's event log (inbox, outbox, dead letters) is the record that matters.
+        log_level=logging.DEBUG,
+    )
+    events, dead = streams(settings.nats_stream_replicas)
+    # Publishers bound to the streams make the broker declare them on start.
+    broker.publisher(f"{SUBJECT_PREFIX}.declare", stream=events)
+    broker.publisher(f"{DEAD_LETTER_PREFIX}.declare", stream=dead)
+    return broker
+
+
+async def keep_connecting(broker: NatsBroker, *, every: float = 1.0) -> None:
+    """Start ``broker`` (connect, declare the streams), trying again until it works: a
+    process that only publishes (the API) must not fail to start while NATS is down."""
+    while True:
+        try:
+            await broker.start()
+            return
+        except Exception as err:
+            log.warning("NATS is not reachable yet (%s); trying again", err)
+            await asyncio.sleep(every)
+
+
+async def jetstream_answers(settings: Settings) -> None:
+    """Raise unless one of ``NATS_URL``'s servers answers with JetStream enabled."""
+    if settings.nats_url is None:
+        raise RuntimeError("NATS_URL is not set")
+    failures: list[Exception] = []
+
+    async def quiet(err: Exception) -> None:  # the caller reports; no traceback per attempt
+        failures.append(err)
+
+    try:
+        connection = await nats.connect(
+            servers(settings),
+            connect_timeout=2,
+            # Each server tried (twice) and dropped: nats-py reads 0 here as "try forever".
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0,
+            allow_reconnect=False,
+            error_cb=quiet,
+        )
+    except nats.errors.NoServersError:
+        raise failures[-1] if failures else RuntimeError("no NATS server answered") from None
+    try:
+        await connection.jetstream().account_info()
+    finally:
+        await connection.close()
+
+
+def is_connected(broker: NatsBroker) -> bool:
+    """Whether ``broker`` has a live connection to NATS."""
+    connection = getattr(broker, "_connection", None)
+    return bool(connection is not None and connection.is_connected)
+
+
+class Choreography:
+    """Every consumer, the relay and the sweepers, on one broker connection."""
+
+    def __init__(self, engine: Engine, settings: Settings, broker: NatsBroker) -> None:
+        self._engine = engine
+        self._settings = settings
+        self.broker = broker
+        self.publisher = Publisher(engine, broker)
+        self._tasks: list[asyncio.Task[None]] = []
+        handlers = Handlers(settings.saga_timeouts)
+        events, _dead = streams(settings.nats_stream_replicas)
+        for (service, type), name in CONSUMERS.items():
+            consumer = Consumer(
+                name,
+                handlers.for_consumer(service, type),
+                engine,
+                broker,
+                self.publisher,
+                max_deliveries=settings.event_max_deliveries,
+            )
+            broker.subscriber(
+                type.subject,
+                stream=events,
+                durable=name,
+                pull_sub=PullSub(batch_size=16, timeout=1.0),
+                # No max_deliver: an event is redelivered until it is applied or
+                # dead-lettered (consumer.py decides which, from the failure).
+                config=ConsumerConfig(ack_wait=settings.event_ack_wait_seconds),
+                ack_policy=AckPolicy.MANUAL,
+            )(_subscribed(consumer))
+
+    async def start(self) -> None:
+        await self.broker.start()
+        self._tasks = [
+            asyncio.create_task(Relay(self.publisher).run(), name="outbox-relay"),
+            asyncio.create_task(
+                Sweepers(self._engine, self.publisher, self._settings.saga_timeouts).run(),
+                name="deadline-sweepers",
+            ),
+        ]
+        log.info("choreography: %d consumers, the relay and the sweepers", len(CONSUMERS))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.broker.stop()
+
+
+def _subscribed(consumer: Consumer):  # type: ignore[no-untyped-def]
+    """The consumer as a FastStream handler (a plain function: FastStream reads its
+    parameters to decode the body as an Event)."""
+
+    async def handle(event: Event, message: NatsMessage) -> None:
+        await consumer(event, message)
+
+    handle.__name__ = consumer.name.replace("-", "_")
+    return handle

@@ -1,0 +1,110 @@
+"""The choreographed saga's events: what each service tells the others.
+
+The same order saga as the orchestrated one, told as events between the three services
+instead of commands from a coordinator. Each event names its order (the correlation id), is
+emitted by one service in the same database transaction as the change it reports (the
+outbox), and is consumed at most once by each service that reacts to it (the inbox).
+
+The flow, following the original example's names::
+
+    order_created       OrderService    -> PaymentService: create the payment (its window opens)
+    payment_confirmed   PaymentService  -> OrderService: confirm the order
+    order_confirmed     OrderService    -> DeliveryService: create the delivery, assign a dealer
+    delivery_assigned   DeliveryService    the pivot: nothing is undone any more
+    delivery_failed     DeliveryService -> PaymentService: refund (no dealer in the window)
+    payment_refunded    PaymentService  -> OrderService: cancel the order
+    payment_cancelled   PaymentService  -> OrderService: cancel the order (the customer said no)
+    payment_expired     PaymentService  -> OrderService: cancel the order (the window closed)
+    delivery_completed  DeliveryService -> OrderService: the order is delivered
+    order_cancel_requested OrderService -> DeliveryService: stop before the pivot, or refuse
+    delivery_cancelled  DeliveryService -> PaymentService: cancel or refund the payment
+    order_cancel_refused DeliveryService -> OrderService: too late, the parcel is on its way
+    order_delivered, order_cancelled    OrderService: the saga's two ends
+"""
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# One stream holds every event; each event type has its subject, each (service, type) its
+# durable consumer.
+STREAM = "ORDER_EVENTS"
+SUBJECT_PREFIX = "order.events"
+# Events that failed every delivery attempt, kept for an operator to see and replay.
+DEAD_LETTER_STREAM = "ORDER_DEAD_LETTERS"
+DEAD_LETTER_PREFIX = "order.dead"
+
+
+class EventType(StrEnum):
+    """What happened (past tense), and so which subject carries it."""
+
+    ORDER_CREATED = "order_created"
+    PAYMENT_CONFIRMED = "payment_confirmed"
+    PAYMENT_CANCELLED = "payment_cancelled"
+    PAYMENT_EXPIRED = "payment_expired"
+    PAYMENT_REFUNDED = "payment_refunded"
+    ORDER_CONFIRMED = "order_confirmed"
+    DELIVERY_ASSIGNED = "delivery_assigned"
+    DELIVERY_FAILED = "delivery_failed"
+    DELIVERY_COMPLETED = "delivery_completed"
+    DELIVERY_CANCELLED = "delivery_cancelled"
+    ORDER_CANCEL_REQUESTED = "order_cancel_requested"
+    ORDER_CANCEL_REFUSED = "order_cancel_refused"
+    ORDER_DELIVERED = "order_delivered"
+    ORDER_CANCELLED = "order_cancelled"
+
+    @property
+    def subject(self) -> str:
+        return f"{SUBJECT_PREFIX}.{self.value}"
+
+
+class Service(StrEnum):
+    """The services that emit and consume events."""
+
+    ORDERS = "orders"
+    PAYMENTS = "payments"
+    DELIVERIES = "deliveries"
+
+
+class Event(BaseModel):
+    """One event: its own id (the deduplication key of the broker and of every inbox), the
+    order it belongs to, what happened, when, who said so, and what it carries.
+
+    ``reason`` says why a cancellation or a refund happens (a failure type: PaymentCancelled,
+    PaymentTimedOut, NoDealerAvailable, CancelledOnRequest), so the order records it.
+    ``dealer_id`` names the dealer of a delivery event. ``payment_window_seconds``: how long
+    the customer has to decide, a term of the order set where it is placed (``order_created``),
+    as the orchestrated saga gets it in its input.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    order_id: str
+    type: EventType
+    source: Service
+    occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    reason: str | None = None
+    dealer_id: int | None = None
+    payment_window_seconds: float | None = Field(default=None, gt=0)
+
+
+# Who consumes what: one durable consumer per (service, event type).
+CONSUMERS: dict[tuple[Service, EventType], str] = {
+    (service, event): f"{service}-{event}"
+    for service, event in (
+        (Service.PAYMENTS, EventType.ORDER_CREATED),
+        (Service.ORDERS, EventType.PAYMENT_CONFIRMED),
+        (Service.DELIVERIES, EventType.ORDER_CONFIRMED),
+        (Service.PAYMENTS, EventType.DELIVERY_FAILED),
+        (Service.ORDERS, EventType.PAYMENT_REFUNDED),
+        (Service.ORDERS, EventType.PAYMENT_CANCELLED),
+        (Service.ORDERS, EventType.PAYMENT_EXPIRED),
+        (Service.ORDERS, EventType.DELIVERY_COMPLETED),
+        (Service.DELIVERIES, EventType.ORDER_CANCEL_REQUESTED),
+        (Service.PAYMENTS, EventType.DELIVERY_CANCELLED),
+        (Service.ORDERS, EventType.ORDER_CANCEL_REFUSED),
+    )
+}

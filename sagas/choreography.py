@@ -1,0 +1,203 @@
+"""The door to the choreographed saga: events between the services, on NATS JetStream.
+
+Placing an order is OrderService's first step, taken here: the order, its payment's decision
+(opened) and the ``order_created`` event are written in one transaction (the outbox), then
+published; the services take it from there (``choreography/``). A customer's decision, a
+dealer's report and a cancel request are written the same way, by the service that owns
+them. Every answer comes from the database: nothing waits for a consumer.
+"""
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from choreography.handlers import apply_decision, saga_id_of
+from choreography.outbox import Publisher, emit
+from domain import names
+from domain.events import Event, EventType, Service
+from domain.payloads import OrderRequest
+from domain.status import Decision, DeliveryStatus, SagaPhase, SagaStyle
+from domain.views import OrderView
+from sagas import views
+from sagas.errors import ConflictError, IdempotencyKeyReusedError, NotFoundError
+from sagas.orchestration import PAST, DecisionAccepted, Placement
+from services import deliveries, orders, payments
+from settings import Settings
+from store.db import session
+from store.models import DeadLetterRow, DeliveryRow, PaymentRow, utcnow
+
+T = TypeVar("T")
+# How often a waiting ``place`` reads the order back (``Prefer: wait``).
+POLL = 0.02
+
+
+class ChoreographedSagas:
+    """The door to choreographed orders."""
+
+    def __init__(self, engine: Engine, settings: Settings, publisher: Publisher) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._publisher = publisher
+
+    async def _write(self, work: Callable[[Session], tuple[T, list[Event]]]) -> T:
+        """``work`` in one transaction with the events it emits, then the events published
+        (left to the relay if the broker does not take them now)."""
+
+        def in_transaction() -> tuple[T, list[Event]]:
+            with session(self._engine) as db:
+                result, emitted = work(db)
+                for event in emitted:
+                    emit(db, event)
+                db.commit()
+            return result, emitted
+
+        result, emitted = await asyncio.to_thread(in_transaction)
+        if emitted:
+            await self._publisher.publish(emitted)
+        return result
+
+    async def place(
+        self, request: OrderRequest, idempotency_key: str | None, order_id: str, *, wait: float
+    ) -> Placement:
+        """Write the order (PENDING), open its payment's decision and emit ``order_created``,
+        in one transaction. ``wait`` > 0: read the order back until its payment exists, for
+        up to that long. A replayed Idempotency-Key answers its order and writes nothing."""
+        fingerprint = request.fingerprint()
+
+        def accept(db: Session) -> tuple[bool, list[Event]]:
+            if idempotency_key is not None:
+                use = orders.use_idempotency_key(
+                    db, request.customer_id, idempotency_key, fingerprint, order_id
+                )
+                if use.fingerprint != fingerprint:
+                    raise IdempotencyKeyReusedError(
+                        "this Idempotency-Key was already used for a different request"
+                    )
+                if not use.recorded:
+                    return True, []
+                orders.mark_key_saga_started(db, request.customer_id, idempotency_key)
+            orders.create_order(
+                db, order_id, request, saga_id_of(order_id), style=SagaStyle.CHOREOGRAPHY
+            )
+            payments.open_decision(
+                db, names.payment_id_for(order_id), order_id, request.customer_id
+            )
+            created = Event(
+                order_id=order_id,
+                type=EventType.ORDER_CREATED,
+                source=Service.ORDERS,
+                payment_window_seconds=self._settings.payment_window_seconds,
+            )
+            return False, [created]
+
+        replayed = await self._write(accept)
+        view = None
+        if replayed:
+            view = await asyncio.to_thread(views.order_view, self._engine, self._settings, order_id)
+        elif wait > 0:
+            view = await self._payment_written(order_id, wait)
+        return Placement(order_id, names.payment_id_for(order_id), view, replayed=replayed)
+
+    async def _payment_written(self, order_id: str, wait: float) -> OrderView | None:
+        """The order's view once PaymentService has written its payment; None if it has not
+        within ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            view = await asyncio.to_thread(views.order_view, self._engine, self._settings, order_id)
+            if view is not None and view.payment is not None:
+                return view
+            await asyncio.sleep(POLL)
+        return None
+
+    async def decide_payment(self, payment_id: str, *, confirm: bool) -> DecisionAccepted:
+        """The customer's decision: recorded by the same compare-and-set as the orchestrated
+        saga's, and applied to the payment in the same transaction when the payment exists
+        (otherwise PaymentService applies it when it writes the payment)."""
+        decision = Decision.CONFIRM if confirm else Decision.CANCEL
+
+        def decide(db: Session) -> tuple[payments.DecisionTaken, list[Event]]:
+            taken = payments.take_decision(db, payment_id, decision)
+            if not taken.applied or taken.order_id is None:
+                return taken, []
+            payment = db.get(PaymentRow, payment_id)
+            if payment is None:
+                return taken, []
+            outcome = apply_decision(db, taken.order_id, payment_id, decision)
+            return taken, list(outcome.emitted)
+
+        taken = await self._write(decide)
+        if taken.order_id is None:
+            raise NotFoundError(f"payment {payment_id} does not exist")
+        if taken.winner is None:
+            raise ConflictError(f"payment {payment_id} can no longer be decided: {taken.refusal}")
+        if taken.winner != decision:
+            raise ConflictError(
+                f"payment {payment_id} was already {PAST[taken.winner]} ({taken.winner})"
+            )
+        return DecisionAccepted(taken.order_id, decision, replayed=not taken.applied)
+
+    async def report_delivered(self, delivery_id: str) -> str:
+        """The dealer's report: DeliveryService completes the delivery (and frees its dealer)
+        and emits ``delivery_completed``, in one transaction."""
+
+        def complete(db: Session) -> tuple[str, list[Event]]:
+            delivery = db.get(DeliveryRow, delivery_id)
+            if delivery is None:
+                raise NotFoundError(f"delivery {delivery_id} does not exist")
+            if delivery.status != DeliveryStatus.IN_TRANSIT:
+                raise ConflictError(f"delivery {delivery_id} is {delivery.status}, not IN_TRANSIT")
+            order_id = delivery.order_id
+            _, changed = deliveries.complete_delivery(db, delivery_id, saga_id_of(order_id))
+            if not changed:  # a concurrent report won
+                raise ConflictError(f"delivery {delivery_id} is already DELIVERED")
+            completed = Event(
+                order_id=order_id,
+                type=EventType.DELIVERY_COMPLETED,
+                source=Service.DELIVERIES,
+                dealer_id=delivery.dealer_id,
+            )
+            return order_id, [completed]
+
+        return await self._write(complete)
+
+    async def replay_dead_letter(self, dead_letter_id: str) -> None:
+        """Publish a dead-lettered event again, for its consumer to apply (the operator has
+        fixed what made it fail). Its event id is kept, so it still applies at most once.
+        :class:`NotFoundError` for an unknown dead letter; :class:`ConflictError` for one
+        replayed already."""
+
+        def take(db: Session) -> tuple[Event, list[Event]]:
+            row = db.get(DeadLetterRow, dead_letter_id)
+            if row is None:
+                raise NotFoundError(f"dead letter {dead_letter_id} does not exist")
+            if row.replayed_at is not None:
+                raise ConflictError(f"dead letter {dead_letter_id} was replayed already")
+            row.replayed_at = utcnow()
+            db.add(row)
+            return Event.model_validate_json(row.body), []
+
+        event = await self._write(take)
+        await self._publisher.replay(event, f"replay-{dead_letter_id}")
+
+    async def cancel(self, order_id: str, view: OrderView) -> None:
+        """Ask for the order's cancellation: recorded once, with ``order_cancel_requested``;
+        DeliveryService decides (cancelled before the pivot, refused after it)."""
+        if view.phase in (SagaPhase.COMPENSATING, SagaPhase.CANCELLED):
+            raise ConflictError(f"order {order_id} is already cancelled")
+
+        def request(db: Session) -> tuple[None, list[Event]]:
+            if not orders.request_cancel(db, order_id):
+                raise ConflictError(f"order {order_id} can no longer be cancelled")
+            requested = Event(
+                order_id=order_id,
+                type=EventType.ORDER_CANCEL_REQUESTED,
+                source=Service.ORDERS,
+                reason=names.CANCELLED_ON_REQUEST,
+            )
+            return None, [requested]
+
+        await self._write(request)

@@ -1,0 +1,120 @@
+"""The door, for both saga styles: what the API, the CLI and the tools call.
+
+A new order runs in ``SAGA_STYLE`` (orchestration by default); an existing order is steered in
+the style it was placed with, so orders of both styles coexist in one database and the HTTP
+API answers them alike: the same views, the same status codes.
+"""
+
+import asyncio
+
+from sqlalchemy import Engine
+from temporalio.client import Client
+
+from choreography.outbox import Publisher
+from domain import names
+from domain.payloads import OrderRequest, SagaState
+from domain.status import SagaPhase, SagaStyle
+from domain.views import EventLogEntry, OrderView
+from sagas import views
+from sagas.choreography import ChoreographedSagas
+from sagas.errors import ConflictError, NotFoundError
+from sagas.orchestration import DecisionAccepted, OrchestratedSagas, Placement
+from settings import Settings
+
+
+class Sagas:
+    """Orders' sagas, whichever their style."""
+
+    def __init__(
+        self,
+        client: Client,
+        engine: Engine,
+        settings: Settings,
+        publisher: Publisher | None = None,
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self.orchestrated = OrchestratedSagas(client, engine, settings)
+        # Without a broker (no NATS_URL) choreographed orders cannot be placed or steered.
+        self.choreographed = (
+            ChoreographedSagas(engine, settings, publisher) if publisher is not None else None
+        )
+
+    def _choreography(self) -> ChoreographedSagas:
+        if self.choreographed is None:
+            raise ConflictError("this order's saga runs on events, and NATS_URL is not set")
+        return self.choreographed
+
+    async def place(
+        self, request: OrderRequest, idempotency_key: str | None, *, wait: float = 0
+    ) -> Placement:
+        """Place an order in ``SAGA_STYLE`` (a replayed Idempotency-Key: in the style its
+        order was placed with)."""
+        order_id = names.new_order_id(request.customer_id, idempotency_key)
+        style = self._settings.saga_style
+        if idempotency_key is not None:  # a replay keeps its order's style
+            style = await self._style(order_id=order_id) or style
+        if style == SagaStyle.CHOREOGRAPHY:
+            return await self._choreography().place(request, idempotency_key, order_id, wait=wait)
+        return await self.orchestrated.place(request, idempotency_key, order_id, wait=wait)
+
+    async def order(self, order_id: str) -> OrderView:
+        """The order as the database holds it. :class:`NotFoundError` if never accepted."""
+        return await self.orchestrated.order(order_id)
+
+    async def saga_state(self, order_id: str) -> SagaState | list[EventLogEntry] | None:
+        """The saga's full account: an orchestrated saga's state (a workflow query), or a
+        choreographed order's event log. None when there is none."""
+        if await self._style(order_id=order_id) == SagaStyle.CHOREOGRAPHY:
+            view = await self.order(order_id)
+            return view.events
+        return await self.orchestrated.saga_state(order_id)
+
+    async def cancel(self, order_id: str) -> None:
+        """Cancel before the pivot (it compensates); :class:`ConflictError` after it."""
+        view = await self.order(order_id)
+        if view.phase in (SagaPhase.IN_TRANSIT, SagaPhase.DELIVERED):
+            raise ConflictError(
+                f"order {order_id} is past dealer assignment and cannot be cancelled"
+            )
+        if view.style == SagaStyle.CHOREOGRAPHY:
+            await self._choreography().cancel(order_id, view)
+            return
+        await self.orchestrated.cancel(order_id)
+
+    async def decide_payment(self, payment_id: str, *, confirm: bool) -> DecisionAccepted:
+        """The customer's decision on their payment: exactly one of racing decisions wins."""
+        style = await self._style(payment_id=payment_id)
+        if style is None:
+            raise NotFoundError(f"payment {payment_id} does not exist")
+        if style == SagaStyle.CHOREOGRAPHY:
+            return await self._choreography().decide_payment(payment_id, confirm=confirm)
+        return await self.orchestrated.decide_payment(payment_id, confirm=confirm)
+
+    async def report_delivered(self, delivery_id: str) -> str:
+        """The dealer's report that the parcel arrived; returns its order id."""
+        style = await self._style(delivery_id=delivery_id)
+        if style is None:
+            raise NotFoundError(f"delivery {delivery_id} does not exist")
+        if style == SagaStyle.CHOREOGRAPHY:
+            return await self._choreography().report_delivered(delivery_id)
+        return await self.orchestrated.report_delivered(delivery_id)
+
+    async def replay_dead_letter(self, dead_letter_id: str) -> None:
+        """Deliver a dead-lettered event again (its cause fixed)."""
+        await self._choreography().replay_dead_letter(dead_letter_id)
+
+    async def _style(
+        self,
+        *,
+        order_id: str | None = None,
+        payment_id: str | None = None,
+        delivery_id: str | None = None,
+    ) -> SagaStyle | None:
+        return await asyncio.to_thread(
+            views.style_of,
+            self._engine,
+            order_id=order_id,
+            payment_id=payment_id,
+            delivery_id=delivery_id,
+        )
