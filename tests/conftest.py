@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, text
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
@@ -21,7 +21,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from domain import names
-from store.db import drop_schema, make_engine, migrate
+from store.db import make_engine, migrate
 
 BIN_DIR = Path(sys.executable).parent
 
@@ -38,20 +38,30 @@ def database_url(tmp_path: Path) -> str:
     return os.environ.get("DATABASE_URL") or f"sqlite:///{tmp_path / 'orders.db'}"
 
 
+_rebuilt_this_run = False
+
+
 def reset_schema(engine: Engine) -> None:
     """The schema at the latest migration, every table empty.
 
     SQLite: the test's fresh file, migrated. PostgreSQL (one database shared between tests):
-    migrated (rebuilt through the migrations if it was made before them), then emptied.
+    rebuilt through the migrations once per test run, then emptied before each test.
     """
-    if engine.dialect.name == "postgresql" and not inspect(engine).has_table("alembic_version"):
-        drop_schema(engine)
+    global _rebuilt_this_run
+    if engine.dialect.name == "postgresql" and not _rebuilt_this_run:
+        # The shared database may hold any earlier schema (another branch, a migration changed
+        # while it was being written): the first test of a run rebuilds it through the migrations.
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+        _rebuilt_this_run = True
     migrate(engine)
     if engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             conn.execute(
                 text(
                     "TRUNCATE refunds, order_items, payments, deliveries, dealers, orders,"
+                    " payment_decisions, outbox, inbox, dead_letters,"
                     " idempotency_keys"
                     " RESTART IDENTITY"
                 )

@@ -18,9 +18,11 @@ FLOORS: dict[str, int] = {
     "workflows": 1,  # the orchestrated saga (Temporal and domain/ only)
     "store": 2,  # tables, engine, migrations runner
     "telemetry": 2,  # metrics and tracing setup
+    "faults": 2,  # named fault points for the chaos run
     "services": 3,  # the business operations, once for both saga styles
     "migrations": 3,  # Alembic's scripts
     "activities": 4,  # Temporal adapters over services/
+    "choreography": 4,  # event handlers over services/, outbox, relay, sweepers
     "sagas": 5,  # the door: start, steer and read sagas
     "api": 6,  # HTTP: routes, auth, limits, errors
     "worker": 6,  # the worker process

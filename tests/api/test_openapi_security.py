@@ -41,6 +41,8 @@ ACCESS: dict[str, Access] = {
     "POST /deliveries/{delivery_id}/delivered": Access.OPERATOR,
     "GET /dealers": Access.OPERATOR,
     "POST /dealers": Access.OPERATOR,
+    "GET /dead-letters": Access.OPERATOR,
+    "POST /dead-letters/{dead_letter_id}/replay": Access.OPERATOR,
     "GET /healthz": Access.PUBLIC,
     "GET /readyz": Access.PUBLIC,
     "GET /openapi.json": Access.PUBLIC,

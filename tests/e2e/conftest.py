@@ -1,7 +1,10 @@
-"""The real stack for end-to-end tests: Temporal dev server, worker, API over HTTP."""
+"""The real stack for end-to-end tests: Temporal dev server, nats-server with JetStream, the
+database, the workers of both saga styles, and the API over HTTP, once per style."""
 
 import asyncio
+import dataclasses
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -14,17 +17,26 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr
 from sqlalchemy import Engine
+from sqlmodel import select
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from api.app import create_app
 from api.auth import API_KEY_HEADER, issue_customer_token
+from choreography.outbox import Publisher
+from choreography.runtime import Choreography, connect_broker
+from domain.events import Event, EventType, Service
 from domain.names import SEARCH_ATTRIBUTES
+from domain.status import SagaStyle
 from settings import Settings
-from store.db import make_engine
+from store.db import make_engine, session
+from store.models import DeadLetterRow
 from tests.conftest import database_url, reset_schema, temporal_binary
-from worker import build_workers
+from tests.nats_server import NatsServer
+from worker import build_workers, workflow_runner
+from workflows import OrderProcessWorkflow
 
 # uvicorn closes an idle keep-alive connection after 5 s, and httpx keeps one for 5 s too: a
 # request sent on a connection at the moment the server closes it fails with ReadError. The
@@ -34,12 +46,25 @@ LIMITS = httpx.Limits(keepalive_expiry=2)
 
 @dataclass
 class Stack:
-    """Handles on every running part."""
+    """Handles on every running part. ``http`` and ``settings`` are the API placing new
+    orders in ``style``; ``apis`` holds one API per style (same Temporal, broker, database)."""
 
     http: httpx.AsyncClient
     client: Client
     engine: Engine
     settings: Settings
+    nats: NatsServer
+    apis: dict[SagaStyle, httpx.AsyncClient]
+    style: SagaStyle = SagaStyle.ORCHESTRATION
+
+    def in_style(self, style: SagaStyle) -> "Stack":
+        """The same stack, placing new orders in ``style``."""
+        return dataclasses.replace(
+            self,
+            http=self.apis[style],
+            settings=self.settings.model_copy(update={"saga_style": style}),
+            style=style,
+        )
 
 
 def free_port() -> int:
@@ -65,40 +90,76 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
             'history.transferProcessorUpdateAckInterval="1s"',
         ],
     )
+    nats = NatsServer(tmp_path_factory.mktemp("nats"))
+    nats.start()
     settings = Settings(
         database_url=database_url(tmp_path_factory.mktemp("e2e")),
+        nats_url=nats.url,
         temporal_address=env.client.service_client.config.target_host,
         temporal_ui_url="http://localhost:8233",
         # Short windows so the no-dealer path ends in seconds on a real server.
         dealer_assignment_window_seconds=1.5,
         dealer_retry_initial_seconds=0.5,
         order_create_wait_seconds=10,
+        # A poison event is dead-lettered after 3 deliveries (0.5 s, then 1 s apart).
+        event_max_deliveries=3,
         # The open API of most tests; tests/e2e/test_auth.py runs a secured one beside it.
         auth_mode="dev",
     )
     engine = make_engine(settings.database_url_value)
     reset_schema(engine)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
     async with AsyncExitStack() as stack:
+        stack.callback(nats.stop)
         stack.push_async_callback(env.shutdown)
         executor = stack.enter_context(ThreadPoolExecutor(16))
         for worker in build_workers(env.client, engine, executor):
             await stack.enter_async_context(worker)
-        serving = asyncio.create_task(server.serve())
-        while not server.started:
-            if serving.done():
-                serving.result()
-            await asyncio.sleep(0.05)
-        http = await stack.enter_async_context(
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, limits=LIMITS)
+        choreography = Choreography(engine, settings, connect_broker(settings))
+        await choreography.start()
+        stack.push_async_callback(choreography.stop)
+        apis = {
+            style: await stack.enter_async_context(
+                serve(create_app(settings.model_copy(update={"saga_style": style})))
+            )
+            for style in SagaStyle
+        }
+        yield Stack(
+            http=apis[SagaStyle.ORCHESTRATION],
+            client=env.client,
+            engine=engine,
+            settings=settings,
+            nats=nats,
+            apis=apis,
         )
-        yield Stack(http=http, client=env.client, engine=engine, settings=settings)
-        server.should_exit = True
-        await serving
     engine.dispose()
+
+
+async def poison_event(stack: Stack, within: float = 20) -> DeadLetterRow:
+    """Publish an event no consumer can apply (``order_created`` of an order that does not
+    exist) and wait until PaymentService's consumer has dead-lettered it: the dead letter."""
+    event = Event(order_id=str(uuid.uuid4()), type=EventType.ORDER_CREATED, source=Service.ORDERS)
+    broker = connect_broker(stack.settings)
+    await broker.start()
+    try:
+        await Publisher(stack.engine, broker).publish([event])
+    finally:
+        await broker.stop()
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        with session(stack.engine) as db:
+            row = db.exec(select(DeadLetterRow).where(DeadLetterRow.event_id == event.event_id))
+            found = row.first()
+        if found is not None:
+            return found
+        assert asyncio.get_running_loop().time() < deadline, "the poison event never died"
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture(params=list(SagaStyle), ids=str)
+def styled(request: pytest.FixtureRequest, stack: Stack) -> Stack:
+    """The stack, once per saga style: a shared scenario runs against both."""
+    style: SagaStyle = request.param
+    return stack.in_style(style)
 
 
 @asynccontextmanager
@@ -119,6 +180,23 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     finally:
         server.should_exit = True
         await serving
+
+
+@asynccontextmanager
+async def saga_worker(stack: Stack, task_queue: str) -> AsyncIterator[Worker]:
+    """The saga's workflow worker on a task queue of the test's own, for as long as the
+    context lasts: sagas started there (an API with ``workflow_task_queue=task_queue``) do
+    nothing until it runs. Their steps run on the stack's service workers. A saga it had
+    cached goes back to the queue within a second of its stop (the sticky queue's timeout), so
+    another worker on the queue carries on at once."""
+    async with Worker(
+        stack.client,
+        task_queue=task_queue,
+        workflows=[OrderProcessWorkflow],
+        workflow_runner=workflow_runner(),
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
+    ) as worker:
+        yield worker
 
 
 OPERATOR_KEY = "e2e-operator-key-0123456789"

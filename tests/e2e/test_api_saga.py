@@ -10,9 +10,13 @@ import httpx
 from temporalio.client import WorkflowExecutionStatus
 
 from api.app import create_app
+from domain import names
 from domain.names import CUSTOMER_ID, ORDER_STATUS
 from tests.e2e.conftest import Stack
 from tests.saga_harness import db_statuses
+
+# Wait (RFC 7240) for the saga to write the order and its payment: 201 with both.
+WAIT = {"Prefer": "wait=10"}
 
 ORDER: dict[str, Any] = {
     "customer_id": "e2e-customer",
@@ -40,6 +44,31 @@ async def eventually(
         await asyncio.sleep(0.1)
 
 
+async def saga_of(http: httpx.AsyncClient, order_id: str) -> dict[str, Any]:
+    """The saga's own account (steps, compensations, signals): the operator's GET
+    /orders/{id}/saga (in the stack, AUTH_MODE=dev, anyone's)."""
+    response = await http.get(f"/orders/{order_id}/saga")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def saga_eventually(
+    http: httpx.AsyncClient,
+    order_id: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    within: float = 20,
+) -> dict[str, Any]:
+    """Poll the saga's own state (GET /orders/{id}/saga) until ``predicate`` holds."""
+    deadline = time.monotonic() + within
+    while True:
+        saga = await saga_of(http, order_id)
+        if predicate(saga):
+            return saga
+        assert time.monotonic() < deadline, f"saga never reached the expected state: {saga}"
+        await asyncio.sleep(0.1)
+
+
 async def add_dealer(stack: Stack, city: str, capacity: int = 1) -> dict[str, Any]:
     response = await stack.http.post(
         "/dealers",
@@ -57,11 +86,16 @@ async def add_dealer(stack: Stack, city: str, capacity: int = 1) -> dict[str, An
 
 
 async def place_order(stack: Stack, **changes: Any) -> dict[str, Any]:
-    response = await stack.http.post("/orders", json={**ORDER, **changes})
+    """POST /orders waiting for its payment (``Prefer: wait``): 201 with the order, its
+    payment pending."""
+    response = await stack.http.post("/orders", json={**ORDER, **changes}, headers=WAIT)
     assert response.status_code == 201, response.text
+    assert response.headers["Preference-Applied"] == "wait=10"
     body: dict[str, Any] = response.json()
     assert body["status"] == "PENDING"
+    assert body["phase"] == "AWAITING_PAYMENT"
     assert body["payment"]["status"] == "PENDING"
+    assert body["payment"]["decision"] is None
     return body
 
 
@@ -90,7 +124,8 @@ async def test_confirmed_order_is_delivered_and_frees_its_dealer(stack: Stack) -
     assert delivered.status_code == 202, delivered.text
     body = await eventually(stack, order["order_id"], lambda o: o["status"] == "DELIVERED")
     assert body["delivery"]["status"] == "DELIVERED"
-    assert body["saga"]["phase"] == "DELIVERED"
+    assert body["phase"] == "DELIVERED"
+    assert body["payment"]["decision"] == "CONFIRM"
     assert db_statuses(stack.engine, order["order_id"]) == {
         "order": "DELIVERED",
         "payment": "COMPLETED",
@@ -109,12 +144,14 @@ async def test_order_to_a_city_without_dealers_is_refunded_and_cancelled(stack: 
     order = await place_order(stack, city="Nowhere Town")
     confirm = await stack.http.post(f"/payments/{order['payment']['payment_id']}/confirm")
     assert confirm.status_code == 202
-    body = await eventually(stack, order["order_id"], lambda o: o["status"] == "CANCELLED")
-    body = await eventually(stack, order["order_id"], lambda o: o["saga"]["phase"] == "CANCELLED")
+    body = await eventually(stack, order["order_id"], lambda o: o["phase"] == "CANCELLED")
+    assert body["status"] == "CANCELLED"
     assert body["payment"]["status"] == "REFUNDED"
     assert body["delivery"]["status"] == "CANCELLED"
-    assert body["saga"]["failure_type"] == "NoDealerAvailable"
-    assert [c["name"] for c in body["saga"]["compensations"]] == [
+    assert body["failure_type"] == "NoDealerAvailable"
+    saga = await saga_of(stack.http, order["order_id"])
+    assert saga["failure_type"] == "NoDealerAvailable"
+    assert [c["name"] for c in saga["compensations"]] == [
         "cancel_delivery",
         "cancel_or_refund_payment",
         "cancel_order",
@@ -129,8 +166,9 @@ async def test_cancelling_an_order_awaiting_payment_cancels_its_payment(stack: S
     order = await place_order(stack)
     response = await stack.http.post(f"/orders/{order['order_id']}/cancel")
     assert response.status_code == 202, response.text
-    body = await eventually(stack, order["order_id"], lambda o: o["saga"]["phase"] == "CANCELLED")
+    body = await eventually(stack, order["order_id"], lambda o: o["phase"] == "CANCELLED")
     assert body["status"] == "CANCELLED"
+    assert body["failure_type"] == names.CANCELLED_ON_REQUEST
     assert body["payment"]["status"] == "CANCELLED"
     handle = stack.client.get_workflow_handle(order["workflow_id"])
     assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
@@ -145,18 +183,26 @@ async def test_customer_cancel_cancels_payment_and_order(stack: Stack) -> None:
     order = await place_order(stack)
     response = await stack.http.post(f"/payments/{order['payment']['payment_id']}/cancel")
     assert response.status_code == 202
-    body = await eventually(stack, order["order_id"], lambda o: o["saga"]["phase"] == "CANCELLED")
+    body = await eventually(stack, order["order_id"], lambda o: o["phase"] == "CANCELLED")
     assert (body["status"], body["payment"]["status"]) == ("CANCELLED", "CANCELLED")
-    assert body["saga"]["failure_type"] == "PaymentCancelled"
+    assert body["failure_type"] == "PaymentCancelled"
+    assert body["payment"]["decision"] == "CANCEL"
 
 
 async def test_same_idempotency_key_gives_the_same_order_and_one_saga(stack: Stack) -> None:
     key = {"Idempotency-Key": f"key-{uuid.uuid4()}"}
-    first = await stack.http.post("/orders", json=ORDER, headers=key)
-    second = await stack.http.post("/orders", json=ORDER, headers=key)
-    assert first.status_code == second.status_code == 201
+    first = await stack.http.post("/orders", json=ORDER, headers={**key, **WAIT})
+    second = await stack.http.post("/orders", json=ORDER, headers={**key, **WAIT})
+    assert first.status_code == second.status_code == 201, (first.text, second.text)
     assert first.json()["order_id"] == second.json()["order_id"]
+    assert "Idempotent-Replayed" not in first.headers
     assert second.headers["Idempotent-Replayed"] == "true"
+    # Without Prefer, a replay of a written order is 200 with the order as it is.
+    third = await stack.http.post("/orders", json=ORDER, headers=key)
+    assert third.status_code == 200, third.text
+    assert third.headers["Idempotent-Replayed"] == "true"
+    assert third.json()["order_id"] == first.json()["order_id"]
+    assert third.json()["payment"] == first.json()["payment"]
     workflow_id = first.json()["workflow_id"]
     runs = [w async for w in stack.client.list_workflows(f"WorkflowId = '{workflow_id}'")]
     assert len(runs) == 1
@@ -190,22 +236,24 @@ async def test_bad_requests_get_clear_4xx_and_change_nothing(stack: Stack) -> No
     assert (await stack.http.get("/orders", params={"status": "NOPE"})).status_code == 422
 
 
-async def test_readiness_reports_database_and_temporal(stack: Stack) -> None:
+async def test_readiness_reports_database_temporal_and_the_broker(stack: Stack) -> None:
     response = await stack.http.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"ready": True, "database": "ok", "temporal": "ok"}
+    assert response.json() == {"ready": True, "database": "ok", "temporal": "ok", "broker": "ok"}
 
 
 async def test_same_idempotency_key_with_another_body_is_refused(stack: Stack) -> None:
     key = {"Idempotency-Key": f"key-{uuid.uuid4()}"}
-    first = await stack.http.post("/orders", json=ORDER, headers=key)
-    assert first.status_code == 201
+    first = await stack.http.post("/orders", json=ORDER, headers={**key, **WAIT})
+    assert first.status_code == 201, first.text
     # The same order written differently is the same request...
     same = {
         **ORDER,
         "items": [{**i, "unit_price": i["unit_price"].rstrip("0")} for i in ORDER["items"]],
     }
-    assert (await stack.http.post("/orders", json=same, headers=key)).status_code == 201
+    replayed = await stack.http.post("/orders", json=same, headers=key)
+    assert replayed.status_code == 200, replayed.text
+    assert replayed.headers["Idempotent-Replayed"] == "true"
     # ...another one is not, and changes nothing.
     other = {**ORDER, "city": "Isfahan"}
     refused = await stack.http.post("/orders", json=other, headers=key)
@@ -231,13 +279,22 @@ async def test_without_a_worker_an_order_is_accepted_with_202_and_can_be_polled(
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http,
     ):
-        response = await http.post("/orders", json=ORDER)
+        # Even asked to wait, it answers 202 once the wait runs out.
+        response = await http.post("/orders", json=ORDER, headers=WAIT)
         assert response.status_code == 202, response.text
-        order_id = response.json()["order_id"]
+        assert response.headers["Preference-Applied"] == "wait=0.5"
+        accepted = response.json()
+        order_id = accepted["order_id"]
+        assert (accepted["status"], accepted["order_url"]) == ("PENDING", f"/orders/{order_id}")
+        assert accepted["payment_id"]
         assert response.headers["Location"] == f"/orders/{order_id}"
         polled = await http.get(response.headers["Location"])
         assert polled.status_code == 200, polled.text
-        assert (polled.json()["status"], polled.json()["saga"]) == (None, None)
+        assert (polled.json()["status"], polled.json()["phase"]) == (None, "CREATING")
+        assert (polled.json()["payment"], polled.json()["customer_id"]) == (
+            None,
+            ORDER["customer_id"],
+        )
         handle = stack.client.get_workflow_handle(polled.json()["workflow_id"])
         assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
         await handle.terminate("test cleanup: no worker will ever run it")

@@ -20,14 +20,10 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import func
-from sqlmodel import select
 
 from api.app import create_app
 from api.auth import TOKEN_AUDIENCE, issue_customer_token
 from sagas.temporal import TemporalConnectError, connect_temporal
-from store.db import session
-from store.models import IdempotencyKeyRow
 from tests.api.test_openapi_security import (
     ACCESS,
     DOCUMENTED,
@@ -43,7 +39,7 @@ from tests.e2e.conftest import (
     SecuredApi,
     Stack,
 )
-from tests.e2e.test_api_saga import ORDER, eventually
+from tests.e2e.test_api_saga import ORDER, WAIT, eventually
 from tests.e2e.test_hostile_input import settled_snapshot, snapshot
 from tests.saga_harness import db_statuses
 
@@ -83,15 +79,18 @@ def with_unknown_id(path: str) -> str:
 
 
 async def place(secured: SecuredApi, customer_id: str, **changes: Any) -> dict[str, Any]:
-    """The customer places an order with their own token; it waits for their payment."""
+    """The customer places an order with their own token, waiting (``Prefer: wait``) until
+    its saga has written it: it then waits for their payment."""
     response = await secured.http.post(
-        "/orders", json=order_of(customer_id, **changes), headers=secured.customer(customer_id)
+        "/orders",
+        json=order_of(customer_id, **changes),
+        headers={**secured.customer(customer_id), **WAIT},
     )
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     assert body["customer_id"] == customer_id
-    assert body["payment"]["status"] == "PENDING"
-    assert body["saga"] is None  # a customer's view never carries the saga
+    assert (body["phase"], body["payment"]["status"]) == ("AWAITING_PAYMENT", "PENDING")
+    assert "saga" not in body  # an order's view never carries the saga's own state
     return body
 
 
@@ -106,8 +105,9 @@ async def add_dealer(secured: SecuredApi, city: str, key: str = OPERATOR_KEY) ->
 
 def in_transit(order: dict[str, Any]) -> bool:
     """A dealer carries the order, and its saga waits for the delivery report."""
-    saga_phase = (order["saga"] or {}).get("phase")
-    return saga_phase == "IN_TRANSIT" and (order["delivery"] or {}).get("status") == "IN_TRANSIT"
+    return (
+        order["phase"] == "IN_TRANSIT" and (order["delivery"] or {}).get("status") == "IN_TRANSIT"
+    )
 
 
 @dataclass
@@ -132,6 +132,7 @@ class World:
             path.replace("{order_id}", self.alice_order["order_id"])
             .replace("{payment_id}", self.alice_order["payment"]["payment_id"])
             .replace("{delivery_id}", self.carol_order["delivery"]["delivery_id"])
+            .replace("{dead_letter_id}", str(uuid.uuid4()))  # refused before it is looked up
         )
         assert "{" not in path, f"{call}: a new path parameter needs an id of the world's"
         body: dict[str, Any] | None = None
@@ -159,17 +160,11 @@ async def world(stack: Stack, secured: SecuredApi) -> World:
     return World(alice, bob, carol, alice_order, bob_order, carol_order)
 
 
-def idempotency_keys(stack: Stack) -> int:
-    with session(stack.engine) as db:
-        count: int = db.exec(select(func.count()).select_from(IdempotencyKeyRow)).one()
-        return count
-
-
 async def observed(stack: Stack, secured: SecuredApi, world: World) -> dict[str, Any]:
-    """What a refused call must not change: rows of every table, idempotency keys, workflows,
-    and the world's orders as their sagas and the database see them."""
+    """What a refused call must not change: rows of every table (idempotency keys and payment
+    decisions included), decisions taken, workflows, and the world's orders as their sagas
+    and the database see them."""
     state: dict[str, Any] = dict(await snapshot(stack))
-    state["idempotency_keys"] = await asyncio.to_thread(idempotency_keys, stack)
     saga = await secured.http.get(
         f"/orders/{world.alice_order['order_id']}/saga", headers=secured.operator()
     )
@@ -177,6 +172,8 @@ async def observed(stack: Stack, secured: SecuredApi, world: World) -> dict[str,
     state["alice's saga"] = {k: saga.json()[k] for k in ("phase", "payment_status", "signals")}
     for name, order in (("alice", world.alice_order), ("carol", world.carol_order)):
         state[name] = await asyncio.to_thread(db_statuses, stack.engine, order["order_id"])
+        view = await secured.http.get(f"/orders/{order['order_id']}", headers=secured.operator())
+        state[f"{name}'s order"] = {k: view.json()[k] for k in ("phase", "status", "payment")}
     return state
 
 
@@ -188,6 +185,7 @@ async def settled(stack: Stack, secured: SecuredApi, world: World) -> dict[str, 
         "payment_status": "PENDING",
         "signals": [],
     }
+    assert before["alice's order"]["payment"]["decision"] is None
     assert before["carol"]["delivery"] == "IN_TRANSIT"
     return before
 
@@ -403,14 +401,21 @@ async def test_only_an_operator_sees_the_saga_of_an_order(
     url = f"/orders/{world.alice_order['order_id']}"
     as_customer = await secured.http.get(url, headers=secured.customer(world.alice))
     assert as_customer.status_code == 200, as_customer.text
-    assert as_customer.json()["saga"] is None
+    assert "saga" not in as_customer.json()
+    assert as_customer.json()["phase"] == "AWAITING_PAYMENT"
     assert as_customer.json()["payment"]["status"] == "PENDING"
+    # The order's view is the same for both (read from the database); the saga's own state
+    # (steps, compensations, signals) is the operator's alone.
     as_operator = await secured.http.get(url, headers=secured.operator())
     assert as_operator.status_code == 200, as_operator.text
-    assert as_operator.json()["saga"]["phase"] == "AWAITING_PAYMENT"
+    assert as_operator.json() == as_customer.json()
     saga = await secured.http.get(f"{url}/saga", headers=secured.operator())
     assert saga.status_code == 200, saga.text
-    assert saga.json() == as_operator.json()["saga"]
+    assert (saga.json()["phase"], saga.json()["payment_status"]) == ("AWAITING_PAYMENT", "PENDING")
+    assert saga.json()["order_id"] == world.alice_order["order_id"]
+    assert [s["name"] for s in saga.json()["steps"]] == ["create_order", "create_payment"]
+    refused = await secured.http.get(f"{url}/saga", headers=secured.customer(world.alice))
+    assert refused.status_code == 403, refused.text
 
 
 # --- allowed callers -------------------------------------------------------------------------
@@ -516,9 +521,7 @@ async def test_an_operator_cancels_a_customers_order_before_the_pivot(
         f"/orders/{order['order_id']}/cancel", headers=secured.operator()
     )
     assert cancel.status_code == 202, cancel.text
-    body = await eventually(
-        stack, order["order_id"], lambda o: (o["saga"] or {}).get("phase") == "CANCELLED"
-    )
+    body = await eventually(stack, order["order_id"], lambda o: o["phase"] == "CANCELLED")
     assert (body["status"], body["payment"]["status"]) == ("CANCELLED", "CANCELLED")
 
 
@@ -539,9 +542,7 @@ async def test_a_customer_cancels_their_own_order_or_payment(
     for response in responses:
         assert response.status_code == 202, response.text
     for order in (by_order, by_payment):
-        body = await eventually(
-            stack, order["order_id"], lambda o: (o["saga"] or {}).get("phase") == "CANCELLED"
-        )
+        body = await eventually(stack, order["order_id"], lambda o: o["phase"] == "CANCELLED")
         assert (body["status"], body["payment"]["status"]) == ("CANCELLED", "CANCELLED")
 
 

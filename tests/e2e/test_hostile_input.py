@@ -14,31 +14,60 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Engine, func
-from sqlmodel import select
+from sqlmodel import col, select
 
 from store.db import session
-from store.models import DealerRow, DeliveryRow, OrderItemRow, OrderRow, PaymentRow, RefundRow
+from store.models import (
+    DeadLetterRow,
+    DealerRow,
+    DeliveryRow,
+    IdempotencyKeyRow,
+    InboxRow,
+    OrderItemRow,
+    OrderRow,
+    OutboxRow,
+    PaymentDecisionRow,
+    PaymentRow,
+    RefundRow,
+)
 from tests.e2e.conftest import Stack
-from tests.e2e.test_api_saga import ORDER
+from tests.e2e.test_api_saga import ORDER, eventually
 
 TABLES = {
     "orders": OrderRow,
     "order_items": OrderItemRow,
     "payments": PaymentRow,
+    "payment_decisions": PaymentDecisionRow,
     "deliveries": DeliveryRow,
     "refunds": RefundRow,
     "dealers": DealerRow,
+    "idempotency_keys": IdempotencyKeyRow,
+    "outbox": OutboxRow,
+    "inbox": InboxRow,
+    "dead_letters": DeadLetterRow,
 }
 MIB = 1024 * 1024
 
 
 def row_counts(engine: Engine) -> dict[str, int]:
-    """Rows in every service table."""
+    """Rows in every service table, and the payment decisions taken (a decision changes a row
+    opened when its order was accepted, not the count)."""
     with session(engine) as db:
-        return {
+        counts = {
             name: db.exec(select(func.count()).select_from(table)).one()
             for name, table in TABLES.items()
         }
+        counts["dead letters replayed"] = db.exec(
+            select(func.count())
+            .select_from(DeadLetterRow)
+            .where(col(DeadLetterRow.replayed_at).is_not(None))
+        ).one()
+        counts["payment decisions taken"] = db.exec(
+            select(func.count())
+            .select_from(PaymentDecisionRow)
+            .where(col(PaymentDecisionRow.decision).is_not(None))
+        ).one()
+        return counts
 
 
 async def snapshot(stack: Stack) -> dict[str, int]:
@@ -48,17 +77,20 @@ async def snapshot(stack: Stack) -> dict[str, int]:
     return counts
 
 
-async def settled_snapshot(stack: Stack, within: float = 15) -> dict[str, int]:
-    """A snapshot once sagas left running by earlier tests have stopped changing rows."""
+async def settled_snapshot(stack: Stack, within: float = 15, quiet: float = 0.3) -> dict[str, int]:
+    """A snapshot once sagas left running by earlier tests have stopped changing rows: the
+    same for ``quiet`` seconds (longer than a saga takes from one step's rows to the next's,
+    as an order accepted with a 202 is still being written)."""
     deadline = time.monotonic() + within
-    last = await snapshot(stack)
+    last, since = await snapshot(stack), time.monotonic()
     while True:
         await asyncio.sleep(0.05)
         now = await snapshot(stack)
-        if now == last:
+        if now != last:
+            assert time.monotonic() < deadline, f"rows kept changing: {last} -> {now}"
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
             return now
-        assert time.monotonic() < deadline, f"rows kept changing: {last} -> {now}"
-        last = now
 
 
 def _not_json(literal: str) -> Any:
@@ -101,10 +133,15 @@ async def refusals(stack: Stack) -> Refusals:
 
 
 async def accepted(stack: Stack, response: httpx.Response) -> dict[str, Any]:
-    """An accepted POST /orders: its saga waits for the payment decision, and is visible."""
-    assert response.status_code == 201, response.text
+    """An accepted POST /orders (202: its saga is started): the order once its saga has
+    written it and waits for the payment decision, and is visible."""
+    assert response.status_code == 202, response.text
+    assert response.json()["payment_id"]
+    body = await eventually(
+        stack, response.json()["order_id"], lambda o: o["phase"] == "AWAITING_PAYMENT"
+    )
+    assert body["payment"]["payment_id"] == response.json()["payment_id"]
     await settled_snapshot(stack)
-    body: dict[str, Any] = response.json()
     return body
 
 

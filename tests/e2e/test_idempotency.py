@@ -29,7 +29,7 @@ from store.db import session
 from store.models import RefundRow
 from tests.activities.support import all_rows
 from tests.e2e.conftest import Stack
-from tests.e2e.test_api_saga import ORDER, add_dealer, eventually
+from tests.e2e.test_api_saga import ORDER, WAIT, add_dealer, eventually, saga_eventually
 from tests.saga_harness import db_statuses
 
 
@@ -50,20 +50,16 @@ def order_in(city: str) -> dict[str, Any]:
 
 async def deliver(stack: Stack, body: dict[str, Any], key: str) -> dict[str, Any]:
     """Place ``body`` with ``key``, confirm, report delivered: the order when DELIVERED."""
-    placed = await stack.http.post("/orders", json=body, headers={"Idempotency-Key": key})
+    placed = await stack.http.post("/orders", json=body, headers={"Idempotency-Key": key, **WAIT})
     assert placed.status_code == 201, placed.text
     order = placed.json()
     confirm = await stack.http.post(f"/payments/{order['payment']['payment_id']}/confirm")
     assert confirm.status_code == 202, confirm.text
-    in_transit = await eventually(
-        stack, order["order_id"], lambda o: (o["saga"] or {}).get("phase") == "IN_TRANSIT"
-    )
+    in_transit = await eventually(stack, order["order_id"], lambda o: o["phase"] == "IN_TRANSIT")
     delivery_id = in_transit["delivery"]["delivery_id"]
     reported = await stack.http.post(f"/deliveries/{delivery_id}/delivered")
     assert reported.status_code == 202, reported.text
-    return await eventually(
-        stack, order["order_id"], lambda o: (o["saga"] or {}).get("phase") == "DELIVERED"
-    )
+    return await eventually(stack, order["order_id"], lambda o: o["phase"] == "DELIVERED")
 
 
 async def saga_exists(stack: Stack, workflow_id: str) -> bool:
@@ -102,13 +98,23 @@ async def test_a_replay_after_the_saga_was_deleted_answers_the_order_and_moves_n
 
     replay = await stack.http.post("/orders", json=body, headers={"Idempotency-Key": key})
 
-    assert replay.status_code == 201, replay.text
+    assert replay.status_code == 200, replay.text
     assert replay.headers["Idempotent-Replayed"] == "true"
     assert replay.headers["Location"] == f"/orders/{order_id}"
     answered = replay.json()
     assert answered["order_id"] == order_id
-    assert (answered["status"], answered["payment"]["status"]) == ("DELIVERED", "COMPLETED")
+    assert (answered["status"], answered["phase"]) == ("DELIVERED", "DELIVERED")
+    assert (answered["payment"]["status"], answered["payment"]["decision"]) == (
+        "COMPLETED",
+        "CONFIRM",
+    )
     assert not await saga_exists(stack, workflow_id)  # it started nothing
+    # Asked to wait, it answers the written order at once (201), and starts nothing either.
+    waited = await stack.http.post("/orders", json=body, headers={"Idempotency-Key": key, **WAIT})
+    assert waited.status_code == 201, waited.text
+    assert waited.headers["Idempotent-Replayed"] == "true"
+    assert waited.json() == answered
+    assert not await saga_exists(stack, workflow_id)
     # The same key with another body is still refused, from the database alone.
     other = await stack.http.post(
         "/orders", json={**body, "province": "Isfahan"}, headers={"Idempotency-Key": key}
@@ -143,13 +149,12 @@ async def test_a_reset_saga_keeps_its_identity_and_finishes_with_its_own_rows(
 ) -> None:
     city = f"Reset {uuid.uuid4().hex[:6]}"
     await add_dealer(stack, city)
-    placed = await stack.http.post("/orders", json=order_in(city))
+    placed = await stack.http.post("/orders", json=order_in(city), headers=WAIT)
     assert placed.status_code == 201, placed.text
     order = placed.json()
-    await stack.http.post(f"/payments/{order['payment']['payment_id']}/confirm")
-    await eventually(
-        stack, order["order_id"], lambda o: (o["saga"] or {}).get("phase") == "IN_TRANSIT"
-    )
+    confirm = await stack.http.post(f"/payments/{order['payment']['payment_id']}/confirm")
+    assert confirm.status_code == 202, confirm.text
+    await eventually(stack, order["order_id"], lambda o: o["phase"] == "IN_TRANSIT")
     handle = stack.client.get_workflow_handle(order["workflow_id"])
     history = await handle.fetch_history()
     first_task = next(
@@ -170,20 +175,18 @@ async def test_a_reset_saga_keeps_its_identity_and_finishes_with_its_own_rows(
         )
     )
     assert reset.run_id != history.run_id
-    in_transit = await eventually(
-        stack,
-        order["order_id"],
-        lambda o: (o["saga"] or {}).get("phase") in ("IN_TRANSIT", "CANCELLED"),
+    # The database shows the first run's progress: the new run's own is its saga's state.
+    saga = await saga_eventually(
+        stack.http, order["order_id"], lambda s: s["phase"] in ("IN_TRANSIT", "CANCELLED")
     )
-    assert in_transit["saga"]["failure_type"] is None, in_transit["saga"]
-    assert in_transit["saga"]["phase"] == "IN_TRANSIT"
+    assert (saga["phase"], saga["failure_type"]) == ("IN_TRANSIT", None), saga
+    in_transit = (await stack.http.get(f"/orders/{order['order_id']}")).json()
+    assert (in_transit["phase"], in_transit["failure_type"]) == ("IN_TRANSIT", None), in_transit
     reported = await stack.http.post(
         f"/deliveries/{in_transit['delivery']['delivery_id']}/delivered"
     )
     assert reported.status_code == 202, reported.text
-    done = await eventually(
-        stack, order["order_id"], lambda o: (o["saga"] or {}).get("phase") == "DELIVERED"
-    )
+    done = await eventually(stack, order["order_id"], lambda o: o["phase"] == "DELIVERED")
     assert (done["status"], done["payment"]["status"]) == ("DELIVERED", "COMPLETED")
     assert db_statuses(stack.engine, order["order_id"])["payments"] == 1
 
@@ -196,9 +199,13 @@ async def test_a_key_whose_first_request_died_before_starting_the_saga_starts_it
     # The first request recorded its key, then its process died before it started the saga.
     order_id = await asyncio.to_thread(record_key, stack, request, key, saga_started=False)
 
-    retried = await stack.http.post("/orders", json=body, headers={"Idempotency-Key": key})
+    retried = await stack.http.post("/orders", json=body, headers={"Idempotency-Key": key, **WAIT})
 
     assert retried.status_code == 201, retried.text
+    assert (retried.json()["phase"], retried.json()["payment"]["status"]) == (
+        "AWAITING_PAYMENT",
+        "PENDING",
+    )
     assert retried.json()["order_id"] == order_id
     assert retried.headers["Idempotent-Replayed"] == "true"
     assert await saga_exists(stack, names.workflow_id_for(order_id))

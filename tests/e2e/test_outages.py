@@ -8,6 +8,7 @@ replica), a corrupt SQLite file, a namespace that does not exist.
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -20,13 +21,20 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import QueuePool
+from sqlmodel import select
 from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError
 
 from api.app import create_app
+from domain.names import order_id_for_idempotency_key, payment_id_for, workflow_id_for
 from settings import Settings
-from store.db import make_engine, migrate
-from tests.e2e.conftest import Stack
-from tests.e2e.test_api_saga import ORDER
+from store.db import make_engine, migrate, session
+from store.models import PaymentDecisionRow
+from tests.e2e.conftest import Stack, saga_worker
+from tests.e2e.test_api_saga import ORDER, WAIT, saga_of
+from tests.e2e.test_hostile_input import row_counts
+from tests.saga_harness import db_statuses
 
 
 @asynccontextmanager
@@ -68,25 +76,76 @@ def every_connection_taken(engine: Engine) -> Iterator[None]:
             connection.close()
 
 
+def is_accepted(engine: Engine, order_id: str) -> bool:
+    """Whether the order has been accepted in the database (its payment decision opened)."""
+    with session(engine) as db:
+        return (
+            db.exec(
+                select(PaymentDecisionRow).where(PaymentDecisionRow.order_id == order_id)
+            ).first()
+            is not None
+        )
+
+
 async def test_an_exhausted_pool_is_503_and_an_order_already_started_is_202(stack: Stack) -> None:
+    # Sagas of this API wait for a worker of the test's own (saga_worker).
+    queue = f"outage-{uuid.uuid4()}"
     settings = stack.settings.model_copy(
-        update={"database_pool_size": 1, "database_pool_timeout_seconds": 0.2}
+        update={
+            "database_pool_size": 1,
+            "database_pool_timeout_seconds": 0.2,
+            "workflow_task_queue": queue,
+        }
     )
+    key = f"outage-{uuid.uuid4()}"
+    order_id = order_id_for_idempotency_key(ORDER["customer_id"], key)
+    handle = stack.client.get_workflow_handle(workflow_id_for(order_id))
     async with api(settings) as (http, app):
-        with every_connection_taken(app.state.services.engine):
+        engine: Engine = app.state.services.engine
+        with every_connection_taken(engine):
             assert_unavailable(await http.get("/orders"))
             assert_unavailable(await http.post("/dealers", json=dealer()))
-            # The saga starts (Temporal needs no database connection of the API's), then the
-            # order cannot be read back: 202 with its Location, never an error inviting a retry
-            # that would start a second order.
-            placed = await http.post("/orders", json=ORDER)
-            assert placed.status_code == 202, placed.text
-            order_id = placed.json()["order_id"]
-            assert placed.headers["Location"] == f"/orders/{order_id}"
-        handle = stack.client.get_workflow_handle(f"order-{order_id}")
+            # An order is accepted in the database before its saga starts: without a
+            # connection nothing is started, and the retry the 503 invites is safe.
+            refused = await http.post("/orders", json=ORDER, headers={"Idempotency-Key": key})
+            assert_unavailable(refused)
+        assert not await is_accepted_async(stack, order_id)
+        with pytest.raises(RPCError):
+            await handle.describe()
+
+        # The retry is accepted and its saga starts (one RPC, waiting for the payment); the
+        # pool runs dry before the order can be read back: 202 with its Location, never an
+        # error inviting a retry that would start a second order.
+        placing = asyncio.create_task(
+            http.post("/orders", json=ORDER, headers={"Idempotency-Key": key, **WAIT})
+        )
+        deadline = time.monotonic() + 10
+        pool = engine.pool
+        assert isinstance(pool, QueuePool)
+        while not (await is_accepted_async(stack, order_id) and pool.checkedout() == 0):
+            assert time.monotonic() < deadline, "the order was never accepted"
+            await asyncio.sleep(0.02)
+        with every_connection_taken(engine):
+            async with saga_worker(stack, queue):
+                placed = await placing
+                assert placed.status_code == 202, placed.text
+                assert placed.json()["order_id"] == order_id
+                assert placed.headers["Location"] == f"/orders/{order_id}"
+                assert placed.json()["payment_id"] == payment_id_for(order_id)
+                # The wait was for the payment: it exists, only unreadable for the API.
+                assert db_statuses(stack.engine, order_id)["payment"] == "PENDING"
         assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
         polled = await http.get(f"/orders/{order_id}")
         assert polled.status_code == 200, polled.text
+        assert (polled.json()["phase"], polled.json()["payment"]["status"]) == (
+            "AWAITING_PAYMENT",
+            "PENDING",
+        )
+    await handle.terminate("test cleanup: no worker will run it any more")
+
+
+async def is_accepted_async(stack: Stack, order_id: str) -> bool:
+    return await asyncio.to_thread(is_accepted, stack.engine, order_id)
 
 
 @pytest.fixture
@@ -167,9 +226,10 @@ async def test_a_corrupt_database_file_is_503(stack: Stack, throwaway_database: 
 
 async def test_a_namespace_that_does_not_exist_is_503_and_not_ready(stack: Stack) -> None:
     # An order the real stack knows, so the database holds its rows.
-    placed = await stack.http.post("/orders", json=ORDER)
+    placed = await stack.http.post("/orders", json=ORDER, headers=WAIT)
     assert placed.status_code == 201, placed.text
     order = placed.json()
+    before = await asyncio.to_thread(row_counts, stack.engine)
     settings = stack.settings.model_copy(update={"temporal_namespace": f"nope-{uuid.uuid4()}"})
     async with api(settings) as (http, _app):
         ready = await http.get("/readyz")
@@ -185,7 +245,16 @@ async def test_a_namespace_that_does_not_exist_is_503_and_not_ready(stack: Stack
             # Not a 404 ("no such saga") nor a 409 ("its saga has ended"): both would be lies.
             assert_unavailable(response)
             assert "TEMPORAL_NAMESPACE" in response.json()["detail"], response.text
-    # Nothing reached the real saga.
+    # Nothing reached the real saga, and no order, payment or delivery moved.
     body = (await stack.http.get(f"/orders/{order['order_id']}")).json()
-    assert body["payment"]["status"] == "PENDING"
-    assert body["saga"]["signals"] == []
+    assert (body["phase"], body["payment"]["status"]) == ("AWAITING_PAYMENT", "PENDING")
+    assert (await saga_of(stack.http, order["order_id"]))["signals"] == []
+    after = await asyncio.to_thread(row_counts, stack.engine)
+    # What the database records before Temporal is reached stays (a 503 says "retry", and the
+    # retry finds it): the decision the confirm took (the other decision is now refused, the
+    # same one accepted), and the acceptance of the order that was never started.
+    assert body["payment"]["decision"] in (None, "CONFIRM")
+    decisions = ("payment_decisions", "payment decisions taken")
+    assert {k: v for k, v in after.items() if k not in decisions} == {
+        k: v for k, v in before.items() if k not in decisions
+    }

@@ -36,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.e2e.conftest import SecuredApi, Stack
+from tests.e2e.conftest import SecuredApi, Stack, poison_event
 from tests.e2e.test_hostile_input import row_counts
 
 MAX_EXAMPLES = 25
@@ -61,6 +61,7 @@ class Fuzzer:
         self.http = requests.Session()
         self.before: dict[str, int] | None = None
         self.calls: dict[int, int] = {}
+        self.accepted_order: str | None = None  # a 202's order, its saga still writing it
 
     def counts(self) -> dict[str, int]:
         counts = row_counts(self.stack.engine)
@@ -68,21 +69,33 @@ class Fuzzer:
         counts["workflows"] = future.result(timeout=10).count
         return counts
 
-    def settled_counts(self, within: float = 15) -> dict[str, int]:
-        """Counts once an accepted request's saga has stopped adding rows (and is visible)."""
+    def settled_counts(self, within: float = 15, quiet: float = 0.05) -> dict[str, int]:
+        """Counts once an accepted request's saga has stopped adding rows (and is visible):
+        the same for ``quiet`` seconds."""
         deadline = time.monotonic() + within
-        last = self.counts()
+        while self.accepted_order is not None:
+            # Accepted (202) before its saga wrote the order and its payment: wait for both.
+            order = self.http.get(f"{self.base_url}/orders/{self.accepted_order}", timeout=30)
+            if order.status_code != 200 or order.json()["phase"] != "CREATING":
+                self.accepted_order = None
+            else:
+                assert time.monotonic() < deadline, f"order never written: {order.text}"
+                time.sleep(0.05)
+        last, since = self.counts(), time.monotonic()
         while True:
             time.sleep(0.05)
             now = self.counts()
-            if now == last:
+            if now != last:
+                assert time.monotonic() < deadline, f"rows kept changing: {last} -> {now}"
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
                 return now
-            assert time.monotonic() < deadline, f"rows kept changing: {last} -> {now}"
-            last = now
 
     def run(self, case: Case[Any]) -> None:
         if self.before is None:
-            self.before = self.settled_counts()
+            # The first count waits longer: an earlier test's saga may still be writing an
+            # order it accepted, a step's rows a moment after the last one's.
+            self.before = self.settled_counts(quiet=0.3 if not self.calls else 0.05)
         positive = case.meta is not None and case.meta.generation.mode.is_positive
         if positive and case.headers and "Idempotency-Key" in case.headers:
             # A generated key may repeat with another body, which is refused (422) by design.
@@ -98,6 +111,8 @@ class Fuzzer:
             )
         elif case.method != "GET":
             self.before = None  # accepted: take a fresh, settled count before the next case
+            if response.status_code == 202 and case.path == "/orders":
+                self.accepted_order = response.json()["order_id"]
 
     def fuzz(self, label: str, mode: GenerationMode) -> None:
         schema = schemathesis.openapi.from_url(
@@ -126,10 +141,10 @@ def operations() -> dict[str, bool]:
     whether it takes any input (an operation without one has no invalid request)."""
     from fastapi import FastAPI
 
-    from api.routes import dealers, deliveries, health, orders, payments
+    from api.routes import dead_letters, dealers, deliveries, health, orders, payments
 
     app = FastAPI()
-    for module in (orders, payments, deliveries, dealers, health):
+    for module in (orders, payments, deliveries, dealers, dead_letters, health):
         app.include_router(module.router)
     paths: dict[str, Any] = app.openapi()["paths"]
     return {
@@ -172,11 +187,11 @@ CUSTOMER = "alice"
 
 
 async def real_ids(
-    http: httpx.AsyncClient, customer: dict[str, str], operator: dict[str, str]
+    stack: Stack, http: httpx.AsyncClient, customer: dict[str, str], operator: dict[str, str]
 ) -> dict[str, str]:
     """A payment awaiting its decision and a delivery in transit, of the customer whose
-    headers are ``customer``, for the operations that need existing ids: the CLI then reaches
-    them with real data, not only 404s."""
+    headers are ``customer``, and a dead letter, for the operations that need existing ids:
+    the CLI then reaches them with real data, not only 404s."""
     city = f"Fuzz City {uuid.uuid4().hex[:6]}"
     dealer = {"name": "Fuzz", "phone": f"+1 {uuid.uuid4().int % 10**9}", "province": "Tehran"}
     added = await http.post(
@@ -189,8 +204,10 @@ async def real_ids(
         "province": "Tehran",
         "city": city,
     }
-    pending = (await http.post("/orders", json=body, headers=customer)).json()
-    shipped = (await http.post("/orders", json=body, headers=customer)).json()
+    # Waiting for each order's payment (Prefer: wait): 201 with the order and its payment.
+    waiting = {**customer, "Prefer": "wait=10"}
+    pending = (await http.post("/orders", json=body, headers=waiting)).json()
+    shipped = (await http.post("/orders", json=body, headers=waiting)).json()
     payment = shipped["payment"]["payment_id"]
     confirmed = await http.post(f"/payments/{payment}/confirm", headers=customer)
     assert confirmed.status_code == 202, confirmed.text
@@ -205,6 +222,7 @@ async def real_ids(
         "order_id": pending["order_id"],
         "payment_id": pending["payment"]["payment_id"],
         "delivery_id": order["delivery"]["delivery_id"],
+        "dead_letter_id": (await poison_event(stack)).id,
     }
 
 
@@ -219,6 +237,7 @@ def cli_config(ids: dict[str, str], wfc: Path | None) -> str:
         "GET /orders/{order_id}": "order_id",
         "GET /orders/{order_id}/saga": "order_id",
         "POST /orders/{order_id}/cancel": "order_id",
+        "POST /dead-letters/{dead_letter_id}/replay": "dead_letter_id",
     }
     lines = []
     if wfc is not None:
@@ -270,7 +289,7 @@ async def test_the_schemathesis_cli_finds_no_failure_with_every_check_and_phase(
         wfc = tmp_path / "wfc.json"
         wfc.write_text(json.dumps(wfc_document(secured)))
     config = tmp_path / "schemathesis.toml"
-    config.write_text(cli_config(await real_ids(http, customer, operator), wfc))
+    config.write_text(cli_config(await real_ids(stack, http, customer, operator), wfc))
     base_url = str(http.base_url).rstrip("/")
     process = await asyncio.create_subprocess_exec(
         str(CLI),

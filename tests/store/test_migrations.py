@@ -49,6 +49,10 @@ SERVICE_TABLES = {
     "dealers",
     "deliveries",
     "idempotency_keys",
+    "payment_decisions",
+    "outbox",
+    "inbox",
+    "dead_letters",
 }
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
