@@ -70,13 +70,20 @@ screenshot: install
 	./scripts/screenshot.sh
 
 ## Fault injection on the real stack: 300 sagas, 20 worker kills, 4 Temporal restarts,
-## 2 database outages, then every invariant checked (PostgreSQL; CHAOS_ARGS=--database sqlite).
+## 2 database outages, then every invariant checked (PostgreSQL; CHAOS_ARGS=--database sqlite;
+## CHAOS_ARGS="--style choreography": the choreographed saga, with NATS restarts instead).
 chaos: install
 	$(BIN)/python -m tools.chaos $(CHAOS_ARGS)
 
-## The small chaos run CI does on PostgreSQL.
+## The small chaos run CI does on PostgreSQL, of each saga style in turn: both always run, and
+## it fails if either finds a violation.
+CHAOS_CI_SIZE = --sagas 40 --kills 3 --restarts 1 --outages 1
 chaos-ci: install
-	$(BIN)/python -m tools.chaos --sagas 40 --kills 3 --restarts 1 --outages 1 $(CHAOS_ARGS)
+	@status=0; \
+	for style in orchestration choreography; do \
+	  $(BIN)/python -m tools.chaos --style $$style $(CHAOS_CI_SIZE) $(CHAOS_ARGS) || status=1; \
+	done; \
+	exit $$status
 
 ## Benchmark on a fresh local stack: the saga against a no-database baseline workflow, with
 ## remote and local steps, then the HTTP API at 20 orders/s; .bench/latest.json (BENCH_ARGS=...).

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # One command to run the whole system on this machine (make run):
-#   Temporal dev server (durable SQLite file, Web UI), the worker, the API.
+#   Temporal dev server (durable SQLite file, Web UI), NATS with JetStream (its store on
+#   disk: the choreographed saga's events), the worker (both saga styles), the API.
+# SAGA_STYLE=choreography runs new orders as events between the services instead of as a
+# Temporal workflow; orders of either style keep running whatever the style of the next run.
 # A part that exits unexpectedly (a crash, kill -9, a worker that gave up while Temporal was
 # down) is started again: after 1 s, then 2, 4, ... up to 30 s while it keeps exiting.
 # Ctrl-C stops everything cleanly. Running it again keeps every order and resumes every
-# saga that was waiting, because Temporal and the service database live in $DATA_DIR.
+# saga that was waiting, because Temporal, NATS and the service database live in $DATA_DIR.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -13,11 +16,20 @@ DATA_DIR=${DATA_DIR:-data}
 TEMPORAL_PORT=${TEMPORAL_PORT:-7233}
 TEMPORAL_UI_PORT=${TEMPORAL_UI_PORT:-8233}
 API_PORT=${API_PORT:-8000}
+# Our own NATS, not a system one that may run on 4222.
+NATS_PORT=${NATS_PORT:-14222}
 HOST=${HOST:-127.0.0.1}
 
 export TEMPORAL_ADDRESS=${TEMPORAL_ADDRESS:-$HOST:$TEMPORAL_PORT}
 export TEMPORAL_UI_URL=${TEMPORAL_UI_URL:-http://$HOST:$TEMPORAL_UI_PORT}
 export DATABASE_URL=${DATABASE_URL:-sqlite:///$DATA_DIR/orders.db}
+export SAGA_STYLE=${SAGA_STYLE:-orchestration}
+# NATS_URL set: that NATS is used and none is started here.
+OWN_NATS=
+if [[ -z ${NATS_URL:-} ]]; then
+  OWN_NATS=1
+  export NATS_URL=nats://$HOST:$NATS_PORT
+fi
 # A development run: no API keys or customer tokens unless you set AUTH_MODE otherwise.
 export AUTH_MODE=${AUTH_MODE:-dev}
 
@@ -43,12 +55,27 @@ terminate() { # pid, seconds: SIGTERM, then SIGKILL if it is still running after
   kill -KILL "$pid" 2>/dev/null || true
 }
 
+# The program each part runs (a word of its command line), to recognise a leftover part.
+declare -A PROGRAM=([temporal]=temporal [nats]=nats-server [worker]=worker.py [api]=uvicorn)
+
+is_part() { # pid, name: whether pid is still that part, run from this checkout
+  local pid=$1 program=${PROGRAM[$2]:-} word
+  [[ -n $program && "$(readlink "/proc/$pid/cwd" 2>/dev/null)" == "$(pwd)" ]] || return 1
+  # A part that died leaves its pid free for any process (pids wrap quickly, at 32768 on
+  # many machines), maybe one from this checkout too: a shell, a test run. The command line
+  # tells them apart.
+  while IFS= read -r -d '' word; do
+    [[ $word != "$program" && $word != */"$program" ]] || return 0
+  done 2>/dev/null <"/proc/$pid/cmdline"
+  return 1
+}
+
 # A previous run stopped with kill -9 may have left its parts behind: stop them.
 if [[ -f "$PIDS_FILE" ]]; then
-  while read -r pid _; do
-    # Only our own leftovers: alive and running from this checkout.
-    if [[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" == "$(pwd)" ]]; then
-      say "stopping process $pid left behind by a previous run"
+  while read -r pid name; do
+    # Only our own leftovers: alive, running from this checkout, and still that part.
+    if is_part "$pid" "$name"; then
+      say "stopping $name (process $pid) left behind by a previous run"
       terminate "$pid" 15
     fi
   done <"$PIDS_FILE"
@@ -56,24 +83,40 @@ if [[ -f "$PIDS_FILE" ]]; then
 fi
 
 port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-for port in "$TEMPORAL_PORT" "$TEMPORAL_UI_PORT" "$API_PORT"; do
+PORTS=("$TEMPORAL_PORT" "$TEMPORAL_UI_PORT" "$API_PORT")
+[[ -z $OWN_NATS ]] || PORTS+=("$NATS_PORT")
+for port in "${PORTS[@]}"; do
   if port_busy "$port"; then
-    say "port $port on $HOST is already in use: stop what uses it, or set TEMPORAL_PORT / TEMPORAL_UI_PORT / API_PORT"
+    say "port $port on $HOST is already in use: stop what uses it, or set TEMPORAL_PORT / TEMPORAL_UI_PORT / API_PORT / NATS_PORT"
     exit 1
   fi
 done
 
-# The parts, in start order; they are stopped in reverse (API, worker, Temporal). Each runs in
-# its own session (setsid): Ctrl-C reaches only this script, which stops them in order.
+# The parts, in start order; they are stopped in reverse (API, worker, NATS, Temporal). Each
+# runs in its own session (setsid): Ctrl-C reaches only this script, which stops them in order.
 # `exec` keeps one process per part, so $! is the part's own pid.
-PARTS=(temporal worker api)
+PARTS=(temporal)
+[[ -z $OWN_NATS ]] || PARTS+=(nats)
+PARTS+=(worker api)
+# The dev server's one history shard polls its queues 20 times a second by default, so every
+# workflow task waits ~40 ms before a worker sees it; at 500/s an order reaches IN_TRANSIT in
+# ~100-150 ms instead of ~400 (docs/performance.md). For one person trying the system the fast
+# saga is what counts; `make bench` keeps the defaults, which give more throughput.
+POLL_RATES=()
+for queue in transfer timer visibility; do
+  POLL_RATES+=(--dynamic-config-value "history.${queue}ProcessorMaxPollRPS=500")
+done
 run_temporal() {
   exec setsid "$VENV/bin/temporal" server start-dev \
     --ip "$HOST" --port "$TEMPORAL_PORT" --ui-port "$TEMPORAL_UI_PORT" \
     --db-filename "$DATA_DIR/temporal.db" \
     --sqlite-pragma journal_mode=wal --sqlite-pragma synchronous=normal \
     --search-attribute OrderStatus=Keyword --search-attribute CustomerId=Keyword \
-    --log-level warn
+    "${POLL_RATES[@]}" --log-level warn
+}
+run_nats() {
+  # JetStream on, its streams (the events, the dead letters) stored under $DATA_DIR/nats.
+  exec setsid "$VENV/bin/nats-server" -a "$HOST" -p "$NATS_PORT" -js -sd "$DATA_DIR/nats"
 }
 run_worker() { exec setsid "$VENV/bin/python" worker.py; }
 run_api() {
@@ -115,7 +158,8 @@ stop_all() {
   trap - EXIT
   say "stopping..."
   local i name
-  # API first, then the worker (up to 10 s to finish in-flight activities), then Temporal.
+  # API first, then the worker (up to 10 s to finish in-flight activities), then NATS and
+  # Temporal.
   for ((i = ${#PARTS[@]} - 1; i >= 0; i--)); do
     name=${PARTS[i]}
     [[ -n ${part_pid[$name]:-} ]] || continue
@@ -188,13 +232,19 @@ say "starting Temporal dev server (data: $DATA_DIR/temporal.db)"
 start temporal
 wait_until "Temporal" 60 "$VENV/bin/temporal" operator cluster health --address "$TEMPORAL_ADDRESS"
 
+if [[ -n $OWN_NATS ]]; then
+  say "starting NATS with JetStream (data: $DATA_DIR/nats)"
+  start nats
+  wait_until "NATS" 30 port_busy "$NATS_PORT"
+fi
+
 # Migrates the schema (alembic upgrade head) before seeding; the worker and the API migrate too
 # at startup, which is then a no-op.
 say "migrating the database and adding demo dealers ($DATABASE_URL)"
 "$VENV/bin/python" -m store seed
 stop_if_asked
 
-say "starting the worker"
+say "starting the worker (new orders run as: $SAGA_STYLE)"
 start worker
 
 if [[ $AUTH_MODE == dev ]]; then
@@ -210,7 +260,9 @@ cat <<MSG
   Order saga is running.
     API docs        http://$HOST:$API_PORT/docs
     Temporal Web UI $TEMPORAL_UI_URL/namespaces/default/workflows
-    Logs            $DATA_DIR/logs/{temporal,worker,api}.log
+    NATS JetStream  $NATS_URL
+    Saga style      $SAGA_STYLE (of new orders; GET /orders/<order_id> shows each one's)
+    Logs            $DATA_DIR/logs/{temporal,nats,worker,api}.log
 
   Try it:
     curl -s -X POST http://$HOST:$API_PORT/orders -H 'Content-Type: application/json' \\

@@ -1,5 +1,8 @@
 """docker-compose.yml, the production topology: no secret has a default, auth is on, the Web UI
-is private and read-only, the migration job adds no demo data, Temporal TLS is passed through.
+is private and read-only, the migration job adds no demo data, Temporal TLS is passed through;
+the choreographed saga's broker is a three-node JetStream cluster (one pinned image, a volume
+per node, no published port) that the app reaches at all three nodes with three replicas per
+stream and waits for; every worker's healthcheck checks what that worker runs.
 
 The file is parsed with PyYAML (no Docker engine). When `docker-compose` is on PATH it also
 renders the file: with the required secrets, and without each of them.
@@ -14,6 +17,8 @@ from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]
+
+from tests.test_layers import FLOORS
 
 COMPOSE_FILE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
 RAW = COMPOSE_FILE.read_text()
@@ -152,6 +157,115 @@ def test_auth_is_required_and_never_dev():
     assert not re.search(r"AUTH_MODE\W+(\$\{AUTH_MODE\W+)?dev\b", BODY, re.IGNORECASE)
 
 
+# ---------------------------------------------------------------- the NATS JetStream cluster
+
+NATS_IMAGE = re.search(r"&nats-image\s+(\S+)", RAW)
+# The services running the pinned NATS image: the cluster's nodes.
+NATS_SERVICES = sorted(
+    name
+    for name, service in SERVICES.items()
+    if NATS_IMAGE is not None and service.get("image") == NATS_IMAGE.group(1)
+)
+WORKERS = sorted(name for name in APP_SERVICES if name.startswith("worker-"))
+# The app services that run the sagas (the migration job only migrates).
+SAGA_SERVICES = ["api", *WORKERS]
+
+
+def flags(service: dict[str, Any]) -> dict[str, str]:
+    """A nats service's ``--name=value`` command-line flags as a mapping (``--jetstream``: "")."""
+    found = {}
+    for arg in service.get("command") or []:
+        name, _, value = str(arg).partition("=")
+        found[name] = value
+    return found
+
+
+def test_the_nats_nodes_run_the_pinned_image_set_only_in_its_anchor() -> None:
+    assert NATS_IMAGE is not None, "no &nats-image anchor under x-images"
+    image = NATS_IMAGE.group(1)
+    assert re.fullmatch(r"nats:\d+\.\d+\.\d+\S*", image), f"{image} is not pinned"
+    assert NATS_SERVICES == ["nats-1", "nats-2", "nats-3"]
+    # Written once (the anchor); every node takes it from there.
+    assert BODY.count(image) == 1, f"{image} is written out more than once"
+    assert not re.search(r"image:\s*[\"']?nats:", BODY), (
+        "a nats image is written out, not *nats-image"
+    )
+
+
+def test_each_nats_node_keeps_its_store_on_its_own_volume() -> None:
+    declared = set(yaml.safe_load(RAW).get("volumes") or {})
+    volumes = {}
+    for name in NATS_SERVICES:
+        service = SERVICES[name]
+        store = flags(service).get("--store_dir")
+        assert store, f"{name} has no --store_dir"
+        mounts = [str(m).split(":") for m in service.get("volumes") or []]
+        on_store = [source for source, target, *_ in mounts if target == store]
+        assert len(on_store) == 1, f"{name}: no volume mounted at its store {store}: {mounts}"
+        assert on_store[0] in declared, f"{name}: {on_store[0]} is not a named volume"
+        volumes[name] = on_store[0]
+    assert len(set(volumes.values())) == len(NATS_SERVICES), f"a volume is shared: {volumes}"
+
+
+def test_no_nats_node_publishes_a_port() -> None:
+    published = {n: SERVICES[n]["ports"] for n in NATS_SERVICES if SERVICES[n].get("ports")}
+    assert published == {}, f"NATS reachable from outside the compose network: {published}"
+    assert all(SERVICES[n].get("network_mode") != "host" for n in NATS_SERVICES)
+
+
+def test_the_nats_nodes_form_one_jetstream_cluster() -> None:
+    routes = set()
+    for name in NATS_SERVICES:
+        node = flags(SERVICES[name])
+        assert node.get("--name") == name, f"{name}: --name={node.get('--name')}"
+        assert "--jetstream" in node, f"{name}: JetStream is off"
+        cluster_port = node["--cluster"].rsplit(":", 1)[1]
+        routes.add(f"nats://{name}:{cluster_port}")
+    every = [flags(SERVICES[name]) for name in NATS_SERVICES]
+    assert len({node["--cluster_name"] for node in every}) == 1, "not one cluster name"
+    for node in every:
+        assert set(node["--routes"].split(",")) == routes, node["--routes"]
+        # The healthcheck asks this node's monitoring port whether it is current.
+        health = " ".join(SERVICES[node["--name"]]["healthcheck"]["test"])
+        assert f"127.0.0.1:{node['--http_port']}/healthz" in health, health
+
+
+def test_the_app_reaches_every_nats_node_and_keeps_three_replicas() -> None:
+    nodes = {f"nats://{name}:4222" for name in NATS_SERVICES}
+    for name in APP_SERVICES:
+        env = environment(SERVICES[name])
+        assert set(str(env.get("NATS_URL")).split(",")) == nodes, (name, env.get("NATS_URL"))
+        assert str(env.get("NATS_STREAM_REPLICAS")) == str(len(NATS_SERVICES)) == "3", name
+        # The style of new orders comes from the shell or .env; orchestration by default.
+        assert env.get("SAGA_STYLE") == "${SAGA_STYLE:-orchestration}", name
+        assert resolve(env["SAGA_STYLE"]) == "orchestration"
+
+
+def test_every_worker_runs_and_healthchecks_its_own_worker_args() -> None:
+    args: dict[str, str] = {}
+    for name in WORKERS:
+        service = SERVICES[name]
+        args[name] = str(environment(service).get("WORKER_ARGS") or "")
+        assert args[name], f"{name} sets no WORKER_ARGS"
+        assert service["command"] == ["sh", "-c", "exec python worker.py $$WORKER_ARGS"], name
+        assert service["healthcheck"]["test"] == [
+            "CMD-SHELL",
+            "python worker.py --check $$WORKER_ARGS",
+        ], name
+    assert args["worker-events"] == "--events"
+    assert len(set(args.values())) == len(WORKERS), f"two workers run the same: {args}"
+    queues = sorted(a.removeprefix("--queue ") for a in args.values() if a != "--events")
+    assert queues == ["deliveries", "order-process", "orders", "payments"]
+
+
+def test_the_api_and_the_workers_wait_for_every_nats_node_to_be_healthy() -> None:
+    for name in SAGA_SERVICES:
+        depends_on = SERVICES[name].get("depends_on") or {}
+        assert isinstance(depends_on, dict), f"{name}: depends_on without conditions"
+        conditions = {n: (depends_on.get(n) or {}).get("condition") for n in NATS_SERVICES}
+        assert set(conditions.values()) == {"service_healthy"}, (name, conditions)
+
+
 # ---------------------------------------------------------------- rendered by docker-compose
 
 DOCKER_COMPOSE = shutil.which("docker-compose")
@@ -186,6 +300,17 @@ def test_docker_compose_renders_it_with_the_secrets(tmp_path):
     for name, service in services.items():
         if name not in PUBLIC_SERVICES:
             assert all(ip in LOOPBACK for ip in published_host_ips(service)), name
+    # What the containers get: the three nodes, three replicas, the style of the shell (else
+    # orchestration), and each worker's own arguments in its healthcheck (still escaped).
+    style = os.environ.get("SAGA_STYLE") or "orchestration"
+    for name in SAGA_SERVICES:
+        env = environment(services[name])
+        assert env["NATS_URL"] == ",".join(f"nats://{n}:4222" for n in NATS_SERVICES), name
+        assert (str(env["NATS_STREAM_REPLICAS"]), env["SAGA_STYLE"]) == ("3", style)
+    for name in WORKERS:
+        check = services[name]["healthcheck"]["test"][-1]
+        assert check == "python worker.py --check $$WORKER_ARGS", name
+    assert environment(services["worker-events"])["WORKER_ARGS"] == "--events"
 
 
 @needs_docker_compose
@@ -201,3 +326,23 @@ def test_docker_compose_refuses_empty_secrets(tmp_path):
     rendered = render(tmp_path, dict.fromkeys(SECRETS, ""))
     assert rendered.returncode != 0
     assert any(name in rendered.stderr for name in SECRETS), rendered.stderr
+
+
+def test_the_image_and_the_wheel_hold_every_room_of_the_product() -> None:
+    """Each package and top-level module the product imports (the rooms of tests/test_layers.py
+    but the rigs) is copied into the image and packaged in the wheel: a new room left out
+    would start in tests and fail in production with an ImportError."""
+    root = COMPOSE_FILE.parent
+    rooms = [room for room in FLOORS if room not in ("tools", "migrations")]
+    dockerfile = (root / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\S+) \./\1$", dockerfile, re.MULTILINE))
+    copied |= {
+        name.removesuffix(".py")
+        for line in re.findall(r"^COPY ((?:\S+\.py )+)", dockerfile, re.MULTILINE)
+        for name in line.split()
+    }
+    pyproject = (root / "pyproject.toml").read_text()
+    packaged = set(re.findall(r'"(\w+)\*"', pyproject))
+    packaged |= set(re.findall(r'"(\w+)"', pyproject.split("py-modules = ", 1)[1].split("\n")[0]))
+    assert [room for room in rooms if room not in copied] == []
+    assert [room for room in rooms if room not in packaged] == []

@@ -1,4 +1,5 @@
-"""The processes of the chaos run: Temporal dev server, worker (supervised), API.
+"""The processes of the chaos run: Temporal dev server, worker (supervised), API, and for
+the choreographed saga a NATS server with JetStream.
 
 The benchmark (``python -m tools.bench``) runs the same stack with a few options changed: Temporal
 in memory, extra server flags and environment, no fault points, no worker supervision.
@@ -79,6 +80,15 @@ class Stack:
       stack's own variables.
     - ``fault_injection``: False leaves ``CHAOS_FAULT_DIR`` unset, so fault points are no-ops.
     - ``supervise_worker``: False does not restart a worker that died.
+
+    Optional knobs of the choreography run (off by default):
+
+    - ``nats``: also run ``nats-server`` with JetStream on ``nats_port``, its store in
+      ``data_dir/nats``, and export ``NATS_URL`` to the worker and the API.
+    - ``saga_style``: exported as ``SAGA_STYLE`` (the style the API places new orders in).
+    - ``api_fault_dir``: the API's own fault point folder (``CHAOS_FAULT_DIR`` of the API
+      process only), so a point armed there kills the API and not the worker.
+    - ``supervise_api``: restart an API that died, as the worker is.
     """
 
     data_dir: Path
@@ -93,14 +103,22 @@ class Stack:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     fault_injection: bool = True
     supervise_worker: bool = True
+    nats: bool = False
+    nats_port: int = field(default_factory=free_port)
+    saga_style: str | None = None
+    api_fault_dir: Path | None = None
+    supervise_api: bool = False
     fault_dir: Path = field(init=False)
     env: dict[str, str] = field(init=False)
     temporal: Proc = field(init=False)
     worker: Proc = field(init=False)
     api: Proc = field(init=False)
+    broker: Proc | None = field(init=False, default=None)
     worker_deaths: int = 0
+    api_deaths: int = 0
     _supervising: bool = False
     _supervisor: asyncio.Task[None] | None = None
+    _api_supervisor: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         """Lay out the run folder and set up the three processes (none started yet)."""
@@ -109,7 +127,9 @@ class Stack:
         self.env = self._environment()
         self.temporal = Proc("temporal", self._temporal_argv(), self.env, logs / "temporal.log")
         self.worker = Proc("worker", [sys.executable, "worker.py"], self.env, logs / "worker.log")
-        self.api = Proc("api", self._api_argv(), self.env, logs / "api.log")
+        self.api = Proc("api", self._api_argv(), self._api_environment(), logs / "api.log")
+        if self.nats:
+            self.broker = Proc("nats", self._nats_argv(), self.env, logs / "nats.log")
 
     def _make_folders(self) -> Path:
         """Create the run folder, its fault point folder if armed, and its logs folder."""
@@ -139,8 +159,24 @@ class Stack:
         }
         if not self.fault_injection:
             del env["CHAOS_FAULT_DIR"]  # an inherited one too: fault points stay no-ops
+        if self.nats:
+            env["NATS_URL"] = self.nats_url
+        if self.saga_style is not None:
+            env["SAGA_STYLE"] = self.saga_style
         env.update(self.extra_env)
         return env
+
+    def _api_environment(self) -> dict[str, str]:
+        """The worker's environment, with the API's own fault point folder if it has one."""
+        if self.api_fault_dir is None or not self.fault_injection:
+            return self.env
+        self.api_fault_dir.mkdir(parents=True, exist_ok=True)
+        return {**self.env, "CHAOS_FAULT_DIR": str(self.api_fault_dir)}
+
+    def _nats_argv(self) -> list[str]:
+        """``nats-server`` with JetStream on our port, its store in the run folder."""
+        port, store = str(self.nats_port), str(self.data_dir / "nats")
+        return [str(BIN / "nats-server"), "-a", "127.0.0.1", "-p", port, "-js", "-sd", store]
 
     def _temporal_argv(self) -> list[str]:
         """``temporal server start-dev`` on our port, in memory or on its data file."""
@@ -196,14 +232,23 @@ class Stack:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
     async def start(self) -> None:
         await self.start_temporal()
+        if self.broker is not None:
+            await self.start_broker()
         await self.worker.start()
         await self.api.start()
         await self._wait_http(f"{self.api_url}/healthz", 60)
         if self.supervise_worker:
             self._supervising = True
             self._supervisor = asyncio.create_task(self._supervise_worker())
+        if self.supervise_api:
+            self._supervising = True
+            self._api_supervisor = asyncio.create_task(self._supervise_api())
 
     async def start_temporal(self) -> None:
         await self.temporal.start()
@@ -212,6 +257,17 @@ class Stack:
     async def restart_temporal(self, sig: int) -> None:
         await self.temporal.kill(sig)
         await self.start_temporal()
+
+    async def start_broker(self) -> None:
+        assert self.broker is not None, "the stack runs no NATS server (nats=False)"
+        await self.broker.start()
+        await self._wait_tcp(self.nats_port, 60)
+
+    async def restart_broker(self, sig: int) -> None:
+        """Stop the NATS server with ``sig`` and start it again: same port, same store."""
+        assert self.broker is not None, "the stack runs no NATS server (nats=False)"
+        await self.broker.kill(sig)
+        await self.start_broker()
 
     async def kill_worker(self) -> None:
         """SIGKILL the worker now; the supervisor brings it back."""
@@ -228,12 +284,25 @@ class Stack:
             await asyncio.sleep(0.5)
             await self.worker.start()
 
+    async def _supervise_api(self) -> None:
+        # An API killed at a fault point comes back on its port; its clients retry meanwhile.
+        while self._supervising:
+            if self.api.process is not None:
+                await self.api.process.wait()
+                if not self._supervising:
+                    return
+                self.api_deaths += 1
+            await asyncio.sleep(0.5)
+            await self.api.start()
+
     async def stop(self) -> None:
         self._supervising = False
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-        for proc in (self.api, self.worker, self.temporal):
-            await proc.stop()
+        for supervisor in (self._supervisor, self._api_supervisor):
+            if supervisor is not None:
+                supervisor.cancel()
+        for proc in (self.api, self.worker, self.broker, self.temporal):
+            if proc is not None:
+                await proc.stop()
 
     @staticmethod
     async def _wait_tcp(port: int, seconds: float) -> None:
