@@ -29,7 +29,7 @@ from domain.events import Event, EventType, Service
 from domain.payloads import SagaTimeouts, from_cents
 from domain.status import Decision, DeliveryStatus, PaymentStatus
 from services import deliveries, orders, payments
-from store.models import OrderRow, PaymentRow, utcnow
+from store.models import DeliveryRow, OrderRow, PaymentRow, utcnow
 
 
 def saga_id_of(order_id: str) -> str:
@@ -166,15 +166,7 @@ class Handlers:
         dealer free: DeliveryService keeps trying until its dealer window, a deadline in the
         delivery's row, closes (its sweeper)."""
         order_id = confirmed.order_id
-        order = _order(db, order_id)
-        delivery, inserted = deliveries.create_delivery(
-            db,
-            names.delivery_id_for(order_id),
-            order_id,
-            order.province,
-            order.city,
-            saga_id_of(order_id),
-        )
+        delivery, inserted = _create_delivery(db, order_id)
         if not inserted:
             return Outcome(note=f"delivery already {delivery.status}")
         now = utcnow()
@@ -196,15 +188,7 @@ class Handlers:
         delivery = deliveries.delivery_of(db, order_id)
         inserted = False
         if delivery is None:
-            order = _order(db, order_id)
-            delivery, inserted = deliveries.create_delivery(
-                db,
-                names.delivery_id_for(order_id),
-                order_id,
-                order.province,
-                order.city,
-                saga_id_of(order_id),
-            )
+            delivery, inserted = _create_delivery(db, order_id)
         # One guarded update decides: a dealer assigned first (by a sweeper running now, too)
         # is the pivot, and the cancel is refused.
         _, cancelled = deliveries.cancel_delivery(
@@ -290,3 +274,17 @@ def _order(db: Session, order_id: str) -> OrderRow:
     if order is None:  # every event follows the order's creation: a missing row is a fault
         raise LookupError(f"order {order_id} does not exist")
     return order
+
+
+def _create_delivery(db: Session, order_id: str) -> tuple[DeliveryRow, bool]:
+    """The order's delivery, PENDING, to its address (or the existing one); True if written
+    now."""
+    order = _order(db, order_id)
+    return deliveries.create_delivery(
+        db,
+        names.delivery_id_for(order_id),
+        order_id,
+        order.province,
+        order.city,
+        saga_id_of(order_id),
+    )

@@ -24,7 +24,7 @@ from domain.status import Decision, DeliveryStatus, SagaPhase, SagaStyle
 from domain.views import OrderView
 from sagas import views
 from sagas.errors import ConflictError, IdempotencyKeyReusedError, NotFoundError
-from sagas.orchestration import PAST, DecisionAccepted, Placement
+from sagas.orchestration import DecisionAccepted, Placement, won_for
 from services import deliveries, orders, payments
 from settings import Settings
 from store.db import session
@@ -130,15 +130,8 @@ class ChoreographedSagas:
             return taken, list(outcome.emitted)
 
         taken = await self._write(decide)
-        if taken.order_id is None:
-            raise NotFoundError(f"payment {payment_id} does not exist")
-        if taken.winner is None:
-            raise ConflictError(f"payment {payment_id} can no longer be decided: {taken.refusal}")
-        if taken.winner != decision:
-            raise ConflictError(
-                f"payment {payment_id} was already {PAST[taken.winner]} ({taken.winner})"
-            )
-        return DecisionAccepted(taken.order_id, decision, replayed=not taken.applied)
+        order_id = won_for(taken, payment_id, decision)
+        return DecisionAccepted(order_id, decision, replayed=not taken.applied)
 
     async def report_delivered(self, delivery_id: str) -> str:
         """The dealer's report: DeliveryService completes the delivery (and frees its dealer)

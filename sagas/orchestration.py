@@ -158,6 +158,21 @@ def saga_ended_is_conflict(what: str) -> Iterator[None]:
 PAST = {Decision.CONFIRM: "confirmed", Decision.CANCEL: "cancelled", Decision.TIMEOUT: "expired"}
 
 
+def won_for(taken: payment_service.DecisionTaken, payment_id: str, decision: Decision) -> str:
+    """The order id when ``decision`` is the one on record (taken now, or earlier: the same
+    decision again is answered alike). :class:`NotFoundError` for an unknown payment;
+    :class:`ConflictError` naming the decision that won, or saying why none may be taken."""
+    if taken.order_id is None:
+        raise NotFoundError(f"payment {payment_id} does not exist")
+    if taken.winner is None:
+        raise ConflictError(f"payment {payment_id} can no longer be decided: {taken.refusal}")
+    if taken.winner != decision:
+        raise ConflictError(
+            f"payment {payment_id} was already {PAST[taken.winner]} ({taken.winner})"
+        )
+    return taken.order_id
+
+
 class OrchestratedSagas:
     """The door to ``OrderProcessWorkflow`` executions, one per order id. Every answer it
     gives on the hot path (placing an order, reading it, deciding its payment) comes from the
@@ -415,24 +430,17 @@ class OrchestratedSagas:
         """
         decision = Decision.CONFIRM if confirm else Decision.CANCEL
         taken = await asyncio.to_thread(self._take_decision, payment_id, decision)
-        if taken.order_id is None:
-            raise NotFoundError(f"payment {payment_id} does not exist")
-        if taken.winner is None:
-            raise ConflictError(f"payment {payment_id} can no longer be decided: {taken.refusal}")
-        if taken.winner != decision:
-            raise ConflictError(
-                f"payment {payment_id} was already {PAST[taken.winner]} ({taken.winner})"
-            )
+        order_id = won_for(taken, payment_id, decision)
         try:
             with saga_ended_is_conflict(f"payment {payment_id} can no longer be decided"):
-                await self.send_decision(taken.order_id, payment_id, confirm=confirm)
+                await self.send_decision(order_id, payment_id, confirm=confirm)
         except ConflictError:
             if taken.applied:  # recorded by this call for a saga that is gone: take it back
                 await asyncio.to_thread(self._withdraw_decision, payment_id, decision)
                 raise
             # The same decision again, after its saga ended: a decision that stays recorded
             # reached the saga (one that could not is withdrawn), so the answer is the first's.
-        return DecisionAccepted(taken.order_id, decision, replayed=not taken.applied)
+        return DecisionAccepted(order_id, decision, replayed=not taken.applied)
 
     def _withdraw_decision(self, payment_id: str, decision: Decision) -> None:
         with session(self._engine) as db:
