@@ -1,7 +1,10 @@
 """``python -m tools.bench``: the saga measured on a real stack (``make bench``).
 
-    python -m tools.bench                     # default size, a few minutes on 2 cores
+    python -m tools.bench                     # default size, under 4 minutes on 2 cores
     python -m tools.bench --sagas 500 --concurrency 100 --phases saga-local,baseline-local
+    python -m tools.bench --phases http-unloaded,decision --unloaded-orders 100
+    python -m tools.bench --phases http --rate 4 --http-seconds 30
+    python -m tools.bench --phases saga-remote,http,choreography --style-sagas 300
     python -m tools.bench --database-url postgresql://postgres@127.0.0.1:5432/bench
     python -m tools.bench --server-arg=--dynamic-config-value \\
                     --server-arg=history.transferProcessorMaxPollRPS=100
@@ -10,14 +13,42 @@
 
 Each run starts its own stack in a new folder ``.bench/<timestamp>/`` (logs, the service
 database): the Temporal dev server in memory (``--db-file`` for a data file), the saga
-worker, the API, and for ``python -m tools.bench`` a worker for the baseline workflow.
+worker, the API, and for ``python -m tools.bench`` a worker for the baseline workflow; with
+the ``choreography`` phase also a NATS server with JetStream (the worker then runs the
+choreographed saga's consumers, relay and sweepers too) and a second API that places orders
+in the choreographed style (``SAGA_STYLE=choreography``) on its own port.
 
-``python -m tools.bench`` runs the phases ``baseline-remote``, ``saga-remote``, ``baseline-local``,
-``saga-local`` (closed loops through the Temporal client) and ``http`` (an open loop through
-the API, whose sagas run in remote mode), prints tables and writes ``result.json`` (also
-``.bench/latest.json``). Its last line is
+``python -m tools.bench`` runs these phases, one after the other on the same stack:
+
+- ``baseline-remote``, ``saga-remote``, ``baseline-local``, ``saga-local``: closed loops
+  through the Temporal client (``--sagas`` each, ``--concurrency`` in flight, after
+  ``--warmup`` uncounted), the saga against a baseline workflow with its round trips and
+  no-op steps (``tools/bench/baseline.py``);
+- ``history``: one delivered saga of shape 1 and one of the latest shape, and the baseline:
+  events and workflow tasks in each one's history;
+- ``http-unloaded``: ``--unloaded-orders`` orders through the API, one at a time:
+  ``POST /orders``, its confirm at once, and the time to IN_TRANSIT and to DELIVERED;
+- ``decision``: the API's confirm (a compare-and-set in the database, then a signal) against a
+  Temporal update with a validator on a probe workflow, ``--decisions`` of each, one at a
+  time;
+- ``http``: an open loop through the API (its sagas run in remote mode) at ``--rate``
+  orders/s, by default ``--rate-fraction`` (80 %) of the sagas/s ``saga-remote`` reached in
+  this run; each order confirmed at once, one in ``--cancel-every`` cancelled instead;
+- ``choreography``: the choreographed saga against the orchestrated one, on the same stack,
+  each through its own API (the dealer reporting through the same API):
+  ``saturation-orchestration`` then ``saturation-choreography``, closed loops of
+  ``--style-sagas`` (``--concurrency`` in flight, after ``--warmup`` uncounted), each order
+  placed, confirmed at once and followed to DELIVERED; then ``http-choreography``, the
+  ``http`` phase's open loop at the same rate through the choreography API.
+
+It prints tables (the phases, the ratios, the HTTP calls, the histories, the decision
+mechanisms, the two saga styles side by side, the targets met or not) and writes
+``result.json`` (also ``.bench/latest.json``). Its last line is
 ``bench: <sagas/s> sagas/s, ratio <x> to baseline, p99 <ms> ms``: the saga in the step mode
-``--mode`` (default remote) against the baseline in the same mode.
+``--mode`` (default remote) against the baseline in the same mode. When the ``choreography``
+phase ran, the line before it is
+``bench-choreography: <sagas/s> sagas/s, ratio <x> to orchestration, p99 <ms> ms``: the
+closed loop through the choreography API against the one through the orchestration API.
 
 ``python -m tools.bench scale`` ends with
 ``bench-scale: <N> open sagas, worker RSS <MB> MB, confirm p99 <a> ms at 1000 and <b> ms at

@@ -1,10 +1,13 @@
-"""The HTTP phase: orders placed and confirmed through the API at a fixed rate (open loop).
+"""Orders through the API: the calls a customer makes, and the open loop of the ``http`` phase.
 
-Each tick posts ``/orders`` (with an Idempotency-Key) and, as soon as the order is there
-with its payment, ``/payments/{id}/confirm``; the :class:`~tools.bench.driver.Dealer` reports the
-delivery over HTTP (``POST /deliveries/{id}/delivered``). The phase ends when every
-accepted order is DELIVERED in the database. A request that does not get a 2xx is counted,
-and its saga is a failure.
+A customer posts ``/orders`` (with an Idempotency-Key) and gets **202** with the order id
+and its payment id as soon as Temporal has durably accepted the saga; they decide at once,
+without waiting for the payment to exist: ``/payments/{id}/confirm``, or for one order in
+``cancel_every`` ``/payments/{id}/cancel``. The :class:`~tools.bench.driver.Dealer` reports
+each delivery over HTTP (``POST /deliveries/{id}/delivered``). The open loop ends when every
+confirmed order is DELIVERED and every cancelled one CANCELLED in the database. A request
+that does not get its 2xx is counted, and its saga is a failure; so is a saga that ends the
+other way.
 """
 
 import asyncio
@@ -17,31 +20,89 @@ from dataclasses import dataclass, field
 import httpx
 from sqlmodel import col, select
 
-from domain import names
 from domain.status import OrderStatus
 from store.models import OrderRow
 from tools.bench.driver import order_request
 from tools.bench.environment import BenchStack, compile_query, read_rows
 
-PAYMENT_WAIT_SECONDS = 30.0
-PAYMENT_RETRY_SECONDS = 0.2
 DB_POLL_SECONDS = 0.1
+ENDED = (OrderStatus.DELIVERED.value, OrderStatus.CANCELLED.value)
 
 
 @dataclass
-class HttpLoad:
-    """What the phase measured (latencies in seconds, as taken)."""
+class ApiCalls:
+    """The customer's calls and what they answered (latencies in seconds, as taken)."""
+
+    order_seconds: list[float] = field(default_factory=list)  # POST /orders
+    confirm_seconds: list[float] = field(default_factory=list)  # POST /payments/{id}/confirm
+    cancel_seconds: list[float] = field(default_factory=list)  # POST /payments/{id}/cancel
+    order_answers: Counter[str] = field(default_factory=Counter)  # POST /orders by status
+    non_2xx: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+
+    def refused(self, call: str, response: httpx.Response, what: str) -> None:
+        self.non_2xx[f"{call} {response.status_code}"] += 1
+        self.problems.append(f"{what} answered {response.status_code}: {response.text[:200]}")
+
+
+@dataclass(frozen=True)
+class Placed:
+    """An order the API accepted: its id and its payment's, as the 202 gave them."""
+
+    order_id: str
+    payment_id: str
+
+
+async def place_order(
+    http: httpx.AsyncClient, calls: ApiCalls, index: int, key: str
+) -> Placed | None:
+    """POST /orders; the ids of the order the API accepted (202, or a 201/200 carrying the
+    order), None if it refused."""
+    body = order_request(index).model_dump(mode="json")
+    started = time.perf_counter()
+    created = await http.post("/orders", json=body, headers={"Idempotency-Key": key})
+    calls.order_seconds.append(time.perf_counter() - started)
+    calls.order_answers[str(created.status_code)] += 1
+    if created.status_code not in (200, 201, 202):
+        calls.refused("POST /orders", created, f"POST /orders of {key}")
+        return None
+    answer = created.json()
+    payment_id = answer.get("payment_id") or answer["payment"]["payment_id"]
+    return Placed(answer["order_id"], payment_id)
+
+
+async def decide(
+    http: httpx.AsyncClient, calls: ApiCalls, placed: Placed, *, confirm: bool
+) -> bool:
+    """Confirm (or cancel) the order's payment; whether the API took it (202)."""
+    verb = "confirm" if confirm else "cancel"
+    started = time.perf_counter()
+    answered = await http.post(f"/payments/{placed.payment_id}/{verb}")
+    (calls.confirm_seconds if confirm else calls.cancel_seconds).append(
+        time.perf_counter() - started
+    )
+    if answered.status_code != 202:
+        calls.refused(
+            f"POST /payments/{{id}}/{verb}", answered, f"{verb} of order {placed.order_id}"
+        )
+        return False
+    return True
+
+
+def cancels(index: int, cancel_every: int) -> bool:
+    """Whether order ``index`` is cancelled rather than confirmed (one in ``cancel_every``;
+    0: none)."""
+    return cancel_every > 0 and index % cancel_every == cancel_every - 1
+
+
+@dataclass
+class HttpLoad(ApiCalls):
+    """What the open loop measured."""
 
     requested: int = 0
-    order_seconds: list[float] = field(default_factory=list)
-    confirm_seconds: list[float] = field(default_factory=list)
     e2e_seconds: list[float] = field(default_factory=list)  # POST /orders .. DELIVERED seen
-    non_2xx: Counter[str] = field(default_factory=Counter)
-    answered_202: int = 0
-    confirm_404: int = 0  # confirms of a 202's payment before it existed (retried)
-    problems: list[str] = field(default_factory=list)
-    delivered: int = 0
-    seconds: float = 0.0  # first request .. last order seen DELIVERED
+    cancelled: int = 0  # cancelled orders seen CANCELLED
+    seconds: float = 0.0  # first request .. last order seen ended
 
 
 async def http_load(
@@ -52,45 +113,48 @@ async def http_load(
     seconds: float,
     tag: str,
     settle_within: float,
+    cancel_every: int,
     on_request: Callable[[], None] = lambda: None,
 ) -> HttpLoad:
-    """Place ``rate * seconds`` orders at ``rate`` per second, then wait (at most
-    ``settle_within`` seconds after the last request) until every accepted one is DELIVERED.
-    ``tag`` makes the Idempotency-Keys unique to the call."""
+    """Place ``rate * seconds`` orders at ``rate`` per second, each decided at once, then
+    wait (at most ``settle_within`` seconds after the last request) until every accepted
+    one has ended as decided. ``tag`` makes the Idempotency-Keys unique to the call."""
     load = HttpLoad(requested=round(rate * seconds))
     first = asyncio.get_running_loop().time()
     first_sent = time.perf_counter()
-    orders = _OpenLoop(bench, http, load, tag, on_request, last_delivered=first_sent)
-    delivered_sql = compile_query(
-        bench.engine, select(OrderRow.id).where(col(OrderRow.status) == OrderStatus.DELIVERED.value)
+    orders = _OpenLoop(bench, http, load, tag, cancel_every, on_request, last_ended=first_sent)
+    ended_sql = compile_query(
+        bench.engine,
+        select(OrderRow.id, OrderRow.status).where(col(OrderRow.status).in_(ENDED)),
     )
-    watcher = asyncio.create_task(orders.watch(delivered_sql, settle_within))
+    watcher = asyncio.create_task(orders.watch(ended_sql, settle_within))
     try:
         await orders.send_all(rate, first)
         orders.placing = False
         await watcher
     finally:
         watcher.cancel()
-    load.delivered = len(load.e2e_seconds)
-    load.seconds = orders.last_delivered - first_sent
+    load.seconds = orders.last_ended - first_sent
     load.problems += [
-        f"order {o} not DELIVERED within {settle_within:.0f}s" for o in orders.accepted
+        f"order {o} not {expected} within {settle_within:.0f}s"
+        for o, (_, expected) in orders.accepted.items()
     ]
     return load
 
 
 @dataclass
 class _OpenLoop:
-    """One HTTP load: the orders being placed, and the accepted ones not yet DELIVERED."""
+    """One HTTP load: the orders being placed, and the accepted ones not yet ended."""
 
     bench: BenchStack
     http: httpx.AsyncClient
     load: HttpLoad
     tag: str
+    cancel_every: int
     on_request: Callable[[], None]
-    last_delivered: float  # when an order was last seen DELIVERED
-    # Order id -> when its POST /orders was sent, until it is seen DELIVERED.
-    accepted: dict[str, float] = field(default_factory=dict)
+    last_ended: float  # when an order was last seen ended
+    # Order id -> when its POST /orders was sent and how it must end, until it is seen ended.
+    accepted: dict[str, tuple[float, str]] = field(default_factory=dict)
     placing: bool = True
 
     async def send_all(self, rate: float, first: float) -> None:
@@ -104,70 +168,41 @@ class _OpenLoop:
         await asyncio.gather(*tasks)
 
     async def place(self, index: int) -> None:
-        """Place order ``index`` and confirm it; keep it to watch if both were accepted."""
+        """Place order ``index`` and decide it; keep it to watch if both were accepted."""
         sent = time.perf_counter()
+        key = f"{self.tag}-{index}"
+        confirm = not cancels(index, self.cancel_every)
         try:
-            order_id = await _place_and_confirm(self.http, self.load, index, f"{self.tag}-{index}")
+            placed = await place_order(self.http, self.load, index, key)
+            if placed is None or not await decide(self.http, self.load, placed, confirm=confirm):
+                return
         except httpx.HTTPError as err:
             self.load.non_2xx[f"{type(err).__name__}"] += 1
-            self.load.problems.append(f"order {self.tag}-{index}: {type(err).__name__}: {err}")
+            self.load.problems.append(f"order {key}: {type(err).__name__}: {err}")
             return
         finally:
             self.on_request()
-        if order_id is not None:
-            self.accepted[order_id] = sent
+        expected = OrderStatus.DELIVERED if confirm else OrderStatus.CANCELLED
+        self.accepted[placed.order_id] = (sent, expected.value)
 
-    async def watch(self, delivered_sql: str, settle_within: float) -> None:
-        """See orders reach DELIVERED while they are still being placed (their e2e time)."""
+    async def watch(self, ended_sql: str, settle_within: float) -> None:
+        """See orders end while they are still being placed (their e2e time)."""
         deadline = math.inf
         while self.placing or (self.accepted and time.perf_counter() < deadline):
             if not self.placing and deadline == math.inf:
                 deadline = time.perf_counter() + settle_within
-            rows = await asyncio.to_thread(read_rows, self.bench.engine, delivered_sql)
+            rows = await asyncio.to_thread(read_rows, self.bench.engine, ended_sql)
             now = time.perf_counter()
-            for (order_id,) in rows:
-                sent = self.accepted.pop(order_id, None)
-                if sent is not None:
+            for order_id, status in rows:
+                watched = self.accepted.pop(order_id, None)
+                if watched is None:
+                    continue
+                sent, expected = watched
+                self.last_ended = now
+                if status != expected:
+                    self.load.problems.append(f"order {order_id} ended {status}, not {expected}")
+                elif status == OrderStatus.DELIVERED.value:
                     self.load.e2e_seconds.append(now - sent)
-                    self.last_delivered = now
+                else:
+                    self.load.cancelled += 1
             await asyncio.sleep(DB_POLL_SECONDS)
-
-
-async def _place_and_confirm(
-    http: httpx.AsyncClient, load: HttpLoad, index: int, key: str
-) -> str | None:
-    """POST /orders then confirm its payment; the order id, or None if a call failed."""
-    body = order_request(index).model_dump(mode="json")
-    started = time.perf_counter()
-    created = await http.post("/orders", json=body, headers={"Idempotency-Key": key})
-    load.order_seconds.append(time.perf_counter() - started)
-    if created.status_code not in (201, 202):
-        load.non_2xx[f"POST /orders {created.status_code}"] += 1
-        load.problems.append(f"POST /orders answered {created.status_code}: {created.text[:200]}")
-        return None
-    order_id: str = created.json()["order_id"]
-    if created.status_code == 201:
-        payment_id: str = created.json()["payment"]["payment_id"]
-    else:
-        # The payment was not there within ORDER_CREATE_WAIT_SECONDS. Its id is known (one
-        # payment per order, names.payment_id_for); confirm it as soon as it exists. Not by
-        # polling GET /orders/{id}: each GET queries the saga, more load on a stack that is
-        # already behind.
-        load.answered_202 += 1
-        payment_id = names.payment_id_for(order_id)
-    deadline = time.perf_counter() + PAYMENT_WAIT_SECONDS
-    while True:
-        started = time.perf_counter()
-        confirmed = await http.post(f"/payments/{payment_id}/confirm")
-        if confirmed.status_code != 404 or time.perf_counter() > deadline:
-            break
-        load.confirm_404 += 1  # not created yet: try again shortly
-        await asyncio.sleep(PAYMENT_RETRY_SECONDS)
-    load.confirm_seconds.append(time.perf_counter() - started)
-    if confirmed.status_code != 202:
-        load.non_2xx[f"POST /payments/{{id}}/confirm {confirmed.status_code}"] += 1
-        load.problems.append(
-            f"confirm of order {order_id} answered {confirmed.status_code}: {confirmed.text[:200]}"
-        )
-        return None
-    return order_id

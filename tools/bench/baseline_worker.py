@@ -1,6 +1,7 @@
 """``python -m tools.bench.baseline_worker``: the worker process of the baseline workflow.
 
-Polls ``bench-baseline`` (the workflow, and its local activities) and
+Polls ``bench-baseline`` (the workflow and its local activities, and the decision probe of
+``tools/bench/decision_probe.py``) and
 ``bench-baseline-activities`` (the remote no-op activities), on the Temporal server named by
 ``TEMPORAL_ADDRESS``, until SIGTERM or SIGINT. It runs workflows in the same sandbox
 configuration as the saga's worker, so the two compare like for like.
@@ -22,6 +23,7 @@ from tools.bench.baseline import (
     BaselineWorkflow,
     noop,
 )
+from tools.bench.decision_probe import DecisionProbeWorkflow
 from worker import workflow_runner
 
 
@@ -41,7 +43,7 @@ async def serve(settings: Settings) -> None:
                 Worker(
                     client,
                     task_queue=BASELINE_TASK_QUEUE,
-                    workflows=[BaselineWorkflow],
+                    workflows=[BaselineWorkflow, DecisionProbeWorkflow],
                     workflow_runner=workflow_runner(),
                     activities=[noop],
                     activity_executor=executor,

@@ -1,8 +1,15 @@
-"""The stack of one bench run: Temporal (in memory), saga worker, API, baseline worker.
+"""The stack of one bench run: Temporal (in memory), saga worker, API, baseline worker, and
+for the choreographed saga a NATS server and a second API.
 
 Built on :class:`tools.chaos.stack.Stack` (the chaos run's processes) with the benchmark's options:
 Temporal without a data file unless one is asked for, no fault points, no worker
 supervision (a worker that dies fails the run instead of hiding in the numbers).
+
+With ``StackOptions.choreography`` the stack also runs ``nats-server`` with JetStream (so the
+worker runs the choreographed saga's consumers, relay and sweepers too) and a second API with
+``SAGA_STYLE=choreography`` on its own port: each API places new orders in its own style, and
+the door steers every existing order in the style it was placed with, so reports and reads go
+through either API.
 """
 
 import asyncio
@@ -28,11 +35,12 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from domain import names
+from domain.status import SagaStyle
 from store.db import drop_schema, make_engine, migrate, normalise_url, read_session, session
 from store.seed import new_dealer
 from tools.bench.baseline import BASELINE_ACTIVITY_TASK_QUEUE, BASELINE_TASK_QUEUE
 from tools.bench.procstat import ResourceMonitor
-from tools.chaos.stack import ROOT, Proc, Stack
+from tools.chaos.stack import ROOT, Proc, Stack, free_port
 
 BENCH_DIR = ROOT / ".bench"
 PROVINCE = CITY = "Tehran"
@@ -41,6 +49,9 @@ DEALERS = 20
 DEALER_CAPACITY = 10_000
 DEALER_WINDOW_SECONDS = 20.0
 READY_SECONDS = 60.0
+# The names the resource monitor gives the choreography's processes (CPU and RSS by name).
+NATS = "nats"
+CHOREOGRAPHY_API = "api-choreography"
 
 WORKFLOW = TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW
 ACTIVITY = TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
@@ -66,13 +77,14 @@ class StackOptions:
     server_args: Sequence[str] = ()
     payment_window_seconds: float = 1800.0
     baseline: bool = True
+    choreography: bool = False  # also a NATS server and an API placing choreographed orders
 
 
-def api_client(bench: "BenchStack") -> httpx.AsyncClient:
-    """An HTTP client for the stack's API that never queues requests behind its own pool
-    (an open loop must measure the API, not the client)."""
+def api_client(bench: "BenchStack", base_url: str | None = None) -> httpx.AsyncClient:
+    """An HTTP client for the stack's API (or the API at ``base_url``) that never queues
+    requests behind its own pool (an open loop must measure the API, not the client)."""
     return httpx.AsyncClient(
-        base_url=bench.stack.api_url,
+        base_url=base_url or bench.stack.api_url,
         timeout=httpx.Timeout(60, connect=5),
         limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
     )
@@ -123,7 +135,11 @@ def read_rows(engine: Engine, sql: str) -> list[tuple[Any, ...]]:
 
 @dataclass
 class BenchStack:
-    """The running processes, a Temporal client, the database engine and the resource monitor."""
+    """The running processes, a Temporal client, the database engine and the resource monitor.
+
+    ``choreography_api`` (with ``choreography_api_url``) is the API that places choreographed
+    orders; None unless the stack was started with ``StackOptions.choreography``.
+    """
 
     run_dir: Path
     stack: Stack
@@ -131,12 +147,13 @@ class BenchStack:
     client: Client
     engine: Engine
     monitor: ResourceMonitor
+    choreography_api: Proc | None = None
+    choreography_api_url: str | None = None
 
     def check_alive(self) -> None:
         """Raise BenchError if any process of the stack has exited."""
         procs = [self.stack.temporal, self.stack.worker, self.stack.api]
-        if self.baseline is not None:
-            procs.append(self.baseline)
+        procs += [p for p in (self.stack.broker, self.choreography_api, self.baseline) if p]
         for proc in procs:
             if not proc.alive:
                 raise BenchError(f"the {proc.name} process exited; see {proc.log}")
@@ -160,9 +177,14 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
         temporal_in_memory=options.db_file is None,
         temporal_db_file=options.db_file,
         server_args=list(options.server_args),
-        extra_env={"LOG_LEVEL": "WARNING"},
+        # Without a NATS server of its own, a NATS_URL inherited from the shell (a system NATS)
+        # is blanked: the worker would otherwise run the choreography against it.
+        extra_env={"LOG_LEVEL": "WARNING", **({} if options.choreography else {"NATS_URL": ""})},
         fault_injection=False,
         supervise_worker=False,
+        nats=options.choreography,
+        # Explicit, whatever the shell says: this API measures the orchestrated saga.
+        saga_style=SagaStyle.ORCHESTRATION.value,
     )
     baseline = (
         Proc(
@@ -174,33 +196,80 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
         if options.baseline
         else None
     )
-    _started.extend(p for p in (stack.temporal, stack.worker, stack.api, baseline) if p)
+    choreography_port = free_port()
+    choreography_api = _choreography_api(stack, choreography_port) if options.choreography else None
+    extras = [p for p in (baseline, choreography_api) if p is not None]
+    _started.extend([stack.temporal, stack.worker, stack.api, *extras])
+    if stack.broker is not None:
+        _started.append(stack.broker)
     monitor: ResourceMonitor | None = None
     if options.db_file is not None:
         options.db_file.parent.mkdir(parents=True, exist_ok=True)
     try:
-        await _start(stack, baseline)
+        await _start(stack, extras)
         client = await Client.connect(
             stack.temporal_address, data_converter=pydantic_data_converter
         )
         bench = BenchStack(run_dir, stack, baseline, client, engine, ResourceMonitor({}))
+        if choreography_api is not None:
+            bench.choreography_api = choreography_api
+            bench.choreography_api_url = f"http://127.0.0.1:{choreography_port}"
+            await _wait_healthy(bench, bench.choreography_api_url)
         queues = SAGA_QUEUES + (BASELINE_QUEUES if baseline is not None else ())
         await _wait_for_pollers(bench, queues)
-        leaders = {
-            "worker": _pid(stack.worker),
-            "server": _pid(stack.temporal),
-            "api": _pid(stack.api),
-        }
-        if baseline is not None:
-            leaders["baseline"] = _pid(baseline)
-        monitor = bench.monitor = ResourceMonitor(leaders)
+        monitor = bench.monitor = ResourceMonitor(_leaders(bench))
         monitor.start()
         yield bench
     finally:
         if monitor is not None:
             await monitor.stop()
-        await _stop_all(stack, baseline)
+        await _stop_all(stack, extras)
         engine.dispose()
+
+
+def _choreography_api(stack: Stack, port: int) -> Proc:
+    """A second API (not started), placing new orders in the choreographed style: the stack's
+    API command line and environment, on ``port``, with ``SAGA_STYLE=choreography``."""
+    argv = list(stack.api.argv)
+    argv[argv.index("--port") + 1] = str(port)
+    return Proc(
+        CHOREOGRAPHY_API,
+        argv,
+        {**stack.env, "SAGA_STYLE": SagaStyle.CHOREOGRAPHY.value},
+        stack.data_dir / "logs" / f"{CHOREOGRAPHY_API}.log",
+    )
+
+
+def _leaders(bench: BenchStack) -> dict[str, int]:
+    """The session leader of each process the monitor measures, by the name it reports."""
+    stack = bench.stack
+    leaders = {"worker": _pid(stack.worker), "server": _pid(stack.temporal), "api": _pid(stack.api)}
+    if bench.baseline is not None:
+        leaders["baseline"] = _pid(bench.baseline)
+    if stack.broker is not None:
+        leaders[NATS] = _pid(stack.broker)
+    if bench.choreography_api is not None:
+        leaders[CHOREOGRAPHY_API] = _pid(bench.choreography_api)
+    return leaders
+
+
+async def _wait_healthy(bench: BenchStack, url: str) -> None:
+    """Wait until the API at ``url`` answers ``/healthz`` (BenchError if a process dies or
+    it does not within READY_SECONDS)."""
+    # The stack's own readiness check, for an API the stack does not start itself.
+    waiting = asyncio.create_task(Stack._wait_http(f"{url}/healthz", READY_SECONDS))
+    try:
+        while not waiting.done():
+            await asyncio.wait({waiting}, timeout=0.2)
+            bench.check_alive()
+        waiting.result()
+    except TimeoutError:
+        raise BenchError(f"the API at {url} did not answer within {READY_SECONDS:.0f} s") from None
+    finally:
+        if not waiting.done():
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
 
 
 # Every process started, for kill_leftovers().
@@ -217,11 +286,12 @@ def kill_leftovers() -> None:
                 os.killpg(proc.process.pid, signal.SIGKILL)
 
 
-async def _start(stack: Stack, baseline: Proc | None) -> None:
+async def _start(stack: Stack, extras: Sequence[Proc]) -> None:
     """Start the stack, failing fast (with the log to read) when a process exits meanwhile:
-    Stack.start would otherwise wait out its full readiness timeout."""
+    Stack.start would otherwise wait out its full readiness timeout. Then start ``extras``
+    (the bench's own processes: baseline worker, choreography API), without waiting."""
     starting = asyncio.create_task(stack.start())
-    procs = [stack.temporal, stack.worker, stack.api]
+    procs = [p for p in (stack.temporal, stack.broker, stack.worker, stack.api) if p]
     try:
         while not starting.done():
             await asyncio.wait({starting}, timeout=0.2)
@@ -239,13 +309,13 @@ async def _start(stack: Stack, baseline: Proc | None) -> None:
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
-    if baseline is not None:
-        await baseline.start()
+    for proc in extras:
+        await proc.start()
 
 
-async def _stop_all(stack: Stack, baseline: Proc | None) -> None:
-    if baseline is not None:
-        await baseline.stop()
+async def _stop_all(stack: Stack, extras: Sequence[Proc]) -> None:
+    for proc in extras:
+        await proc.stop()
     await stack.stop()
 
 

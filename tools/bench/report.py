@@ -2,30 +2,34 @@
 
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from domain.payloads import StepMode
+from domain.status import SagaStyle
 from tools.bench.stats import Latency
 
 PhaseKind = Literal["baseline", "saga", "http"]
 
 
 class HttpDetail(BaseModel):
-    """The HTTP phase's own numbers."""
+    """An HTTP phase's own numbers."""
 
-    rate_per_s: float  # requests per second: POST /orders and confirms together
-    orders_per_s: float  # half of it: each order is one POST /orders and one confirm
-    seconds: float
-    orders: Latency  # POST /orders until its answer (201 carries the payment id)
-    confirms: Latency  # POST /payments/{id}/confirm
+    orders_per_s: float  # orders placed per second (open loop; NaN: one at a time)
+    rate_source: str  # how that rate was chosen
+    seconds: float  # how long orders were placed (NaN: one at a time)
+    cancel_every: int  # one order in this many is cancelled instead of confirmed (0: none)
+    orders: Latency  # POST /orders until its answer (202: the saga is durably started)
+    confirms: Latency  # POST /payments/{id}/confirm, sent as soon as the 202 is in
+    cancels: Latency  # POST /payments/{id}/cancel, likewise
+    in_transit: Latency | None = None  # POST /orders .. delivery IN_TRANSIT seen (unloaded)
+    healthz: Latency | None = None  # GET /healthz before each order, for reference (unloaded)
     delivered_reports: Latency  # POST /deliveries/{id}/delivered, the dealer's calls
+    order_answers: dict[str, int]  # POST /orders by status code
     non_2xx: dict[str, int]
-    answered_202: int
-    confirm_404: int  # a 202's payment confirmed before it existed; retried every 0.2 s
     reports_refused_409: int  # the saga had not seen its pivot yet; the dealer retried
 
 
@@ -34,17 +38,21 @@ class PhaseResult(BaseModel):
 
     name: str
     kind: PhaseKind
-    mode: StepMode
+    mode: StepMode | None  # the saga's step mode (None: choreographed, no Temporal steps)
+    style: SagaStyle = SagaStyle.ORCHESTRATION
     sagas: int
     delivered: int
+    cancelled: int = 0  # ended CANCELLED as the bench asked (HTTP phases' cancels)
     failures: int
     failure_samples: list[str]
     warmup: int
     seconds: float
-    sagas_per_s: float
+    sagas_per_s: float  # sagas ended (delivered or, as asked, cancelled) per second
     e2e: Latency  # start call .. result (HTTP: POST /orders .. DELIVERED seen in the DB)
     cpu_s: dict[str, float]  # per process over the measured part: worker, baseline, ...
-    cpu_ms_per_saga: dict[str, float]  # worker (the one running this phase), server, api
+    # By role: worker (the one running this phase), server (Temporal), api (the API the phase
+    # calls), nats (when it runs), bench, stack (every process of the stack together).
+    cpu_ms_per_saga: dict[str, float]
     rss_max_mb: dict[str, float]
     dealer_queries: int = 0  # the dealer's own state queries (signal path)
     dealer_not_yet: int = 0  # reports held back: the saga had not seen its pivot yet
@@ -62,6 +70,53 @@ class Ratio(BaseModel):
     p99: float
 
 
+class HistoryShape(BaseModel):
+    """One delivered workflow's history (the ``history`` phase): how many events, of which
+    workflow tasks completed, activity tasks scheduled, timers started, search-attribute
+    upserts, signals received."""
+
+    name: str
+    shape: int | None = None  # the saga's shape (None: the baseline)
+    seconds: float = math.nan  # start call .. result
+    events: int = 0
+    workflow_tasks: int = 0
+    activities: int = 0
+    timers: int = 0
+    upserts: int = 0
+    signals: int = 0
+    workflow_task_wait_ms: float = math.nan  # mean, task scheduled .. started
+    activity_wait_ms: float = math.nan  # mean, task scheduled .. started
+    problem: str | None = None
+
+
+class DecisionResult(BaseModel):
+    """The ``decision`` phase: the API's confirm (compare-and-set in the database, then a
+    signal) against a Temporal update with a validator, one at a time on an idle stack."""
+
+    samples: int
+    api_confirm: Latency  # POST /payments/{id}/confirm, its saga waiting for it, over HTTP
+    temporal_update: Latency  # execute_update on a waiting probe workflow, from the client
+    temporal_update_fresh: Latency  # the same on a probe just started
+    workflow_start: Latency  # that probe's start_workflow RPC, for reference
+    update_over_confirm_p50: float  # waiting probe over API confirm
+    update_over_confirm_p99: float
+    failures: int
+    failure_samples: list[str]
+
+
+class Target(BaseModel):
+    """One of the performance targets and what this run measured (reported, never asserted:
+    timings on a shared machine are noisy). ``met`` is None when the run did not measure it."""
+
+    target: str
+    phase: str
+    measured: float
+    limit: float
+    unit: Literal["ms", "x"]
+    at_least: bool = False  # met at or above the limit (a ratio), not below it
+    met: bool | None
+
+
 class BenchResult(BaseModel):
     """The whole run (written as ``result.json``)."""
 
@@ -73,15 +128,35 @@ class BenchResult(BaseModel):
     phases: list[PhaseResult]
     ratios: list[Ratio]
     rss_run_max_mb: dict[str, float]
+    history: list[HistoryShape] = []
+    decision: DecisionResult | None = None
+    targets: list[Target] = []
     dealer_errors: list[str]  # the first few failed report attempts (each was retried)
     failures: int
     summary: str
+    # ``bench-choreography: ...`` when the choreography phase ran (printed before ``summary``).
+    summary_choreography: str | None = None
 
+
+# The choreography phase's parts, by style: a closed loop through each style's API, and the
+# open loop (the ``http`` phase's for orchestration) at the same rate.
+SATURATION = {
+    SagaStyle.ORCHESTRATION: "saturation-orchestration",
+    SagaStyle.CHOREOGRAPHY: "saturation-choreography",
+}
+OPEN_LOOP = {SagaStyle.ORCHESTRATION: "http", SagaStyle.CHOREOGRAPHY: "http-choreography"}
+ORCH, CHOR = SagaStyle.ORCHESTRATION, SagaStyle.CHOREOGRAPHY
 
 RATIOS = (
     ("saga-local", "baseline-local", "same Temporal round trips, local steps"),
     ("saga-remote", "baseline-remote", "same Temporal round trips, remote steps"),
     ("saga-local", "saga-remote", "local steps vs the naive saga"),
+    (
+        SATURATION[CHOR],
+        SATURATION[ORCH],
+        "choreography vs orchestration, closed loop through the API",
+    ),
+    (OPEN_LOOP[CHOR], OPEN_LOOP[ORCH], "choreography vs orchestration, open loop at the same rate"),
 )
 
 
@@ -104,6 +179,55 @@ def ratios(phases: dict[str, PhaseResult]) -> list[Ratio]:
     return found
 
 
+# (what, phase, the number from that phase, limit, unit): the issue's targets.
+TARGETS: tuple[tuple[str, str, Callable[[PhaseResult], float], float, Literal["ms", "x"]], ...] = (
+    ("POST /orders p50, unloaded", "http-unloaded", lambda p: _http(p).orders.p50_ms, 20, "ms"),
+    ("confirm p50, unloaded", "http-unloaded", lambda p: _http(p).confirms.p50_ms, 15, "ms"),
+    (
+        "POST /orders to IN_TRANSIT p50, unloaded",
+        "http-unloaded",
+        lambda p: (_http(p).in_transit or Latency.of([])).p50_ms,
+        150,
+        "ms",
+    ),
+    ("POST /orders p99, under load", "http", lambda p: _http(p).orders.p99_ms, 50, "ms"),
+    ("confirm p99, under load", "http", lambda p: _http(p).confirms.p99_ms, 50, "ms"),
+    ("cancel p99, under load", "http", lambda p: _http(p).cancels.p99_ms, 50, "ms"),
+)
+THROUGHPUT_TARGET = 0.8
+
+
+def _http(p: PhaseResult) -> HttpDetail:
+    assert p.http is not None, f"{p.name} is an HTTP phase"
+    return p.http
+
+
+def targets(phases: dict[str, PhaseResult], found: Sequence[Ratio]) -> list[Target]:
+    """Each target with this run's number (NaN, and ``met`` None, when it did not run)."""
+    rows = []
+    for what, name, measure, limit, unit in TARGETS:
+        phase = phases.get(name)
+        value = measure(phase) if phase is not None else math.nan
+        met = None if math.isnan(value) else value < limit
+        rows.append(
+            Target(target=what, phase=name, measured=value, limit=limit, unit=unit, met=met)
+        )
+    ratio = next((r for r in found if r.numerator == "saga-remote"), None)
+    value = ratio.sagas_per_s if ratio is not None else math.nan
+    rows.append(
+        Target(
+            target="saga throughput to the baseline (same round trips)",
+            phase="saga-remote / baseline-remote",
+            measured=value,
+            limit=THROUGHPUT_TARGET,
+            unit="x",
+            at_least=True,
+            met=None if math.isnan(value) else value >= THROUGHPUT_TARGET,
+        )
+    )
+    return rows
+
+
 def summary_line(phases: dict[str, PhaseResult], mode: StepMode) -> str:
     """``bench: <sagas/s> sagas/s, ratio <x> to baseline, p99 <ms> ms`` for the saga in
     ``mode`` against the baseline in ``mode`` (``nan`` for what did not run)."""
@@ -112,6 +236,20 @@ def summary_line(phases: dict[str, PhaseResult], mode: StepMode) -> str:
     ratio = _divide(rate, baseline.sagas_per_s) if baseline else math.nan
     p99 = saga.e2e.p99_ms if saga else math.nan
     return f"bench: {rate:.1f} sagas/s, ratio {ratio:.2f} to baseline, p99 {p99:.0f} ms"
+
+
+def choreography_line(phases: dict[str, PhaseResult]) -> str:
+    """``bench-choreography: <sagas/s> sagas/s, ratio <x> to orchestration, p99 <ms> ms``: the
+    closed loop through the choreography API against the one through the orchestration API
+    (``nan`` for what did not run)."""
+    chor, orch = phases.get(SATURATION[CHOR]), phases.get(SATURATION[ORCH])
+    rate = chor.sagas_per_s if chor else math.nan
+    ratio = _divide(rate, orch.sagas_per_s) if orch else math.nan
+    p99 = chor.e2e.p99_ms if chor else math.nan
+    return (
+        f"bench-choreography: {rate:.1f} sagas/s, ratio {ratio:.2f} to orchestration, "
+        f"p99 {p99:.0f} ms"
+    )
 
 
 def _divide(a: float, b: float) -> float:
@@ -144,6 +282,7 @@ def num(value: float, places: int = 1) -> str:
 PHASE_HEADERS = [
     "phase",
     "sagas",
+    "cancelled",
     "failed",
     "wall s",
     "sagas/s",
@@ -157,23 +296,37 @@ PHASE_HEADERS = [
     "worker RSS MB",
 ]
 LATENCY_NOTE = (
-    "latency: start call to result (http: POST /orders to DELIVERED seen in the database,"
-    " polled every 0.1 s); worker = the baseline worker in baseline phases"
+    "latency: start call to result (http*: POST /orders to DELIVERED seen in the database,"
+    " polled every 0.1 s; saturation-*: the same, polled every 0.05 s; http-unloaded: every"
+    " 5 ms, one order at a time); cancelled: sagas the bench cancelled, ended CANCELLED (not in"
+    " the latency); worker = the baseline worker in baseline phases"
 )
-CPU_PROCESSES = ["worker", "baseline", "server", "api", "bench"]
+CPU_PROCESSES = ["worker", "baseline", "server", "api", "nats", "api-choreography", "bench"]
 
 
 def render(result: BenchResult) -> str:
     """The tables printed at the end of ``python -m tools.bench``."""
-    out = [_phases_table(result.phases), LATENCY_NOTE]
+    out = []
+    if result.phases:
+        out += [_phases_table(result.phases), LATENCY_NOTE]
     if result.ratios:
         out += ["", _ratios_table(result.ratios)]
     for p in result.phases:
         if p.http is not None:
             out += ["", *_http_table(p, p.http)]
-    out += ["", _cpu_table(result.phases)]
+    if result.history:
+        out += ["", *_history_table(result.history)]
+    if result.decision is not None:
+        out += ["", *_decision_table(result.decision)]
+    by_name = {p.name: p for p in result.phases}
+    if any(name in by_name for name in (*SATURATION.values(), OPEN_LOOP[CHOR])):
+        out += ["", *_styles_table(by_name)]
+    if result.targets:
+        out += ["", _targets_table(result.targets)]
+    if result.phases:
+        out += ["", _cpu_table(result.phases)]
     out += _footer(result)
-    return "\n".join(out)
+    return "\n".join(out).lstrip("\n")
 
 
 def _phases_table(phases: Sequence[PhaseResult]) -> str:
@@ -183,10 +336,11 @@ def _phases_table(phases: Sequence[PhaseResult]) -> str:
 
 def _phase_row(p: PhaseResult) -> list[str]:
     """The cells of one phase in :func:`_phases_table`."""
-    label = f"{p.name} ({p.mode})" if p.kind == "http" else p.name
+    label = f"{p.name} ({_how(p)})" if p.kind == "http" else p.name
     return [
         label,
         str(p.sagas),
+        str(p.cancelled),
         str(p.failures),
         num(p.seconds),
         num(p.sagas_per_s),
@@ -201,6 +355,11 @@ def _phase_row(p: PhaseResult) -> list[str]:
     ]
 
 
+def _how(p: PhaseResult) -> str:
+    """How the phase's sagas ran: their step mode, or ``events`` (choreographed)."""
+    return "events" if p.style == SagaStyle.CHOREOGRAPHY else str(p.mode)
+
+
 def _ratios_table(found: Sequence[Ratio]) -> str:
     """One row per ratio between two phases: in throughput and in p99 latency."""
     return table(
@@ -212,36 +371,207 @@ def _ratios_table(found: Sequence[Ratio]) -> str:
     )
 
 
-def _http_table(p: PhaseResult, h: HttpDetail) -> list[str]:
-    """The HTTP phase's line of counts, then the latency of each of its calls."""
-    non_2xx = ", ".join(f"{k}: {v}" for k, v in sorted(h.non_2xx.items())) or "none"
-    counts = (
-        f"HTTP: {h.rate_per_s:g} requests/s ({h.orders_per_s:g} orders/s + their confirms) "
-        f"for {h.seconds:g} s, saga mode {p.mode}; "
-        f"non-2xx: {non_2xx}; 202 (payment not ready): {h.answered_202} "
-        f"(confirm retried on 404: {h.confirm_404}); "
-        f"delivered reports refused with 409 and retried: {h.reports_refused_409}"
+def _latency_rows(calls: Sequence[tuple[str, Latency]], first: str = "call") -> str:
+    """One row per call (or measured span): count and latency percentiles."""
+    return table(
+        [first, "count", "p50 ms", "p95 ms", "p99 ms", "max ms"],
+        [
+            [name, str(lat.count), ms(lat.p50_ms), ms(lat.p95_ms), ms(lat.p99_ms), ms(lat.max_ms)]
+            for name, lat in calls
+        ],
     )
-    calls = (
+
+
+def _http_table(p: PhaseResult, h: HttpDetail) -> list[str]:
+    """An HTTP phase's line of counts, then the latency of each of its calls."""
+    non_2xx = ", ".join(f"{k}: {v}" for k, v in sorted(h.non_2xx.items())) or "none"
+    answers = ", ".join(f"{k}: {v}" for k, v in sorted(h.order_answers.items())) or "none"
+    if math.isnan(h.orders_per_s):
+        load = "one order at a time, each confirmed at once and DELIVERED before the next"
+    else:
+        cancelled = f", 1 in {h.cancel_every} cancelled instead" if h.cancel_every else ""
+        load = (
+            f"{h.orders_per_s:.1f} orders/s ({h.rate_source}) for {h.seconds:g} s, each "
+            f"confirmed at once{cancelled}"
+        )
+    counts = (
+        f"{p.name}: {load}; saga {'on' if p.style == CHOR else 'mode'} {_how(p)}; "
+        f"POST /orders answered {answers}; "
+        f"non-2xx: {non_2xx}; delivered reports refused with 409 and retried: "
+        f"{h.reports_refused_409}"
+    )
+    calls = [
         ("POST /orders", h.orders),
         ("POST /payments/{id}/confirm", h.confirms),
-        ("POST /deliveries/{id}/delivered", h.delivered_reports),
-    )
-    rows = [
-        [name, str(lat.count), ms(lat.p50_ms), ms(lat.p95_ms), ms(lat.p99_ms), ms(lat.max_ms)]
-        for name, lat in calls
+        ("POST /payments/{id}/cancel", h.cancels),
     ]
-    return [counts, table(["call", "count", "p50 ms", "p95 ms", "p99 ms", "max ms"], rows)]
+    if h.cancels.count == 0:
+        calls.pop()
+    if h.in_transit is not None:
+        calls.append(("POST /orders .. IN_TRANSIT (database)", h.in_transit))
+        calls.append(("POST /orders .. DELIVERED (database)", p.e2e))
+    calls.append(("POST /deliveries/{id}/delivered", h.delivered_reports))
+    if h.healthz is not None:
+        calls.append(("for reference: GET /healthz", h.healthz))
+    return [counts, _latency_rows(calls)]
+
+
+HISTORY_HEADERS = [
+    "history of one delivered workflow",
+    "events",
+    "workflow tasks",
+    "activities",
+    "timers",
+    "upserts",
+    "signals",
+    "wf task wait ms",
+    "activity wait ms",
+    "start..result ms",
+]
+
+
+def _history_table(shapes: Sequence[HistoryShape]) -> list[str]:
+    """Each workflow's history counts (the ``history`` phase)."""
+    rows = [
+        [
+            h.name,
+            str(h.events),
+            str(h.workflow_tasks),
+            str(h.activities),
+            str(h.timers),
+            str(h.upserts),
+            str(h.signals),
+            num(h.workflow_task_wait_ms),
+            num(h.activity_wait_ms),
+            ms(1000 * h.seconds),
+        ]
+        for h in shapes
+    ]
+    note = (
+        "remote steps, confirmed right after the start through the Temporal client, reported"
+        " delivered by the dealer; workflow tasks = WorkflowTaskCompleted events; wait: mean time"
+        " from a task's scheduled event to its started event (its hop through the server)"
+    )
+    return [table(HISTORY_HEADERS, rows), note]
+
+
+def _decision_table(d: DecisionResult) -> list[str]:
+    """The two decision mechanisms side by side (the ``decision`` phase)."""
+    rows = [
+        ("API confirm: compare-and-set + signal (HTTP), saga waiting", d.api_confirm),
+        ("Temporal update + validator (client), workflow waiting", d.temporal_update),
+        ("Temporal update + validator (client), workflow just started", d.temporal_update_fresh),
+        ("for reference: start_workflow RPC (client), one durable write", d.workflow_start),
+    ]
+    ratio = (
+        f"update / API confirm (both waiting): p50 x{num(d.update_over_confirm_p50, 2)}, "
+        f"p99 x{num(d.update_over_confirm_p99, 2)}; one at a time on an idle stack; "
+        "the update needs a running worker to answer, the API confirm does not"
+    )
+    return [_latency_rows(rows, "payment decision"), ratio]
+
+
+Measure = Callable[[PhaseResult], float]
+Row = tuple[str, Measure, Callable[[float], str]]  # label, what it reads, how it is shown
+
+
+def _cpu_row(label: str, role: str) -> Row:
+    """A row of the CPU per saga of the process in ``role`` (``cpu_ms_per_saga``)."""
+    return f"CPU ms/saga, {label}", lambda p: p.cpu_ms_per_saga.get(role, math.nan), num
+
+
+# The rows of the styles table: each loop's saga rate and end-to-end latency, the open loop's
+# calls (the closed loop's are the same calls, only queued), and CPU per saga by process.
+SAGA_ROWS: tuple[Row, ...] = (
+    ("sagas/s", lambda p: p.sagas_per_s, num),
+    ("POST /orders .. DELIVERED p50 ms", lambda p: p.e2e.p50_ms, ms),
+    ("POST /orders .. DELIVERED p99 ms", lambda p: p.e2e.p99_ms, ms),
+)
+CALL_ROWS: tuple[Row, ...] = (
+    ("POST /orders p50 ms", lambda p: _http(p).orders.p50_ms, ms),
+    ("POST /orders p99 ms", lambda p: _http(p).orders.p99_ms, ms),
+    ("confirm p50 ms", lambda p: _http(p).confirms.p50_ms, ms),
+    ("confirm p99 ms", lambda p: _http(p).confirms.p99_ms, ms),
+    ("cancel p99 ms", lambda p: _http(p).cancels.p99_ms, ms),
+)
+CPU_ROWS: tuple[Row, ...] = (
+    _cpu_row("worker", "worker"),
+    _cpu_row("Temporal server", "server"),
+    _cpu_row("NATS server", "nats"),
+    _cpu_row("API (the one called)", "api"),
+    _cpu_row("whole stack (every process but the bench)", "stack"),
+    _cpu_row("bench (driver, dealer, poller)", "bench"),
+)
+
+
+def _styles_table(phases: dict[str, PhaseResult]) -> list[str]:
+    """The choreographed saga against the orchestrated one, side by side (the
+    ``choreography`` phase): the closed loop through each style's API, then the open loop at
+    the same rate; each number with its choreography / orchestration ratio ("-" for a part
+    that did not run)."""
+    rows = []
+    loops = (
+        (SATURATION, "closed loop", SAGA_ROWS + CPU_ROWS),
+        (OPEN_LOOP, "open loop", SAGA_ROWS + CALL_ROWS + CPU_ROWS),
+    )
+    for loop, what, specs in loops:
+        orch, chor = phases.get(loop[ORCH]), phases.get(loop[CHOR])
+        for label, measure, shown in specs:
+            a = measure(orch) if orch is not None else math.nan
+            b = measure(chor) if chor is not None else math.nan
+            rows.append([f"{what}: {label}", shown(a), shown(b), num(_divide(b, a), 2)])
+    saturation = phases.get(SATURATION[ORCH]) or phases.get(SATURATION[CHOR])
+    opened = phases.get(OPEN_LOOP[CHOR])
+    closed = (
+        f"closed loop: {saturation.sagas} sagas through each style's API, each confirmed at"
+        " once, the dealer reporting through the same API"
+        if saturation is not None
+        else "closed loop: did not run"
+    )
+    rate = (
+        f"{_http(opened).orders_per_s:.1f} orders/s ({_http(opened).rate_source})"
+        if opened is not None
+        else "did not run"
+    )
+    note = (
+        f"{closed}; open loop: the http phase (orchestration) and the same load through the"
+        f" choreography API, at {rate}; CPU of the API the sagas went through"
+    )
+    headers = ["choreography against orchestration", "orchestration", "choreography", "ratio"]
+    return [table(headers, rows), note]
+
+
+def _targets_table(rows: Sequence[Target]) -> str:
+    """Each target with this run's number: reported, never asserted."""
+
+    def shown(t: Target) -> str:
+        return num(t.measured, 2 if t.unit == "x" else 1)
+
+    return table(
+        ["target", "phase", "measured", "limit", "met"],
+        [
+            [
+                t.target,
+                t.phase,
+                f"{shown(t)} {t.unit}",
+                f"{'>=' if t.at_least else '<'} {t.limit:g} {t.unit}",
+                "-" if t.met is None else ("yes" if t.met else "NO"),
+            ]
+            for t in rows
+        ],
+    )
 
 
 def _cpu_table(phases: Sequence[PhaseResult]) -> str:
     """CPU seconds of each process per phase, and the dealer's counts."""
+    # Only the processes this run had (NATS and the choreography API run with that phase).
+    shown = [n for n in CPU_PROCESSES if any(n in p.cpu_s for p in phases)]
     return table(
-        ["CPU seconds", *CPU_PROCESSES, "dealer queries", "not yet at pivot", "resends"],
+        ["CPU seconds", *shown, "dealer queries", "not yet at pivot", "resends"],
         [
             [
                 p.name,
-                *(num(p.cpu_s.get(n, math.nan), 2) for n in CPU_PROCESSES),
+                *(num(p.cpu_s.get(n, math.nan), 2) for n in shown),
                 str(p.dealer_queries),
                 str(p.dealer_not_yet),
                 str(p.dealer_resends),
@@ -257,6 +587,9 @@ def _footer(result: BenchResult) -> list[str]:
     lines = [f"peak RSS over the run: {peak}"]
     lines += [f"dealer error (retried): {error}" for error in result.dealer_errors]
     lines += [f"FAILED {p.name}: {sample}" for p in result.phases for sample in p.failure_samples]
+    lines += [f"FAILED history {h.name}: {h.problem}" for h in result.history if h.problem]
+    if result.decision is not None:
+        lines += [f"FAILED decision: {sample}" for sample in result.decision.failure_samples]
     return lines
 
 

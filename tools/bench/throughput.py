@@ -2,48 +2,72 @@
 
 Phases run one after the other on the same stack: ``baseline-remote``, ``saga-remote``,
 ``baseline-local``, ``saga-local`` (each a closed loop of N workflows, C in flight, after
-an uncounted warm-up), then ``http`` (open loop through the API, whose sagas run in remote mode).
+an uncounted warm-up); ``history`` (one delivered saga of each shape, and the baseline: their
+histories counted); ``http-unloaded`` (one order at a time through the API); ``decision``
+(the API's confirm against a Temporal update, one at a time); ``http`` (an open loop
+through the API at a fraction of the rate ``saga-remote`` reached, whose sagas run in
+remote mode); then ``choreography`` (the choreographed saga against the orchestrated one
+through their APIs: a closed loop through each, then the ``http`` phase's open loop through
+the choreography API).
 """
 
 import argparse
 import asyncio
+import contextlib
 import math
 import shutil
 import time
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 
 from domain.payloads import SagaTimeouts, StepMode
-from tools.bench.api_load import HttpLoad, http_load
+from domain.status import SagaStyle
+from tools.bench.api_load import ApiCalls, HttpLoad, http_load
+from tools.bench.decision import compare_decisions
 from tools.bench.driver import Dealer, Outcome, closed_loop, drive_baseline, drive_saga, guarded
 from tools.bench.environment import (
+    CHOREOGRAPHY_API,
     DEALER_WINDOW_SECONDS,
+    NATS,
     BenchStack,
     StackOptions,
     api_client,
     new_run_dir,
     running_stack,
 )
+from tools.bench.history import history_shapes
 from tools.bench.progress import Progress, status
 from tools.bench.report import (
+    OPEN_LOOP,
+    SATURATION,
     BenchResult,
+    DecisionResult,
+    HistoryShape,
     HttpDetail,
     PhaseKind,
     PhaseResult,
+    choreography_line,
     ratios,
     render,
     summary_line,
+    targets,
     write_json,
 )
 from tools.bench.stats import Latency
+from tools.bench.styles import api_closed_loop
+from tools.bench.unloaded import unloaded_orders
 
 CLIENT_PHASES = ("baseline-remote", "saga-remote", "baseline-local", "saga-local")
-PHASES = (*CLIENT_PHASES, "http")
+PHASES = (*CLIENT_PHASES, "history", "http-unloaded", "decision", "http", "choreography")
+ORCHESTRATION, CHOREOGRAPHY = SagaStyle.ORCHESTRATION, SagaStyle.CHOREOGRAPHY
 HTTP_WARMUP_ORDERS = 5
+UNLOADED_WARMUP_ORDERS = 3
+# The HTTP phase's rate when neither --rate nor a saga-remote phase says (orders/s).
+FALLBACK_RATE = 5.0
 MAX_SAMPLES = 5  # failure messages kept per phase
 
 
@@ -58,9 +82,14 @@ async def run(args: argparse.Namespace) -> int:
     mode: StepMode = args.mode
     run_dir = new_run_dir(args.out)
     log(args, f"run folder {run_dir}; step mode {mode}; phases {', '.join(args.phases)}")
-    phases, rss_run_max, dealer = await _run_phases(run_dir, args)
-    failures = sum(p.failures for p in phases.values())
-    summary = summary_line(phases, mode)
+    collected, rss_run_max, dealer = await _run_phases(run_dir, args)
+    phases = collected.phases
+    failures = (
+        sum(p.failures for p in phases.values())
+        + sum(1 for h in collected.history if h.problem is not None)
+        + (collected.decision.failures if collected.decision is not None else 0)
+    )
+    found = ratios(phases)
     result = BenchResult(
         started_at=started_at,
         wall_seconds=time.perf_counter() - started,
@@ -68,11 +97,15 @@ async def run(args: argparse.Namespace) -> int:
         mode=mode,
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         phases=list(phases.values()),
-        ratios=ratios(phases),
+        ratios=found,
+        history=collected.history,
+        decision=collected.decision,
+        targets=targets(phases, found),
         rss_run_max_mb=rss_run_max,
         dealer_errors=dealer.errors[:MAX_SAMPLES],
         failures=failures,
-        summary=summary,
+        summary=summary_line(phases, mode),
+        summary_choreography=(choreography_line(phases) if "choreography" in args.phases else None),
     )
     write_json(result, run_dir / "result.json", args.out / "latest.json")
     if not args.keep:
@@ -81,16 +114,29 @@ async def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+@dataclass
+class _Collected:
+    """What the phases measured: the saga-driving phases by name, the history counts, the
+    decision comparison."""
+
+    phases: dict[str, PhaseResult] = field(default_factory=dict)
+    history: list[HistoryShape] = field(default_factory=list)
+    decision: DecisionResult | None = None
+
+
 async def _run_phases(
     run_dir: Path, args: argparse.Namespace
-) -> tuple[dict[str, PhaseResult], dict[str, float], Dealer]:
-    """Every phase chosen, on one stack: the results by name, each peak RSS, the dealer."""
+) -> tuple[_Collected, dict[str, float], Dealer]:
+    """Every phase chosen, on one stack: their results, each peak RSS, the dealer."""
     options = StackOptions(
         database_url=args.database_url,
         db_file=args.db_file,
         server_args=args.server_arg,
+        # NATS and the second API only when measured: otherwise the worker would also run
+        # the choreography's (idle) consumers, relay and sweepers in every other phase.
+        choreography="choreography" in args.phases,
     )
-    phases: dict[str, PhaseResult] = {}
+    collected = _Collected()
     async with (
         running_stack(run_dir, options) as bench,
         api_client(bench) as http,
@@ -100,12 +146,12 @@ async def _run_phases(
         dealer_task = asyncio.create_task(dealer.run())
         try:
             for name in args.phases:
-                phases[name] = await _phase(bench, http, dealer, args, name)
+                await _phase(bench, http, dealer, args, name, collected)
         finally:
             dealer_task.cancel()
             await asyncio.gather(dealer_task, return_exceptions=True)
         rss_run_max = dict(bench.monitor.run_max_mb)
-    return phases, rss_run_max, dealer
+    return collected, rss_run_max, dealer
 
 
 async def _phase(
@@ -114,17 +160,34 @@ async def _phase(
     dealer: Dealer,
     args: argparse.Namespace,
     name: str,
-) -> PhaseResult:
-    """Run the phase ``name`` and log its headline numbers."""
+    collected: _Collected,
+) -> None:
+    """Run the phase ``name``, keep its result in ``collected`` and log its headline numbers."""
+    if name == "history":
+        collected.history = await _history_phase(bench, dealer, args)
+        return
+    if name == "decision":
+        collected.decision = await _decision_phase(bench, http, dealer, args)
+        return
+    if name == "choreography":
+        await _choreography_phase(bench, http, dealer, args, collected.phases)
+        return
     if name == "http":
-        p = await _http_phase(bench, http, dealer, args)
+        p = await _http_phase(bench, http, dealer, args, collected.phases)
+    elif name == "http-unloaded":
+        p = await _unloaded_phase(bench, http, dealer, args)
     else:
         p = await _client_phase(bench, dealer, args, name)
+    collected.phases[name] = p
+    _log_phase(args, p)
+
+
+def _log_phase(args: argparse.Namespace, p: PhaseResult) -> None:
+    """The phase's headline numbers on stderr."""
     log(
         args,
-        f"{name}: {p.sagas_per_s:.1f} sagas/s, p99 {p.e2e.p99_ms:.0f} ms, {p.failures} failed",
+        f"{p.name}: {p.sagas_per_s:.1f} sagas/s, p99 {p.e2e.p99_ms:.0f} ms, {p.failures} failed",
     )
-    return p
 
 
 def _print_result(result: BenchResult, run_dir: Path, args: argparse.Namespace) -> None:
@@ -136,6 +199,8 @@ def _print_result(result: BenchResult, run_dir: Path, args: argparse.Namespace) 
         f"run folder {run_dir}{kept}; result {args.out / 'latest.json'}; "
         f"{result.wall_seconds:.0f} s"
     )
+    if result.summary_choreography is not None:
+        print(result.summary_choreography)
     print(result.summary, flush=True)
 
 
@@ -177,48 +242,219 @@ async def _client_phase(
     )
 
 
+def _http_rate(args: argparse.Namespace, phases: dict[str, PhaseResult]) -> tuple[float, str]:
+    """The open loop's rate in orders/s, and where it comes from: ``--rate``, else
+    ``--rate-fraction`` of the saturation rate (the ``saga-remote`` phase's sagas/s in this
+    run), else FALLBACK_RATE."""
+    if args.rate is not None:
+        return args.rate, "--rate"
+    saturation = phases.get("saga-remote")
+    if saturation is not None and saturation.sagas_per_s > 0:
+        rate = args.rate_fraction * saturation.sagas_per_s
+        return rate, (
+            f"{args.rate_fraction:.0%} of saga-remote's {saturation.sagas_per_s:.1f} sagas/s"
+        )
+    return FALLBACK_RATE, "default: saga-remote did not run"
+
+
 async def _http_phase(
     bench: BenchStack,
     http: httpx.AsyncClient,
     dealer: Dealer,
     args: argparse.Namespace,
+    phases: dict[str, PhaseResult],
 ) -> PhaseResult:
-    """The open loop through the API, after a few uncounted orders."""
-    dealer.via = "http"
-    tag = f"bench-{bench.run_dir.name}"
-    # --rate counts requests: each order is a POST /orders and a confirm.
-    orders_per_s = args.rate / 2
-    warm = await _http_warmup(bench, http, tag, args)
-    before, report_calls = _DealerCounts.of(dealer), len(dealer.report_seconds)
-    with bench.monitor.measure() as usage:
-        load = await _http_measured(bench, http, tag, orders_per_s, args)
+    """The open loop through the (orchestration) API, after a few uncounted orders."""
+    orders_per_s, source = _http_rate(args, phases)
+    return await _open_loop(bench, http, dealer, args, ORCHESTRATION, orders_per_s, source)
+
+
+async def _open_loop(
+    bench: BenchStack,
+    http: httpx.AsyncClient,
+    dealer: Dealer,
+    args: argparse.Namespace,
+    style: SagaStyle,
+    orders_per_s: float,
+    source: str,
+) -> PhaseResult:
+    """The open loop through ``http``, the API that places orders in ``style``, at
+    ``orders_per_s`` for ``--http-seconds``, after a few uncounted orders: the phase
+    ``OPEN_LOOP[style]`` (``http`` for orchestration). The dealer reports through the same API.
+    """
+    name = OPEN_LOOP[style]
+    tag = f"bench-{bench.run_dir.name}" + ("" if style == ORCHESTRATION else f"-{style}")
+    log(args, f"{name}: {orders_per_s:.2f} orders/s ({source}) for {args.http_seconds:g} s")
+    with _dealer_through(dealer, http):
+        warm = await _http_warmup(bench, http, tag, args)
+        before, report_calls = _DealerCounts.of(dealer), len(dealer.report_seconds)
+        with bench.monitor.measure() as usage:
+            load = await _http_measured(bench, http, tag, orders_per_s, args, name)
+        reports = dealer.report_seconds[report_calls:]
     result = _phase_result(
+        name,
         "http",
-        "http",
-        StepMode.REMOTE,  # the API starts every saga in remote mode
+        _mode_of(style),
+        style=style,
         sagas=load.requested,
         ok=load.e2e_seconds,
+        cancelled=load.cancelled,
         problems=warm.problems + load.problems,
         warmup=warm.requested,
         seconds=load.seconds,
         cpu_s=usage.cpu_s,
         rss_max_mb=usage.rss_max_mb,
         worker="worker",
+        api=_api_of(style),
         dealer=_DealerCounts.of(dealer) - before,
     )
-    result.http = HttpDetail(
-        rate_per_s=args.rate,
+    result.http = _http_detail(
+        load,
+        warm,
         orders_per_s=orders_per_s,
+        rate_source=source,
         seconds=args.http_seconds,
-        orders=Latency.of(load.order_seconds),
-        confirms=Latency.of(load.confirm_seconds),
-        delivered_reports=Latency.of(dealer.report_seconds[report_calls:]),
-        non_2xx=dict(load.non_2xx + warm.non_2xx),
-        answered_202=load.answered_202,
-        confirm_404=load.confirm_404,
-        reports_refused_409=result.dealer_not_yet,
+        cancel_every=args.cancel_every,
+        reports=reports,
+        refused=result.dealer_not_yet,
     )
     return result
+
+
+def _mode_of(style: SagaStyle) -> StepMode | None:
+    # The API starts every orchestrated saga in remote mode; a choreographed one has no steps
+    # on Temporal.
+    return StepMode.REMOTE if style == ORCHESTRATION else None
+
+
+def _api_of(style: SagaStyle) -> str:
+    """The resource monitor's name of the API that places orders in ``style``."""
+    return "api" if style == ORCHESTRATION else CHOREOGRAPHY_API
+
+
+@contextlib.contextmanager
+def _dealer_through(dealer: Dealer, http: httpx.AsyncClient) -> Iterator[None]:
+    """The dealer reports over HTTP, through ``http`` (the API being measured, whose CPU is
+    counted), for the block; then through the client it had before."""
+    before = dealer.http
+    dealer.via, dealer.http = "http", http
+    try:
+        yield
+    finally:
+        dealer.http = before
+
+
+async def _choreography_phase(
+    bench: BenchStack,
+    http: httpx.AsyncClient,
+    dealer: Dealer,
+    args: argparse.Namespace,
+    phases: dict[str, PhaseResult],
+) -> None:
+    """The choreographed saga against the orchestrated one, on the same stack, each through
+    its own API (``http``: the orchestration API's client): a closed loop of
+    ``--style-sagas`` through each, then the ``http`` phase's open loop, at its rate, through
+    the choreography API. Adds the phases SATURATION[style] and OPEN_LOOP[CHOREOGRAPHY]."""
+    assert bench.choreography_api_url is not None, "the stack runs the choreography API"
+    async with api_client(bench, bench.choreography_api_url) as choreography_http:
+        apis = {ORCHESTRATION: http, CHOREOGRAPHY: choreography_http}
+        for style, through in apis.items():
+            p = phases[SATURATION[style]] = await _saturation(bench, through, dealer, args, style)
+            _log_phase(args, p)
+        orders_per_s, source = _open_loop_rate(args, phases)
+        p = phases[OPEN_LOOP[CHOREOGRAPHY]] = await _open_loop(
+            bench, choreography_http, dealer, args, CHOREOGRAPHY, orders_per_s, source
+        )
+        _log_phase(args, p)
+
+
+def _open_loop_rate(args: argparse.Namespace, phases: dict[str, PhaseResult]) -> tuple[float, str]:
+    """The choreography open loop's rate: the ``http`` phase's in this run, else the one it
+    would have had (:func:`_http_rate`)."""
+    http = phases.get(OPEN_LOOP[ORCHESTRATION])
+    if http is not None and http.http is not None:
+        return http.http.orders_per_s, f"the http phase's: {http.http.rate_source}"
+    return _http_rate(args, phases)
+
+
+async def _saturation(
+    bench: BenchStack,
+    http: httpx.AsyncClient,
+    dealer: Dealer,
+    args: argparse.Namespace,
+    style: SagaStyle,
+) -> PhaseResult:
+    """A closed loop of ``--style-sagas`` sagas, ``--concurrency`` in flight, through ``http``
+    (the API placing orders in ``style``), after ``--warmup`` uncounted; the dealer reports
+    through the same API (``tools/bench/styles.py``)."""
+    name = SATURATION[style]
+    tag = f"bench-{bench.run_dir.name}-{name}"
+
+    async def loop(count: int, label: str, suffix: str) -> list[Outcome]:
+        outcomes, _ = await api_closed_loop(
+            bench,
+            http,
+            total=count,
+            concurrency=args.concurrency,
+            tag=f"{tag}{suffix}",
+            within=args.saga_timeout,
+            label=label,
+            quiet=args.quiet,
+        )
+        return outcomes
+
+    with _dealer_through(dealer, http):
+        warmup = await loop(args.warmup, f"{name} warm-up", "-warmup") if args.warmup else []
+        before = _DealerCounts.of(dealer)
+        with bench.monitor.measure() as usage:
+            outcomes = await loop(args.style_sagas, name, "")
+    return _phase_result(
+        name,
+        "http",
+        _mode_of(style),
+        style=style,
+        sagas=args.style_sagas,
+        ok=[o.seconds for o in outcomes if o.problem is None],
+        problems=[o.problem for o in warmup + outcomes if o.problem is not None],
+        warmup=len(warmup),
+        seconds=usage.seconds,
+        cpu_s=usage.cpu_s,
+        rss_max_mb=usage.rss_max_mb,
+        worker="worker",
+        api=_api_of(style),
+        dealer=_DealerCounts.of(dealer) - before,
+    )
+
+
+def _http_detail(
+    calls: ApiCalls,
+    warm: ApiCalls,
+    *,
+    orders_per_s: float,
+    rate_source: str,
+    seconds: float,
+    cancel_every: int,
+    reports: list[float],
+    refused: int,
+    in_transit: Latency | None = None,
+    healthz: Latency | None = None,
+) -> HttpDetail:
+    """An HTTP phase's calls (the warm-up's refusals counted with them)."""
+    return HttpDetail(
+        orders_per_s=orders_per_s,
+        rate_source=rate_source,
+        seconds=seconds,
+        cancel_every=cancel_every,
+        orders=Latency.of(calls.order_seconds),
+        confirms=Latency.of(calls.confirm_seconds),
+        cancels=Latency.of(calls.cancel_seconds),
+        in_transit=in_transit,
+        healthz=healthz,
+        delivered_reports=Latency.of(reports),
+        order_answers=dict(calls.order_answers),
+        non_2xx=dict(calls.non_2xx + warm.non_2xx),
+        reports_refused_409=refused,
+    )
 
 
 async def _http_warmup(
@@ -234,6 +470,7 @@ async def _http_warmup(
             seconds=1,
             tag=f"{tag}-warmup",
             settle_within=args.saga_timeout,
+            cancel_every=args.cancel_every,
         ),
     )
 
@@ -244,10 +481,11 @@ async def _http_measured(
     tag: str,
     orders_per_s: float,
     args: argparse.Namespace,
+    name: str,
 ) -> HttpLoad:
-    """The measured open loop: ``--http-seconds`` of orders at ``orders_per_s``."""
+    """The measured open loop ``name``: ``--http-seconds`` of orders at ``orders_per_s``."""
     total = round(orders_per_s * args.http_seconds)
-    async with Progress("http requests", total, enabled=not args.quiet) as bar:
+    async with Progress(f"{name} orders", total, enabled=not args.quiet) as bar:
         return await guarded(
             bench,
             http_load(
@@ -257,47 +495,166 @@ async def _http_measured(
                 seconds=args.http_seconds,
                 tag=tag,
                 settle_within=args.saga_timeout,
+                cancel_every=args.cancel_every,
                 on_request=bar.advance,
             ),
         )
 
 
+async def _unloaded_phase(
+    bench: BenchStack, http: httpx.AsyncClient, dealer: Dealer, args: argparse.Namespace
+) -> PhaseResult:
+    """One order at a time through the API (``tools/bench/unloaded.py``)."""
+    dealer.via = "http"
+    before, report_calls = _DealerCounts.of(dealer), len(dealer.report_seconds)
+    with bench.monitor.measure() as usage:
+        async with Progress("http-unloaded", args.unloaded_orders, enabled=not args.quiet) as bar:
+            load = await guarded(
+                bench,
+                unloaded_orders(
+                    bench,
+                    http,
+                    orders=args.unloaded_orders,
+                    warmup=UNLOADED_WARMUP_ORDERS,
+                    tag=f"bench-{bench.run_dir.name}-unloaded",
+                    within=args.saga_timeout,
+                    on_order=bar.advance,
+                ),
+            )
+    result = _phase_result(
+        "http-unloaded",
+        "http",
+        StepMode.REMOTE,
+        sagas=load.requested,
+        ok=load.e2e_seconds,
+        problems=load.problems,
+        warmup=UNLOADED_WARMUP_ORDERS,
+        seconds=load.seconds,
+        cpu_s=usage.cpu_s,
+        rss_max_mb=usage.rss_max_mb,
+        worker="worker",
+        dealer=_DealerCounts.of(dealer) - before,
+    )
+    result.http = _http_detail(
+        load,
+        ApiCalls(),
+        orders_per_s=math.nan,
+        rate_source="one at a time",
+        seconds=math.nan,
+        cancel_every=0,
+        # The warm-up's reports too: the dealer does not tell them apart (3 of them).
+        reports=dealer.report_seconds[report_calls:],
+        refused=result.dealer_not_yet,
+        in_transit=Latency.of(load.in_transit_seconds),
+        healthz=Latency.of(load.healthz_seconds),
+    )
+    return result
+
+
+async def _history_phase(
+    bench: BenchStack, dealer: Dealer, args: argparse.Namespace
+) -> list[HistoryShape]:
+    """One delivered saga of each shape, and the baseline, with their histories' counts."""
+    dealer.via = "signal"
+    timeouts = SagaTimeouts(dealer_assignment_window=timedelta(seconds=DEALER_WINDOW_SECONDS))
+    shapes = await guarded(bench, history_shapes(bench.client, timeouts, args.saga_timeout))
+    for h in shapes:
+        log(
+            args,
+            f"history {h.name}: {h.events} events, {h.workflow_tasks} workflow tasks"
+            + (f"; FAILED {h.problem}" if h.problem else ""),
+        )
+    return shapes
+
+
+async def _decision_phase(
+    bench: BenchStack, http: httpx.AsyncClient, dealer: Dealer, args: argparse.Namespace
+) -> DecisionResult:
+    """The API's confirm against a Temporal update (``tools/bench/decision.py``)."""
+    dealer.via = "http"
+    async with Progress("decision", args.decisions, enabled=not args.quiet) as bar:
+        measured = await guarded(
+            bench,
+            compare_decisions(
+                bench,
+                http,
+                samples=args.decisions,
+                tag=f"bench-{bench.run_dir.name}-decision",
+                within=args.saga_timeout,
+                on_sample=bar.advance,
+            ),
+        )
+    confirm, update = Latency.of(measured.confirm_seconds), Latency.of(measured.update_seconds)
+    result = DecisionResult(
+        samples=args.decisions,
+        api_confirm=confirm,
+        temporal_update=update,
+        temporal_update_fresh=Latency.of(measured.fresh_update_seconds),
+        workflow_start=Latency.of(measured.start_seconds),
+        update_over_confirm_p50=_ratio(update.p50_ms, confirm.p50_ms),
+        update_over_confirm_p99=_ratio(update.p99_ms, confirm.p99_ms),
+        failures=len(measured.problems),
+        failure_samples=measured.problems[:MAX_SAMPLES],
+    )
+    log(
+        args,
+        f"decision: API confirm p50 {confirm.p50_ms:.1f} ms, update p50 {update.p50_ms:.1f} ms, "
+        f"{result.failures} failed",
+    )
+    return result
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(b) else math.nan
+
+
 def _phase_result(
     name: str,
     kind: PhaseKind,
-    mode: StepMode,
+    mode: StepMode | None,
     *,
+    style: SagaStyle = ORCHESTRATION,
     sagas: int,
     ok: list[float],
     problems: list[str],
+    cancelled: int = 0,
     warmup: int,
     seconds: float,
     cpu_s: dict[str, float],
     rss_max_mb: dict[str, float],
     worker: str,
+    api: str = "api",
     dealer: "_DealerCounts",
 ) -> PhaseResult:
+    """The phase's numbers; ``worker`` and ``api`` name the processes that ran its sagas
+    (their CPU per saga is reported as the roles ``worker`` and ``api``)."""
+
     def per_saga(process: str) -> float:
         return 1000 * cpu_s[process] / sagas if sagas and process in cpu_s else math.nan
 
+    stack_cpu = sum(v for k, v in cpu_s.items() if k != "bench")
     return PhaseResult(
         name=name,
         kind=kind,
         mode=mode,
+        style=style,
         sagas=sagas,
         delivered=len(ok),
+        cancelled=cancelled,
         failures=len(problems),
         failure_samples=problems[:MAX_SAMPLES],
         warmup=warmup,
         seconds=seconds,
-        sagas_per_s=len(ok) / seconds if seconds > 0 else math.nan,
+        sagas_per_s=(len(ok) + cancelled) / seconds if seconds > 0 else math.nan,
         e2e=Latency.of(ok),
         cpu_s=cpu_s,
         cpu_ms_per_saga={
             "worker": per_saga(worker),
             "server": per_saga("server"),
-            "api": per_saga("api"),
+            "api": per_saga(api),
+            "nats": per_saga(NATS),
             "bench": per_saga("bench"),
+            "stack": 1000 * stack_cpu / sagas if sagas else math.nan,
         },
         rss_max_mb=rss_max_mb,
         dealer_queries=dealer.queries,
@@ -334,10 +691,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rate",
         type=float,
-        default=20.0,
-        help="HTTP requests per second, POST /orders and confirms together (orders at half it)",
+        help="orders per second of the http phase (each a POST /orders and its confirm or "
+        "cancel); default: --rate-fraction of the sagas/s saga-remote reached in this run "
+        f"({FALLBACK_RATE:g} if it did not run)",
+    )
+    parser.add_argument(
+        "--rate-fraction",
+        type=float,
+        default=0.8,
+        help="the http phase's rate as a fraction of saga-remote's sagas/s (without --rate)",
     )
     parser.add_argument("--http-seconds", type=float, default=15.0, help="HTTP phase length")
+    parser.add_argument(
+        "--style-sagas",
+        type=int,
+        default=150,
+        help="measured sagas of each style's closed loop through its API (choreography phase)",
+    )
+    parser.add_argument(
+        "--cancel-every",
+        type=int,
+        default=10,
+        help="the http phase cancels one order in this many instead of confirming it (0: none)",
+    )
+    parser.add_argument(
+        "--unloaded-orders",
+        type=int,
+        default=30,
+        help="orders of the http-unloaded phase, one at a time",
+    )
+    parser.add_argument(
+        "--decisions",
+        type=int,
+        default=50,
+        help="decisions of each mechanism in the decision phase, one at a time",
+    )
     parser.add_argument(
         "--phases",
         type=_phase_list,
@@ -369,5 +757,18 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         # Each saga in flight holds one result long poll; the namespace allows ~1,200,
         # shared with the workers' pollers.
         parser.error("--concurrency must be between 1 and 500")
-    if args.sagas < 1 or args.warmup < 0 or args.rate <= 0 or args.http_seconds <= 0:
-        parser.error("--sagas, --rate and --http-seconds must be positive, --warmup >= 0")
+    positive = (
+        args.sagas,
+        args.style_sagas,
+        args.http_seconds,
+        args.rate_fraction,
+        args.unloaded_orders,
+        args.decisions,
+    )
+    if min(positive) <= 0 or (args.rate is not None and args.rate <= 0):
+        parser.error(
+            "--sagas, --style-sagas, --rate, --rate-fraction, --http-seconds, --unloaded-orders "
+            "and --decisions must be positive"
+        )
+    if args.warmup < 0 or args.cancel_every < 0:
+        parser.error("--warmup and --cancel-every must be >= 0")

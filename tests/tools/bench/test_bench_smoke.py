@@ -1,7 +1,9 @@
 """Smoke test of ``python -m tools.bench``: a tiny run on its own stack (SQLite), end to end.
 
-Checks what the run reports, never how fast it was: every phase delivered every saga, and
-the last line has the documented format.
+Checks what the run reports, never how fast it was: every phase drove every saga to the end
+it was meant to reach (DELIVERED, or CANCELLED where the bench cancelled), the history and
+decision phases measured what they say, the choreography phase drove both saga styles through
+their APIs (with the real nats-server), and the last two lines have the documented format.
 """
 
 import json
@@ -10,14 +12,20 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[3]
-PHASES = ["baseline-remote", "saga-remote", "baseline-local", "saga-local", "http"]
+SAGA_PHASES = ["baseline-remote", "saga-remote", "baseline-local", "saga-local"]
+STYLE_PHASES = ["saturation-orchestration", "saturation-choreography", "http-choreography"]
+PHASES = [*SAGA_PHASES, "http-unloaded", "http", *STYLE_PHASES]
 LAST_LINE = re.compile(r"bench: \d+\.\d sagas/s, ratio \d+\.\d\d to baseline, p99 \d+ ms")
+CHOREOGRAPHY_LINE = re.compile(
+    r"bench-choreography: \d+\.\d sagas/s, ratio \d+\.\d\d to orchestration, p99 \d+ ms"
+)
 
 
 def test_a_small_bench_delivers_every_saga_in_every_phase(tmp_path: Path):
@@ -28,10 +36,13 @@ def test_a_small_bench_delivers_every_saga_in_every_phase(tmp_path: Path):
             "-m",
             "tools.bench",
             "--sagas=10",
+            "--style-sagas=5",
             "--concurrency=5",
             "--warmup=3",
-            "--rate=10",  # requests/s: 5 orders/s and their confirms
-            "--http-seconds=2",
+            "--unloaded-orders=3",
+            "--decisions=3",
+            "--http-seconds=2",  # at 80% of saga-remote's rate: the default, not --rate
+            "--cancel-every=3",
             "--quiet",
             f"--out={tmp_path}",
         ],
@@ -39,7 +50,7 @@ def test_a_small_bench_delivers_every_saga_in_every_phase(tmp_path: Path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
         check=False,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -47,10 +58,71 @@ def test_a_small_bench_delivers_every_saga_in_every_phase(tmp_path: Path):
     result = json.loads((tmp_path / "latest.json").read_text())
     phases = {p["name"]: p for p in result["phases"]}
     assert list(phases) == PHASES
-    for name, phase in phases.items():
-        assert (phase["sagas"], phase["delivered"], phase["failures"]) == (10, 10, 0), name
+    for name in SAGA_PHASES:
+        assert (phases[name]["sagas"], phases[name]["delivered"]) == (10, 10), name
+    unloaded = phases["http-unloaded"]
+    assert (unloaded["sagas"], unloaded["delivered"]) == (3, 3)
+    assert unloaded["http"]["in_transit"]["count"] == 3
+    assert unloaded["http"]["confirms"]["count"] == 3
+
+    http = phases["http"]
+    saturation = phases["saga-remote"]["sagas_per_s"]
+    assert http["http"]["orders_per_s"] == pytest.approx(0.8 * saturation)
+    assert "saga-remote" in http["http"]["rate_source"]
+    ordered = http["sagas"]
+    assert ordered == round(0.8 * saturation * 2)
+    cancelled = ordered // 3  # orders 2, 5, 8, ...
+    assert (http["delivered"], http["cancelled"]) == (ordered - cancelled, cancelled)
+    assert http["http"]["cancels"]["count"] == cancelled
+    assert http["http"]["confirms"]["count"] == ordered - cancelled
+    for phase in phases.values():
+        assert phase["failures"] == 0, phase["name"]
+
+    _check_choreography_phase(phases, result)
+
+    shapes = {h["name"]: h for h in result["history"]}
+    assert len(shapes) == 3
+    for shape in shapes.values():
+        assert shape["problem"] is None, shape
+        assert shape["activities"] == 8, shape  # the delivered path's steps
+        assert 0 < shape["workflow_tasks"] < shape["events"], shape
+
+    decision = result["decision"]
+    measured = ("api_confirm", "temporal_update", "temporal_update_fresh")
+    assert [decision[m]["count"] for m in measured] == [3, 3, 3]
+    assert decision["failures"] == 0
+
+    targets = {t["target"]: t for t in result["targets"]}
+    assert all(t["met"] is not None for t in targets.values()), targets
+
     assert result["failures"] == 0
     assert (Path(result["run_dir"]) / "result.json").is_file()
 
-    last_line = run.stdout.rstrip("\n").splitlines()[-1]
+    *_, choreography_line, last_line = run.stdout.rstrip("\n").splitlines()
+    assert CHOREOGRAPHY_LINE.fullmatch(choreography_line), choreography_line
+    assert choreography_line == result["summary_choreography"]
     assert LAST_LINE.fullmatch(last_line), last_line
+
+
+def _check_choreography_phase(phases: dict[str, Any], result: dict[str, Any]) -> None:
+    """Each style's closed loop delivered every saga through its own API, and the open loop
+    through the choreography API ran at the http phase's rate, cancels included."""
+    for style in ("orchestration", "choreography"):
+        loop = phases[f"saturation-{style}"]
+        assert loop["style"] == style
+        assert (loop["sagas"], loop["delivered"]) == (5, 5), style
+        assert {"nats", "api-choreography"} <= set(loop["cpu_s"]), loop["cpu_s"]
+
+    http, events = phases["http"], phases["http-choreography"]
+    assert events["style"] == "choreography"
+    assert events["mode"] is None
+    assert events["http"]["orders_per_s"] == http["http"]["orders_per_s"]
+    ordered = events["sagas"]
+    assert ordered == http["sagas"]
+    cancelled = ordered // 3
+    assert (events["delivered"], events["cancelled"]) == (ordered - cancelled, cancelled)
+    assert events["http"]["cancels"]["count"] == cancelled
+
+    ratios = {(r["numerator"], r["denominator"]) for r in result["ratios"]}
+    assert ("saturation-choreography", "saturation-orchestration") in ratios
+    assert ("http-choreography", "http") in ratios
