@@ -86,7 +86,8 @@ chaos-ci: install
 	exit $$status
 
 ## Benchmark on a fresh local stack: the saga against a no-database baseline workflow, with
-## remote and local steps, then the HTTP API at 20 orders/s; .bench/latest.json (BENCH_ARGS=...).
+## remote and local steps, the API unloaded and at 80 % of the saga's saturation rate, then the
+## choreographed saga against the orchestrated one; .bench/latest.json (BENCH_ARGS=...).
 bench: install
 	$(BIN)/python -m tools.bench $(BENCH_ARGS)
 
