@@ -31,15 +31,19 @@ in the choreographed style (``SAGA_STYLE=choreography``) on its own port.
 - ``decision``: the API's confirm (a compare-and-set in the database, then a signal) against a
   Temporal update with a validator on a probe workflow, ``--decisions`` of each, one at a
   time;
+- ``saturation``: the saturation rate, ``saturation-orchestration``: a closed loop of
+  ``--style-sagas`` through the API (``--concurrency`` in flight, after ``--warmup``
+  uncounted), each order placed, confirmed at once and followed to DELIVERED, the dealer
+  reporting through the API;
 - ``http``: an open loop through the API (its sagas run in remote mode) at ``--rate``
-  orders/s, by default ``--rate-fraction`` (80 %) of the sagas/s ``saga-remote`` reached in
-  this run; each order confirmed at once, one in ``--cancel-every`` cancelled instead;
+  orders/s, by default ``--rate-fraction`` (80 %) of the saturation rate of this run (of
+  ``saga-remote``'s, through the Temporal client, if ``saturation`` did not run); each order
+  confirmed at once, one in ``--cancel-every`` cancelled instead;
 - ``choreography``: the choreographed saga against the orchestrated one, on the same stack,
-  each through its own API (the dealer reporting through the same API):
-  ``saturation-orchestration`` then ``saturation-choreography``, closed loops of
-  ``--style-sagas`` (``--concurrency`` in flight, after ``--warmup`` uncounted), each order
-  placed, confirmed at once and followed to DELIVERED; then ``http-choreography``, the
-  ``http`` phase's open loop at the same rate through the choreography API.
+  each through its own API: ``saturation-choreography``, the same closed loop through the
+  choreography API (and ``saturation-orchestration`` if the ``saturation`` phase did not
+  run), then ``http-choreography``, the ``http`` phase's open loop at the same rate through
+  the choreography API.
 
 It prints tables (the phases, the ratios, the HTTP calls, the histories, the decision
 mechanisms, the two saga styles side by side, the targets met or not) and writes

@@ -62,7 +62,15 @@ from tools.bench.styles import api_closed_loop
 from tools.bench.unloaded import unloaded_orders
 
 CLIENT_PHASES = ("baseline-remote", "saga-remote", "baseline-local", "saga-local")
-PHASES = (*CLIENT_PHASES, "history", "http-unloaded", "decision", "http", "choreography")
+PHASES = (
+    *CLIENT_PHASES,
+    "history",
+    "http-unloaded",
+    "decision",
+    "saturation",
+    "http",
+    "choreography",
+)
 ORCHESTRATION, CHOREOGRAPHY = SagaStyle.ORCHESTRATION, SagaStyle.CHOREOGRAPHY
 HTTP_WARMUP_ORDERS = 5
 UNLOADED_WARMUP_ORDERS = 3
@@ -172,6 +180,13 @@ async def _phase(
     if name == "choreography":
         await _choreography_phase(bench, http, dealer, args, collected.phases)
         return
+    if name == "saturation":
+        # Orders arrive through the API: its closed loop is the saturation the open loop of
+        # the http phase takes its rate from.
+        p = await _saturation(bench, http, dealer, args, ORCHESTRATION)
+        collected.phases[SATURATION[ORCHESTRATION]] = p
+        _log_phase(args, p)
+        return
     if name == "http":
         p = await _http_phase(bench, http, dealer, args, collected.phases)
     elif name == "http-unloaded":
@@ -244,17 +259,21 @@ async def _client_phase(
 
 def _http_rate(args: argparse.Namespace, phases: dict[str, PhaseResult]) -> tuple[float, str]:
     """The open loop's rate in orders/s, and where it comes from: ``--rate``, else
-    ``--rate-fraction`` of the saturation rate (the ``saga-remote`` phase's sagas/s in this
-    run), else FALLBACK_RATE."""
+    ``--rate-fraction`` of the saturation rate in this run: the sagas/s of the closed loop
+    through the API (``saturation-orchestration``: orders arrive through the API, which takes
+    its share of the cores), else of the closed loop through the Temporal client
+    (``saga-remote``, an overestimate), else FALLBACK_RATE."""
     if args.rate is not None:
         return args.rate, "--rate"
-    saturation = phases.get("saga-remote")
-    if saturation is not None and saturation.sagas_per_s > 0:
-        rate = args.rate_fraction * saturation.sagas_per_s
-        return rate, (
-            f"{args.rate_fraction:.0%} of saga-remote's {saturation.sagas_per_s:.1f} sagas/s"
-        )
-    return FALLBACK_RATE, "default: saga-remote did not run"
+    for name in (SATURATION[ORCHESTRATION], "saga-remote"):
+        saturation = phases.get(name)
+        if saturation is not None and saturation.sagas_per_s > 0:
+            rate = args.rate_fraction * saturation.sagas_per_s
+            return (
+                rate,
+                f"{args.rate_fraction:.0%} of {name}'s {saturation.sagas_per_s:.1f} sagas/s",
+            )
+    return FALLBACK_RATE, "default: neither saturation-orchestration nor saga-remote ran"
 
 
 async def _http_phase(
@@ -353,12 +372,15 @@ async def _choreography_phase(
 ) -> None:
     """The choreographed saga against the orchestrated one, on the same stack, each through
     its own API (``http``: the orchestration API's client): a closed loop of
-    ``--style-sagas`` through each, then the ``http`` phase's open loop, at its rate, through
-    the choreography API. Adds the phases SATURATION[style] and OPEN_LOOP[CHOREOGRAPHY]."""
+    ``--style-sagas`` through each (the orchestrated one only if the ``saturation`` phase did
+    not run), then the ``http`` phase's open loop, at its rate, through the choreography API.
+    Adds the phases SATURATION[style] and OPEN_LOOP[CHOREOGRAPHY]."""
     assert bench.choreography_api_url is not None, "the stack runs the choreography API"
     async with api_client(bench, bench.choreography_api_url) as choreography_http:
         apis = {ORCHESTRATION: http, CHOREOGRAPHY: choreography_http}
         for style, through in apis.items():
+            if SATURATION[style] in phases:  # the saturation phase measured it in this run
+                continue
             p = phases[SATURATION[style]] = await _saturation(bench, through, dealer, args, style)
             _log_phase(args, p)
         orders_per_s, source = _open_loop_rate(args, phases)
@@ -706,7 +728,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--style-sagas",
         type=int,
         default=150,
-        help="measured sagas of each style's closed loop through its API (choreography phase)",
+        help="measured sagas of each closed loop through an API (saturation, choreography phases)",
     )
     parser.add_argument(
         "--cancel-every",

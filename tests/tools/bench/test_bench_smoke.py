@@ -20,8 +20,14 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[3]
 SAGA_PHASES = ["baseline-remote", "saga-remote", "baseline-local", "saga-local"]
-STYLE_PHASES = ["saturation-orchestration", "saturation-choreography", "http-choreography"]
-PHASES = [*SAGA_PHASES, "http-unloaded", "http", *STYLE_PHASES]
+PHASES = [
+    *SAGA_PHASES,
+    "http-unloaded",
+    "saturation-orchestration",
+    "http",
+    "saturation-choreography",
+    "http-choreography",
+]
 LAST_LINE = re.compile(r"bench: \d+\.\d sagas/s, ratio \d+\.\d\d to baseline, p99 \d+ ms")
 CHOREOGRAPHY_LINE = re.compile(
     r"bench-choreography: \d+\.\d sagas/s, ratio \d+\.\d\d to orchestration, p99 \d+ ms"
@@ -41,7 +47,7 @@ def test_a_small_bench_delivers_every_saga_in_every_phase(tmp_path: Path):
             "--warmup=3",
             "--unloaded-orders=3",
             "--decisions=3",
-            "--http-seconds=2",  # at 80% of saga-remote's rate: the default, not --rate
+            "--http-seconds=2",  # at 80% of saturation-orchestration: the default, not --rate
             "--cancel-every=3",
             "--quiet",
             f"--out={tmp_path}",
@@ -66,9 +72,9 @@ def test_a_small_bench_delivers_every_saga_in_every_phase(tmp_path: Path):
     assert unloaded["http"]["confirms"]["count"] == 3
 
     http = phases["http"]
-    saturation = phases["saga-remote"]["sagas_per_s"]
+    saturation = phases["saturation-orchestration"]["sagas_per_s"]
     assert http["http"]["orders_per_s"] == pytest.approx(0.8 * saturation)
-    assert "saga-remote" in http["http"]["rate_source"]
+    assert "saturation-orchestration" in http["http"]["rate_source"]
     ordered = http["sagas"]
     assert ordered == round(0.8 * saturation * 2)
     cancelled = ordered // 3  # orders 2, 5, 8, ...
