@@ -18,7 +18,7 @@ created) and only then is the payment cancelled or refunded; a cancel it sees af
 refused and the order goes on.
 """
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
@@ -70,21 +70,13 @@ class Handlers:
         in its row (PaymentService's sweeper closes it). A decision the customer took before
         the payment existed is applied now."""
         order_id = created.order_id
-        order = _order(db, order_id)
         payment_id = names.payment_id_for(order_id)
         window = (
             timedelta(seconds=created.payment_window_seconds)
             if created.payment_window_seconds is not None
             else self._timeouts.payment_window
         )
-        payment, inserted = payments.create_payment(
-            db,
-            payment_id,
-            order_id,
-            from_cents(order.total_cents),
-            utcnow() + window,
-            saga_id_of(order_id),
-        )
+        payment, inserted = _create_payment(db, order_id, utcnow() + window)
         if not inserted:
             return Outcome(note=f"payment already {payment.status}")
         decision = payments.decision_of(db, payment_id)
@@ -107,17 +99,8 @@ class Handlers:
         ones: a confirm that completed it first is refunded below; one that comes after
         finds it cancelled (and the window's close, ``close_window``, locks it first)."""
         order_id = stopped.order_id
-        payment_id = names.payment_id_for(order_id)
-        if db.get(PaymentRow, payment_id) is None:
-            order = _order(db, order_id)
-            payments.create_payment(
-                db,
-                payment_id,
-                order_id,
-                from_cents(order.total_cents),
-                None,
-                saga_id_of(order_id),
-            )
+        if db.get(PaymentRow, names.payment_id_for(order_id)) is None:
+            _create_payment(db, order_id, None)
         return _undo_payment(db, order_id, stopped.reason or names.CANCELLED_ON_REQUEST)
 
     # --- OrderService -------------------------------------------------------------------
@@ -274,6 +257,22 @@ def _order(db: Session, order_id: str) -> OrderRow:
     if order is None:  # every event follows the order's creation: a missing row is a fault
         raise LookupError(f"order {order_id} does not exist")
     return order
+
+
+def _create_payment(
+    db: Session, order_id: str, expires_at: datetime | None
+) -> tuple[PaymentRow, bool]:
+    """The order's payment, PENDING, of the order's total, its window closing at
+    ``expires_at`` (None: no window) (or the existing one); True if written now."""
+    order = _order(db, order_id)
+    return payments.create_payment(
+        db,
+        names.payment_id_for(order_id),
+        order_id,
+        from_cents(order.total_cents),
+        expires_at,
+        saga_id_of(order_id),
+    )
 
 
 def _create_delivery(db: Session, order_id: str) -> tuple[DeliveryRow, bool]:

@@ -10,8 +10,9 @@ event it has applied.
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import TypeVar
 
 from faststream.nats import NatsBroker
 from sqlalchemy import Engine, update
@@ -23,6 +24,7 @@ from store.db import session
 from store.models import OutboxRow, utcnow
 
 log = logging.getLogger("choreography.outbox")
+T = TypeVar("T")
 
 
 def emit(db: Session, event: Event) -> None:
@@ -57,6 +59,29 @@ class Publisher:
             return
         faults.point("outbox.after_publish")  # published, not marked: a duplicate follows
         await asyncio.to_thread(self._mark, [e.event_id for e in events])
+
+    async def write(
+        self,
+        work: Callable[[Session], tuple[T, Sequence[Event]]],
+        *,
+        budget: timedelta | None = None,
+    ) -> T:
+        """Run ``work`` in one transaction (within ``budget``, if given) with the events it
+        returns, written to the outbox; once committed, publish them (left to the relay if
+        the broker does not take them now). Returns ``work``'s result."""
+
+        def in_transaction() -> tuple[T, Sequence[Event]]:
+            with session(self._engine, budget=budget) as db:
+                result, emitted = work(db)
+                for event in emitted:
+                    emit(db, event)
+                db.commit()
+            return result, emitted
+
+        result, emitted = await asyncio.to_thread(in_transaction)
+        if emitted:
+            await self.publish(emitted)
+        return result
 
     async def replay(self, event: Event, tag: str) -> None:
         """Publish ``event`` again under a new message id (``tag``): the broker delivers it

@@ -23,7 +23,7 @@ from sqlmodel import Session
 
 from choreography.consumer import Outcome
 from choreography.handlers import apply_decision, saga_id_of, try_assignment
-from choreography.outbox import Publisher, emit
+from choreography.outbox import Publisher
 from domain import names
 from domain.events import Event, EventType, Service
 from domain.payloads import SagaTimeouts
@@ -82,18 +82,9 @@ class Sweepers:
 
     async def _handle(self, step: Callable[[Session, str], Outcome], row_id: str) -> None:
         """``step`` on one due row, in one transaction with the events it emits."""
-
-        def in_transaction() -> list[Event]:
-            with session(self._engine, budget=STEP_TRANSACTION_BUDGET) as db:
-                outcome = step(db, row_id)
-                for new in outcome.emitted:
-                    emit(db, new)
-                db.commit()
-            return list(outcome.emitted)
-
-        emitted = await asyncio.to_thread(in_transaction)
-        if emitted:
-            await self._publisher.publish(emitted)
+        await self._publisher.write(
+            lambda db: (None, step(db, row_id).emitted), budget=STEP_TRANSACTION_BUDGET
+        )
 
     # --- PaymentService -----------------------------------------------------------------
 

@@ -9,14 +9,12 @@ them. Every answer comes from the database: nothing waits for a consumer.
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from choreography.handlers import apply_decision, saga_id_of
-from choreography.outbox import Publisher, emit
+from choreography.outbox import Publisher
 from domain import names
 from domain.events import Event, EventType, Service
 from domain.payloads import OrderRequest
@@ -27,10 +25,8 @@ from sagas.errors import ConflictError, IdempotencyKeyReusedError, NotFoundError
 from sagas.orchestration import DecisionAccepted, Placement, won_for
 from services import deliveries, orders, payments
 from settings import Settings
-from store.db import session
 from store.models import DeadLetterRow, DeliveryRow, PaymentRow, utcnow
 
-T = TypeVar("T")
 # How often a waiting ``place`` reads the order back (``Prefer: wait``).
 POLL = 0.02
 
@@ -42,23 +38,6 @@ class ChoreographedSagas:
         self._engine = engine
         self._settings = settings
         self._publisher = publisher
-
-    async def _write(self, work: Callable[[Session], tuple[T, list[Event]]]) -> T:
-        """``work`` in one transaction with the events it emits, then the events published
-        (left to the relay if the broker does not take them now)."""
-
-        def in_transaction() -> tuple[T, list[Event]]:
-            with session(self._engine) as db:
-                result, emitted = work(db)
-                for event in emitted:
-                    emit(db, event)
-                db.commit()
-            return result, emitted
-
-        result, emitted = await asyncio.to_thread(in_transaction)
-        if emitted:
-            await self._publisher.publish(emitted)
-        return result
 
     async def place(
         self, request: OrderRequest, idempotency_key: str | None, order_id: str, *, wait: float
@@ -94,7 +73,7 @@ class ChoreographedSagas:
             )
             return False, [created]
 
-        replayed = await self._write(accept)
+        replayed = await self._publisher.write(accept)
         view = None
         if replayed:
             view = await asyncio.to_thread(views.order_view, self._engine, self._settings, order_id)
@@ -129,7 +108,7 @@ class ChoreographedSagas:
             outcome = apply_decision(db, taken.order_id, payment_id, decision)
             return taken, list(outcome.emitted)
 
-        taken = await self._write(decide)
+        taken = await self._publisher.write(decide)
         order_id = won_for(taken, payment_id, decision)
         return DecisionAccepted(order_id, decision, replayed=not taken.applied)
 
@@ -155,7 +134,7 @@ class ChoreographedSagas:
             )
             return order_id, [completed]
 
-        return await self._write(complete)
+        return await self._publisher.write(complete)
 
     async def replay_dead_letter(self, dead_letter_id: str) -> None:
         """Publish a dead-lettered event again, for its consumer to apply (the operator has
@@ -173,7 +152,7 @@ class ChoreographedSagas:
             db.add(row)
             return Event.model_validate_json(row.body), []
 
-        event = await self._write(take)
+        event = await self._publisher.write(take)
         await self._publisher.replay(event, f"replay-{dead_letter_id}")
 
     async def cancel(self, order_id: str, view: OrderView) -> None:
@@ -193,4 +172,4 @@ class ChoreographedSagas:
             )
             return None, [requested]
 
-        await self._write(request)
+        await self._publisher.write(request)
