@@ -42,8 +42,9 @@ in the choreographed style (``SAGA_STYLE=choreography``) on its own port.
 - ``choreography``: the choreographed saga against the orchestrated one, on the same stack,
   each through its own API: ``saturation-choreography``, the same closed loop through the
   choreography API (and ``saturation-orchestration`` if the ``saturation`` phase did not
-  run), then ``http-choreography``, the ``http`` phase's open loop at the same rate through
-  the choreography API.
+  run), ``http-unloaded-choreography``, the ``http-unloaded`` phase through the choreography
+  API, then ``http-choreography``, the ``http`` phase's open loop at the same rate through the
+  choreography API.
 
 It prints tables (the phases, the ratios, the HTTP calls, the histories, the decision
 mechanisms, the two saga styles side by side, the targets met or not) and writes

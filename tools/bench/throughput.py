@@ -44,6 +44,7 @@ from tools.bench.progress import Progress, status
 from tools.bench.report import (
     OPEN_LOOP,
     SATURATION,
+    UNLOADED,
     BenchResult,
     DecisionResult,
     HistoryShape,
@@ -373,8 +374,10 @@ async def _choreography_phase(
     """The choreographed saga against the orchestrated one, on the same stack, each through
     its own API (``http``: the orchestration API's client): a closed loop of
     ``--style-sagas`` through each (the orchestrated one only if the ``saturation`` phase did
-    not run), then the ``http`` phase's open loop, at its rate, through the choreography API.
-    Adds the phases SATURATION[style] and OPEN_LOOP[CHOREOGRAPHY]."""
+    not run), one order at a time through the choreography API (as ``http-unloaded`` through
+    the orchestration one), then the ``http`` phase's open loop, at its rate, through the
+    choreography API. Adds the phases SATURATION[style], UNLOADED[CHOREOGRAPHY] and
+    OPEN_LOOP[CHOREOGRAPHY]."""
     assert bench.choreography_api_url is not None, "the stack runs the choreography API"
     async with api_client(bench, bench.choreography_api_url) as choreography_http:
         apis = {ORCHESTRATION: http, CHOREOGRAPHY: choreography_http}
@@ -383,6 +386,10 @@ async def _choreography_phase(
                 continue
             p = phases[SATURATION[style]] = await _saturation(bench, through, dealer, args, style)
             _log_phase(args, p)
+        p = phases[UNLOADED[CHOREOGRAPHY]] = await _unloaded_phase(
+            bench, choreography_http, dealer, args, CHOREOGRAPHY
+        )
+        _log_phase(args, p)
         orders_per_s, source = _open_loop_rate(args, phases)
         p = phases[OPEN_LOOP[CHOREOGRAPHY]] = await _open_loop(
             bench, choreography_http, dealer, args, CHOREOGRAPHY, orders_per_s, source
@@ -524,29 +531,39 @@ async def _http_measured(
 
 
 async def _unloaded_phase(
-    bench: BenchStack, http: httpx.AsyncClient, dealer: Dealer, args: argparse.Namespace
+    bench: BenchStack,
+    http: httpx.AsyncClient,
+    dealer: Dealer,
+    args: argparse.Namespace,
+    style: SagaStyle = ORCHESTRATION,
 ) -> PhaseResult:
-    """One order at a time through the API (``tools/bench/unloaded.py``)."""
-    dealer.via = "http"
-    before, report_calls = _DealerCounts.of(dealer), len(dealer.report_seconds)
-    with bench.monitor.measure() as usage:
-        async with Progress("http-unloaded", args.unloaded_orders, enabled=not args.quiet) as bar:
-            load = await guarded(
-                bench,
-                unloaded_orders(
+    """One order at a time through ``http``, the API placing orders in ``style``
+    (``tools/bench/unloaded.py``): the phase ``UNLOADED[style]``. The dealer reports through
+    the same API."""
+    name = UNLOADED[style]
+    tag = f"bench-{bench.run_dir.name}-unloaded" + ("" if style == ORCHESTRATION else f"-{style}")
+    with _dealer_through(dealer, http):
+        before, report_calls = _DealerCounts.of(dealer), len(dealer.report_seconds)
+        with bench.monitor.measure() as usage:
+            async with Progress(name, args.unloaded_orders, enabled=not args.quiet) as bar:
+                load = await guarded(
                     bench,
-                    http,
-                    orders=args.unloaded_orders,
-                    warmup=UNLOADED_WARMUP_ORDERS,
-                    tag=f"bench-{bench.run_dir.name}-unloaded",
-                    within=args.saga_timeout,
-                    on_order=bar.advance,
-                ),
-            )
+                    unloaded_orders(
+                        bench,
+                        http,
+                        orders=args.unloaded_orders,
+                        warmup=UNLOADED_WARMUP_ORDERS,
+                        tag=tag,
+                        within=args.saga_timeout,
+                        on_order=bar.advance,
+                    ),
+                )
+        reports = dealer.report_seconds[report_calls:]
     result = _phase_result(
-        "http-unloaded",
+        name,
         "http",
-        StepMode.REMOTE,
+        _mode_of(style),
+        style=style,
         sagas=load.requested,
         ok=load.e2e_seconds,
         problems=load.problems,
@@ -555,6 +572,7 @@ async def _unloaded_phase(
         cpu_s=usage.cpu_s,
         rss_max_mb=usage.rss_max_mb,
         worker="worker",
+        api=_api_of(style),
         dealer=_DealerCounts.of(dealer) - before,
     )
     result.http = _http_detail(
@@ -565,7 +583,7 @@ async def _unloaded_phase(
         seconds=math.nan,
         cancel_every=0,
         # The warm-up's reports too: the dealer does not tell them apart (3 of them).
-        reports=dealer.report_seconds[report_calls:],
+        reports=reports,
         refused=result.dealer_not_yet,
         in_transit=Latency.of(load.in_transit_seconds),
         healthz=Latency.of(load.healthz_seconds),
