@@ -88,6 +88,7 @@ def create_app(
         finally:
             if connecting is not None:
                 connecting.cancel()
+            await app.state.services.sagas.aclose()
             if broker is not None:
                 await broker.stop()
             engine.dispose()

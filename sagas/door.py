@@ -6,6 +6,7 @@ API answers them alike: the same views, the same status codes.
 """
 
 import asyncio
+from collections.abc import Callable
 
 from sqlalchemy import Engine
 from temporalio.client import Client
@@ -20,6 +21,10 @@ from sagas.choreography import ChoreographedSagas
 from sagas.errors import ConflictError, NotFoundError
 from sagas.orchestration import DecisionAccepted, OrchestratedSagas, Placement
 from settings import Settings
+
+
+def _anyone(_customer_id: str) -> None:
+    """Lets anyone decide (the CLI and the tools act for the customer)."""
 
 
 class Sagas:
@@ -40,6 +45,10 @@ class Sagas:
             ChoreographedSagas(engine, settings, publisher) if publisher is not None else None
         )
 
+    async def aclose(self) -> None:
+        """Finish what was left to do after answers given (before the engine closes)."""
+        await self.orchestrated.aclose()
+
     def _choreography(self) -> ChoreographedSagas:
         if self.choreographed is None:
             raise ConflictError("this order's saga runs on events, and NATS_URL is not set")
@@ -52,8 +61,12 @@ class Sagas:
         order was placed with)."""
         order_id = names.new_order_id(request.customer_id, idempotency_key)
         style = self._settings.saga_style
-        if idempotency_key is not None:  # a replay keeps its order's style
-            style = await self._style(order_id=order_id) or style
+        if idempotency_key is not None and style == SagaStyle.CHOREOGRAPHY:
+            # A replay keeps its order's style. Only this style needs to look: the
+            # orchestrated door answers a replayed choreographed order from its row (written
+            # with its key, in one transaction), while the choreographed door could not start
+            # the saga of an orchestrated order whose first request failed before starting it.
+            style = await self._style(order_id) or style
         if style == SagaStyle.CHOREOGRAPHY:
             return await self._choreography().place(request, idempotency_key, order_id, wait=wait)
         return await self.orchestrated.place(request, idempotency_key, order_id, wait=wait)
@@ -65,7 +78,7 @@ class Sagas:
     async def saga_state(self, order_id: str) -> SagaState | list[EventLogEntry] | None:
         """The saga's full account: an orchestrated saga's state (a workflow query), or a
         choreographed order's event log. None when there is none."""
-        if await self._style(order_id=order_id) == SagaStyle.CHOREOGRAPHY:
+        if await self._style(order_id) == SagaStyle.CHOREOGRAPHY:
             view = await self.order(order_id)
             return view.events
         return await self.orchestrated.saga_state(order_id)
@@ -82,39 +95,36 @@ class Sagas:
             return
         await self.orchestrated.cancel(order_id)
 
-    async def decide_payment(self, payment_id: str, *, confirm: bool) -> DecisionAccepted:
-        """The customer's decision on their payment: exactly one of racing decisions wins."""
-        style = await self._style(payment_id=payment_id)
-        if style is None:
+    async def decide_payment(
+        self, payment_id: str, *, confirm: bool, authorize: Callable[[str], None] = _anyone
+    ) -> DecisionAccepted:
+        """The customer's decision on their payment: exactly one of racing decisions wins.
+
+        ``authorize`` gets the customer the payment belongs to before anything is written,
+        and raises to refuse the decision (the API's 403). :class:`NotFoundError` for an
+        unknown payment."""
+        party = await asyncio.to_thread(views.payment_party, self._engine, payment_id)
+        if party is None:
             raise NotFoundError(f"payment {payment_id} does not exist")
-        if style == SagaStyle.CHOREOGRAPHY:
+        authorize(party.customer_id)
+        if party.style == SagaStyle.CHOREOGRAPHY:
             return await self._choreography().decide_payment(payment_id, confirm=confirm)
         return await self.orchestrated.decide_payment(payment_id, confirm=confirm)
 
     async def report_delivered(self, delivery_id: str) -> str:
-        """The dealer's report that the parcel arrived; returns its order id."""
-        style = await self._style(delivery_id=delivery_id)
-        if style is None:
+        """The dealer's report that the parcel arrived; returns its order id.
+        :class:`NotFoundError` for an unknown delivery."""
+        found = await asyncio.to_thread(views.delivery_and_style, self._engine, delivery_id)
+        if found is None:
             raise NotFoundError(f"delivery {delivery_id} does not exist")
+        delivery, style = found
         if style == SagaStyle.CHOREOGRAPHY:
             return await self._choreography().report_delivered(delivery_id)
-        return await self.orchestrated.report_delivered(delivery_id)
+        return await self.orchestrated.report_delivered(delivery)
 
     async def replay_dead_letter(self, dead_letter_id: str) -> None:
         """Deliver a dead-lettered event again (its cause fixed)."""
         await self._choreography().replay_dead_letter(dead_letter_id)
 
-    async def _style(
-        self,
-        *,
-        order_id: str | None = None,
-        payment_id: str | None = None,
-        delivery_id: str | None = None,
-    ) -> SagaStyle | None:
-        return await asyncio.to_thread(
-            views.style_of,
-            self._engine,
-            order_id=order_id,
-            payment_id=payment_id,
-            delivery_id=delivery_id,
-        )
+    async def _style(self, order_id: str) -> SagaStyle | None:
+        return await asyncio.to_thread(views.style_of, self._engine, order_id)

@@ -54,6 +54,7 @@ from services import orders as order_service
 from services import payments as payment_service
 from settings import Settings
 from store.db import session
+from store.models import DeliveryRow
 from workflows import OrderProcessWorkflow
 
 log = logging.getLogger("sagas")
@@ -182,6 +183,12 @@ class OrchestratedSagas:
         self._client = client
         self._engine = engine
         self._settings = settings
+        # Writes left to finish after the answer (see place); held so they are not collected.
+        self._after_answer: set[asyncio.Task[None]] = set()
+
+    async def aclose(self) -> None:
+        """Finish the writes ``place`` left to do after its answers (the API's shutdown)."""
+        await asyncio.gather(*self._after_answer, return_exceptions=True)
 
     def handle(self, order_id: str) -> SagaHandle:
         return self._client.get_workflow_handle_for(
@@ -248,7 +255,11 @@ class OrchestratedSagas:
         else:
             replayed |= await self._start(input, options, fingerprint)
         if idempotency_key is not None:
-            await self._mark_started(request.customer_id, idempotency_key)
+            # The key's "saga started" mark is a hint for late replays (see _mark_started),
+            # written after the answer: one write transaction fewer on the caller's wait.
+            marking = asyncio.create_task(self._mark_started(request.customer_id, idempotency_key))
+            self._after_answer.add(marking)
+            marking.add_done_callback(self._after_answer.discard)
         return Placement(order_id, payment_id, view, replayed=replayed)
 
     def _accept(
@@ -348,6 +359,11 @@ class OrchestratedSagas:
             return None
 
     async def _mark_started(self, customer_id: str, key: str) -> None:
+        """Mark the key's saga started. A replay that finds the mark and no saga (Temporal
+        dropped it, closed) knows its saga ended before writing the order; a replay that finds
+        none starts the saga again, which is safe (one saga per order id): so a mark lost to a
+        crash, or not yet written when a replay comes, costs nothing."""
+
         def mark() -> None:
             with session(self._engine) as db:
                 order_service.mark_key_saga_started(db, customer_id, key)
@@ -461,16 +477,15 @@ class OrchestratedSagas:
         )
         await self.handle(order_id).signal(signal, PaymentDecision(payment_id=payment_id))
 
-    async def report_delivered(self, delivery_id: str) -> str:
-        """The dealer's report that the parcel arrived; returns its order id.
+    async def report_delivered(self, delivery: DeliveryRow) -> str:
+        """The dealer's report that the parcel arrived (``delivery`` as the door read it);
+        returns its order id.
 
-        :class:`NotFoundError` for an unknown delivery; :class:`ConflictError` unless the
-        database shows it IN_TRANSIT. The report names the dealer the database shows, so a
-        saga that has not yet seen its assignment holds it until it does.
+        :class:`ConflictError` unless the database shows it IN_TRANSIT. The report names the
+        dealer the database shows, so a saga that has not yet seen its assignment holds it
+        until it does.
         """
-        delivery = await asyncio.to_thread(views.get_delivery, self._engine, delivery_id)
-        if delivery is None:
-            raise NotFoundError(f"delivery {delivery_id} does not exist")
+        delivery_id = delivery.id
         if delivery.status != DeliveryStatus.IN_TRANSIT:
             raise ConflictError(f"delivery {delivery_id} is {delivery.status}, not IN_TRANSIT")
         with saga_ended_is_conflict(f"delivery {delivery_id} can no longer be reported"):

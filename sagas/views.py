@@ -1,6 +1,8 @@
 """The read side: orders, payments, deliveries and dealers as the views show them, read from
 the services' rows (sync: callers in an event loop run them in a thread)."""
 
+from dataclasses import dataclass
+
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
@@ -202,25 +204,10 @@ def dead_letters(engine: Engine, *, pending_only: bool, limit: int) -> list[Dead
     return [dead_letter_view(r) for r in rows]
 
 
-def style_of(
-    engine: Engine,
-    *,
-    order_id: str | None = None,
-    payment_id: str | None = None,
-    delivery_id: str | None = None,
-) -> SagaStyle | None:
-    """The style of the order named by its id, its payment's or its delivery's; None for an
-    order never accepted. An order accepted but not written yet is orchestrated."""
+def style_of(engine: Engine, order_id: str) -> SagaStyle | None:
+    """The style of the order; None for an order never accepted. An order accepted but not
+    written yet is orchestrated (a choreographed order is written when it is accepted)."""
     with read_session(engine) as db:
-        if payment_id is not None:
-            accepted = db.get(PaymentDecisionRow, payment_id)
-            payment = db.get(PaymentRow, payment_id)
-            order_id = accepted.order_id if accepted else payment.order_id if payment else None
-        if delivery_id is not None:
-            delivery = db.get(DeliveryRow, delivery_id)
-            order_id = delivery.order_id if delivery else None
-        if order_id is None:
-            return None
         order = db.get(OrderRow, order_id)
         if order is not None:
             return SagaStyle(order.saga_style)
@@ -228,6 +215,47 @@ def style_of(
             select(PaymentDecisionRow.payment_id).where(PaymentDecisionRow.order_id == order_id)
         ).first()
     return SagaStyle.ORCHESTRATION if known else None
+
+
+@dataclass(frozen=True)
+class PaymentParty:
+    """Whose payment it is and how its order's saga runs: all a decision needs to know
+    before it is taken, read at once."""
+
+    order_id: str
+    customer_id: str
+    style: SagaStyle
+
+
+def payment_party(engine: Engine, payment_id: str) -> PaymentParty | None:
+    """The order, customer and saga style of the payment, from the moment its order was
+    accepted (its decision row; orders accepted before decisions were recorded: its payment
+    and order rows); None if unknown."""
+    with read_session(engine) as db:
+        accepted = db.get(PaymentDecisionRow, payment_id)
+        if accepted is not None:
+            order = db.get(OrderRow, accepted.order_id)
+            order_id, customer_id = accepted.order_id, accepted.customer_id
+        else:
+            payment = db.get(PaymentRow, payment_id)
+            order = db.get(OrderRow, payment.order_id) if payment is not None else None
+            if order is None:
+                return None
+            order_id, customer_id = order.id, order.customer_id
+    # Accepted but not written yet: orchestrated (see style_of).
+    style = SagaStyle(order.saga_style) if order is not None else SagaStyle.ORCHESTRATION
+    return PaymentParty(order_id, customer_id, style)
+
+
+def delivery_and_style(engine: Engine, delivery_id: str) -> tuple[DeliveryRow, SagaStyle] | None:
+    """The delivery's row and its order's saga style, read at once; None if unknown."""
+    with read_session(engine) as db:
+        delivery = db.get(DeliveryRow, delivery_id)
+        if delivery is None:
+            return None
+        order = db.get(OrderRow, delivery.order_id)
+    style = SagaStyle(order.saga_style) if order is not None else SagaStyle.ORCHESTRATION
+    return delivery, style
 
 
 def list_orders(
@@ -283,32 +311,20 @@ def get_payment(engine: Engine, payment_id: str) -> PaymentRow | None:
         return db.get(PaymentRow, payment_id)
 
 
-def customer_of(
-    engine: Engine, *, order_id: str | None = None, payment_id: str | None = None
-) -> str | None:
-    """The customer who placed the order (named by its id or its payment's), from the moment
-    it was accepted; None if unknown."""
-    if order_id is None and payment_id is None:
-        raise TypeError("customer_of needs an order_id or a payment_id")
-    accepted = select(PaymentDecisionRow.customer_id)
-    placed = select(OrderRow.customer_id)
-    if order_id is not None:
-        accepted = accepted.where(col(PaymentDecisionRow.order_id) == order_id)
-        placed = placed.where(col(OrderRow.id) == order_id)
-    if payment_id is not None:
-        accepted = accepted.where(col(PaymentDecisionRow.payment_id) == payment_id)
-        placed = placed.join(PaymentRow, col(PaymentRow.order_id) == col(OrderRow.id)).where(
-            col(PaymentRow.id) == payment_id
-        )
+def customer_of(engine: Engine, order_id: str) -> str | None:
+    """The customer who placed the order, from the moment it was accepted; None if
+    unknown."""
     with read_session(engine) as db:
         # Orders accepted before decisions were recorded have no decision row.
-        return db.exec(accepted).first() or db.exec(placed).first()
-
-
-def get_delivery(engine: Engine, delivery_id: str) -> DeliveryRow | None:
-    """The delivery's row; None if unknown."""
-    with read_session(engine) as db:
-        return db.get(DeliveryRow, delivery_id)
+        accepted = db.exec(
+            select(PaymentDecisionRow.customer_id).where(
+                col(PaymentDecisionRow.order_id) == order_id
+            )
+        ).first()
+        return (
+            accepted
+            or db.exec(select(OrderRow.customer_id).where(col(OrderRow.id) == order_id)).first()
+        )
 
 
 def dealer_view(row: DealerRow) -> DealerView:

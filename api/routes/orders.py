@@ -252,7 +252,7 @@ async def cancel_order(
     Its customer, or an operator on behalf of the shop."""
     key = str(order_id)
     if not caller.is_operator:
-        owner = await run_in_threadpool(views.customer_of, services.engine, order_id=key)
+        owner = await run_in_threadpool(views.customer_of, services.engine, key)
         if owner is None:
             raise NotFoundError(f"order {key} does not exist")
         auth.require_visible(caller, owner, "order")

@@ -3,14 +3,11 @@
 import uuid
 
 from fastapi import APIRouter, status
-from starlette.concurrency import run_in_threadpool
 
 from api import auth
 from api.deps import Services, ServicesDep
 from api.errors import responses
 from api.schemas import Accepted
-from sagas import views
-from sagas.errors import NotFoundError
 
 router = APIRouter(prefix="/payments", tags=["payments"])
 
@@ -22,12 +19,11 @@ async def _decide(
 ) -> Accepted:
     """The customer's decision: 404 unknown payment, 403 another customer's, then 409 unless
     it is still PENDING inside its window."""
-    key = str(payment_id)
-    owner = await run_in_threadpool(views.customer_of, services.engine, payment_id=key)
-    if owner is None:
-        raise NotFoundError(f"payment {key} does not exist")
-    auth.require_customer_of(caller, owner, "payment")
-    accepted = await services.sagas.decide_payment(key, confirm=confirm)
+    accepted = await services.sagas.decide_payment(
+        str(payment_id),
+        confirm=confirm,
+        authorize=lambda owner: auth.require_customer_of(caller, owner, "payment"),
+    )
     verb = "confirmed" if confirm else "cancelled"
     return Accepted.for_order(accepted.order_id, f"payment {verb}: the saga has the decision")
 
