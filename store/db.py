@@ -13,6 +13,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel, create_engine
 
 from store import models  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -106,10 +107,49 @@ def make_engine(
         # A budgeted transaction waits for the write lock no longer than its budget (set on
         # every BEGIN: the connection goes back to the pool and serves other sessions).
         busy_ms = int(options.get(BUDGET_MS) or SQLITE_BUSY_TIMEOUT_MS)
-        connection.exec_driver_sql(f"PRAGMA busy_timeout={busy_ms}")
-        connection.exec_driver_sql("BEGIN" if options.get(READ_ONLY) else "BEGIN IMMEDIATE")
+        if options.get(READ_ONLY):
+            connection.exec_driver_sql(f"PRAGMA busy_timeout={busy_ms}")
+            connection.exec_driver_sql("BEGIN")
+        else:
+            _begin_immediate(connection.connection.dbapi_connection, busy_ms)
 
     return engine
+
+
+# The pauses between two tries for SQLite's write lock: short, because a write transaction
+# here holds it for a few milliseconds.
+LOCK_POLL_FIRST = 0.0002
+LOCK_POLL_MOST = 0.002
+
+
+def _begin_immediate(dbapi_connection: Any, busy_ms: int) -> None:
+    """``BEGIN IMMEDIATE``, trying again for the write lock every 0.2 to 2 ms, for up to
+    ``busy_ms`` (then SQLite's "database is locked").
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ... ms between its tries, so a
+    writer that finds the lock taken for 2 ms wakes up to take it 15 to 30 ms later: under
+    load, that is where the API's slowest answers waited (``make bench``, docs/performance.md).
+    The rest of the transaction keeps ``busy_ms`` as its busy timeout. Errors are raised as
+    SQLAlchemy raises them (``sqlalchemy.exc.OperationalError``: retryable for the steps).
+    """
+    deadline = time.monotonic() + busy_ms / 1000
+    pause = LOCK_POLL_FIRST
+    try:
+        dbapi_connection.execute("PRAGMA busy_timeout=0")
+        while True:
+            try:
+                dbapi_connection.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as err:
+                left = deadline - time.monotonic()
+                if "locked" not in str(err) or left <= 0:
+                    raise
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, LOCK_POLL_MOST)
+    except sqlite3.Error as err:
+        raise DBAPIError.instance("BEGIN IMMEDIATE", None, err, sqlite3.Error) from err
+    finally:
+        dbapi_connection.execute(f"PRAGMA busy_timeout={busy_ms}")
 
 
 def _enable_wal(cursor: Any, *, patience: float = 30.0) -> None:

@@ -1,8 +1,11 @@
-"""Reads do not queue behind writers on SQLite: read_session takes no write lock."""
+"""Reads do not queue behind writers on SQLite: read_session takes no write lock; writers
+wait for it in turn."""
 
 import sqlite3
+import threading
+import time
 
-from sqlmodel import select
+from sqlmodel import select, update
 
 from store.db import make_engine, migrate, read_session, session
 from store.models import DealerRow
@@ -44,5 +47,44 @@ def test_a_read_session_still_sees_what_sessions_committed(tmp_path):
             db.commit()
         with read_session(engine) as db:
             assert [d.name for d in db.exec(select(DealerRow)).all()] == ["Ana"]
+    finally:
+        engine.dispose()
+
+
+def test_a_writer_waiting_for_the_write_lock_takes_it_once_released(tmp_path):
+    """store.db polls for SQLite's write lock instead of its busy handler: a writer that
+    finds the lock taken keeps trying, commits after the holder releases it, and does not
+    write before."""
+    path = tmp_path / "orders.db"
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        migrate(engine)
+        with session(engine) as db:
+            db.add(new_dealer("Ana", "+1-1", "Tehran", "Tehran", 2))
+            db.commit()
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("UPDATE dealers SET capacity = 3")
+        seen_by_writer: list[int] = []
+
+        def write() -> None:
+            with session(engine) as db:  # waits here, in BEGIN IMMEDIATE
+                seen_by_writer.append(db.exec(select(DealerRow)).one().capacity)
+                db.exec(update(DealerRow).values(capacity=DealerRow.capacity + 1))
+                db.commit()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        time.sleep(0.2)  # the writer tries for the lock meanwhile
+        assert writer.is_alive()
+        assert seen_by_writer == []
+        holder.execute("COMMIT")
+        holder.close()
+        writer.join(10)
+        assert not writer.is_alive()
+        # It read after the holder's commit, inside its own transaction.
+        assert seen_by_writer == [3]
+        with read_session(engine) as db:
+            assert db.exec(select(DealerRow)).one().capacity == 4
     finally:
         engine.dispose()
