@@ -9,6 +9,7 @@ configuration as the saga's worker, so the two compare like for like.
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,7 @@ async def serve(settings: Settings) -> None:
                     max_concurrent_activities=threads,
                 )
             )
+            gc.freeze()  # as the saga's worker does (worker.py)
             await stop.wait()
 
 
