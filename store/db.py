@@ -99,6 +99,11 @@ def make_engine(
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
+    # One thread of this process at a time tries for the write lock; the others wait here,
+    # without polling: the process's writers queue in turn, and a request's transaction in
+    # the API competes with one of the worker's, not with all of its threads.
+    next_writer = threading.Lock()
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         # A read-only session (read_session) needs no write lock: a deferred BEGIN reads a WAL
@@ -111,7 +116,7 @@ def make_engine(
             connection.exec_driver_sql(f"PRAGMA busy_timeout={busy_ms}")
             connection.exec_driver_sql("BEGIN")
         else:
-            _begin_immediate(connection.connection.dbapi_connection, busy_ms)
+            _begin_immediate(connection.connection.dbapi_connection, busy_ms, next_writer)
 
     return engine
 
@@ -122,9 +127,9 @@ LOCK_POLL_FIRST = 0.0002
 LOCK_POLL_MOST = 0.002
 
 
-def _begin_immediate(dbapi_connection: Any, busy_ms: int) -> None:
+def _begin_immediate(dbapi_connection: Any, busy_ms: int, turn: threading.Lock) -> None:
     """``BEGIN IMMEDIATE``, trying again for the write lock every 0.2 to 2 ms, for up to
-    ``busy_ms`` (then SQLite's "database is locked").
+    ``busy_ms`` (then SQLite's "database is locked"), once it is this thread's ``turn``.
 
     SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ... ms between its tries, so a
     writer that finds the lock taken for 2 ms wakes up to take it 15 to 30 ms later: under
@@ -136,16 +141,21 @@ def _begin_immediate(dbapi_connection: Any, busy_ms: int) -> None:
     pause = LOCK_POLL_FIRST
     try:
         dbapi_connection.execute("PRAGMA busy_timeout=0")
-        while True:
-            try:
-                dbapi_connection.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as err:
-                left = deadline - time.monotonic()
-                if "locked" not in str(err) or left <= 0:
-                    raise
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, LOCK_POLL_MOST)
+        if not turn.acquire(timeout=busy_ms / 1000):
+            raise sqlite3.OperationalError("database is locked")
+        try:
+            while True:
+                try:
+                    dbapi_connection.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as err:
+                    left = deadline - time.monotonic()
+                    if "locked" not in str(err) or left <= 0:
+                        raise
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, LOCK_POLL_MOST)
+        finally:
+            turn.release()
     except sqlite3.Error as err:
         raise DBAPIError.instance("BEGIN IMMEDIATE", None, err, sqlite3.Error) from err
     finally:

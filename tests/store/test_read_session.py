@@ -51,10 +51,10 @@ def test_a_read_session_still_sees_what_sessions_committed(tmp_path):
         engine.dispose()
 
 
-def test_a_writer_waiting_for_the_write_lock_takes_it_once_released(tmp_path):
-    """store.db polls for SQLite's write lock instead of its busy handler: a writer that
-    finds the lock taken keeps trying, commits after the holder releases it, and does not
-    write before."""
+def test_writers_waiting_for_the_write_lock_take_it_in_turn_once_released(tmp_path):
+    """store.db polls for SQLite's write lock instead of its busy handler, one thread of the
+    process at a time: writers that find the lock taken wait, none writes before the holder
+    releases it, then each commits in turn, none lost."""
     path = tmp_path / "orders.db"
     engine = make_engine(f"sqlite:///{path}")
     try:
@@ -65,26 +65,29 @@ def test_a_writer_waiting_for_the_write_lock_takes_it_once_released(tmp_path):
         holder = sqlite3.connect(path, isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")
         holder.execute("UPDATE dealers SET capacity = 3")
-        seen_by_writer: list[int] = []
+        seen_by_writers: list[int] = []
 
         def write() -> None:
             with session(engine) as db:  # waits here, in BEGIN IMMEDIATE
-                seen_by_writer.append(db.exec(select(DealerRow)).one().capacity)
+                seen_by_writers.append(db.exec(select(DealerRow)).one().capacity)
                 db.exec(update(DealerRow).values(capacity=DealerRow.capacity + 1))
                 db.commit()
 
-        writer = threading.Thread(target=write)
-        writer.start()
-        time.sleep(0.2)  # the writer tries for the lock meanwhile
-        assert writer.is_alive()
-        assert seen_by_writer == []
+        writers = [threading.Thread(target=write) for _ in range(3)]
+        for writer in writers:
+            writer.start()
+        time.sleep(0.2)  # they try for the lock meanwhile
+        assert all(writer.is_alive() for writer in writers)
+        assert seen_by_writers == []
         holder.execute("COMMIT")
         holder.close()
-        writer.join(10)
-        assert not writer.is_alive()
-        # It read after the holder's commit, inside its own transaction.
-        assert seen_by_writer == [3]
+        for writer in writers:
+            writer.join(10)
+        assert not any(writer.is_alive() for writer in writers)
+        # Each read inside its own transaction, after the holder's commit and the writer
+        # before it: one after the other.
+        assert sorted(seen_by_writers) == [3, 4, 5]
         with read_session(engine) as db:
-            assert db.exec(select(DealerRow)).one().capacity == 4
+            assert db.exec(select(DealerRow)).one().capacity == 6
     finally:
         engine.dispose()
