@@ -199,6 +199,10 @@ TARGETS: tuple[tuple[str, str, Callable[[PhaseResult], float], float, Literal["m
     ("cancel p99, under load", "http", lambda p: _http(p).cancels.p99_ms, 50, "ms"),
 )
 THROUGHPUT_TARGET = 0.8
+MAKE_RUN_NOTE = (
+    "the IN_TRANSIT target is make run's, whose dev server polls its queues at 500/s (this "
+    "stack keeps the defaults, 20/s): measure it there with python -m tools.bench.live"
+)
 
 
 def _http(p: PhaseResult) -> HttpDetail:
@@ -332,7 +336,7 @@ def render(result: BenchResult) -> str:
     if any(name in by_name for name in (*SATURATION.values(), OPEN_LOOP[CHOR])):
         out += ["", *_styles_table(by_name)]
     if result.targets:
-        out += ["", _targets_table(result.targets)]
+        out += ["", _targets_table(result.targets), MAKE_RUN_NOTE]
     if result.phases:
         out += ["", _cpu_table(result.phases)]
     out += _footer(result)
