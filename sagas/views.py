@@ -205,16 +205,22 @@ def dead_letters(engine: Engine, *, pending_only: bool, limit: int) -> list[Dead
 
 
 def style_of(engine: Engine, order_id: str) -> SagaStyle | None:
-    """The style of the order; None for an order never accepted. An order accepted but not
-    written yet is orchestrated (a choreographed order is written when it is accepted)."""
+    """The style of the order; None for an order never accepted."""
     with read_session(engine) as db:
         order = db.get(OrderRow, order_id)
-        if order is not None:
-            return SagaStyle(order.saga_style)
-        known = db.exec(
-            select(PaymentDecisionRow.payment_id).where(PaymentDecisionRow.order_id == order_id)
-        ).first()
-    return SagaStyle.ORCHESTRATION if known else None
+        if order is None:
+            opened = select(PaymentDecisionRow.payment_id).where(
+                PaymentDecisionRow.order_id == order_id
+            )
+            if db.exec(opened).first() is None:  # its decision opens when it is accepted
+                return None
+    return _accepted_style(order)
+
+
+def _accepted_style(order: OrderRow | None) -> SagaStyle:
+    """The style of an order known to be accepted, from its row: orchestrated while the row is
+    not written yet (a choreographed order is written when it is accepted)."""
+    return SagaStyle(order.saga_style) if order is not None else SagaStyle.ORCHESTRATION
 
 
 @dataclass(frozen=True)
@@ -242,9 +248,7 @@ def payment_party(engine: Engine, payment_id: str) -> PaymentParty | None:
             if order is None:
                 return None
             order_id, customer_id = order.id, order.customer_id
-    # Accepted but not written yet: orchestrated (see style_of).
-    style = SagaStyle(order.saga_style) if order is not None else SagaStyle.ORCHESTRATION
-    return PaymentParty(order_id, customer_id, style)
+    return PaymentParty(order_id, customer_id, _accepted_style(order))
 
 
 def delivery_and_style(engine: Engine, delivery_id: str) -> tuple[DeliveryRow, SagaStyle] | None:
@@ -254,8 +258,7 @@ def delivery_and_style(engine: Engine, delivery_id: str) -> tuple[DeliveryRow, S
         if delivery is None:
             return None
         order = db.get(OrderRow, delivery.order_id)
-    style = SagaStyle(order.saga_style) if order is not None else SagaStyle.ORCHESTRATION
-    return delivery, style
+    return delivery, _accepted_style(order)
 
 
 def list_orders(
