@@ -241,7 +241,8 @@ async def run(settings: Settings, queues: Sequence[str], *, events: bool) -> Non
                 # Everything built so far lives as long as the process: leave it out of the
                 # collector's full passes, which otherwise scan it all and, holding the GIL,
                 # stopped the activities (and the SQLite write lock they hold) for ~90 ms
-                # (docs/performance.md).
+                # (docs/performance.md). Collect first: garbage frozen would never be freed.
+                gc.collect()
                 gc.freeze()
                 await stop.wait()
                 log.info("worker shutting down")

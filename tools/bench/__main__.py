@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args, command = parse(sys.argv[1:] if argv is None else argv)
     # The bench's own full garbage collections would pause the clock of every call in flight;
     # what it imported stays out of them (the stack's processes do the same: worker.py).
+    gc.collect()
     gc.freeze()
     try:
         return asyncio.run(_until_terminated(command, args))

@@ -61,7 +61,8 @@ async def serve(settings: Settings) -> None:
                     max_concurrent_activities=threads,
                 )
             )
-            gc.freeze()  # as the saga's worker does (worker.py)
+            gc.collect()  # as the saga's worker does (worker.py)
+            gc.freeze()
             await stop.wait()
 
 
