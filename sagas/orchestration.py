@@ -359,10 +359,11 @@ class OrchestratedSagas:
             return None
 
     async def _mark_started(self, customer_id: str, key: str) -> None:
-        """Mark the key's saga started. A replay that finds the mark and no saga (Temporal
-        dropped it, closed) knows its saga ended before writing the order; a replay that finds
-        none starts the saga again, which is safe (one saga per order id): so a mark lost to a
-        crash, or not yet written when a replay comes, costs nothing."""
+        """Mark the key's saga started. A replay that finds the mark, no order row and no saga
+        (Temporal dropped it, closed) knows its saga ended before writing the order: 409. One
+        that finds no mark starts the saga again (one saga per order id), as a replay of a
+        request that failed before its start does; so a mark lost to a crash right after the
+        answer makes that rare late replay start the saga again instead of answering 409."""
 
         def mark() -> None:
             with session(self._engine) as db:
