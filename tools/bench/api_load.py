@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import httpx
 from sqlmodel import col, select
 
+from domain.payloads import OrderRequest
 from domain.status import OrderStatus
 from store.models import OrderRow
 from tools.bench.driver import order_request
@@ -54,11 +55,15 @@ class Placed:
 
 
 async def place_order(
-    http: httpx.AsyncClient, calls: ApiCalls, index: int, key: str
+    http: httpx.AsyncClient,
+    calls: ApiCalls,
+    index: int,
+    key: str,
+    request: OrderRequest | None = None,
 ) -> Placed | None:
-    """POST /orders; the ids of the order the API accepted (202, or a 201/200 carrying the
-    order), None if it refused."""
-    body = order_request(index).model_dump(mode="json")
+    """POST /orders (``request``, by default the bench's order ``index``); the ids of the
+    order the API accepted (202, or a 201/200 carrying the order), None if it refused."""
+    body = (request or order_request(index)).model_dump(mode="json")
     started = time.perf_counter()
     created = await http.post("/orders", json=body, headers={"Idempotency-Key": key})
     calls.order_seconds.append(time.perf_counter() - started)

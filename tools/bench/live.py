@@ -28,6 +28,7 @@ import httpx
 
 from domain.payloads import OrderRequest
 from domain.status import OrderStatus, SagaPhase
+from tools.bench.api_load import ApiCalls, decide, place_order
 from tools.bench.driver import order_request
 from tools.bench.stats import Latency
 
@@ -36,13 +37,17 @@ TARGETS_MS = {"POST /orders": 20.0, "confirm": 15.0, "POST /orders to IN_TRANSIT
 
 
 @dataclass
-class Live:
-    """Latencies taken (seconds) and what went wrong."""
+class Live(ApiCalls):
+    """The calls' latencies (seconds) and what went wrong, and each order's time from its
+    POST until it was seen IN_TRANSIT."""
 
-    seconds: dict[str, list[float]] = field(
-        default_factory=lambda: {name: [] for name in TARGETS_MS}
-    )
-    problems: list[str] = field(default_factory=list)
+    in_transit_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> dict[str, list[float]]:
+        """The latencies of each target, by the target's name (``TARGETS_MS``)."""
+        taken = (self.order_seconds, self.confirm_seconds, self.in_transit_seconds)
+        return dict(zip(TARGETS_MS, taken, strict=True))
 
 
 async def _until(
@@ -59,31 +64,24 @@ async def _until(
             await asyncio.sleep(POLL_SECONDS)
 
 
-async def one_order(http: httpx.AsyncClient, request: OrderRequest, key: str, live: Live) -> None:
+async def one_order(
+    http: httpx.AsyncClient, request: OrderRequest, index: int, key: str, live: Live
+) -> None:
     """Place, confirm and follow one order to DELIVERED, noting its latencies in ``live``."""
-    body = request.model_dump(mode="json")
     sent = time.perf_counter()
-    placed = await http.post("/orders", json=body, headers={"Idempotency-Key": key})
-    live.seconds["POST /orders"].append(time.perf_counter() - sent)
-    if placed.status_code != 202:
-        live.problems.append(f"POST /orders answered {placed.status_code}: {placed.text[:200]}")
+    placed = await place_order(http, live, index, key, request)
+    if placed is None or not await decide(http, live, placed, confirm=True):
         return
-    order_id, payment_id = placed.json()["order_id"], placed.json()["payment_id"]
-    started = time.perf_counter()
-    confirmed = await http.post(f"/payments/{payment_id}/confirm")
-    live.seconds["confirm"].append(time.perf_counter() - started)
-    if confirmed.status_code != 202:
-        live.problems.append(f"confirm answered {confirmed.status_code}: {confirmed.text[:200]}")
-        return
+    order_id = placed.order_id
     moving = {SagaPhase.IN_TRANSIT.value, SagaPhase.DELIVERED.value, SagaPhase.CANCELLED.value}
     view = await _until(http, order_id, moving, within=30)
     if view["phase"] != SagaPhase.IN_TRANSIT.value:
         live.problems.append(f"order {order_id} is {view['phase']}, not IN_TRANSIT")
         return
-    live.seconds["POST /orders to IN_TRANSIT"].append(time.perf_counter() - sent)
+    live.in_transit_seconds.append(time.perf_counter() - sent)
     reported = await http.post(f"/deliveries/{view['delivery']['delivery_id']}/delivered")
     if reported.status_code != 202:
-        live.problems.append(f"delivered answered {reported.status_code}: {reported.text[:200]}")
+        live.refused("POST /deliveries/{id}/delivered", reported, f"report of order {order_id}")
         return
     ended = await _until(http, order_id, {SagaPhase.DELIVERED.value}, within=30)
     if ended["status"] != OrderStatus.DELIVERED.value:
@@ -103,9 +101,8 @@ async def measure(api: str, orders: int, warmup: int) -> Live:
         added.raise_for_status()
         for index in range(warmup + orders):
             request = order_request(index).model_copy(update={"province": "Live", "city": city})
-            await one_order(
-                http, request, f"live-{run}-{index}", live if index >= warmup else scratch
-            )
+            taken = live if index >= warmup else scratch
+            await one_order(http, request, index, f"live-{run}-{index}", taken)
     live.problems = scratch.problems + live.problems
     return live
 
