@@ -172,8 +172,8 @@ async def guarded(bench: BenchStack, work: Coroutine[Any, Any, T]) -> T:
                 await task
 
 
-# The dealer looks at the database every POLL_SECONDS; a saga that has not seen its pivot
-# yet is asked again after RETRY_SECONDS; a report still not acted on after RECHECK_SECONDS
+# The dealer looks at the database every POLL_SECONDS; a report the API refused (its saga
+# has not seen its pivot yet) is sent again after RETRY_SECONDS; a report still not acted on after RECHECK_SECONDS
 # (the delivery still IN_TRANSIT) is checked and, if the saga ignored it, sent again.
 POLL_SECONDS = 0.05
 RETRY_SECONDS = 0.05
@@ -185,29 +185,27 @@ MAX_ERRORS_KEPT = 100
 @dataclass
 class Dealer:
     """Every dealer at once: reports each IN_TRANSIT delivery delivered as soon as the database
-    shows it (one SELECT for all, every 50 ms), following the rule of the door's
-    ``OrchestratedSagas.report_delivered``.
+    shows it (one SELECT for all, every 50 ms), as the door's
+    ``OrchestratedSagas.report_delivered`` does.
 
-    The database is a moment ahead of the saga: the dealer assignment commits before the saga
-    hears of it, and a ``mark_delivered`` that reaches the saga before its pivot is recorded
-    as ignored. So a report is sent only once the saga says (``state`` query) it is
-    IN_TRANSIT, as the API does before it signals; until then the dealer asks again every
-    50 ms. ``via`` says how the report goes: ``signal`` (``mark_delivered`` through the
-    Temporal client, after that query) or ``http`` (``POST /deliveries/{id}/delivered``,
-    where the API makes the query and answers 409 before the pivot). A delivery still
-    IN_TRANSIT five seconds after its report is checked again and its report re-sent if the
-    saga is IN_TRANSIT with no applied ``mark_delivered`` (``resends``; expected to stay 0).
+    ``via`` says how the report goes: ``signal`` (``mark_delivered`` through the Temporal
+    client, naming the dealer the database shows, as the door sends it: a saga that has not
+    seen its assignment yet holds the report until it does) or ``http``
+    (``POST /deliveries/{id}/delivered``; a 409 is asked again after 50 ms). A delivery still
+    IN_TRANSIT five seconds after its report is checked (a ``state`` query, counted in
+    ``queries``) and its report re-sent if the saga is IN_TRANSIT with no applied
+    ``mark_delivered`` (``resends``; expected to stay 0).
 
-    Not signalling first and checking later: a report sent on the database's word alone was
-    ignored for most remote sagas (7 of 10 in a trial), which then waited out the recheck.
+    No query before a report: the door makes none, so the saga against the baseline (whose
+    signals go right after its start) compares the same round trips.
     """
 
     client: Client
     engine: Engine
     http: httpx.AsyncClient | None = None
     via: Literal["signal", "http"] = "signal"
-    queries: int = 0  # state queries made by the dealer itself (signal path)
-    not_yet: int = 0  # times the saga had not seen its pivot yet (query, or HTTP 409)
+    queries: int = 0  # state queries made by the dealer itself (rechecks)
+    not_yet: int = 0  # times the API answered 409: the saga had not seen its pivot yet
     resends: int = 0
     errors: list[str] = field(default_factory=list)
     report_seconds: list[float] = field(default_factory=list)  # HTTP reports' latency
@@ -219,7 +217,7 @@ class Dealer:
     def __post_init__(self) -> None:
         self._in_transit_sql = compile_query(
             self.engine,
-            select(DeliveryRow.id, DeliveryRow.order_id).where(
+            select(DeliveryRow.id, DeliveryRow.order_id, DeliveryRow.dealer_id).where(
                 col(DeliveryRow.status) == DeliveryStatus.IN_TRANSIT.value
             ),
         )
@@ -232,12 +230,14 @@ class Dealer:
                 rows = await asyncio.to_thread(read_rows, self.engine, self._in_transit_sql)
                 now = time.monotonic()
                 in_transit = set()
-                for delivery_id, order_id in rows:
+                for delivery_id, order_id, dealer_id in rows:
                     in_transit.add(delivery_id)
                     if delivery_id in self._busy or now < self._next_action.get(delivery_id, 0):
                         continue
                     self._busy.add(delivery_id)
-                    task = asyncio.create_task(self._act(str(delivery_id), str(order_id)))
+                    task = asyncio.create_task(
+                        self._act(str(delivery_id), str(order_id), dealer_id)
+                    )
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 # Delivered (or otherwise gone): forget it.
@@ -250,19 +250,19 @@ class Dealer:
             for task in list(self._tasks):
                 task.cancel()
 
-    async def _act(self, delivery_id: str, order_id: str) -> None:
+    async def _act(self, delivery_id: str, order_id: str, dealer_id: int | None) -> None:
         wait = RECHECK_SECONDS
         try:
             async with self._slots:
                 if delivery_id not in self._reported:
-                    if await self._report(delivery_id, order_id):
+                    if await self._send(delivery_id, order_id, dealer_id):
                         self._reported.add(delivery_id)
                     else:
                         self.not_yet += 1
                         wait = RETRY_SECONDS
                 elif await self._waits_for_report(order_id):
                     self.resends += 1
-                    await self._send(delivery_id, order_id)
+                    await self._send(delivery_id, order_id, dealer_id)
         except Exception as err:  # a failed report is retried; the phase's wait sees the rest
             if len(self.errors) < MAX_ERRORS_KEPT:
                 self.errors.append(f"delivery {delivery_id}: {_describe(err)}")
@@ -271,20 +271,12 @@ class Dealer:
             self._next_action[delivery_id] = time.monotonic() + wait
             self._busy.discard(delivery_id)
 
-    async def _report(self, delivery_id: str, order_id: str) -> bool:
-        """Report once the saga takes it; False if it has not seen its pivot yet."""
-        if self.via == "signal":
-            if not await self._waits_for_report(order_id):
-                return False
-            await self._send(delivery_id, order_id)
-            return True
-        return await self._send(delivery_id, order_id)
-
-    async def _send(self, delivery_id: str, order_id: str) -> bool:
+    async def _send(self, delivery_id: str, order_id: str, dealer_id: int | None) -> bool:
         """Send the report (no check of our own); False on an HTTP 409."""
         if self.via == "signal":
             await self._handle(order_id).signal(
-                OrderProcessWorkflow.mark_delivered, DeliveredReport(delivery_id=delivery_id)
+                OrderProcessWorkflow.mark_delivered,
+                DeliveredReport(delivery_id=delivery_id, dealer_id=dealer_id),
             )
             return True
         assert self.http is not None, "an HTTP dealer needs the API's client"
