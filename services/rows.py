@@ -1,10 +1,13 @@
 """Row helpers shared by the services: guarded transitions, insert-or-get, saga ownership."""
 
+import functools
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import or_, update
+from sqlalchemy import Insert, Table, Update, bindparam, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, SQLModel
 
 from domain import names
@@ -33,14 +36,57 @@ def transition(
     often it runs, and a concurrent transition of the same row loses cleanly. With
     ``saga_id``, only a row of that saga moves (a row written before rows recorded their saga
     is claimed by it). Returns whether this call applied the transition. Does not commit.
+
+    The row, if this session holds it, is expired: read again, it shows the new state.
     """
-    columns: Any = table
-    statement = update(table).where(columns.id == row_id, columns.status.in_(list(from_states)))
-    if saga_id is not None:
-        statement = statement.where(or_(columns.saga_id == saga_id, columns.saga_id.is_(None)))
+    by_saga = saga_id is not None
+    if by_saga:
         values["saga_id"] = saga_id
-    result: Any = db.exec(statement.values(status=to_state, updated_at=utcnow(), **values))
-    return bool(result.rowcount == 1)
+    statement = _transition_statement(
+        table, tuple(from_states), to_state, by_saga, tuple(sorted(values))
+    )
+    params = {f"set_{name}": value for name, value in values.items()}
+    params.update(row_id=row_id, now=utcnow(), saga=saga_id)
+    # A Core statement on the session's connection (same transaction): the steps' hottest
+    # statement skips the ORM's bulk-update machinery, and is built once (make bench's
+    # worker CPU per saga, docs/performance.md).
+    result: Any = db.connection().execute(statement, params)
+    changed = bool(result.rowcount == 1)
+    if changed:
+        expire_held(db, table, row_id)
+    return changed
+
+
+def expire_held(db: Session, table: type[SQLModel], row_id: Any) -> None:
+    """Expire row ``row_id`` of ``table`` if this session holds it (after a Core UPDATE of
+    it, which the session does not see): read again, it shows what the row holds now."""
+    held = db.identity_map.get(db.identity_key(table, row_id))
+    if held is not None:
+        db.expire(held)
+
+
+@functools.cache
+def _transition_statement(
+    table: type[SQLModel],
+    from_states: tuple[str, ...],
+    to_state: str,
+    by_saga: bool,
+    columns: tuple[str, ...],
+) -> Update:
+    """The UPDATE of :func:`transition`, with parameters ``row_id``, ``now``, ``saga`` and
+    ``set_<column>`` for each of ``columns``; one per shape, built once."""
+    c = cast(Table, table.__table__).c  # type: ignore[attr-defined]
+    statement = update(c.id.table).where(
+        c.id == bindparam("row_id"), c.status.in_([str(state) for state in from_states])
+    )
+    if by_saga:
+        saga = bindparam("saga", type_=c.saga_id.type)
+        statement = statement.where(or_(c.saga_id == saga, c.saga_id.is_(None)))
+    return statement.values(
+        status=str(to_state),
+        updated_at=bindparam("now", type_=c.updated_at.type),
+        **{name: bindparam(f"set_{name}", type_=c[name].type) for name in columns},
+    )
 
 
 def insert_or_get(db: Session, row: M, existing: Callable[[], M | None]) -> tuple[M, bool]:
@@ -72,24 +118,54 @@ def create_owned(
     parent: str | None = None,
 ) -> tuple[OwnedRow, bool]:
     """Insert ``row``, an entity a saga creates (an order, its payment, its delivery), unless
-    ``existing()`` finds it: then that one, if it is the same saga's.
+    a row already holds one of its unique keys: then that one (``existing()``), if it is the
+    same saga's.
 
-    Returns the row and whether this call inserted it. ``OwnedByAnotherSaga`` when another
-    saga created it; ``EntityNotFound`` for ``parent`` when a foreign key refuses the insert
-    (no row explains the refusal). Does not commit.
+    Returns the row and whether this call inserted it (the inserted ``row`` joins the
+    session). ``OwnedByAnotherSaga`` when another saga created it; ``EntityNotFound`` for
+    ``parent`` when a foreign key refuses the insert. Does not commit; after a refused insert
+    the transaction is to be rolled back (PostgreSQL aborts it), as raising does.
     """
+    try:
+        inserted = insert_new(db, row)
+    except IntegrityError:  # not a unique key (those do nothing): a foreign key
+        if parent is None:
+            raise
+        raise not_found(parent) from None
+    if inserted:
+        return row, True
     found = existing()
-    if found is None:
-        try:
-            found, inserted = insert_or_get(db, row, existing)
-        except IntegrityError:
-            if parent is None:
-                raise
-            raise not_found(parent) from None
-        if inserted:
-            return found, True
+    if found is None:  # the row holding the key was deleted since: never, rows are kept
+        raise RuntimeError(f"{what} was neither inserted nor found")
     require_owner(found.saga_id, saga_id, what)
     return found, False
+
+
+def insert_new(db: Session, row: SQLModel) -> bool:
+    """``INSERT ... ON CONFLICT DO NOTHING`` of ``row`` (its columns that are not None), in
+    the session's transaction: one statement whether or not a row already holds one of its
+    unique keys, and no savepoint, for a concurrent insert of the same key simply does
+    nothing. Returns whether it inserted; the inserted ``row`` then joins the session as
+    the persistent row it now is. Other constraints (a foreign key) raise
+    ``IntegrityError``."""
+    table = cast(Table, row.__table__)  # type: ignore[attr-defined]
+    values = {c.key: v for c in table.columns if (v := getattr(row, c.key)) is not None}
+    connection = db.connection()
+    statement = _insert_new_statement(table, connection.dialect.name)
+    # RETURNING says whether it inserted (the PostgreSQL driver's rowcount does not).
+    if connection.execute(statement, values).first() is None:
+        return False
+    make_transient_to_detached(row)
+    db.add(row)
+    return True
+
+
+@functools.cache
+def _insert_new_statement(table: Table, dialect: str) -> Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` into ``table`` for ``dialect`` (the two databases
+    the services run on), built once."""
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
+    return insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
 
 
 def require_owner(row_saga_id: str | None, saga_id: str | None, what: str) -> None:
