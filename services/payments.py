@@ -1,18 +1,20 @@
 """PaymentService: one payment per order, its completion, cancellation and refund."""
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import exists, or_, update
+from sqlalchemy import Table, Update, bindparam, exists, or_, update
 from sqlmodel import Session, col, select
 
 from domain.payloads import CompensationOutcome, PaymentSnapshot, from_cents, to_cents
 from domain.status import Decision, PaymentStatus, SagaStyle
 from services.rows import (
     create_owned,
-    insert_or_get,
+    expire_held,
+    insert_new,
     invalid_transition,
     is_owner,
     not_found,
@@ -143,13 +145,8 @@ def open_decision(db: Session, payment_id: str, order_id: str, customer_id: str)
     """Open the order's decision, undecided, when the order is accepted (before the saga writes
     the payment): a decision can then be taken from the first moment. Idempotent. Does not
     commit."""
-
-    def existing() -> PaymentDecisionRow | None:
-        return db.get(PaymentDecisionRow, payment_id)
-
-    if existing() is None:
-        row = PaymentDecisionRow(payment_id=payment_id, order_id=order_id, customer_id=customer_id)
-        insert_or_get(db, row, existing)
+    row = PaymentDecisionRow(payment_id=payment_id, order_id=order_id, customer_id=customer_id)
+    insert_new(db, row)
 
 
 @dataclass(frozen=True)
@@ -179,37 +176,22 @@ def take_decision(
     window's own close is the decision TIMEOUT, taken by the saga the same way.
     """
     now = now or utcnow()
-    decision_row = db.get(PaymentDecisionRow, payment_id)
-    payment = db.get(PaymentRow, payment_id)
-    if decision_row is None:
+    order_id = _record_decision(db, payment_id, decision, now)
+    if order_id is not None:
+        return DecisionTaken(order_id=order_id, winner=decision, applied=True)
+    row = db.get(PaymentDecisionRow, payment_id, populate_existing=True)
+    if row is None:
+        payment = db.get(PaymentRow, payment_id)
         if payment is None:
             return DecisionTaken(order_id=None, winner=None, applied=False, refusal="unknown")
         # An order accepted before decisions were recorded: open its decision now.
         customer = db.exec(select(OrderRow.customer_id).where(OrderRow.id == payment.order_id))
         open_decision(db, payment_id, payment.order_id, customer.one())
-    undecided = [
-        col(PaymentDecisionRow.payment_id) == payment_id,
-        col(PaymentDecisionRow.decision).is_(None),
-    ]
-    if decision != Decision.TIMEOUT:
-        # The customer decides only while the window is open: the payment not written yet, or
-        # PENDING before its expiry. (TIMEOUT is the window's own close, taken by the saga.)
-        undecided.append(
-            ~exists().where(
-                col(PaymentRow.id) == payment_id,
-                or_(
-                    col(PaymentRow.status) != PaymentStatus.PENDING,
-                    col(PaymentRow.expires_at) <= now,
-                ),
-            )
-        )
-    result: Any = db.exec(
-        update(PaymentDecisionRow).where(*undecided).values(decision=decision, decided_at=now)
-    )
-    row = db.get(PaymentDecisionRow, payment_id, populate_existing=True)
-    assert row is not None
-    if result.rowcount == 1:
-        return DecisionTaken(order_id=row.order_id, winner=decision, applied=True)
+        order_id = _record_decision(db, payment_id, decision, now)
+        if order_id is not None:
+            return DecisionTaken(order_id=order_id, winner=decision, applied=True)
+        row = db.get(PaymentDecisionRow, payment_id, populate_existing=True)
+        assert row is not None, "the decision was opened in this transaction"
     if row.decision is not None:
         return DecisionTaken(order_id=row.order_id, winner=Decision(row.decision), applied=False)
     payment = db.get(PaymentRow, payment_id, populate_existing=True)
@@ -220,6 +202,43 @@ def take_decision(
         else f"its window closed at {payment.expires_at}"
     )
     return DecisionTaken(order_id=row.order_id, winner=None, applied=False, refusal=refusal)
+
+
+def _record_decision(db: Session, payment_id: str, decision: Decision, now: datetime) -> str | None:
+    """The compare-and-set of :func:`take_decision`: one ``UPDATE ... RETURNING``. Returns
+    the payment's order id if this call recorded ``decision``, None if it did not (decided
+    already, window closed, or no decision opened)."""
+    statement = _record_decision_statement(window=decision != Decision.TIMEOUT)
+    # A Core statement, built once, on the session's connection (same transaction).
+    params = {"b_payment_id": payment_id, "b_decision": str(decision), "b_now": now}
+    order_id = db.connection().execute(statement, params).scalar()
+    expire_held(db, PaymentDecisionRow, payment_id)
+    return None if order_id is None else str(order_id)
+
+
+@functools.cache
+def _record_decision_statement(*, window: bool) -> Update:
+    """``UPDATE payment_decisions SET decision WHERE undecided [AND the window is open]
+    RETURNING order_id``, with parameters ``b_payment_id``, ``b_decision`` and ``b_now``."""
+    decisions = cast(Table, PaymentDecisionRow.__table__).c  # type: ignore[attr-defined]
+    payments_ = cast(Table, PaymentRow.__table__).c  # type: ignore[attr-defined]
+    now = bindparam("b_now", type_=decisions.decided_at.type)
+    undecided = [decisions.payment_id == bindparam("b_payment_id"), decisions.decision.is_(None)]
+    if window:
+        # The customer decides only while the window is open: the payment not written yet, or
+        # PENDING before its expiry. (TIMEOUT is the window's own close, taken by the saga.)
+        undecided.append(
+            ~exists().where(
+                payments_.id == decisions.payment_id,
+                or_(payments_.status != str(PaymentStatus.PENDING), payments_.expires_at <= now),
+            )
+        )
+    return (
+        update(decisions.payment_id.table)
+        .where(*undecided)
+        .values(decision=bindparam("b_decision", type_=decisions.decision.type), decided_at=now)
+        .returning(decisions.order_id)
+    )
 
 
 def withdraw_decision(db: Session, payment_id: str, decision: Decision) -> bool:
