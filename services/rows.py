@@ -164,8 +164,13 @@ def insert_new(db: Session, row: SQLModel) -> bool:
 def _insert_new_statement(table: Table, dialect: str) -> Insert:
     """``INSERT ... ON CONFLICT DO NOTHING`` into ``table`` for ``dialect`` (the two databases
     the services run on), built once."""
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-    return insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    if dialect == "postgresql":
+        statement: postgresql.Insert | sqlite.Insert = postgresql.insert(table)
+    elif dialect == "sqlite":
+        statement = sqlite.insert(table)
+    else:
+        raise ValueError(f"no INSERT ... ON CONFLICT DO NOTHING for {dialect}")
+    return statement.on_conflict_do_nothing().returning(*table.primary_key.columns)
 
 
 def require_owner(row_saga_id: str | None, saga_id: str | None, what: str) -> None:
