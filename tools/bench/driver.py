@@ -173,8 +173,9 @@ async def guarded(bench: BenchStack, work: Coroutine[Any, Any, T]) -> T:
 
 
 # The dealer looks at the database every POLL_SECONDS; a report the API refused (its saga
-# has not seen its pivot yet) is sent again after RETRY_SECONDS; a report still not acted on after RECHECK_SECONDS
-# (the delivery still IN_TRANSIT) is checked and, if the saga ignored it, sent again.
+# has not seen its pivot yet) is sent again after RETRY_SECONDS; a report still not acted on
+# after RECHECK_SECONDS (the delivery still IN_TRANSIT) is checked and, if the saga ignored
+# it, sent again.
 POLL_SECONDS = 0.05
 RETRY_SECONDS = 0.05
 RECHECK_SECONDS = 5.0
