@@ -10,7 +10,7 @@ from domain.payloads import CompensationOutcome, OrderRequest, OrderSnapshot, fr
 from domain.status import OrderStatus, SagaStyle
 from services.rows import (
     create_owned,
-    insert_or_get,
+    insert_new,
     invalid_transition,
     is_owner,
     not_found,
@@ -158,15 +158,13 @@ def use_idempotency_key(
     Does not commit; the caller commits before it starts anything for the order.
     """
 
-    def stored_use() -> IdempotencyKeyRow | None:
-        return db.get(IdempotencyKeyRow, (customer_id, key))
-
-    stored, recorded = stored_use(), False
-    if stored is None:
-        row = IdempotencyKeyRow(
-            customer_id=customer_id, key=key, fingerprint=fingerprint, order_id=order_id
-        )
-        stored, recorded = insert_or_get(db, row, stored_use)
+    row = IdempotencyKeyRow(
+        customer_id=customer_id, key=key, fingerprint=fingerprint, order_id=order_id
+    )
+    # One statement when the key is new, the usual case; a replay reads what it stands for.
+    recorded = insert_new(db, row)
+    stored = row if recorded else db.get(IdempotencyKeyRow, (customer_id, key))
+    assert stored is not None, "a key that was not inserted is held by a row"
     return KeyUse(
         order_id=stored.order_id,
         fingerprint=stored.fingerprint,
