@@ -122,7 +122,8 @@ def create_owned(
     same saga's.
 
     Returns the row and whether this call inserted it (the inserted ``row`` joins the
-    session). ``OwnedByAnotherSaga`` when another saga created it; ``EntityNotFound`` for
+    session). ``OwnedByAnotherSaga`` when another saga created it, or when its id is held by
+    a row ``existing()`` does not find (another entity's); ``EntityNotFound`` for
     ``parent`` when a foreign key refuses the insert. Does not commit; after a refused insert
     the transaction is to be rolled back (PostgreSQL aborts it), as raising does.
     """
@@ -135,8 +136,10 @@ def create_owned(
     if inserted:
         return row, True
     found = existing()
-    if found is None:  # the row holding the key was deleted since: never, rows are kept
-        raise RuntimeError(f"{what} was neither inserted nor found")
+    if found is None:
+        # Its id is another entity's (an id not derived from this one's key): no retry can
+        # change that, and the saga compensates instead of trying again.
+        raise BusinessError(names.OWNED_BY_ANOTHER_SAGA, f"{what}: its id is another row's")
     require_owner(found.saga_id, saga_id, what)
     return found, False
 

@@ -21,6 +21,7 @@ from tests.activities.support import (
     assert_business_error,
     get_row,
     new_order_id,
+    open_payment,
     place_order,
 )
 
@@ -119,3 +120,17 @@ def test_transition_of_another_sagas_row_changes_nothing(engine):
 
     stored = get_row(engine, OrderRow, order_id)
     assert (stored.status, stored.saga_id) == (OrderStatus.CONFIRMED, "a")
+
+
+def test_a_payment_whose_id_is_another_orders_payment_is_refused(engine, payments):
+    first_order, payment_id = open_payment(engine)
+    other_order = place_order(engine)
+
+    with pytest.raises(ApplicationError) as excinfo:
+        payments.create_payment(
+            CreatePaymentInput(payment_id=payment_id, order_id=other_order, amount=Decimal("1"))
+        )
+
+    assert_business_error(excinfo.value, names.OWNED_BY_ANOTHER_SAGA)
+    assert all_rows(engine, PaymentRow, order_id=other_order) == []
+    assert get_row(engine, PaymentRow, payment_id).order_id == first_order
