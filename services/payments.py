@@ -211,6 +211,7 @@ def _record_decision(db: Session, payment_id: str, decision: Decision, now: date
     statement = _record_decision_statement(window=decision != Decision.TIMEOUT)
     # A Core statement, built once, on the session's connection (same transaction).
     params = {"b_payment_id": payment_id, "b_decision": str(decision), "b_now": now}
+    db.flush()  # pending rows first, as the ORM's own statements do (autoflush)
     order_id = db.connection().execute(statement, params).scalar()
     expire_held(db, PaymentDecisionRow, payment_id)
     return None if order_id is None else str(order_id)

@@ -49,7 +49,9 @@ def transition(
     params.update(row_id=row_id, now=utcnow(), saga=saga_id)
     # A Core statement on the session's connection (same transaction): the steps' hottest
     # statement skips the ORM's bulk-update machinery, and is built once (make bench's
-    # worker CPU per saga, docs/performance.md).
+    # worker CPU per saga, docs/performance.md). What the session holds pending is written
+    # first, as the ORM's own statements do (autoflush).
+    db.flush()
     result: Any = db.connection().execute(statement, params)
     changed = bool(result.rowcount == 1)
     if changed:
@@ -153,6 +155,7 @@ def insert_new(db: Session, row: SQLModel) -> bool:
     ``IntegrityError``."""
     table = cast(Table, row.__table__)  # type: ignore[attr-defined]
     values = {c.key: v for c in table.columns if (v := getattr(row, c.key)) is not None}
+    db.flush()  # pending rows first (a parent added to the session), as autoflush would
     connection = db.connection()
     statement = _insert_new_statement(table, connection.dialect.name)
     # RETURNING says whether it inserted (the PostgreSQL driver's rowcount does not).

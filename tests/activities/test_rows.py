@@ -134,3 +134,18 @@ def test_a_payment_whose_id_is_another_orders_payment_is_refused(engine, payment
     assert_business_error(excinfo.value, names.OWNED_BY_ANOTHER_SAGA)
     assert all_rows(engine, PaymentRow, order_id=other_order) == []
     assert get_row(engine, PaymentRow, payment_id).order_id == first_order
+
+
+def test_core_statements_see_what_the_session_has_pending(engine):
+    order_id = new_order_id()
+    with session(engine) as db:
+        db.add(_order_row(order_id))  # pending, not flushed
+        payment = PaymentRow(
+            id=str(uuid.uuid4()), order_id=order_id, status="PENDING", amount_cents=1
+        )
+        assert insert_new(db, payment) is True  # its order is written first: no foreign key error
+        assert transition(db, OrderRow, order_id, [OrderStatus.PENDING], OrderStatus.CONFIRMED)
+        db.commit()
+
+    assert get_row(engine, OrderRow, order_id).status == OrderStatus.CONFIRMED
+    assert get_row(engine, PaymentRow, payment.id).order_id == order_id
