@@ -9,7 +9,7 @@ from domain.payloads import CompensationOutcome, DeliverySnapshot
 from domain.status import DeliveryStatus
 from services.rows import (
     create_owned,
-    insert_or_get,
+    insert_new,
     invalid_transition,
     is_owner,
     not_found,
@@ -238,14 +238,11 @@ def add_dealer(
     Returns the dealer and whether this call added it. Does not commit.
     """
     dealer = new_dealer(name, phone, province, city, capacity)
-
-    def holder() -> DealerRow | None:
-        return db.exec(select(DealerRow).where(DealerRow.phone == phone)).first()
-
-    existing = holder()
-    if existing is not None:
-        return existing, False
-    return insert_or_get(db, dealer, holder)
+    if insert_new(db, dealer):
+        return dealer, True
+    holder = db.exec(select(DealerRow).where(DealerRow.phone == phone)).first()
+    assert holder is not None, "a dealer that was not inserted has its phone held by a row"
+    return holder, False
 
 
 # --- the dealer window as a durable deadline (the choreographed saga) ------------------------

@@ -1,4 +1,5 @@
-"""Row helpers shared by the services: guarded transitions, insert-or-get, saga ownership."""
+"""Row helpers shared by the services: guarded transitions, inserts that do nothing when the
+key is taken, saga ownership."""
 
 import functools
 from collections.abc import Callable, Iterable
@@ -13,8 +14,6 @@ from sqlmodel import Session, SQLModel
 from domain import names
 from domain.errors import BusinessError
 from store.models import DeliveryRow, OrderRow, PaymentRow, utcnow
-
-M = TypeVar("M", bound=SQLModel)
 
 # The rows a saga creates; each records that saga (``saga_id``).
 OwnedRow = TypeVar("OwnedRow", OrderRow, PaymentRow, DeliveryRow)
@@ -91,25 +90,6 @@ def _transition_statement(
     )
 
 
-def insert_or_get(db: Session, row: M, existing: Callable[[], M | None]) -> tuple[M, bool]:
-    """Insert ``row``, or return the row that already holds its unique key.
-
-    The insert runs in a savepoint, so a concurrent insert of the same key (which wins)
-    leaves the caller's transaction usable. Returns the row and whether this call inserted
-    it. Re-raises the ``IntegrityError`` when no existing row explains it (a foreign key).
-    Does not commit.
-    """
-    try:
-        with db.begin_nested():
-            db.add(row)
-    except IntegrityError:
-        found = existing()
-        if found is None:
-            raise
-        return found, False
-    return row, True
-
-
 def create_owned(
     db: Session,
     row: OwnedRow,
@@ -151,16 +131,20 @@ def insert_new(db: Session, row: SQLModel) -> bool:
     the session's transaction: one statement whether or not a row already holds one of its
     unique keys, and no savepoint, for a concurrent insert of the same key simply does
     nothing. Returns whether it inserted; the inserted ``row`` then joins the session as
-    the persistent row it now is. Other constraints (a foreign key) raise
-    ``IntegrityError``."""
+    the persistent row it now is, with its primary key (one the database generated too).
+    Other constraints (a foreign key, a check) raise ``IntegrityError``."""
     table = cast(Table, row.__table__)  # type: ignore[attr-defined]
     values = {c.key: v for c in table.columns if (v := getattr(row, c.key)) is not None}
     db.flush()  # pending rows first (a parent added to the session), as autoflush would
     connection = db.connection()
     statement = _insert_new_statement(table, connection.dialect.name)
-    # RETURNING says whether it inserted (the PostgreSQL driver's rowcount does not).
-    if connection.execute(statement, values).first() is None:
+    # RETURNING says whether it inserted (the PostgreSQL driver's rowcount does not), and
+    # gives the primary key the database may have generated.
+    key = connection.execute(statement, values).first()
+    if key is None:
         return False
+    for column, value in zip(table.primary_key.columns, key, strict=True):
+        setattr(row, column.key, value)
     make_transient_to_detached(row)
     db.add(row)
     return True

@@ -13,9 +13,10 @@ from temporalio.exceptions import ApplicationError
 from domain import names
 from domain.payloads import CreateDeliveryInput, CreatePaymentInput
 from domain.status import OrderStatus
+from services import deliveries as deliveries_service
 from services.rows import insert_new, transition
 from store.db import session
-from store.models import OrderRow, PaymentRow
+from store.models import DealerRow, OrderRow, PaymentRow
 from tests.activities.support import (
     all_rows,
     assert_business_error,
@@ -149,3 +150,19 @@ def test_core_statements_see_what_the_session_has_pending(engine):
 
     assert get_row(engine, OrderRow, order_id).status == OrderStatus.CONFIRMED
     assert get_row(engine, PaymentRow, payment.id).order_id == order_id
+
+
+def test_a_dealer_gets_the_id_the_database_generated_and_its_phone_once(engine):
+    phone = f"+1-{uuid.uuid4().hex[:12]}"
+    with session(engine) as db:
+        added, inserted = deliveries_service.add_dealer(db, "Ana", phone, "Tehran", "Karaj", 3)
+        db.commit()
+    with session(engine) as db:
+        again, inserted_again = deliveries_service.add_dealer(db, "Bo", phone, "Qom", "Qom", 9)
+        db.commit()
+
+    assert (inserted, inserted_again) == (True, False)
+    assert added.id is not None
+    assert again.id == added.id
+    stored = all_rows(engine, DealerRow, phone=phone)
+    assert [(d.id, d.name, d.city, d.capacity) for d in stored] == [(added.id, "Ana", "Karaj", 3)]
