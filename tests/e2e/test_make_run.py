@@ -21,7 +21,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -39,6 +38,7 @@ from tests.e2e.test_races import poll
 from tests.saga_harness import db_statuses
 from tools.bench.live import TARGETS_MS as LIVE_TARGETS
 from tools.bench.live import measure as measure_live
+from tools.chaos.stack import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -69,15 +69,8 @@ DEALER_WINDOW = {"DEALER_ASSIGNMENT_WINDOW_SECONDS": "3", "DEALER_RETRY_INITIAL_
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports free right now, all different (every socket stays bound until all are picked)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """Ports free right now, all different, outside the ephemeral range (see free_port)."""
+    return [free_port() for _ in range(count)]
 
 
 def run_env(data_dir: Path, **settings: str) -> dict[str, str]:

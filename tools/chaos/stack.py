@@ -8,6 +8,7 @@ in memory, extra server flags and environment, no fault points, no worker superv
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import sys
@@ -21,11 +22,41 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Ports handed to a child process come from below the kernel's ephemeral range (where a bind
+# to port 0 lands; 32768-60999 by default). The Temporal dev server picks the ports of its
+# internal services that way, before its frontend binds the port we gave it, and once picked
+# that very port for its worker service: the server died at startup ("address already in
+# use"). A port outside that range is never one of its picks.
+_PORTS = range(20000, 32768)
+_pick = random.Random()  # its own generator: a chaos run seeds the global one
+_handed_out: set[int] = set()  # never the same port twice from one process
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A port free right now on 127.0.0.1, outside the ephemeral range, and not handed out
+    by this process before."""
+    high = min(_ephemeral_low(), _PORTS.stop)
+    low = _PORTS.start if high > _PORTS.start else 1024  # a lowered ephemeral range
+    for _ in range(1000):
+        port = _pick.randrange(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError(f"no free port in {low}-{high - 1}")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux), or 32768."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 @dataclass
