@@ -13,13 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.conftest import temporal_binary as installed_binary
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tools.chaos.stack import free_port
 
 
 class NatsServer:

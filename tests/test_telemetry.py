@@ -2,7 +2,6 @@
 
 import asyncio
 import re
-import socket
 
 import httpx
 from temporalio.client import Client
@@ -21,14 +20,8 @@ from tests.saga_harness import (
     start_saga,
     wait_for_phase,
 )
+from tools.chaos.stack import free_port
 from workflows import OrderProcessWorkflow as Saga
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def samples(text: str, metric: str) -> list[tuple[dict[str, str], float]]:

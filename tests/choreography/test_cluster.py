@@ -25,7 +25,6 @@ import json
 import os
 import re
 import signal
-import socket
 import time
 import uuid
 from collections import Counter
@@ -57,6 +56,7 @@ from store.db import read_session
 from store.models import DeadLetterRow, DealerRow, InboxRow, OutboxRow, PaymentRow, RefundRow
 from tests.conftest import temporal_binary as installed_binary
 from tests.saga_harness import add_dealer, db_statuses, order_request
+from tools.chaos.stack import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -140,18 +140,6 @@ class Node:
         return response.status_code == 200
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports free right now, all different (every socket stays bound until all are picked)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def compose_services() -> dict[str, Any]:
     services: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
     return services
@@ -224,7 +212,7 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dic
     """The compose file's three nats nodes, clustered on loopback, healthy."""
     root = tmp_path_factory.mktemp("nats-cluster")
     commands = compose_nats_commands()
-    ports = iter(free_ports(3 * len(commands)))
+    ports = iter([free_port() for _ in range(3 * len(commands))])
     nodes = {
         name: Node(name, root / name, next(ports), next(ports), next(ports)) for name in commands
     }

@@ -3,7 +3,6 @@ database, the workers of both saga styles, and the API over HTTP, once per style
 
 import asyncio
 import dataclasses
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,7 @@ from store.db import make_engine, session
 from store.models import DeadLetterRow
 from tests.conftest import database_url, reset_schema, temporal_binary
 from tests.nats_server import NatsServer
+from tools.chaos.stack import free_port
 from worker import build_workers, workflow_runner
 from workflows import OrderProcessWorkflow
 
@@ -67,17 +67,11 @@ class Stack:
         )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     env = await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
+        port=free_port(),  # not the SDK's pick: see tools.chaos.stack.free_port
         dev_server_existing_path=temporal_binary("temporal"),
         search_attributes=list(SEARCH_ATTRIBUTES),
         # A closed workflow is deleted once the queues' ack levels pass its close, which they

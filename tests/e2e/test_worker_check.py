@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from tests.e2e.conftest import Stack, free_port
+from tests.e2e.conftest import Stack
+from tools.chaos.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
