@@ -24,7 +24,9 @@ class Services:
     broker: NatsBroker | None = None
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """The process's services. ``async`` only so FastAPI calls it on the event loop: a plain
+    ``def`` dependency is run in its thread pool, a thread hop on every request for a lookup."""
     services: Services = request.app.state.services
     return services
 
