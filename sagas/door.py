@@ -14,12 +14,13 @@ from temporalio.client import Client
 from choreography.outbox import Publisher
 from domain import names
 from domain.payloads import OrderRequest, SagaState
-from domain.status import SagaPhase, SagaStyle
+from domain.status import Decision, SagaPhase, SagaStyle
 from domain.views import EventLogEntry, OrderView
 from sagas import views
 from sagas.choreography import ChoreographedSagas
 from sagas.errors import ConflictError, NotFoundError
 from sagas.orchestration import DecisionAccepted, OrchestratedSagas, Placement
+from services.payments import DecisionTaken
 from settings import Settings
 
 
@@ -103,13 +104,26 @@ class Sagas:
         ``authorize`` gets the customer the payment belongs to before anything is written,
         and raises to refuse the decision (the API's 403). :class:`NotFoundError` for an
         unknown payment."""
-        party = await asyncio.to_thread(views.payment_party, self._engine, payment_id)
+        decision = Decision.CONFIRM if confirm else Decision.CANCEL
+
+        def look_then_take() -> tuple[views.PaymentParty | None, DecisionTaken | None]:
+            # One trip to a worker thread for both the look-up and an orchestrated saga's
+            # compare-and-set: under load each trip waits its turn for a core (twice: the
+            # thread, then the event loop), and this is the confirm's hot path.
+            party = views.payment_party(self._engine, payment_id)
+            if party is None:
+                return None, None
+            authorize(party.customer_id)
+            if party.style == SagaStyle.CHOREOGRAPHY:
+                return party, None
+            return party, self.orchestrated.take_decision(payment_id, decision)
+
+        party, taken = await asyncio.to_thread(look_then_take)
         if party is None:
             raise NotFoundError(f"payment {payment_id} does not exist")
-        authorize(party.customer_id)
-        if party.style == SagaStyle.CHOREOGRAPHY:
+        if taken is None:
             return await self._choreography().decide_payment(payment_id, confirm=confirm)
-        return await self.orchestrated.decide_payment(payment_id, confirm=confirm)
+        return await self.orchestrated.deliver_decision(payment_id, decision, taken)
 
     async def report_delivered(self, delivery_id: str) -> str:
         """The dealer's report that the parcel arrived; returns its order id.

@@ -434,19 +434,20 @@ class OrchestratedSagas:
                 )
             await handle.cancel()
 
-    async def decide_payment(self, payment_id: str, *, confirm: bool) -> DecisionAccepted:
-        """The customer's decision on their payment, taken by a compare-and-set in the
-        database before the saga hears of it (its ``confirm_payment``/``cancel_payment``
-        signal): of racing decisions exactly one wins, and the loser learns which.
+    async def deliver_decision(
+        self, payment_id: str, decision: Decision, taken: payment_service.DecisionTaken
+    ) -> DecisionAccepted:
+        """The customer's decision on their payment, once :meth:`take_decision` has recorded
+        it by a compare-and-set in the database (``taken``), before the saga hears of it (its
+        ``confirm_payment``/``cancel_payment`` signal): of racing decisions exactly one wins,
+        and the loser learns which.
 
-        :class:`NotFoundError` for an unknown payment; :class:`ConflictError` when the other
-        decision won, or the window closed, or the payment is no longer pending. The same
-        decision again is accepted again, whenever it comes (its signal sent again while the
-        saga runs: the first may have been lost). Accepted from the order's acceptance on,
-        before the payment is written.
+        :class:`ConflictError` when the other decision won, or the window closed, or the
+        payment is no longer pending. The same decision again is accepted again, whenever it
+        comes (its signal sent again while the saga runs: the first may have been lost).
+        Accepted from the order's acceptance on, before the payment is written.
         """
-        decision = Decision.CONFIRM if confirm else Decision.CANCEL
-        taken = await asyncio.to_thread(self._take_decision, payment_id, decision)
+        confirm = decision == Decision.CONFIRM
         order_id = won_for(taken, payment_id, decision)
         try:
             with saga_ended_is_conflict(f"payment {payment_id} can no longer be decided"):
@@ -464,7 +465,9 @@ class OrchestratedSagas:
             payment_service.withdraw_decision(db, payment_id, decision)
             db.commit()
 
-    def _take_decision(self, payment_id: str, decision: Decision) -> payment_service.DecisionTaken:
+    def take_decision(self, payment_id: str, decision: Decision) -> payment_service.DecisionTaken:
+        """The compare-and-set of ``decision``, in its own transaction (blocking: call it on a
+        worker thread). Whether it won is :meth:`deliver_decision`'s to say."""
         with session(self._engine) as db:
             taken = payment_service.take_decision(db, payment_id, decision)
             db.commit()

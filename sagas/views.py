@@ -3,7 +3,7 @@ the services' rows (sync: callers in an event loop run them in a thread)."""
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, bindparam, func
 from sqlmodel import Session, col, select
 
 from domain import names
@@ -233,22 +233,34 @@ class PaymentParty:
     style: SagaStyle
 
 
+# A payment's decision row and its order's style, if the order is written yet: one statement,
+# built once (every confirm and cancel reads it first).
+_PARTY = (
+    select(
+        col(PaymentDecisionRow.order_id),
+        col(PaymentDecisionRow.customer_id),
+        col(OrderRow.saga_style),
+    )
+    .outerjoin(OrderRow, col(OrderRow.id) == col(PaymentDecisionRow.order_id))
+    .where(col(PaymentDecisionRow.payment_id) == bindparam("payment_id"))
+)
+
+
 def payment_party(engine: Engine, payment_id: str) -> PaymentParty | None:
     """The order, customer and saga style of the payment, from the moment its order was
     accepted (its decision row; orders accepted before decisions were recorded: its payment
     and order rows); None if unknown."""
     with read_session(engine) as db:
-        accepted = db.get(PaymentDecisionRow, payment_id)
+        accepted = db.connection().execute(_PARTY, {"payment_id": payment_id}).first()
         if accepted is not None:
-            order = db.get(OrderRow, accepted.order_id)
-            order_id, customer_id = accepted.order_id, accepted.customer_id
-        else:
-            payment = db.get(PaymentRow, payment_id)
-            order = db.get(OrderRow, payment.order_id) if payment is not None else None
-            if order is None:
-                return None
-            order_id, customer_id = order.id, order.customer_id
-    return PaymentParty(order_id, customer_id, _accepted_style(order))
+            order_id, customer_id, style = accepted
+            # Orchestrated while the order is not written yet (see _accepted_style).
+            return PaymentParty(order_id, customer_id, SagaStyle(style or SagaStyle.ORCHESTRATION))
+        payment = db.get(PaymentRow, payment_id)
+        order = db.get(OrderRow, payment.order_id) if payment is not None else None
+        if order is None:
+            return None
+    return PaymentParty(order.id, order.customer_id, _accepted_style(order))
 
 
 def delivery_and_style(engine: Engine, delivery_id: str) -> tuple[DeliveryRow, SagaStyle] | None:

@@ -14,10 +14,11 @@ from temporalio.exceptions import ApplicationError
 from activities.payments import PaymentActivities
 from domain import names
 from domain.payloads import CreatePaymentInput, PaymentRef
-from domain.status import Decision, PaymentStatus
+from domain.status import Decision, PaymentStatus, SagaStyle
+from sagas import views
 from services import payments
 from store.db import session
-from store.models import PaymentDecisionRow, PaymentRow, utcnow
+from store.models import OrderRow, PaymentDecisionRow, PaymentRow, utcnow
 from tests.activities.support import (
     assert_business_error,
     get_row,
@@ -183,3 +184,26 @@ def test_completing_a_payment_records_the_confirm_it_stands_for(engine, payments
 @pytest.fixture
 def payments_activities(engine) -> PaymentActivities:
     return PaymentActivities(engine)
+
+
+def test_a_payment_party_is_known_from_the_acceptance_on(engine):
+    # What a confirm looks up before it is taken: whose payment it is and how its saga runs.
+    unwritten = str(uuid.uuid4())  # accepted, its saga has not written the order yet
+    early = accept(engine, unwritten, customer_id="customer-7")
+    written = place_order(engine)  # accepted, the order written
+    accepted = accept(engine, written)
+    with session(engine) as db:
+        db.get_one(OrderRow, written).saga_style = SagaStyle.CHOREOGRAPHY
+        db.commit()
+    legacy_order, legacy = open_payment(engine)  # no decision row: as before migration 0004
+
+    assert views.payment_party(engine, early) == views.PaymentParty(
+        unwritten, "customer-7", SagaStyle.ORCHESTRATION
+    )
+    assert views.payment_party(engine, accepted) == views.PaymentParty(
+        written, "customer-1", SagaStyle.CHOREOGRAPHY
+    )
+    assert views.payment_party(engine, legacy) == views.PaymentParty(
+        legacy_order, "customer-1", SagaStyle.ORCHESTRATION
+    )
+    assert views.payment_party(engine, str(uuid.uuid4())) is None
