@@ -102,6 +102,9 @@ def test_a_small_bench_delivers_every_saga_in_every_phase(tmp_path: Path):
 
     targets = {t["target"]: t for t in result["targets"]}
     assert all(t["met"] is not None for t in targets.values()), targets
+    # Each latency target names how many answers its percentile was taken from.
+    assert targets["cancel p99, under load"]["samples"] == cancelled
+    assert targets["confirm p50, unloaded"]["samples"] == 3
 
     assert result["failures"] == 0
     assert (Path(result["run_dir"]) / "result.json").is_file()
