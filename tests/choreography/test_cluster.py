@@ -207,6 +207,28 @@ async def all_healthy(nodes: list[Node], within: float = 30) -> None:
         await until(every_node, "every node healthy (/healthz)", within)
 
 
+async def places_replicated_streams(nodes: list[Node], within: float = 60) -> None:
+    """Wait until the cluster creates a stream replicated on every node. Healthy nodes have
+    a meta leader, but a freshly formed cluster on two busy cores can still take longer than
+    a client's request timeout to place the first stream's raft group (a worker's broker
+    then fails to start, as a restarted container would wait out)."""
+    connection = await nats.connect([node.url for node in nodes], connect_timeout=2)
+    try:
+        js = connection.jetstream(timeout=10)
+
+        async def placed() -> bool:
+            try:
+                await js.add_stream(name="readiness", subjects=["readiness"], num_replicas=3)
+            except (nats.errors.TimeoutError, nats.js.errors.APIError):
+                return False
+            await js.delete_stream("readiness")
+            return True
+
+        await until(placed, "a stream replicated on every node", within)
+    finally:
+        await connection.close()
+
+
 @pytest.fixture(scope="module")
 async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, Node]]:
     """The compose file's three nats nodes, clustered on loopback, healthy."""
@@ -222,6 +244,7 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dic
         for node in nodes.values():
             await node.start()
         await all_healthy(list(nodes.values()))
+        await places_replicated_streams(list(nodes.values()))
         yield nodes
     finally:
         for node in nodes.values():
