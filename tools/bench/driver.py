@@ -30,8 +30,10 @@ from domain.payloads import (
     SagaTimeouts,
     StepMode,
 )
-from domain.status import DeliveryStatus, OrderStatus, SagaPhase
+from domain.status import Decision, DeliveryStatus, OrderStatus, SagaPhase
 from sagas.orchestration import start_order_saga
+from services import payments as payment_service
+from store.db import session
 from store.models import DeliveryRow
 from tools.bench.baseline import BASELINE_TASK_QUEUE, STEPS, BaselineInput, BaselineWorkflow
 from tools.bench.environment import CITY, PROVINCE, BenchStack, compile_query, read_rows
@@ -79,18 +81,32 @@ class Outcome:
 
 
 async def drive_saga(
-    client: Client, index: int, mode: StepMode, timeouts: SagaTimeouts, within: float
+    client: Client,
+    engine: Engine,
+    index: int,
+    mode: StepMode,
+    timeouts: SagaTimeouts,
+    within: float,
 ) -> Outcome:
     """Start a saga, confirm its payment, wait for its result (the :class:`Dealer` delivers
-    it meanwhile); a problem unless it ends DELIVERED within ``within`` seconds."""
+    it meanwhile); a problem unless it ends DELIVERED within ``within`` seconds.
+
+    With the door's database work around the Temporal calls, as the API does it: the
+    payment's decision opened before the start, the confirm taken by its compare-and-set
+    before the signal. So the saga's ``complete_payment`` finds the confirm on record, as it
+    does behind the API, rather than opening and recording the decision itself (the path of
+    orders accepted before decisions were recorded, and of signals sent past the API)."""
     order_id = str(uuid.uuid4())
+    payment_id = names.payment_id_for(order_id)
+    request = order_request(index)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(within):
-            handle = await start_saga(client, order_id, order_request(index), mode, timeouts)
+            await asyncio.to_thread(_accept, engine, order_id, payment_id, request.customer_id)
+            handle = await start_saga(client, order_id, request, mode, timeouts)
+            await asyncio.to_thread(_confirm, engine, payment_id)
             await handle.signal(
-                OrderProcessWorkflow.confirm_payment,
-                PaymentDecision(payment_id=names.payment_id_for(order_id)),
+                OrderProcessWorkflow.confirm_payment, PaymentDecision(payment_id=payment_id)
             )
             state = await handle.result()
     except Exception as err:  # any failure of one saga is counted, not fatal to the run
@@ -103,6 +119,22 @@ async def drive_saga(
             f"{state.failure_type} {state.failure_reason}",
         )
     return Outcome(elapsed)
+
+
+def _accept(engine: Engine, order_id: str, payment_id: str, customer_id: str) -> None:
+    """What the door records when it accepts an order: the payment's decision, opened."""
+    with session(engine) as db:
+        payment_service.open_decision(db, payment_id, order_id, customer_id)
+        db.commit()
+
+
+def _confirm(engine: Engine, payment_id: str) -> None:
+    """What the door does with the customer's confirm before signalling it."""
+    with session(engine) as db:
+        taken = payment_service.take_decision(db, payment_id, Decision.CONFIRM)
+        db.commit()
+    if not taken.applied:
+        raise RuntimeError(f"the confirm of payment {payment_id} did not win: {taken}")
 
 
 async def drive_baseline(client: Client, mode: StepMode, within: float) -> Outcome:

@@ -230,7 +230,7 @@ async def _client_phase(
 
     def one(index: int) -> Awaitable[Outcome]:
         if kind == "saga":
-            return drive_saga(bench.client, index, mode, timeouts, args.saga_timeout)
+            return drive_saga(bench.client, bench.engine, index, mode, timeouts, args.saga_timeout)
         return drive_baseline(bench.client, mode, args.saga_timeout)
 
     async def loop(count: int, label: str) -> list[Outcome]:
