@@ -22,8 +22,9 @@ in the choreographed style (``SAGA_STYLE=choreography``) on its own port.
 
 - ``baseline-remote``, ``saga-remote``, ``baseline-local``, ``saga-local``: closed loops
   through the Temporal client (``--sagas`` each, ``--concurrency`` in flight, after
-  ``--warmup`` uncounted), the saga against a baseline workflow with its round trips and
-  no-op steps (``tools/bench/baseline.py``);
+  ``--warmup`` uncounted), the saga (with the door's database work around it: its decision
+  opened, the confirm taken before its signal) against a baseline workflow with its round
+  trips and no-op steps (``tools/bench/baseline.py``);
 - ``history``: one delivered saga of shape 1 and one of the latest shape, and the baseline:
   events and workflow tasks in each one's history;
 - ``http-unloaded``: ``--unloaded-orders`` orders through the API, one at a time:
