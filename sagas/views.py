@@ -214,13 +214,14 @@ def style_of(engine: Engine, order_id: str) -> SagaStyle | None:
             )
             if db.exec(opened).first() is None:  # its decision opens when it is accepted
                 return None
-    return _accepted_style(order)
+    return _accepted_style(order.saga_style if order is not None else None)
 
 
-def _accepted_style(order: OrderRow | None) -> SagaStyle:
-    """The style of an order known to be accepted, from its row: orchestrated while the row is
-    not written yet (a choreographed order is written when it is accepted)."""
-    return SagaStyle(order.saga_style) if order is not None else SagaStyle.ORCHESTRATION
+def _accepted_style(recorded: str | None) -> SagaStyle:
+    """The style of an order known to be accepted, from its row's ``saga_style`` (None: the
+    row is not written yet, so orchestrated: a choreographed order is written when it is
+    accepted)."""
+    return SagaStyle(recorded) if recorded is not None else SagaStyle.ORCHESTRATION
 
 
 @dataclass(frozen=True)
@@ -254,13 +255,12 @@ def payment_party(engine: Engine, payment_id: str) -> PaymentParty | None:
         accepted = db.connection().execute(_PARTY, {"payment_id": payment_id}).first()
         if accepted is not None:
             order_id, customer_id, style = accepted
-            # Orchestrated while the order is not written yet (see _accepted_style).
-            return PaymentParty(order_id, customer_id, SagaStyle(style or SagaStyle.ORCHESTRATION))
+            return PaymentParty(order_id, customer_id, _accepted_style(style))
         payment = db.get(PaymentRow, payment_id)
         order = db.get(OrderRow, payment.order_id) if payment is not None else None
         if order is None:
             return None
-    return PaymentParty(order.id, order.customer_id, _accepted_style(order))
+    return PaymentParty(order.id, order.customer_id, _accepted_style(order.saga_style))
 
 
 def delivery_and_style(engine: Engine, delivery_id: str) -> tuple[DeliveryRow, SagaStyle] | None:
@@ -270,7 +270,7 @@ def delivery_and_style(engine: Engine, delivery_id: str) -> tuple[DeliveryRow, S
         if delivery is None:
             return None
         order = db.get(OrderRow, delivery.order_id)
-    return delivery, _accepted_style(order)
+    return delivery, _accepted_style(order.saga_style if order is not None else None)
 
 
 def list_orders(
