@@ -102,9 +102,9 @@ async def drive_saga(
     started = time.perf_counter()
     try:
         async with asyncio.timeout(within):
-            await asyncio.to_thread(_accept, engine, order_id, payment_id, request.customer_id)
+            await asyncio.to_thread(door_accepts, engine, order_id, request.customer_id)
             handle = await start_saga(client, order_id, request, mode, timeouts)
-            await asyncio.to_thread(_confirm, engine, payment_id)
+            await asyncio.to_thread(door_confirms, engine, payment_id)
             await handle.signal(
                 OrderProcessWorkflow.confirm_payment, PaymentDecision(payment_id=payment_id)
             )
@@ -121,15 +121,16 @@ async def drive_saga(
     return Outcome(elapsed)
 
 
-def _accept(engine: Engine, order_id: str, payment_id: str, customer_id: str) -> None:
+def door_accepts(engine: Engine, order_id: str, customer_id: str) -> None:
     """What the door records when it accepts an order: the payment's decision, opened."""
     with session(engine) as db:
-        payment_service.open_decision(db, payment_id, order_id, customer_id)
+        payment_service.open_decision(db, names.payment_id_for(order_id), order_id, customer_id)
         db.commit()
 
 
-def _confirm(engine: Engine, payment_id: str) -> None:
-    """What the door does with the customer's confirm before signalling it."""
+def door_confirms(engine: Engine, payment_id: str) -> None:
+    """What the door does with the customer's confirm before signalling it: its
+    compare-and-set, which must win."""
     with session(engine) as db:
         taken = payment_service.take_decision(db, payment_id, Decision.CONFIRM)
         db.commit()

@@ -40,12 +40,10 @@ from domain.payloads import (
     OrderRef,
     PaymentRef,
 )
-from domain.status import Decision
-from services import payments
 from store.db import make_engine, migrate, session
 from store.models import utcnow
 from store.seed import new_dealer
-from tools.bench.driver import order_request
+from tools.bench.driver import door_accepts, door_confirms, order_request
 
 PROVINCE = CITY = "Steps"
 
@@ -71,11 +69,8 @@ class Steps:
         does at once); returns the new order's id."""
         order_id = str(uuid.uuid4())
         self._step = ""
-        with session(self._engine) as db:
-            payment_id = names.payment_id_for(order_id)
-            payments.open_decision(db, payment_id, order_id, order_request(index).customer_id)
-            payments.take_decision(db, payment_id, Decision.CONFIRM)
-            db.commit()
+        door_accepts(self._engine, order_id, order_request(index).customer_id)
+        door_confirms(self._engine, names.payment_id_for(order_id))
         return order_id
 
     def saga(self, index: int, order_id: str) -> None:
