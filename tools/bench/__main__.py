@@ -24,7 +24,9 @@ in the choreographed style (``SAGA_STYLE=choreography``) on its own port.
   through the Temporal client (``--sagas`` each, ``--concurrency`` in flight, after
   ``--warmup`` uncounted), the saga (with the door's database work around it: its decision
   opened, the confirm taken before its signal) against a baseline workflow with its round
-  trips and no-op steps (``tools/bench/baseline.py``);
+  trips and no-op steps (``tools/bench/baseline.py``); a saga loop and the baseline's of its
+  step mode run together in ``--rounds`` rounds, alternating which goes first (baseline, saga,
+  saga, baseline), so a machine that drifts during the run weighs on both alike;
 - ``history``: one delivered saga of shape 1 and one of the latest shape, and the baseline:
   events and workflow tasks in each one's history;
 - ``http-unloaded``: ``--unloaded-orders`` orders through the API, one at a time:

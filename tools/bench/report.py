@@ -46,7 +46,9 @@ class PhaseResult(BaseModel):
     failures: int
     failure_samples: list[str]
     warmup: int
-    seconds: float
+    # A closed loop paired with the baseline's ran in rounds, alternating which went first.
+    rounds: int = 1
+    seconds: float  # measured: the rounds' seconds added up
     sagas_per_s: float  # sagas ended (delivered or, as asked, cancelled) per second
     e2e: Latency  # start call .. result (HTTP: POST /orders .. DELIVERED seen in the DB)
     cpu_s: dict[str, float]  # per process over the measured part: worker, baseline, ...

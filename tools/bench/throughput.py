@@ -17,7 +17,7 @@ import contextlib
 import math
 import shutil
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -154,8 +154,13 @@ async def _run_phases(
         dealer = Dealer(bench.client, bench.engine, http)
         dealer_task = asyncio.create_task(dealer.run())
         try:
-            for name in args.phases:
-                await _phase(bench, http, dealer, args, name, collected)
+            for group in _phase_groups(args.phases):
+                if len(group) == 1:
+                    await _phase(bench, http, dealer, args, group[0], collected)
+                    continue
+                for p in await _client_phases(bench, dealer, args, group):
+                    collected.phases[p.name] = p
+                    _log_phase(args, p)
         finally:
             dealer_task.cancel()
             await asyncio.gather(dealer_task, return_exceptions=True)
@@ -193,7 +198,7 @@ async def _phase(
     elif name == "http-unloaded":
         p = await _unloaded_phase(bench, http, dealer, args)
     else:
-        p = await _client_phase(bench, dealer, args, name)
+        (p,) = await _client_phases(bench, dealer, args, (name,))
     collected.phases[name] = p
     _log_phase(args, p)
 
@@ -220,41 +225,102 @@ def _print_result(result: BenchResult, run_dir: Path, args: argparse.Namespace) 
     print(result.summary, flush=True)
 
 
-async def _client_phase(
-    bench: BenchStack, dealer: Dealer, args: argparse.Namespace, name: str
-) -> PhaseResult:
-    kind, _, mode_name = name.partition("-")
-    mode = StepMode(mode_name)
+def _phase_groups(phases: list[str]) -> list[tuple[str, ...]]:
+    """``phases`` in their order, each alone except a saga closed loop and the baseline's of
+    the same step mode, which run together (``_client_phases``) where the first of them is."""
+    groups: list[tuple[str, ...]] = []
+    for name in phases:
+        mode = name.partition("-")[2]
+        pair = (f"baseline-{mode}", f"saga-{mode}")
+        if name not in CLIENT_PHASES or not set(pair) <= set(phases):
+            groups.append((name,))
+        elif pair not in groups:
+            groups.append(pair)
+    return groups
+
+
+@dataclass
+class _Rounds:
+    """What one closed-loop phase measured over its rounds, added up."""
+
+    warmup: list[Outcome] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    seconds: float = 0.0
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    rss_max_mb: dict[str, float] = field(default_factory=dict)
+    dealer: "_DealerCounts" = field(default_factory=lambda: _DealerCounts(0, 0, 0))
+
+
+async def _client_phases(
+    bench: BenchStack, dealer: Dealer, args: argparse.Namespace, names: tuple[str, ...]
+) -> list[PhaseResult]:
+    """The closed loops ``names`` through the Temporal client: one phase, or a baseline and
+    the saga of one step mode.
+
+    A pair runs in ``--rounds`` rounds, each of its share of ``--sagas``, the one that goes
+    first alternating (baseline, saga, saga, baseline, ...) after each one's warm-up: the
+    machine's speed drifts during a run, and so does the stack's (its server holds more
+    history as the run goes on), so a baseline always measured first is measured on a faster
+    machine. Each phase's result adds up its rounds: sagas, measured seconds, CPU seconds.
+    """
     timeouts = SagaTimeouts(dealer_assignment_window=timedelta(seconds=DEALER_WINDOW_SECONDS))
     dealer.via = "signal"
+    runs = {name: _Rounds() for name in names}
 
-    def one(index: int) -> Awaitable[Outcome]:
+    def driver(name: str) -> Callable[[int], Awaitable[Outcome]]:
+        kind, _, mode_name = name.partition("-")
+        mode = StepMode(mode_name)
         if kind == "saga":
-            return drive_saga(bench.client, bench.engine, index, mode, timeouts, args.saga_timeout)
-        return drive_baseline(bench.client, mode, args.saga_timeout)
+            return lambda i: drive_saga(
+                bench.client, bench.engine, i, mode, timeouts, args.saga_timeout
+            )
+        return lambda i: drive_baseline(bench.client, mode, args.saga_timeout)
 
-    async def loop(count: int, label: str) -> list[Outcome]:
+    async def loop(name: str, count: int, label: str) -> list[Outcome]:
         async with Progress(label, count, enabled=not args.quiet) as bar:
-            return await guarded(bench, closed_loop(count, args.concurrency, one, bar))
+            return await guarded(bench, closed_loop(count, args.concurrency, driver(name), bar))
 
-    warmup = await loop(args.warmup, f"{name} warm-up") if args.warmup else []
-    before = _DealerCounts.of(dealer)
-    with bench.monitor.measure() as usage:
-        outcomes = await loop(args.sagas, name)
-    worker = "baseline" if kind == "baseline" else "worker"
+    for name in names:
+        if args.warmup:
+            runs[name].warmup = await loop(name, args.warmup, f"{name} warm-up")
+    rounds = args.rounds if len(names) > 1 else 1
+    for index, count in enumerate(_shares(args.sagas, rounds)):
+        for name in names if index % 2 == 0 else names[::-1]:
+            label = name if rounds == 1 else f"{name} round {index + 1}/{rounds}"
+            run = runs[name]
+            before = _DealerCounts.of(dealer)
+            with bench.monitor.measure() as usage:
+                run.outcomes += await loop(name, count, label)
+            run.dealer = run.dealer + (_DealerCounts.of(dealer) - before)
+            run.seconds += usage.seconds
+            for process, seconds in usage.cpu_s.items():
+                run.cpu_s[process] = round(run.cpu_s.get(process, 0.0) + seconds, 3)
+            for process, mb in usage.rss_max_mb.items():
+                run.rss_max_mb[process] = max(run.rss_max_mb.get(process, 0.0), mb)
+    return [_client_result(name, runs[name], args.sagas, rounds) for name in names]
+
+
+def _shares(total: int, rounds: int) -> list[int]:
+    """``total`` split into ``rounds`` nearly equal parts (the larger first)."""
+    return [total // rounds + (1 if i < total % rounds else 0) for i in range(rounds)]
+
+
+def _client_result(name: str, run: _Rounds, sagas: int, rounds: int) -> PhaseResult:
+    kind, _, mode_name = name.partition("-")
     return _phase_result(
         name,
         "baseline" if kind == "baseline" else "saga",
-        mode,
-        sagas=args.sagas,
-        ok=[o.seconds for o in outcomes if o.problem is None],
-        problems=[o.problem for o in warmup + outcomes if o.problem is not None],
-        warmup=len(warmup),
-        seconds=usage.seconds,
-        cpu_s=usage.cpu_s,
-        rss_max_mb=usage.rss_max_mb,
-        worker=worker,
-        dealer=_DealerCounts.of(dealer) - before,
+        StepMode(mode_name),
+        sagas=sagas,
+        ok=[o.seconds for o in run.outcomes if o.problem is None],
+        problems=[o.problem for o in run.warmup + run.outcomes if o.problem is not None],
+        warmup=len(run.warmup),
+        rounds=rounds,
+        seconds=run.seconds,
+        cpu_s=run.cpu_s,
+        rss_max_mb=run.rss_max_mb,
+        worker="baseline" if kind == "baseline" else "worker",
+        dealer=run.dealer,
     )
 
 
@@ -659,6 +725,7 @@ def _phase_result(
     problems: list[str],
     cancelled: int = 0,
     warmup: int,
+    rounds: int = 1,
     seconds: float,
     cpu_s: dict[str, float],
     rss_max_mb: dict[str, float],
@@ -684,6 +751,7 @@ def _phase_result(
         failures=len(problems),
         failure_samples=problems[:MAX_SAMPLES],
         warmup=warmup,
+        rounds=rounds,
         seconds=seconds,
         sagas_per_s=(len(ok) + cancelled) / seconds if seconds > 0 else math.nan,
         e2e=Latency.of(ok),
@@ -715,6 +783,13 @@ class _DealerCounts:
     def of(cls, dealer: Dealer) -> "_DealerCounts":
         return cls(dealer.queries, dealer.not_yet, dealer.resends)
 
+    def __add__(self, other: "_DealerCounts") -> "_DealerCounts":
+        return _DealerCounts(
+            self.queries + other.queries,
+            self.not_yet + other.not_yet,
+            self.resends + other.resends,
+        )
+
     def __sub__(self, other: "_DealerCounts") -> "_DealerCounts":
         return _DealerCounts(
             self.queries - other.queries,
@@ -728,6 +803,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sagas", type=int, default=200, help="measured sagas per phase")
     parser.add_argument("--concurrency", type=int, default=50, help="sagas in flight (<= 500)")
     parser.add_argument("--warmup", type=int, default=20, help="uncounted sagas per phase")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="a saga closed loop and the baseline's of its step mode run together, in this "
+        "many rounds each (of their share of --sagas), the first of each round alternating: "
+        "baseline, saga, saga, baseline, ... (1: the baseline's, then the saga's)",
+    )
     parser.add_argument(
         "--rate",
         type=float,
@@ -813,3 +896,5 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         )
     if args.warmup < 0 or args.cancel_every < 0:
         parser.error("--warmup and --cancel-every must be >= 0")
+    if not 1 <= args.rounds <= args.sagas:
+        parser.error("--rounds must be between 1 and --sagas")

@@ -67,6 +67,8 @@ def test_a_small_bench_delivers_every_saga_in_every_phase(tmp_path: Path):
     assert list(phases) == PHASES
     for name in SAGA_PHASES:
         assert (phases[name]["sagas"], phases[name]["delivered"]) == (10, 10), name
+        # Each saga loop and the baseline's of its mode ran together, in two rounds of 5.
+        assert phases[name]["rounds"] == 2, name
     for name in ("http-unloaded", "http-unloaded-choreography"):
         unloaded = phases[name]
         assert (unloaded["sagas"], unloaded["delivered"]) == (3, 3), name
