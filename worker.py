@@ -75,7 +75,7 @@ def service_activities(engine: Engine) -> dict[str, list[Callable[..., Any]]]:
     }
 
 
-def workflow_runner() -> SandboxedWorkflowRunner:
+def workflow_runner(*workflow_modules: str) -> SandboxedWorkflowRunner:
     """The sandbox the saga runs in: every call it makes is still checked (no clock, no
     randomness, no I/O), but its modules are imported once per process, not per run.
 
@@ -83,10 +83,12 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     functions; tests/workflows/test_workflow_imports.py keeps I/O libraries out), so sharing
     them is safe, and re-importing them for every saga the worker starts or rebuilds after a
     cache eviction cost about a third of its CPU per saga (``make bench``).
+    ``workflow_modules``: more modules of workflows to share so (the bench's baseline worker
+    passes its own, to run its workflows as this worker runs the saga).
     """
     return SandboxedWorkflowRunner(
         restrictions=SandboxRestrictions.default.with_passthrough_modules(
-            "domain", "pydantic", "workflows"
+            "domain", "pydantic", "workflows", *workflow_modules
         )
     )
 

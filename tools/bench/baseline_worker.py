@@ -4,7 +4,9 @@ Polls ``bench-baseline`` (the workflow and its local activities, and the decisio
 ``tools/bench/decision_probe.py``) and
 ``bench-baseline-activities`` (the remote no-op activities), on the Temporal server named by
 ``TEMPORAL_ADDRESS``, until SIGTERM or SIGINT. It runs workflows in the same sandbox
-configuration as the saga's worker, so the two compare like for like.
+configuration as the saga's worker, so the two compare like for like: its workflows' modules
+(``tools.bench``) are imported once per process, as the saga worker's ``workflows`` are, not
+again for every run.
 """
 
 import asyncio
@@ -45,7 +47,7 @@ async def serve(settings: Settings) -> None:
                     client,
                     task_queue=BASELINE_TASK_QUEUE,
                     workflows=[BaselineWorkflow, DecisionProbeWorkflow],
-                    workflow_runner=workflow_runner(),
+                    workflow_runner=workflow_runner("tools.bench"),
                     activities=[noop],
                     activity_executor=executor,
                     no_remote_activities=True,
