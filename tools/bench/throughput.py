@@ -2,13 +2,14 @@
 
 Phases run one after the other on the same stack: ``baseline-remote``, ``saga-remote``,
 ``baseline-local``, ``saga-local`` (each a closed loop of N workflows, C in flight, after
-an uncounted warm-up); ``history`` (one delivered saga of each shape, and the baseline: their
-histories counted); ``http-unloaded`` (one order at a time through the API); ``decision``
-(the API's confirm against a Temporal update, one at a time); ``http`` (an open loop
-through the API at a fraction of the rate ``saga-remote`` reached, whose sagas run in
-remote mode); then ``choreography`` (the choreographed saga against the orchestrated one
-through their APIs: a closed loop through each, then the ``http`` phase's open loop through
-the choreography API).
+an uncounted warm-up; a saga loop and the baseline's of its step mode together, in rounds
+that alternate which goes first); ``history`` (one delivered saga of each shape, and the
+baseline: their histories counted); ``http-unloaded`` (one order at a time through the
+API); ``decision`` (the API's confirm against a Temporal update, one at a time); ``http``
+(an open loop through the API at a fraction of the rate ``saga-remote`` reached, whose sagas
+run in remote mode); then ``choreography`` (the choreographed saga against the orchestrated
+one through their APIs: a closed loop through each, then the ``http`` phase's open loop
+through the choreography API).
 """
 
 import argparse
@@ -258,10 +259,11 @@ async def _client_phases(
     the saga of one step mode.
 
     A pair runs in ``--rounds`` rounds, each of its share of ``--sagas``, the one that goes
-    first alternating (baseline, saga, saga, baseline, ...) after each one's warm-up: the
-    machine's speed drifts during a run, and so does the stack's (its server holds more
-    history as the run goes on), so a baseline always measured first is measured on a faster
-    machine. Each phase's result adds up its rounds: sagas, measured seconds, CPU seconds.
+    first alternating (baseline, saga, saga, baseline, ...) after each one's warm-up. The
+    machine's speed drifts during a run and the stack changes (its server holds more history
+    as the run goes on): measured one after the other, whichever ran second cost more per
+    workflow (docs/performance.md). Each phase's result adds up its rounds: sagas, measured
+    seconds, CPU seconds; its peak RSS is the highest of its rounds.
     """
     timeouts = SagaTimeouts(dealer_assignment_window=timedelta(seconds=DEALER_WINDOW_SECONDS))
     dealer.via = "signal"
