@@ -44,6 +44,8 @@ from store.models import (
     place_key,
 )
 
+# A delivery with its dealer, or delivered by it: the saga is past its pivot.
+PAST_THE_PIVOT = (DeliveryStatus.IN_TRANSIT, DeliveryStatus.DELIVERED)
 # The saga's failure that each recorded decision stands for.
 DECISION_FAILURES = {
     Decision.CANCEL: names.PAYMENT_CANCELLED,
@@ -63,9 +65,13 @@ def progress(
         return SagaPhase.CANCELLED, order.cancel_reason
     if order is None or payment is None:
         return SagaPhase.CREATING, None
-    if order.status == OrderStatus.DELIVERED:
+    delivery_done = delivery is None or delivery.status == DeliveryStatus.DELIVERED
+    if order.status == OrderStatus.DELIVERED and delivery_done:
         return SagaPhase.DELIVERED, None
-    if delivery is not None and delivery.status == DeliveryStatus.IN_TRANSIT:
+    if delivery is not None and delivery.status in PAST_THE_PIVOT:
+        # Until both of its last steps have written their rows (side by side in the
+        # orchestrated saga, the delivery first in the choreographed one), the saga is still
+        # in transit: DELIVERED promises the order and its delivery both delivered.
         return SagaPhase.IN_TRANSIT, None
     undone = (
         payment.status in (PaymentStatus.CANCELLED, PaymentStatus.REFUNDED)
