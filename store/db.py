@@ -3,6 +3,7 @@
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -113,8 +114,14 @@ def make_engine(
         # every BEGIN: the connection goes back to the pool and serves other sessions).
         busy_ms = int(options.get(BUDGET_MS) or SQLITE_BUSY_TIMEOUT_MS)
         if options.get(READ_ONLY):
-            connection.exec_driver_sql(f"PRAGMA busy_timeout={busy_ms}")
-            connection.exec_driver_sql("BEGIN")
+            # On the driver's connection, as _begin_immediate does: two statements through
+            # SQLAlchemy's execution machinery cost an API read more than its SELECT.
+            dbapi_connection = connection.connection.dbapi_connection
+            try:
+                dbapi_connection.execute(f"PRAGMA busy_timeout={busy_ms}")
+                dbapi_connection.execute("BEGIN")
+            except sqlite3.Error as err:
+                raise DBAPIError.instance("BEGIN", None, err, sqlite3.Error) from err
         else:
             _begin_immediate(connection.connection.dbapi_connection, busy_ms, next_writer)
 
@@ -262,20 +269,53 @@ def session(engine: Engine, *, budget: timedelta | None = None) -> Session:
     if budget is None:
         return Session(engine, expire_on_commit=False)
     budget_ms = max(1, int(budget.total_seconds() * 1000))
-    db = Session(engine.execution_options(**{BUDGET_MS: budget_ms}), expire_on_commit=False)
-    deadline = time.monotonic() + budget.total_seconds()
+    return _BudgetedSession(
+        _with_option(engine, BUDGET_MS, budget_ms),
+        time.monotonic() + budget.total_seconds(),
+        budget,
+    )
 
-    def refuse_late_commit(_session: Session) -> None:
-        if time.monotonic() > deadline:
-            raise TransactionBudgetExceededError(
-                f"the transaction outlasted its budget of {budget}; rolled back"
-            )
 
-    event.listen(db, "before_commit", refuse_late_commit)
-    return db
+class _BudgetedSession(Session):
+    """A session whose transactions must commit before ``deadline`` (``time.monotonic()``)."""
+
+    def __init__(self, engine: Engine, deadline: float, budget: timedelta) -> None:
+        super().__init__(engine, expire_on_commit=False)
+        self.deadline = deadline
+        self.budget = budget
+
+
+# One listener for the class, rather than one per session: every step opens a session, and a
+# listener on an instance builds that instance an event dispatch of its own (with the Engine
+# copy below, an empty step transaction went from ~97 to ~64 us; docs/performance.md).
+@event.listens_for(_BudgetedSession, "before_commit")
+def _refuse_late_commit(db: _BudgetedSession) -> None:
+    if time.monotonic() > db.deadline:
+        raise TransactionBudgetExceededError(
+            f"the transaction outlasted its budget of {db.budget}; rolled back"
+        )
+
+
+# Engines with an execution option, by engine, then by option: an Engine copy per session
+# would cost each step and each API read the copy (make bench's CPU per saga).
+_optioned: "weakref.WeakKeyDictionary[Engine, dict[tuple[str, Any], Engine]]" = (
+    weakref.WeakKeyDictionary()
+)
+_optioned_lock = threading.Lock()
+
+
+def _with_option(engine: Engine, key: str, value: Any) -> Engine:
+    """``engine.execution_options(key=value)`` (the ``begin`` events read it), built once per
+    engine and option; dropped with its engine."""
+    with _optioned_lock:
+        options = _optioned.setdefault(engine, {})
+        optioned = options.get((key, value))
+        if optioned is None:
+            optioned = options[(key, value)] = engine.execution_options(**{key: value})
+        return optioned
 
 
 def read_session(engine: Engine) -> Session:
     """A session for reads only. On SQLite it does not take the write lock that ``session``'s
     transactions take up front, so API reads and polls never queue behind the activities."""
-    return Session(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
+    return Session(_with_option(engine, READ_ONLY, True), expire_on_commit=False)
