@@ -1,8 +1,10 @@
 """DeliveryService: one delivery per order, dealer assignment (the saga's pivot) and capacity."""
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
+from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
 from domain.payloads import CompensationOutcome, DeliverySnapshot
@@ -193,40 +195,54 @@ def cancel_delivery(
     return CompensationOutcome(action=f"left as {delivery.status}", status=delivery.status), False
 
 
+# The dealer statements of assign_dealer and of a delivery's end, built once and run as Core
+# statements on the session's connection: the ORM's update and select paths cost more than
+# the statements themselves (make bench's worker CPU per saga, docs/performance.md). Nothing
+# here loads a DealerRow, so the session holds none to keep in step with them.
+_dealers = DealerRow.__table__.c  # type: ignore[attr-defined]
+_TAKE_CAPACITY = (
+    update(DealerRow.__table__)  # type: ignore[attr-defined]
+    .where(
+        _dealers.id == bindparam("dealer_id"),
+        _dealers.active_deliveries < _dealers.capacity,
+    )
+    .values(active_deliveries=_dealers.active_deliveries + 1)
+)
+_RELEASE_CAPACITY = (
+    update(DealerRow.__table__)  # type: ignore[attr-defined]
+    .where(_dealers.id == bindparam("dealer_id"), _dealers.active_deliveries > 0)
+    .values(active_deliveries=_dealers.active_deliveries - 1)
+)
+_LEAST_LOADED_DEALER = (
+    sql_select(_dealers.id)
+    .where(
+        _dealers.province_key == bindparam("province_key"),
+        _dealers.city_key == bindparam("city_key"),
+        _dealers.active_deliveries < _dealers.capacity,
+    )
+    .order_by(_dealers.active_deliveries, _dealers.id)
+    .limit(1)
+)
+
+
 def _take_capacity(db: Session, dealer_id: int) -> bool:
     """Atomically take one unit of a dealer's capacity; False if it is full."""
-    result = db.execute(
-        update(DealerRow)
-        .where(
-            col(DealerRow.id) == dealer_id,
-            col(DealerRow.active_deliveries) < col(DealerRow.capacity),
-        )
-        .values(active_deliveries=DealerRow.active_deliveries + 1)
-    )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    db.flush()  # pending rows first, as the ORM's own statements do (autoflush)
+    result: Any = db.connection().execute(_TAKE_CAPACITY, {"dealer_id": dealer_id})
+    return bool(result.rowcount == 1)
 
 
 def _release_capacity(db: Session, dealer_id: int) -> None:
     """Give one unit of capacity back (guarded: never below zero)."""
-    db.execute(
-        update(DealerRow)
-        .where(col(DealerRow.id) == dealer_id, col(DealerRow.active_deliveries) > 0)
-        .values(active_deliveries=DealerRow.active_deliveries - 1)
-    )
+    db.flush()
+    db.connection().execute(_RELEASE_CAPACITY, {"dealer_id": dealer_id})
 
 
 def _least_loaded_dealer(db: Session, delivery: DeliveryRow) -> int | None:
-    statement = (
-        select(DealerRow.id)
-        .where(
-            DealerRow.province_key == place_key(delivery.province),
-            DealerRow.city_key == place_key(delivery.city),
-            DealerRow.active_deliveries < DealerRow.capacity,
-        )
-        .order_by(col(DealerRow.active_deliveries), col(DealerRow.id))
-        .limit(1)
-    )
-    return db.exec(statement).first()
+    db.flush()
+    params = {"province_key": place_key(delivery.province), "city_key": place_key(delivery.city)}
+    found: int | None = db.connection().execute(_LEAST_LOADED_DEALER, params).scalar()
+    return found
 
 
 def add_dealer(
