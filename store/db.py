@@ -3,7 +3,6 @@
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -296,22 +295,22 @@ def _refuse_late_commit(db: _BudgetedSession) -> None:
         )
 
 
-# Engines with an execution option, by engine, then by option: an Engine copy per session
-# would cost each step and each API read the copy (make bench's CPU per saga).
-_optioned: "weakref.WeakKeyDictionary[Engine, dict[tuple[str, Any], Engine]]" = (
-    weakref.WeakKeyDictionary()
-)
+# An engine's copies with an execution option, kept on the engine itself: a copy holds its
+# engine, so a cache keyed by engines elsewhere (even weakly) would keep every engine alive;
+# here engine and copies are one cycle the collector frees together.
+_OPTIONED = "_order_saga_optioned"
 _optioned_lock = threading.Lock()
 
 
 def _with_option(engine: Engine, key: str, value: Any) -> Engine:
     """``engine.execution_options(key=value)`` (the ``begin`` events read it), built once per
-    engine and option; dropped with its engine."""
+    engine and option (an Engine copy per session would cost each step and each API read the
+    copy: make bench's CPU per saga)."""
     with _optioned_lock:
-        options = _optioned.setdefault(engine, {})
-        optioned = options.get((key, value))
+        copies: dict[tuple[str, Any], Engine] = engine.__dict__.setdefault(_OPTIONED, {})
+        optioned = copies.get((key, value))
         if optioned is None:
-            optioned = options[(key, value)] = engine.execution_options(**{key: value})
+            optioned = copies[(key, value)] = engine.execution_options(**{key: value})
         return optioned
 
 

@@ -1,10 +1,13 @@
 """Reads do not queue behind writers on SQLite: read_session takes no write lock; writers
 wait for it in turn."""
 
+import gc
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,22 @@ def test_writers_waiting_for_the_write_lock_take_it_in_turn_once_released(one_de
     assert sorted(seen_by_writers) == [3, 4, 5]
     with read_session(engine) as db:
         assert db.exec(select(DealerRow)).one().capacity == 6
+
+
+def test_an_engine_is_freed_once_dropped_after_budgeted_and_read_sessions(tmp_path):
+    # session() and read_session() keep an engine's option-carrying copies for reuse; they
+    # must not keep the engine itself (with its pool and connections) alive once dropped.
+    engine = make_engine(f"sqlite:///{tmp_path / 'orders.db'}")
+    migrate(engine)
+    with session(engine, budget=timedelta(seconds=1)) as db:
+        db.exec(select(DealerRow)).all()
+        db.commit()
+    with read_session(engine) as db:
+        db.exec(select(DealerRow)).all()
+    engine.dispose()
+    freed = weakref.ref(engine)
+    del engine, db
+
+    gc.collect()
+
+    assert freed() is None
