@@ -1,7 +1,6 @@
 """DeliveryService: one delivery per order, dealer assignment (the saga's pivot) and capacity."""
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import bindparam, update
 from sqlalchemy import select as sql_select
@@ -11,6 +10,7 @@ from domain.payloads import CompensationOutcome, DeliverySnapshot
 from domain.status import DeliveryStatus
 from services.rows import (
     create_owned,
+    execute_core,
     insert_new,
     invalid_transition,
     is_owner,
@@ -195,10 +195,8 @@ def cancel_delivery(
     return CompensationOutcome(action=f"left as {delivery.status}", status=delivery.status), False
 
 
-# The dealer statements of assign_dealer and of a delivery's end, built once and run as Core
-# statements on the session's connection: the ORM's update and select paths cost more than
-# the statements themselves (make bench's worker CPU per saga, docs/performance.md). Nothing
-# here loads a DealerRow, so the session holds none to keep in step with them.
+# The dealer statements of assign_dealer and of a delivery's end, built once and run with
+# execute_core. Nothing here loads a DealerRow, so the session holds none to keep in step.
 _dealers = DealerRow.__table__.c  # type: ignore[attr-defined]
 _TAKE_CAPACITY = (
     update(DealerRow.__table__)  # type: ignore[attr-defined]
@@ -227,21 +225,18 @@ _LEAST_LOADED_DEALER = (
 
 def _take_capacity(db: Session, dealer_id: int) -> bool:
     """Atomically take one unit of a dealer's capacity; False if it is full."""
-    db.flush()  # pending rows first, as the ORM's own statements do (autoflush)
-    result: Any = db.connection().execute(_TAKE_CAPACITY, {"dealer_id": dealer_id})
+    result = execute_core(db, _TAKE_CAPACITY, {"dealer_id": dealer_id})
     return bool(result.rowcount == 1)
 
 
 def _release_capacity(db: Session, dealer_id: int) -> None:
     """Give one unit of capacity back (guarded: never below zero)."""
-    db.flush()
-    db.connection().execute(_RELEASE_CAPACITY, {"dealer_id": dealer_id})
+    execute_core(db, _RELEASE_CAPACITY, {"dealer_id": dealer_id})
 
 
 def _least_loaded_dealer(db: Session, delivery: DeliveryRow) -> int | None:
-    db.flush()
     params = {"province_key": place_key(delivery.province), "city_key": place_key(delivery.city)}
-    found: int | None = db.connection().execute(_LEAST_LOADED_DEALER, params).scalar()
+    found: int | None = execute_core(db, _LEAST_LOADED_DEALER, params).scalar()
     return found
 
 

@@ -14,6 +14,7 @@ from domain.payloads import CompensationOutcome, PaymentSnapshot, from_cents, to
 from domain.status import Decision, PaymentStatus, SagaStyle
 from services.rows import (
     create_owned,
+    execute_core,
     expire_held,
     insert_new,
     invalid_transition,
@@ -210,10 +211,8 @@ def _record_decision(db: Session, payment_id: str, decision: Decision, now: date
     the payment's order id if this call recorded ``decision``, None if it did not (decided
     already, window closed, or no decision opened)."""
     statement = _record_decision_statement(window=decision != Decision.TIMEOUT)
-    # A Core statement, built once, on the session's connection (same transaction).
     params = {"b_payment_id": payment_id, "b_decision": str(decision), "b_now": now}
-    db.flush()  # pending rows first, as the ORM's own statements do (autoflush)
-    order_id = db.connection().execute(statement, params).scalar()
+    order_id = execute_core(db, statement, params).scalar()
     expire_held(db, PaymentDecisionRow, payment_id)
     return None if order_id is None else str(order_id)
 
@@ -278,10 +277,9 @@ class _DecisionOnRecord:
 
 def _decision_row(db: Session, payment_id: str) -> _DecisionOnRecord | None:
     """The payment's decision row as the database holds it now, read with one prebuilt Core
-    ``SELECT`` on the session's connection: a read the steps make on every saga, where the
-    ORM's get costs four times the statement (make bench's worker CPU per saga)."""
-    db.flush()  # pending rows first, as the ORM's own statements do (autoflush)
-    found = db.connection().execute(_DECISION_ROW, {"b_payment_id": payment_id}).first()
+    ``SELECT``: a read the steps make on every saga, where the ORM's get costs four times the
+    statement (make bench's worker CPU per saga)."""
+    found = execute_core(db, _DECISION_ROW, {"b_payment_id": payment_id}).first()
     return None if found is None else _DecisionOnRecord(str(found.order_id), found.decision)
 
 

@@ -5,7 +5,7 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Insert, Table, Update, bindparam, or_, update
+from sqlalchemy import Executable, Insert, Table, Update, bindparam, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import make_transient_to_detached
@@ -46,16 +46,26 @@ def transition(
     )
     params = {f"set_{name}": value for name, value in values.items()}
     params.update(row_id=row_id, now=utcnow(), saga=saga_id)
-    # A Core statement on the session's connection (same transaction): the steps' hottest
-    # statement skips the ORM's bulk-update machinery, and is built once (make bench's
-    # worker CPU per saga, docs/performance.md). What the session holds pending is written
-    # first, as the ORM's own statements do (autoflush).
-    db.flush()
-    result: Any = db.connection().execute(statement, params)
+    # A Core statement, built once: the steps' hottest statement skips the ORM's bulk-update
+    # machinery (make bench's worker CPU per saga, docs/performance.md).
+    result = execute_core(db, statement, params)
     changed = bool(result.rowcount == 1)
     if changed:
         expire_held(db, table, row_id)
     return changed
+
+
+def execute_core(db: Session, statement: Executable, params: dict[str, Any]) -> Any:
+    """Run ``statement``, a prebuilt Core statement, on the session's connection, in its
+    transaction, and return its result. What the session holds pending is written first, as
+    the ORM's own statements do (autoflush); the session is not told what the statement
+    changed (expire a row it may hold, as :func:`transition` does).
+
+    The services' statements on every saga's path go this way: the ORM's execution path
+    costs more than such a statement itself (make bench's worker CPU per saga,
+    docs/performance.md)."""
+    db.flush()
+    return db.connection().execute(statement, params)
 
 
 def expire_held(db: Session, table: type[SQLModel], row_id: Any) -> None:
