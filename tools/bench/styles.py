@@ -21,13 +21,11 @@ from dataclasses import dataclass, field
 
 import httpx
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import col, select
 
 from domain.status import OrderStatus
-from store.models import OrderRow
-from tools.bench.api_load import ENDED, ApiCalls, decide, place_order
+from tools.bench.api_load import ApiCalls, decide, ended_among, place_order
 from tools.bench.driver import Outcome, closed_loop, guarded
-from tools.bench.environment import BenchStack, compile_query, read_rows
+from tools.bench.environment import BenchStack, read_rows
 from tools.bench.progress import Progress
 
 # The dealer's poll period too: an order's end is seen at most this late, in either style.
@@ -57,13 +55,7 @@ class OrderEnds:
         """Poll until cancelled (only while some order is awaited)."""
         while True:
             if self._waiting:
-                sql = compile_query(
-                    self.bench.engine,
-                    select(OrderRow.id, OrderRow.status).where(
-                        col(OrderRow.id).in_(list(self._waiting)),
-                        col(OrderRow.status).in_(ENDED),
-                    ),
-                )
+                sql = ended_among(self.bench.engine, self._waiting)
                 try:
                     rows = await asyncio.to_thread(read_rows, self.bench.engine, sql)
                 except SQLAlchemyError as err:
