@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     temporal_tls_key: Path | None = Field(
         default=None, description="Client private key (mTLS, PEM)."
     )
+    temporal_grpc_compression: Literal["none", "gzip"] = Field(
+        default="none",
+        description=(
+            "Compression of the calls to Temporal: none for a server on this host or network "
+            "(gzip costs both ends CPU on every call for messages of a few hundred bytes), gzip "
+            "over a slow link."
+        ),
+    )
     workflow_task_queue: str = Field(
         default=WORKFLOW_TASK_QUEUE, description="Task queue the API starts sagas on."
     )

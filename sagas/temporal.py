@@ -5,10 +5,12 @@ from collections.abc import Sequence
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, Interceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import GrpcCompression, RPCError, RPCStatusCode
 
 from settings import Settings
 from telemetry import metrics_runtime
+
+COMPRESSION = {"none": GrpcCompression.NONE, "gzip": GrpcCompression.GZIP}
 
 
 class TemporalConnectError(RuntimeError):
@@ -40,6 +42,7 @@ async def connect_temporal(
             interceptors=interceptors,
             lazy=lazy,
             runtime=runtime,
+            grpc_compression=COMPRESSION[settings.temporal_grpc_compression],
         )
     except RuntimeError as err:
         hint = (

@@ -33,6 +33,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import GrpcCompression
 
 from domain import names
 from domain.status import SagaStyle
@@ -207,8 +208,11 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
         options.db_file.parent.mkdir(parents=True, exist_ok=True)
     try:
         await _start(stack, extras)
+        # Uncompressed, as the stack's own processes call Temporal (settings.py).
         client = await Client.connect(
-            stack.temporal_address, data_converter=pydantic_data_converter
+            stack.temporal_address,
+            data_converter=pydantic_data_converter,
+            grpc_compression=GrpcCompression.NONE,
         )
         bench = BenchStack(run_dir, stack, baseline, client, engine, ResourceMonitor({}))
         if choreography_api is not None:
