@@ -41,6 +41,7 @@ TEMPORAL_PASS_THROUGH = (
     "TEMPORAL_TLS_CA",
     "TEMPORAL_TLS_CERT",
     "TEMPORAL_TLS_KEY",
+    "TEMPORAL_GRPC_COMPRESSION",
 )
 # The one service meant to be reached from other hosts.
 PUBLIC_SERVICES = {"api"}
