@@ -1,8 +1,9 @@
 """DeliveryService: one delivery per order, dealer assignment (the saga's pivot) and capacity."""
 
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import Table, bindparam, update
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
@@ -197,9 +198,10 @@ def cancel_delivery(
 
 # The dealer statements of assign_dealer and of a delivery's end, built once and run with
 # execute_core. Nothing here loads a DealerRow, so the session holds none to keep in step.
-_dealers = DealerRow.__table__.c  # type: ignore[attr-defined]
+_dealer_table = cast(Table, DealerRow.__table__)  # type: ignore[attr-defined]
+_dealers = _dealer_table.c
 _TAKE_CAPACITY = (
-    update(DealerRow.__table__)  # type: ignore[attr-defined]
+    update(_dealer_table)
     .where(
         _dealers.id == bindparam("dealer_id"),
         _dealers.active_deliveries < _dealers.capacity,
@@ -207,7 +209,7 @@ _TAKE_CAPACITY = (
     .values(active_deliveries=_dealers.active_deliveries + 1)
 )
 _RELEASE_CAPACITY = (
-    update(DealerRow.__table__)  # type: ignore[attr-defined]
+    update(_dealer_table)
     .where(_dealers.id == bindparam("dealer_id"), _dealers.active_deliveries > 0)
     .values(active_deliveries=_dealers.active_deliveries - 1)
 )
