@@ -33,10 +33,11 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import GrpcCompression
 
 from domain import names
 from domain.status import SagaStyle
+from sagas.temporal import COMPRESSION
+from settings import Settings
 from store.db import drop_schema, make_engine, migrate, normalise_url, read_session, session
 from store.seed import new_dealer
 from tools.bench.baseline import BASELINE_ACTIVITY_TASK_QUEUE, BASELINE_TASK_QUEUE
@@ -208,11 +209,12 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
         options.db_file.parent.mkdir(parents=True, exist_ok=True)
     try:
         await _start(stack, extras)
-        # Uncompressed, as the stack's own processes call Temporal (settings.py).
+        # Compressed or not as the stack's own processes call Temporal: they read the same
+        # environment (settings.py).
         client = await Client.connect(
             stack.temporal_address,
             data_converter=pydantic_data_converter,
-            grpc_compression=GrpcCompression.NONE,
+            grpc_compression=COMPRESSION[Settings().temporal_grpc_compression],
         )
         bench = BenchStack(run_dir, stack, baseline, client, engine, ResourceMonitor({}))
         if choreography_api is not None:

@@ -73,9 +73,7 @@ class GoSymbols:
             entry, info = struct.unpack_from("<II", table, functions_at + i * 8)
             # The function's record: its entry offset (uint32), then its name's offset (int32).
             (name_at,) = struct.unpack_from("<i", table, functions_at + info + 4)
-            start = names_at + name_at
-            end = bytes(table[start : start + 4096]).index(b"\0")
-            name = bytes(table[start : start + end]).decode(errors="replace")
+            name = _c_string(data, offset + names_at + name_at)
             found.append((text_start + entry, name))
         found.sort()
         return cls([a for a, _ in found], [n for _, n in found], _segments(data))
@@ -100,12 +98,13 @@ def _sections(data: bytes) -> dict[str, tuple[int, int, int]]:
     entry_size, count, names_index = struct.unpack_from("<HHH", data, 0x3A)
     headers = [struct.unpack_from("<IIQQQQ", data, table_at + i * entry_size) for i in range(count)]
     names_at = headers[names_index][4]
+    return {_c_string(data, names_at + h[0]): (h[3], h[4], h[5]) for h in headers}
 
-    def name(at: int) -> str:
-        start = names_at + at
-        return data[start : data.index(b"\0", start)].decode()
 
-    return {name(h[0]): (h[3], h[4], h[5]) for h in headers}
+def _c_string(data: bytes, start: int) -> str:
+    """The NUL-terminated string at ``start`` (names in an ELF file and in a Go function
+    table are stored so)."""
+    return data[start : data.index(b"\0", start)].decode(errors="replace")
 
 
 def _segments(data: bytes) -> list[tuple[int, int, int]]:
