@@ -101,7 +101,8 @@ PARTS+=(worker api)
 # The dev server's one history shard polls its queues 20 times a second by default, so every
 # workflow task waits ~40 ms before a worker sees it; at 500/s an order reaches IN_TRANSIT in
 # ~100-150 ms instead of ~400 (docs/performance.md). For one person trying the system the fast
-# saga is what counts; `make bench` keeps the defaults, which give more throughput.
+# saga is what counts. `make bench` polls at 100/s (--poll-rps): under load that evens out the
+# stack's work as well as 500 does, for less server CPU.
 POLL_RATES=()
 for queue in transfer timer visibility; do
   POLL_RATES+=(--dynamic-config-value "history.${queue}ProcessorMaxPollRPS=500")

@@ -6,15 +6,15 @@
     python -m tools.bench --phases http --rate 4 --http-seconds 30
     python -m tools.bench --phases saga-remote,http,choreography --style-sagas 300
     python -m tools.bench --database-url postgresql://postgres@127.0.0.1:5432/bench
-    python -m tools.bench --server-arg=--dynamic-config-value \\
-                    --server-arg=history.transferProcessorMaxPollRPS=100
+    python -m tools.bench --poll-rps 20       # the dev server's own queue polls
     python -m tools.bench scale               # many open sagas (``make bench-scale``)
     python -m tools.bench scale --open 3000
 
 Each run starts its own stack in a new folder ``.bench/<timestamp>/`` (logs, the service
-database): the Temporal dev server in memory (``--db-file`` for a data file), the saga
-worker, the API, and for ``python -m tools.bench`` a worker for the baseline workflow; with
-the ``choreography`` phase also a NATS server with JetStream (the worker then runs the
+database): the Temporal dev server in memory (``--db-file`` for a data file), its history
+queues polled 100 times a second (``--poll-rps``; its own default is 20), the saga worker, the
+API, and for ``python -m tools.bench`` a worker for the baseline workflow; with the
+``choreography`` phase also a NATS server with JetStream (the worker then runs the
 choreographed saga's consumers, relay and sweepers too) and a second API that places orders
 in the choreographed style (``SAGA_STYLE=choreography``) on its own port.
 
@@ -77,7 +77,13 @@ from typing import Any
 
 from domain.payloads import StepMode
 from tools.bench import scale, throughput
-from tools.bench.environment import BENCH_DIR, BenchError, kill_leftovers
+from tools.bench.environment import (
+    BENCH_DIR,
+    DEFAULT_POLL_RPS,
+    DEV_SERVER_POLL_RPS,
+    BenchError,
+    kill_leftovers,
+)
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -87,6 +93,16 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 def _absolute(text: str) -> Path:
     # The stack's processes run in the repository root, whatever the bench's own cwd.
     return Path(text).resolve()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -109,11 +125,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--db-file", type=_absolute, help="Temporal data file (default: Temporal in memory)"
     )
     parser.add_argument(
+        "--poll-rps",
+        type=_positive_int,
+        default=DEFAULT_POLL_RPS,
+        help="how many times a second each history queue of the dev server (transfer, timer, "
+        f"visibility) may poll: {DEV_SERVER_POLL_RPS} is the dev server's own default, whose "
+        "polls move the whole stack in waves 50 ms apart; make run's is 500",
+    )
+    parser.add_argument(
         "--server-arg",
         action="append",
         default=[],
         help="extra argument for 'temporal server start-dev' (repeatable; write "
-        "--server-arg=--flag for one that starts with a dash)",
+        "--server-arg=--flag for one that starts with a dash; the queues' poll rates are "
+        "--poll-rps's)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.add_argument(

@@ -2,7 +2,8 @@
 for the choreographed saga a NATS server and a second API.
 
 Built on :class:`tools.chaos.stack.Stack` (the chaos run's processes) with the benchmark's options:
-Temporal without a data file unless one is asked for, no fault points, no worker
+Temporal without a data file unless one is asked for, its history queues polled at
+``StackOptions.poll_rps`` (see :data:`DEFAULT_POLL_RPS`), no fault points, no worker
 supervision (a worker that dies fails the run instead of hiding in the numbers).
 
 With ``StackOptions.choreography`` the stack also runs ``nats-server`` with JetStream (so the
@@ -55,6 +56,30 @@ READY_SECONDS = 60.0
 NATS = "nats"
 CHOREOGRAPHY_API = "api-choreography"
 
+# The dev server runs a single history shard, and by default each of its queues (transfer:
+# workflow and activity tasks to the task queues; timer; visibility) polls at most 20 times a
+# second: under load every task of the whole stack waits for the next of those polls and goes
+# out with the others, so the stack works in waves 50 ms apart and an answer's time depends on
+# where in a wave it arrives. A cluster (docker-compose.yml: 512 shards) has no such wave: its
+# shards poll apart, each with few workflows. At 100 polls a second the waves are gone for
+# 4-13 % more server CPU per saga (docs/performance.md, "The dev server's waves"); make run
+# polls at 500, for the fastest single saga.
+POLLED_QUEUES = ("transfer", "timer", "visibility")
+DEFAULT_POLL_RPS = 100
+# The dev server's own default, for a run that measures it (``--poll-rps 20``).
+DEV_SERVER_POLL_RPS = 20
+
+
+def poll_rate_args(rps: int) -> list[str]:
+    """``temporal server start-dev`` flags for each history queue to poll at most ``rps`` times
+    a second."""
+    return [
+        arg
+        for queue in POLLED_QUEUES
+        for arg in ("--dynamic-config-value", f"history.{queue}ProcessorMaxPollRPS={rps}")
+    ]
+
+
 WORKFLOW = TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW
 ACTIVITY = TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
 SAGA_QUEUES = (
@@ -77,6 +102,7 @@ class StackOptions:
     database_url: str | None = None
     db_file: Path | None = None
     server_args: Sequence[str] = ()
+    poll_rps: int = DEFAULT_POLL_RPS
     payment_window_seconds: float = 1800.0
     baseline: bool = True
     choreography: bool = False  # also a NATS server and an API placing choreographed orders
@@ -178,7 +204,7 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
         dealer_window=DEALER_WINDOW_SECONDS,
         temporal_in_memory=options.db_file is None,
         temporal_db_file=options.db_file,
-        server_args=list(options.server_args),
+        server_args=[*poll_rate_args(options.poll_rps), *options.server_args],
         # Without a NATS server of its own, a NATS_URL inherited from the shell (a system NATS)
         # is blanked: the worker would otherwise run the choreography against it.
         extra_env={"LOG_LEVEL": "WARNING", **({} if options.choreography else {"NATS_URL": ""})},

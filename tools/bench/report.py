@@ -204,11 +204,17 @@ TARGETS: tuple[tuple[str, str, Callable[[PhaseResult], Latency], str, float], ..
     ("cancel p99, under load", "http", lambda p: _http(p).cancels, "p99_ms", 50),
 )
 THROUGHPUT_TARGET = 0.8
-MAKE_RUN_NOTE = (
-    "samples: the answers a latency is taken from (nearest rank: a p99 of fewer than 100 is "
-    "their slowest); the IN_TRANSIT target is make run's, whose dev server polls its queues at "
-    "500/s (this stack keeps the defaults, 20/s): measure it there with python -m tools.bench.live"
-)
+
+
+def _targets_note(config: dict[str, Any]) -> str:
+    # A result written before --poll-rps existed ran on the dev server's default, 20.
+    polls = config.get("poll_rps", 20)
+    return (
+        "samples: the answers a latency is taken from (nearest rank: a p99 of fewer than 100 is "
+        "their slowest); the IN_TRANSIT target is make run's, whose dev server polls its queues "
+        f"at 500/s (this stack: {polls}/s, --poll-rps): measure it there with "
+        "python -m tools.bench.live"
+    )
 
 
 def _http(p: PhaseResult) -> HttpDetail:
@@ -351,7 +357,7 @@ def render(result: BenchResult) -> str:
     if any(name in by_name for name in (*SATURATION.values(), OPEN_LOOP[CHOR])):
         out += ["", *_styles_table(by_name)]
     if result.targets:
-        out += ["", _targets_table(result.targets), MAKE_RUN_NOTE]
+        out += ["", _targets_table(result.targets), _targets_note(result.config)]
     if result.phases:
         out += ["", _cpu_table(result.phases)]
     out += _footer(result)

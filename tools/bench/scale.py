@@ -323,6 +323,7 @@ async def _measure_levels(
         database_url=args.database_url,
         db_file=args.db_file,
         server_args=args.server_arg,
+        poll_rps=args.poll_rps,
         payment_window_seconds=args.payment_window,
         baseline=False,
     )

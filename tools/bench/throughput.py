@@ -142,6 +142,7 @@ async def _run_phases(
         database_url=args.database_url,
         db_file=args.db_file,
         server_args=args.server_arg,
+        poll_rps=args.poll_rps,
         # NATS and the second API only when measured: otherwise the worker would also run
         # the choreography's (idle) consumers, relay and sweepers in every other phase.
         choreography="choreography" in args.phases,
