@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Integer, String, Text
 from sqlmodel import Field, SQLModel
 
+from domain.places import place_key as place_key  # the dealers' key columns hold it
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -14,11 +16,6 @@ def utcnow() -> datetime:
 def as_utc(value: datetime) -> datetime:
     """A stored time as an aware UTC datetime (SQLite gives back naive ones, stored in UTC)."""
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def place_key(name: str) -> str:
-    """Normalised province/city for case-insensitive matching (Unicode-aware, unlike SQL lower)."""
-    return " ".join(name.split()).casefold()
 
 
 class OrderRow(SQLModel, table=True):
@@ -136,6 +133,9 @@ class DeliveryRow(SQLModel, table=True):
     assign_attempts: int = Field(
         default=0, sa_column=Column(Integer, nullable=False, server_default="0")
     )
+    # When the dealer's report reached the orchestrated saga (its signal): the same report
+    # again is then answered without another signal.
+    report_signalled_at: datetime | None = None
     # The saga that created the row (its workflow's first run id): a saga acts only on its
     # own rows. None for rows written before migration 0003 (the first saga to move one claims it).
     saga_id: str | None = Field(default=None, max_length=64)
@@ -181,24 +181,38 @@ class PaymentDecisionRow(SQLModel, table=True):
     decision: str | None = Field(default=None, max_length=16)
     decided_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    # When the decision reached the orchestrated saga (its signal): the same decision again is
+    # then answered without another signal.
+    signalled_at: datetime | None = None
 
 
 class OutboxRow(SQLModel, table=True):
     """An event a service emitted, written in the same transaction as the change it reports
-    (the transactional outbox); published to JetStream with ``Nats-Msg-Id`` = ``event_id``,
+    (the transactional outbox); published to JetStream with ``Nats-Msg-Id`` = ``message_id``,
     then marked. A crash between publish and mark causes only a duplicate, which JetStream's
-    deduplication window and every consumer's inbox absorb."""
+    deduplication window and every consumer's inbox absorb.
+
+    ``message_id`` is the event id, except for an operator's replay of a dead letter: the same
+    event (so every inbox still applies it once) under a message id of its own, which the
+    broker does not drop as a duplicate. A row that fails to publish for a reason of its own is
+    tried again after a growing delay (``attempts``, ``next_attempt_at``, ``last_error``), so it
+    never holds back the rows behind it.
+    """
 
     __tablename__ = "outbox"
 
     id: int | None = Field(default=None, primary_key=True)
-    event_id: str = Field(unique=True, max_length=36)
+    event_id: str = Field(index=True, max_length=36)
+    message_id: str = Field(unique=True, max_length=80)
     order_id: str = Field(index=True, max_length=36)
     type: str = Field(max_length=32)
     source: str = Field(max_length=16)
     body: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
     published_at: datetime | None = Field(default=None, index=True)
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    next_attempt_at: datetime | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class InboxRow(SQLModel, table=True):
