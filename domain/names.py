@@ -1,5 +1,7 @@
 """Names every process must agree on: task queues, workflow ids, signals, errors."""
 
+import hashlib
+import hmac
 import uuid
 
 from temporalio.common import SearchAttributeKey
@@ -60,8 +62,6 @@ BUSINESS_ERRORS = (
 )
 
 _WORKFLOW_ID_PREFIX = "order-"
-# Fixed namespace so an idempotency key maps to the same order id in every process.
-_ORDER_ID_NAMESPACE = uuid.UUID("6f1c4a52-3d0e-4b8e-9a57-0c2f5b1d7e33")
 
 
 def workflow_id_for(order_id: str) -> str:
@@ -69,21 +69,19 @@ def workflow_id_for(order_id: str) -> str:
     return f"{_WORKFLOW_ID_PREFIX}{order_id}"
 
 
-def order_id_from_workflow_id(workflow_id: str) -> str:
-    """Inverse of :func:`workflow_id_for`."""
-    return workflow_id.removeprefix(_WORKFLOW_ID_PREFIX)
+def order_id_for_idempotency_key(secret: bytes, customer_id: str, key: str) -> str:
+    """The order id of a customer's Idempotency-Key: the same key, the same order, in every
+    process. An HMAC under the server's ``secret``, so nobody without it can tell which id
+    another customer's key stands for."""
+    digest = hmac.new(secret, f"{customer_id}\x00{key}".encode(), hashlib.sha256).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
-def order_id_for_idempotency_key(customer_id: str, key: str) -> str:
-    """Deterministic order id for a client's Idempotency-Key, scoped to the customer."""
-    return str(uuid.uuid5(_ORDER_ID_NAMESPACE, f"{customer_id}\x00{key}"))
-
-
-def new_order_id(customer_id: str, idempotency_key: str | None) -> str:
-    """The id of a new order: derived from its Idempotency-Key (the same key, the same
-    order), or random."""
+def new_order_id(secret: bytes, customer_id: str, idempotency_key: str | None) -> str:
+    """The id of a new order: derived from its Idempotency-Key (see
+    :func:`order_id_for_idempotency_key`), or random."""
     if idempotency_key is not None:
-        return order_id_for_idempotency_key(customer_id, idempotency_key)
+        return order_id_for_idempotency_key(secret, customer_id, idempotency_key)
     return str(uuid.uuid4())
 
 

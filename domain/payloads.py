@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Annotated
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -24,6 +25,7 @@ from pydantic import (
 )
 
 from domain.names import DELIVERIES_TASK_QUEUE, ORDERS_TASK_QUEUE, PAYMENTS_TASK_QUEUE
+from domain.places import check_place
 from domain.status import (
     Decision,
     DeliveryStatus,
@@ -91,6 +93,8 @@ Name = Annotated[
     ),
     BeforeValidator(_nfc),
 ]
+# A province or city: a name whose matching key (domain.places) fits its column too.
+Place = Annotated[Name, AfterValidator(check_place)]
 Identifier = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=NO_CONTROL_CHARS),
@@ -155,8 +159,8 @@ class OrderRequest(_Payload):
 
     customer_id: Identifier
     items: list[OrderItem] = Field(min_length=1, max_length=MAX_ITEMS_PER_ORDER)
-    province: Name
-    city: Name
+    province: Place
+    city: Place
 
     def fingerprint(self) -> str:
         """Digest of what was asked, insensitive to formatting ("12.5" == "12.50").
@@ -393,12 +397,16 @@ class StepRecord(BaseModel):
 
 
 class SignalRecord(BaseModel):
-    """A signal the saga received, and whether it changed anything."""
+    """A signal the saga received, and whether it changed anything. An ignored signal that
+    comes again for the same reason is counted in ``repeats`` (the last at
+    ``last_received_at``), not recorded anew: a client looping on it never grows the state."""
 
     name: str
     received_at: datetime
     applied: bool
     note: str
+    repeats: int = 0
+    last_received_at: datetime | None = None
 
 
 class SagaState(BaseModel):

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from domain.payloads import Count, Name
+from domain.payloads import Count, Name, Place
 from domain.status import (
     Decision,
     DeliveryStatus,
@@ -91,16 +91,25 @@ class DeadLetterView(BaseModel):
     replayed_at: datetime | None
 
 
-class EventLogEntry(BaseModel):
-    """One event of a choreographed order: who emitted it when, when it was published, who
+class OrderEvent(BaseModel):
+    """One event of a choreographed order, as its customer sees it: what happened, when, and
+    why (for a cancellation or a refund)."""
+
+    type: str
+    occurred_at: datetime
+    reason: str | None = None
+
+
+class EventLogEntry(OrderEvent):
+    """One event of a choreographed order, as an operator sees it: who emitted it, when it
+    was published (or why it could not be yet: ``publish_attempts``, ``publish_error``), who
     applied it (with redeliveries) and who could not (dead letters)."""
 
     event_id: str
-    type: str
     source: str
-    occurred_at: datetime
     published_at: datetime | None
-    reason: str | None = None
+    publish_attempts: int = 0
+    publish_error: str | None = None
     consumed: list[Consumption] = Field(default_factory=list)
     dead_letters: list[DeadLetterView] = Field(default_factory=list)
 
@@ -129,8 +138,9 @@ class OrderView(BaseModel):
     items: list[ItemView] = Field(default_factory=list)
     payment: PaymentView | None = None
     delivery: DeliveryView | None = None
-    # Choreography: every event of the order, the counterpart of a workflow's history.
-    events: list[EventLogEntry] | None = None
+    # Choreography: what happened to the order, event by event (the operator's full log, with
+    # consumers and dead letters, is GET /orders/{id}/saga).
+    events: list[OrderEvent] | None = None
 
 
 class OrderPage(BaseModel):
@@ -146,6 +156,8 @@ class NewDealer(BaseModel):
     """A new delivery person."""
 
     model_config = ConfigDict(
+        # Unknown fields are a client's mistake, not something to drop silently.
+        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
@@ -156,13 +168,13 @@ class NewDealer(BaseModel):
                     "capacity": 4,
                 }
             ]
-        }
+        },
     )
 
     name: Name
     phone: Phone
-    province: Name
-    city: Name
+    province: Place
+    city: Place
     capacity: Count = Field(ge=1, le=1000)
 
 

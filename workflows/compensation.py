@@ -23,30 +23,18 @@ before their action runs, and an action that timed out may or may not have taken
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
+from domain.backoff import Backoff
 from domain.payloads import StepRecord
 from domain.status import RecordStatus
 
 Compensation = Callable[[], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Capped exponential backoff between attempts of one compensation."""
-
-    initial: timedelta = timedelta(seconds=1)
-    coefficient: float = 2.0
-    maximum: timedelta = timedelta(minutes=1)
-
-    def delay(self, failed_attempts: int) -> timedelta:
-        seconds = self.initial.total_seconds() * self.coefficient ** (failed_attempts - 1)
-        return min(timedelta(seconds=seconds), self.maximum)
+# Between attempts of one compensation.
+COMPENSATION_BACKOFF = Backoff()
 
 
 async def run_shielded(coro: Awaitable[Any], *, on_cancel: Callable[[], None] | None = None) -> Any:
@@ -74,7 +62,7 @@ class CompensationStack:
         self,
         records: list[StepRecord],
         *,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = COMPENSATION_BACKOFF,
         on_retry: Callable[[StepRecord], None] | None = None,
     ) -> None:
         self._records = records

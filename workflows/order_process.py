@@ -652,11 +652,17 @@ class OrderProcessWorkflow:
         state.failure_reason = cause.message if isinstance(cause, ApplicationError) else str(cause)
 
     def _record_signal(self, name: str, *, applied: bool, note: str) -> None:
-        self._state.signals.append(
-            SignalRecord(name=name, received_at=workflow.now(), applied=applied, note=note)
-        )
+        now = workflow.now()
         if not applied:
+            for earlier in self._state.signals:
+                if (earlier.name, earlier.applied, earlier.note) == (name, False, note):
+                    earlier.repeats += 1  # counted, not listed: repeats never grow the state
+                    earlier.last_received_at = now
+                    return
             workflow.logger.info("Signal %s ignored: %s", name, note)
+        self._state.signals.append(
+            SignalRecord(name=name, received_at=now, applied=applied, note=note)
+        )
 
     def _record_ignored_cancel(self) -> None:
         self._record_signal(
