@@ -39,8 +39,10 @@ from activities.payments import PaymentActivities
 from choreography.runtime import Choreography, connect_broker, jetstream_answers
 from domain import names
 from sagas.temporal import check_namespace, connect_temporal, temporal_misconfiguration
+from services import retention
 from settings import Settings
-from store.db import make_engine, migrate
+from store.db import make_engine, migrate, session
+from store.models import utcnow
 from telemetry import configure_tracing, tracing_interceptors
 from workflows import OrderProcessWorkflow
 
@@ -194,6 +196,37 @@ def build_workers(
     return workers
 
 
+def delete_expired(engine: Engine, settings: Settings) -> int:
+    """Delete every row past its retention (``services.retention``), a batch per
+    transaction; returns how many."""
+    total = 0
+    while True:
+        with session(engine) as db:
+            deleted = retention.delete_expired(
+                db,
+                utcnow(),
+                event_log=settings.event_log_retention,
+                idempotency_keys=settings.idempotency_key_retention,
+            )
+            db.commit()
+        total += sum(deleted.values())
+        if not any(deleted.values()):
+            return total
+
+
+async def keep_tidy(engine: Engine, settings: Settings) -> None:
+    """:func:`delete_expired` every ``RETENTION_INTERVAL_SECONDS``, until cancelled (several
+    workers doing it at once delete each row once)."""
+    while True:
+        try:
+            deleted = await asyncio.to_thread(delete_expired, engine, settings)
+            if deleted:
+                log.info("retention: deleted %d rows", deleted)
+        except Exception as err:
+            log.warning("retention failed, trying again later: %s", err)
+        await asyncio.sleep(settings.retention_interval_seconds)
+
+
 async def run(settings: Settings, queues: Sequence[str], *, events: bool) -> None:
     """Wire engine, client and workers once, run until SIGINT/SIGTERM, then shut down cleanly.
 
@@ -236,6 +269,8 @@ async def run(settings: Settings, queues: Sequence[str], *, events: bool) -> Non
                     await choreography.start()
                     stack.push_async_callback(choreography.stop)
                     log.info("choreographed saga's consumers on %s", settings.nats_url)
+                tidying = asyncio.create_task(keep_tidy(engine, settings), name="retention")
+                stack.callback(tidying.cancel)
                 if settings.metrics_bind_address:
                     log.info(
                         "Prometheus metrics on http://%s/metrics", settings.metrics_bind_address

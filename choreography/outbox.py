@@ -1,24 +1,30 @@
 """The transactional outbox: events written with the change they report, then published.
 
 ``emit`` adds an event to the caller's transaction. After the commit, ``Publisher.publish``
-sends it to JetStream with ``Nats-Msg-Id`` = its event id and marks it published; the
-``Relay`` publishes every event left unpublished (the process died between the commit and
-the publish, or the broker was down). Publishing twice is harmless: JetStream drops a
-message id it has seen within its deduplication window, and every consumer's inbox drops an
-event it has applied.
+sends it to JetStream with ``Nats-Msg-Id`` = its message id (the event id, or a replay's own)
+and marks it published; the ``Relay`` publishes every event left unpublished (the process died
+between the commit and the publish, or the broker was down), row by row, so one row that
+cannot be published waits its turn without holding back the others. Publishing twice is
+harmless: JetStream drops a message id it has seen within its deduplication window, and every
+consumer's inbox drops an event it has applied.
 """
 
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
+import nats.errors
+import nats.js.errors
+from faststream.exceptions import IncorrectState
 from faststream.nats import NatsBroker
 from sqlalchemy import Engine, update
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, or_, select
 
 import faults
+from domain.backoff import Backoff
 from domain.events import STREAM, Event
 from store.db import session
 from store.models import OutboxRow, utcnow
@@ -26,12 +32,55 @@ from store.models import OutboxRow, utcnow
 log = logging.getLogger("choreography.outbox")
 T = TypeVar("T")
 
+# The broker itself is unreachable or not ready: no row is to blame, the round stops and is
+# tried again (anything else a row's publish raises is that row's own fault).
+BROKER_OUTAGES = (
+    OSError,
+    TimeoutError,
+    IncorrectState,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoRespondersError,
+    nats.errors.NoServersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.errors.TimeoutError,
+    nats.js.errors.ServiceUnavailableError,
+)
+# Between attempts of a row that fails to publish for a reason of its own.
+ROW_BACKOFF = Backoff(initial=timedelta(seconds=1), maximum=timedelta(minutes=5))
 
-def emit(db: Session, event: Event) -> None:
-    """Write ``event`` in the caller's transaction (published once it commits)."""
+
+@dataclass(frozen=True)
+class Replay:
+    """A dead letter's event sent again: the same event (every inbox still applies it at most
+    once) under a message id of its own, which the broker does not drop as a duplicate."""
+
+    event: Event
+    dead_letter_id: str
+
+    @property
+    def message_id(self) -> str:
+        return f"{self.event.event_id}:replay-{self.dead_letter_id}"
+
+
+Outgoing = Event | Replay
+
+
+def _message(outgoing: Outgoing) -> tuple[Event, str]:
+    if isinstance(outgoing, Replay):
+        return outgoing.event, outgoing.message_id
+    return outgoing, outgoing.event_id
+
+
+def emit(db: Session, outgoing: Outgoing) -> None:
+    """Write ``outgoing`` in the caller's transaction (published once it commits)."""
+    event, message_id = _message(outgoing)
     db.add(
         OutboxRow(
             event_id=event.event_id,
+            message_id=message_id,
             order_id=event.order_id,
             type=event.type,
             source=event.source,
@@ -40,29 +89,40 @@ def emit(db: Session, event: Event) -> None:
     )
 
 
+@dataclass(frozen=True)
+class _Pending:
+    row_id: int
+    message_id: str
+    body: str
+    attempts: int
+
+
 class Publisher:
     """Publishes outbox events to JetStream and marks them published."""
 
     def __init__(self, engine: Engine, broker: NatsBroker) -> None:
         self._engine = engine
         self._broker = broker
+        # Rows the relay could not publish for a reason of their own, since the start.
+        self.failed_rows = 0
 
-    async def publish(self, events: Sequence[Event]) -> None:
+    async def publish(self, events: Sequence[Outgoing]) -> None:
         """Publish ``events`` (just committed) now; a failure leaves them to the relay."""
         # Committed, not published: only the relay (after a restart) can publish them now.
         faults.point("outbox.after_commit")
         try:
-            for event in events:
-                await self._send(event)
+            for outgoing in events:
+                event, message_id = _message(outgoing)
+                await self._send(event, message_id=message_id)
         except Exception as err:  # the broker is down or slow: the relay will publish them
             log.warning("publishing %d event(s) failed, left to the relay: %s", len(events), err)
             return
         faults.point("outbox.after_publish")  # published, not marked: a duplicate follows
-        await asyncio.to_thread(self._mark, [e.event_id for e in events])
+        await asyncio.to_thread(self._mark, [_message(e)[1] for e in events])
 
     async def write(
         self,
-        work: Callable[[Session], tuple[T, Sequence[Event]]],
+        work: Callable[[Session], tuple[T, Sequence[Outgoing]]],
         *,
         budget: timedelta | None = None,
     ) -> T:
@@ -70,11 +130,11 @@ class Publisher:
         returns, written to the outbox; once committed, publish them (left to the relay if
         the broker does not take them now). Returns ``work``'s result."""
 
-        def in_transaction() -> tuple[T, Sequence[Event]]:
+        def in_transaction() -> tuple[T, Sequence[Outgoing]]:
             with session(self._engine, budget=budget) as db:
                 result, emitted = work(db)
-                for event in emitted:
-                    emit(db, event)
+                for outgoing in emitted:
+                    emit(db, outgoing)
                 db.commit()
             return result, emitted
 
@@ -83,21 +143,32 @@ class Publisher:
             await self.publish(emitted)
         return result
 
-    async def replay(self, event: Event, tag: str) -> None:
-        """Publish ``event`` again under a new message id (``tag``): the broker delivers it
-        afresh, and its consumers' inboxes still apply it at most once."""
-        await self._send(event, message_id=f"{event.event_id}:{tag}")
-
     async def publish_pending(self, *, older_than: timedelta, limit: int = 200) -> int:
-        """Publish events committed more than ``older_than`` ago and still unpublished, in
-        the order they were written. Returns how many were published."""
-        events = await asyncio.to_thread(self._pending, older_than, limit)
-        for event in events:
-            await self._send(event)
-        if events:
-            faults.point("outbox.after_publish")
-            await asyncio.to_thread(self._mark, [e.event_id for e in events])
-        return len(events)
+        """Publish rows committed more than ``older_than`` ago and still unpublished, in the
+        order they were written, skipping those waiting out a failure. Returns how many rows
+        it handled: published, or failed and put off (a row that fails for a reason of its
+        own waits, growing, for its next attempt; a broker outage stops the round)."""
+        rows = await asyncio.to_thread(self._pending, older_than, limit)
+        published: list[str] = []
+        failed: list[tuple[_Pending, Exception]] = []
+        try:
+            for row in rows:
+                try:
+                    event = Event.model_validate_json(row.body)
+                    await self._send(event, message_id=row.message_id)
+                except BROKER_OUTAGES:
+                    raise
+                except Exception as err:
+                    failed.append((row, err))
+                    continue
+                published.append(row.message_id)
+        finally:
+            if published:
+                faults.point("outbox.after_publish")
+                await asyncio.to_thread(self._mark, published)
+            if failed:
+                await asyncio.to_thread(self._put_off, failed)
+        return len(published) + len(failed)
 
     async def _send(self, event: Event, *, message_id: str | None = None) -> None:
         await self._broker.publish(
@@ -111,29 +182,61 @@ class Publisher:
             timeout=5,
         )
 
-    def _pending(self, older_than: timedelta, limit: int) -> list[Event]:
+    def _pending(self, older_than: timedelta, limit: int) -> list[_Pending]:
+        now = utcnow()
         with session(self._engine) as db:
             rows = db.exec(
                 select(OutboxRow)
                 .where(
                     col(OutboxRow.published_at).is_(None),
-                    col(OutboxRow.created_at) <= utcnow() - older_than,
+                    col(OutboxRow.created_at) <= now - older_than,
+                    or_(
+                        col(OutboxRow.next_attempt_at).is_(None),
+                        col(OutboxRow.next_attempt_at) <= now,
+                    ),
                 )
                 .order_by(col(OutboxRow.id))
                 .limit(limit)
             ).all()
-            return [Event.model_validate_json(row.body) for row in rows]
+            return [_Pending(r.id or 0, r.message_id, r.body, r.attempts) for r in rows]
 
-    def _mark(self, event_ids: list[str]) -> None:
+    def _mark(self, message_ids: list[str]) -> None:
         with session(self._engine) as db:
             db.exec(
                 update(OutboxRow)
                 .where(
-                    col(OutboxRow.event_id).in_(event_ids), col(OutboxRow.published_at).is_(None)
+                    col(OutboxRow.message_id).in_(message_ids),
+                    col(OutboxRow.published_at).is_(None),
                 )
                 .values(published_at=utcnow())
             )
             db.commit()
+
+    def _put_off(self, failed: list[tuple[_Pending, Exception]]) -> None:
+        """Record each row's failure and when to try it next."""
+        now = utcnow()
+        with session(self._engine) as db:
+            for row, err in failed:
+                attempts = row.attempts + 1
+                error = f"{type(err).__name__}: {err}"[:2000]
+                log.error(
+                    "outbox row %d (message %s) failed to publish (attempt %d): %s",
+                    row.row_id,
+                    row.message_id,
+                    attempts,
+                    error,
+                )
+                db.exec(
+                    update(OutboxRow)
+                    .where(col(OutboxRow.id) == row.row_id)
+                    .values(
+                        attempts=attempts,
+                        next_attempt_at=now + ROW_BACKOFF.delay(attempts),
+                        last_error=error,
+                    )
+                )
+            db.commit()
+        self.failed_rows += len(failed)
 
 
 class Relay:

@@ -10,20 +10,23 @@ fires them.
 
 Each due row is handled in its own transaction with the events it emits (the outbox), by a
 guarded update: several sweepers at once, or one restarted after a crash, fire a deadline
-once. Deadlines survive every restart, since they are rows.
+once. Deadlines survive every restart, since they are rows. A row that fails for a reason of
+its own is logged, counted and put off with a growing delay, so it never holds back the rows
+due after it.
 """
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from choreography.consumer import Outcome
+from choreography.consumer import OUTAGES, Outcome
 from choreography.handlers import apply_decision, saga_id_of, try_assignment
-from choreography.outbox import Publisher
+from choreography.outbox import ROW_BACKOFF, Publisher
 from domain import names
 from domain.events import Event, EventType, Service
 from domain.payloads import SagaTimeouts
@@ -31,7 +34,7 @@ from domain.status import Decision, PaymentStatus, SagaStyle
 from domain.timeouts import STEP_TRANSACTION_BUDGET
 from services import deliveries, payments
 from store.db import session
-from store.models import DeliveryRow, PaymentRow, as_utc, utcnow
+from store.models import DeliveryRow, PaymentDecisionRow, PaymentRow, as_utc, utcnow
 
 log = logging.getLogger("choreography.sweepers")
 BATCH = 50
@@ -52,6 +55,10 @@ class Sweepers:
         self._publisher = publisher
         self._timeouts = timeouts
         self._interval = interval
+        # Rows that failed for a reason of their own: how often, and when to try each next.
+        self._failures: dict[str, int] = {}
+        self._put_off_until: dict[str, float] = {}
+        self.failed_rows = 0
 
     async def run(self) -> None:
         """Until cancelled. A failed round (the database down) is tried again next round."""
@@ -63,22 +70,50 @@ class Sweepers:
             await asyncio.sleep(self._interval.total_seconds())
 
     async def sweep(self) -> int:
-        """One round of both sweepers; returns how many due rows it handled."""
+        """One round of both sweepers; returns how many due rows it handled. A row that fails
+        for a reason of its own is put off, growing, and the others go on; an outage (the
+        database down) ends the round."""
         expired = await asyncio.to_thread(self._due_payments)
         waiting = await asyncio.to_thread(self._due_deliveries)
-        for payment_id in expired:
-            await self._handle(self.close_window, payment_id)
-        for delivery_id in waiting:
-            await self._handle(self.try_dealer, delivery_id)
-        return len(expired) + len(waiting)
+        handled = 0
+        for step, due in ((self.close_window, expired), (self.try_dealer, waiting)):
+            for row_id in due:
+                if self._put_off_until.get(row_id, 0.0) > time.monotonic():
+                    continue
+                try:
+                    await self._handle(step, row_id)
+                except OUTAGES:
+                    raise
+                except Exception as err:
+                    self._put_off(row_id, err)
+                else:
+                    self._failures.pop(row_id, None)
+                    self._put_off_until.pop(row_id, None)
+                handled += 1
+        return handled
+
+    def _put_off(self, row_id: str, err: Exception) -> None:
+        attempts = self._failures[row_id] = self._failures.get(row_id, 0) + 1
+        delay = ROW_BACKOFF.delay(attempts)
+        self._put_off_until[row_id] = time.monotonic() + delay.total_seconds()
+        self.failed_rows += 1
+        log.error(
+            "sweeping %s failed (attempt %d), next try in %s: %s: %s",
+            row_id,
+            attempts,
+            delay,
+            type(err).__name__,
+            err,
+        )
 
     def _due_payments(self) -> list[str]:
         with session(self._engine) as db:
-            return payments.due_to_expire(db, utcnow(), SagaStyle.CHOREOGRAPHY, BATCH)
+            limit = BATCH + len(self._put_off_until)  # rows put off do not crowd out the rest
+            return payments.due_to_expire(db, utcnow(), SagaStyle.CHOREOGRAPHY, limit)
 
     def _due_deliveries(self) -> list[str]:
         with session(self._engine) as db:
-            return deliveries.due_for_a_dealer(db, utcnow(), BATCH)
+            return deliveries.due_for_a_dealer(db, utcnow(), BATCH + len(self._put_off_until))
 
     async def _handle(self, step: Callable[[Session, str], Outcome], row_id: str) -> None:
         """``step`` on one due row, in one transaction with the events it emits."""
@@ -92,8 +127,12 @@ class Sweepers:
     def close_window(db: Session, payment_id: str) -> Outcome:
         """The payment's window closed: TIMEOUT, unless a decision is on record already (then
         that one is applied: the customer decided in time)."""
-        # Locked first: a payment an order cancel is cancelling right now (which records no
-        # decision) is seen cancelled, and gets no TIMEOUT.
+        # One lock order everywhere, the decision row and then the payment row, as a
+        # customer's decision takes them: a confirm meeting the window's close waits for it
+        # instead of deadlocking with it. The payment is locked before it is read, so one an
+        # order cancel is cancelling right now (it records no decision) is seen cancelled and
+        # gets no TIMEOUT.
+        db.get(PaymentDecisionRow, payment_id, with_for_update=True)
         payment = db.get(PaymentRow, payment_id, with_for_update=True)
         if payment is None or payment.status != PaymentStatus.PENDING:
             return Outcome()

@@ -19,7 +19,7 @@ from services.rows import (
     require_owner,
     transition,
 )
-from store.models import DealerRow, DeliveryRow, place_key
+from store.models import DealerRow, DeliveryRow, place_key, utcnow
 from store.seed import new_dealer
 
 # How many times assignment picks again when another transaction took the chosen dealer's
@@ -144,6 +144,16 @@ def complete_delivery(
     if delivery.status != DeliveryStatus.DELIVERED:
         raise invalid_transition(f"delivery {delivery_id} is {delivery.status}, cannot deliver")
     return delivery, changed
+
+
+def mark_report_signalled(db: Session, delivery_id: str) -> None:
+    """Record that the dealer's report reached the delivery's orchestrated saga: the same
+    report again then sends no signal. Does not commit."""
+    db.exec(
+        update(DeliveryRow)
+        .where(col(DeliveryRow.id) == delivery_id, col(DeliveryRow.report_signalled_at).is_(None))
+        .values(report_signalled_at=utcnow())
+    )
 
 
 def cancel_delivery(

@@ -4,9 +4,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import update
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
-from domain.payloads import CompensationOutcome, OrderRequest, OrderSnapshot, from_cents, to_cents
+from domain.payloads import (
+    CompensationOutcome,
+    OrderItem,
+    OrderRequest,
+    OrderSnapshot,
+    from_cents,
+    to_cents,
+)
 from domain.status import OrderStatus, SagaStyle
 from services.rows import (
     create_owned,
@@ -171,6 +178,32 @@ def use_idempotency_key(
         recorded=recorded,
         saga_started=stored.saga_started_at is not None,
     )
+
+
+def placed_fingerprint(db: Session, order_id: str) -> str | None:
+    """The :meth:`~domain.payloads.OrderRequest.fingerprint` of the order as it was placed,
+    from its rows; None if it is not written. What a replay is compared with once its
+    Idempotency-Key is no longer on record (retention deleted it)."""
+    order = db.get(OrderRow, order_id)
+    if order is None:
+        return None
+    items = db.exec(
+        select(OrderItemRow).where(OrderItemRow.order_id == order_id).order_by(col(OrderItemRow.id))
+    ).all()
+    placed = OrderRequest(
+        customer_id=order.customer_id,
+        province=order.province,
+        city=order.city,
+        items=[
+            OrderItem(
+                product_id=item.product_id,
+                quantity=item.quantity,
+                unit_price=from_cents(item.unit_price_cents),
+            )
+            for item in items
+        ],
+    )
+    return placed.fingerprint()
 
 
 def mark_key_saga_started(db: Session, customer_id: str, key: str) -> None:

@@ -143,12 +143,12 @@ def cancel_or_refund_payment(
 # --- the customer's decision -----------------------------------------------------------------
 
 
-def open_decision(db: Session, payment_id: str, order_id: str, customer_id: str) -> None:
+def open_decision(db: Session, payment_id: str, order_id: str, customer_id: str) -> bool:
     """Open the order's decision, undecided, when the order is accepted (before the saga writes
-    the payment): a decision can then be taken from the first moment. Idempotent. Does not
-    commit."""
+    the payment): a decision can then be taken from the first moment. Idempotent: returns
+    whether it opened it now (False: the order was accepted before). Does not commit."""
     row = PaymentDecisionRow(payment_id=payment_id, order_id=order_id, customer_id=customer_id)
-    insert_new(db, row)
+    return insert_new(db, row)
 
 
 @dataclass(frozen=True)
@@ -157,13 +157,15 @@ class DecisionTaken:
 
     ``winner``: the decision on record (None: none may be taken any more, see ``refusal``);
     ``applied``: this attempt recorded it (it won the compare-and-set); ``order_id``: the
-    payment's order (None for an unknown payment).
+    payment's order (None for an unknown payment); ``signalled``: the decision on record has
+    reached the orchestrated saga already (:func:`mark_decision_signalled`).
     """
 
     order_id: str | None
     winner: Decision | None
     applied: bool
     refusal: str | None = None
+    signalled: bool = False
 
 
 def take_decision(
@@ -195,7 +197,12 @@ def take_decision(
         row = _decision_row(db, payment_id)
         assert row is not None, "the decision was opened in this transaction"
     if row.decision is not None:
-        return DecisionTaken(order_id=row.order_id, winner=Decision(row.decision), applied=False)
+        return DecisionTaken(
+            order_id=row.order_id,
+            winner=Decision(row.decision),
+            applied=False,
+            signalled=row.signalled,
+        )
     payment = db.get(PaymentRow, payment_id, populate_existing=True)
     assert payment is not None, "only a written payment can close its window"
     refusal = (
@@ -252,7 +259,7 @@ def withdraw_decision(db: Session, payment_id: str, decision: Decision) -> bool:
             col(PaymentDecisionRow.payment_id) == payment_id,
             col(PaymentDecisionRow.decision) == decision,
         )
-        .values(decision=None, decided_at=None)
+        .values(decision=None, decided_at=None, signalled_at=None)
     )
     return bool(result.rowcount == 1)
 
@@ -264,15 +271,16 @@ def decision_of(db: Session, payment_id: str) -> Decision | None:
 
 
 _decisions = cast(Table, PaymentDecisionRow.__table__).c  # type: ignore[attr-defined]
-_DECISION_ROW = sql_select(_decisions.order_id, _decisions.decision).where(
-    _decisions.payment_id == bindparam("b_payment_id")
-)
+_DECISION_ROW = sql_select(
+    _decisions.order_id, _decisions.decision, _decisions.signalled_at.is_not(None)
+).where(_decisions.payment_id == bindparam("b_payment_id"))
 
 
 @dataclass(frozen=True)
 class _DecisionOnRecord:
     order_id: str
     decision: str | None
+    signalled: bool
 
 
 def _decision_row(db: Session, payment_id: str) -> _DecisionOnRecord | None:
@@ -280,7 +288,23 @@ def _decision_row(db: Session, payment_id: str) -> _DecisionOnRecord | None:
     ``SELECT``: a read the steps make on every saga, where the ORM's get costs four times the
     statement (make bench's worker CPU per saga)."""
     found = execute_core(db, _DECISION_ROW, {"b_payment_id": payment_id}).first()
-    return None if found is None else _DecisionOnRecord(str(found.order_id), found.decision)
+    if found is None:
+        return None
+    return _DecisionOnRecord(str(found[0]), found[1], bool(found[2]))
+
+
+def mark_decision_signalled(db: Session, payment_id: str) -> None:
+    """Record that the payment's decision reached its orchestrated saga: the same decision
+    again then sends no signal. Does not commit."""
+    db.exec(
+        update(PaymentDecisionRow)
+        .where(
+            col(PaymentDecisionRow.payment_id) == payment_id,
+            col(PaymentDecisionRow.decision).is_not(None),
+            col(PaymentDecisionRow.signalled_at).is_(None),
+        )
+        .values(signalled_at=utcnow())
+    )
 
 
 def due_to_expire(db: Session, now: datetime, style: SagaStyle, limit: int) -> list[str]:
