@@ -20,6 +20,8 @@ from domain.status import SagaStyle
 
 MIN_SECRET_LENGTH = 32  # HMAC-SHA256 secrets: at least the hash's 32 bytes
 MIN_OPERATOR_KEY_LENGTH = 16
+# The order-id key of a development run (AUTH_MODE=dev), where no secret is configured.
+DEV_ORDER_ID_KEY = b"order-saga development only: not a secret"
 # Settings of earlier versions, refused loudly rather than silently ignored.
 RETIRED_AUTH_SETTINGS = ("API_KEYS", "CUSTOMER_TOKEN_SECRET")
 
@@ -134,8 +136,36 @@ class Settings(BaseSettings):
     order_create_wait_seconds: float = Field(
         default=5, ge=0, description="How long POST /orders waits for the payment before a 202."
     )
+    decisions_per_minute: int = Field(
+        default=20,
+        ge=1,
+        le=100_000,
+        description=(
+            "Payment decisions on one payment, or delivery reports on one delivery, that one "
+            "API process takes a minute (as many at once); beyond it 429 with Retry-After."
+        ),
+    )
     query_timeout_seconds: float = Field(
         default=5, gt=0, description="How long the API waits for a worker to answer a query."
+    )
+    event_log_retention_days: float | None = Field(
+        default=30,
+        ge=0,
+        description=(
+            "Days the choreographed saga's event log (published outbox rows, inbox rows, "
+            "replayed dead letters) is kept after its order ended; empty: for good."
+        ),
+    )
+    idempotency_key_retention_days: float | None = Field(
+        default=30,
+        ge=0,
+        description=(
+            "Days an Idempotency-Key is kept after its order ended; empty: for good. A replay "
+            "after that still finds its order through ORDER_ID_SECRET (docs/configuration.md)."
+        ),
+    )
+    retention_interval_seconds: float = Field(
+        default=3600, gt=0, description="How often the worker deletes what outlived retention."
     )
     activity_threads: int = Field(default=16, ge=1, description="Worker threads for activities.")
     workflow_cache_size: int = Field(
@@ -172,6 +202,15 @@ class Settings(BaseSettings):
             "secret is rotated by putting the new one first."
         ),
     )
+    order_id_secret: SecretStr | None = Field(
+        default=None,
+        description=(
+            f"HMAC secret ({MIN_SECRET_LENGTH}+ characters) from which the order id of an "
+            "Idempotency-Key is derived, so nobody can compute which id another customer's key "
+            "stands for. Required unless AUTH_MODE=dev. Keep it: a request replayed after its "
+            "key's retention finds its order by it."
+        ),
+    )
     customer_token_ttl_seconds: int = Field(
         default=3600,
         gt=0,
@@ -197,6 +236,11 @@ class Settings(BaseSettings):
         default=None,
         description="OTLP/HTTP traces endpoint (default http://localhost:4318/v1/traces).",
     )
+
+    @field_validator("event_log_retention_days", "idempotency_key_retention_days", mode="before")
+    @classmethod
+    def _empty_means_for_good(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("metrics_bind_address", "otel_exporter", mode="before")
     @classmethod
@@ -224,9 +268,14 @@ class Settings(BaseSettings):
     def _long_enough_secrets(cls, secrets: list[SecretStr]) -> list[SecretStr]:
         return _check_lengths(secrets, MIN_SECRET_LENGTH)
 
-    @field_validator("temporal_api_key", mode="before")
+    @field_validator("order_id_secret")
     @classmethod
-    def _empty_key_means_none(cls, value: Any) -> Any:
+    def _long_enough_order_id_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        return None if secret is None else _check_lengths([secret], MIN_SECRET_LENGTH)[0]
+
+    @field_validator("temporal_api_key", "order_id_secret", mode="before")
+    @classmethod
+    def _empty_secret_means_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("temporal_tls_ca", "temporal_tls_cert", "temporal_tls_key")
@@ -263,7 +312,15 @@ class Settings(BaseSettings):
         Auth is required unless ``AUTH_MODE=dev``, and required auth needs at least one kind
         of credential: a deployment that forgot them must fail at once, not run open.
         """
-        if self.auth_mode == "dev" or self.operator_api_keys or self.customer_token_secrets:
+        if self.auth_mode == "dev":
+            return None
+        if self.operator_api_keys or self.customer_token_secrets:
+            if self.order_id_secret is None:
+                return (
+                    "ORDER_ID_SECRET is not set: the order ids of Idempotency-Keys would be "
+                    "computable by anyone (make one with: "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                )
             return None
         problem = (
             "no credentials are configured: set OPERATOR_API_KEYS and/or CUSTOMER_TOKEN_SECRETS, "
@@ -276,6 +333,28 @@ class Settings(BaseSettings):
                 "OPERATOR_API_KEYS, customer token secrets CUSTOMER_TOKEN_SECRETS)"
             )
         return problem
+
+    @property
+    def order_id_key(self) -> bytes:
+        """The key of :func:`domain.names.order_id_for_idempotency_key`: ``ORDER_ID_SECRET``,
+        or in ``AUTH_MODE=dev`` a fixed development key. ValueError without either."""
+        if self.order_id_secret is not None:
+            return self.order_id_secret.get_secret_value().encode()
+        if self.auth_mode == "dev":
+            return DEV_ORDER_ID_KEY
+        raise ValueError("ORDER_ID_SECRET is not set (it is required unless AUTH_MODE=dev)")
+
+    @property
+    def event_log_retention(self) -> timedelta | None:
+        """How long the event log is kept after its order ended (None: for good)."""
+        days = self.event_log_retention_days
+        return None if days is None else timedelta(days=days)
+
+    @property
+    def idempotency_key_retention(self) -> timedelta | None:
+        """How long an Idempotency-Key is kept after its order ended (None: for good)."""
+        days = self.idempotency_key_retention_days
+        return None if days is None else timedelta(days=days)
 
     @property
     def database_url_value(self) -> str:

@@ -9,16 +9,17 @@ them. Every answer comes from the database: nothing waits for a consumer.
 
 import asyncio
 import time
+from typing import Any
 
-from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col
 
 from choreography.handlers import apply_decision, saga_id_of
-from choreography.outbox import Publisher
+from choreography.outbox import Publisher, Replay
 from domain import names
 from domain.events import Event, EventType, Service
 from domain.payloads import OrderRequest
-from domain.status import Decision, DeliveryStatus, SagaPhase, SagaStyle
+from domain.status import Decision, DeliveryStatus, PaymentStatus, SagaPhase, SagaStyle
 from domain.views import OrderView
 from sagas import views
 from sagas.errors import ConflictError, IdempotencyKeyReusedError, NotFoundError
@@ -47,7 +48,8 @@ class ChoreographedSagas:
         up to that long. A replayed Idempotency-Key answers its order and writes nothing."""
         fingerprint = request.fingerprint()
 
-        def accept(db: Session) -> tuple[bool, list[Event]]:
+        def accept(db: Session) -> tuple[str | None, list[Event]]:
+            """The order id a replay stands for, or None with the new order's event."""
             if idempotency_key is not None:
                 use = orders.use_idempotency_key(
                     db, request.customer_id, idempotency_key, fingerprint, order_id
@@ -57,7 +59,16 @@ class ChoreographedSagas:
                         "this Idempotency-Key was already used for a different request"
                     )
                 if not use.recorded:
-                    return True, []
+                    return use.order_id, []
+                placed = orders.placed_fingerprint(db, order_id)
+                if placed is not None:
+                    # Its key's row is gone (retention), but the order it stood for was placed:
+                    # the same request is a replay of it, another is refused.
+                    if placed != fingerprint:
+                        raise IdempotencyKeyReusedError(
+                            "this Idempotency-Key was already used for a different request"
+                        )
+                    return order_id, []
                 orders.mark_key_saga_started(db, request.customer_id, idempotency_key)
             orders.create_order(
                 db, order_id, request, saga_id_of(order_id), style=SagaStyle.CHOREOGRAPHY
@@ -71,14 +82,16 @@ class ChoreographedSagas:
                 source=Service.ORDERS,
                 payment_window_seconds=self._settings.payment_window_seconds,
             )
-            return False, [created]
+            return None, [created]
 
-        replayed = await self._publisher.write(accept)
+        replay_of = await self._publisher.write(accept)
         view = None
-        if replayed:
+        if replay_of is not None:
+            order_id = replay_of
             view = await asyncio.to_thread(views.order_view, self._engine, self._settings, order_id)
         elif wait > 0:
             view = await self._payment_written(order_id, wait)
+        replayed = replay_of is not None
         return Placement(order_id, names.payment_id_for(order_id), view, replayed=replayed)
 
     async def _payment_written(self, order_id: str, wait: float) -> OrderView | None:
@@ -99,12 +112,21 @@ class ChoreographedSagas:
         decision = Decision.CONFIRM if confirm else Decision.CANCEL
 
         def decide(db: Session) -> tuple[payments.DecisionTaken, list[Event]]:
+            # The decision row first (its compare-and-set), then the payment row: the lock
+            # order of every transaction that takes both.
             taken = payments.take_decision(db, payment_id, decision)
             if not taken.applied or taken.order_id is None:
                 return taken, []
-            payment = db.get(PaymentRow, payment_id)
+            payment = db.get(PaymentRow, payment_id, with_for_update=True, populate_existing=True)
             if payment is None:
                 return taken, []
+            if payment.status != PaymentStatus.PENDING:
+                # An order cancel undid the payment after the compare-and-set read it pending:
+                # the decision comes too late, and is rolled back with this transaction.
+                raise ConflictError(
+                    f"payment {payment_id} can no longer be decided: the payment is "
+                    f"{payment.status}"
+                )
             outcome = apply_decision(db, taken.order_id, payment_id, decision)
             return taken, list(outcome.emitted)
 
@@ -114,18 +136,21 @@ class ChoreographedSagas:
 
     async def report_delivered(self, delivery_id: str) -> str:
         """The dealer's report: DeliveryService completes the delivery (and frees its dealer)
-        and emits ``delivery_completed``, in one transaction."""
+        and emits ``delivery_completed``, in one transaction. The same report again (the
+        delivery DELIVERED) is answered alike and changes nothing."""
 
         def complete(db: Session) -> tuple[str, list[Event]]:
             delivery = db.get(DeliveryRow, delivery_id)
             if delivery is None:
                 raise NotFoundError(f"delivery {delivery_id} does not exist")
+            order_id = delivery.order_id
+            if delivery.status == DeliveryStatus.DELIVERED:
+                return order_id, []
             if delivery.status != DeliveryStatus.IN_TRANSIT:
                 raise ConflictError(f"delivery {delivery_id} is {delivery.status}, not IN_TRANSIT")
-            order_id = delivery.order_id
             _, changed = deliveries.complete_delivery(db, delivery_id, saga_id_of(order_id))
-            if not changed:  # a concurrent report won
-                raise ConflictError(f"delivery {delivery_id} is already DELIVERED")
+            if not changed:  # a concurrent report won: the same report, answered alike
+                return order_id, []
             completed = Event(
                 order_id=order_id,
                 type=EventType.DELIVERY_COMPLETED,
@@ -137,23 +162,29 @@ class ChoreographedSagas:
         return await self._publisher.write(complete)
 
     async def replay_dead_letter(self, dead_letter_id: str) -> None:
-        """Publish a dead-lettered event again, for its consumer to apply (the operator has
-        fixed what made it fail). Its event id is kept, so it still applies at most once.
-        :class:`NotFoundError` for an unknown dead letter; :class:`ConflictError` for one
-        replayed already."""
+        """Send a dead-lettered event again, for its consumer to apply (the operator has fixed
+        what made it fail): marked replayed and queued in the outbox in one transaction, so
+        it is published now or, if the broker does not take it, by the relay once it does.
+        Its event id is kept, so it still applies at most once. :class:`NotFoundError` for an
+        unknown dead letter; :class:`ConflictError` for one replayed already."""
 
-        def take(db: Session) -> tuple[Event, list[Event]]:
+        def take(db: Session) -> tuple[None, list[Replay]]:
             row = db.get(DeadLetterRow, dead_letter_id)
             if row is None:
                 raise NotFoundError(f"dead letter {dead_letter_id} does not exist")
-            if row.replayed_at is not None:
+            marked: Any = db.exec(
+                update(DeadLetterRow)
+                .where(
+                    col(DeadLetterRow.id) == dead_letter_id,
+                    col(DeadLetterRow.replayed_at).is_(None),
+                )
+                .values(replayed_at=utcnow())
+            )
+            if marked.rowcount != 1:
                 raise ConflictError(f"dead letter {dead_letter_id} was replayed already")
-            row.replayed_at = utcnow()
-            db.add(row)
-            return Event.model_validate_json(row.body), []
+            return None, [Replay(Event.model_validate_json(row.body), dead_letter_id)]
 
-        event = await self._publisher.write(take)
-        await self._publisher.replay(event, f"replay-{dead_letter_id}")
+        await self._publisher.write(take)
 
     async def cancel(self, order_id: str, view: OrderView) -> None:
         """Ask for the order's cancellation: recorded once, with ``order_cancel_requested``;

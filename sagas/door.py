@@ -20,6 +20,7 @@ from sagas import views
 from sagas.choreography import ChoreographedSagas
 from sagas.errors import ConflictError, NotFoundError
 from sagas.orchestration import DecisionAccepted, OrchestratedSagas, Placement
+from sagas.throttle import Throttle
 from services.payments import DecisionTaken
 from settings import Settings
 
@@ -40,6 +41,10 @@ class Sagas:
     ) -> None:
         self._engine = engine
         self._settings = settings
+        # Decisions on one payment, and reports on one delivery, a minute: a client looping on
+        # them is refused (429) before it costs a write or a signal.
+        self._decisions = Throttle(settings.decisions_per_minute)
+        self._reports = Throttle(settings.decisions_per_minute)
         self.orchestrated = OrchestratedSagas(client, engine, settings)
         # Without a broker (no NATS_URL) choreographed orders cannot be placed or steered.
         self.choreographed = (
@@ -60,7 +65,9 @@ class Sagas:
     ) -> Placement:
         """Place an order in ``SAGA_STYLE`` (a replayed Idempotency-Key: in the style its
         order was placed with)."""
-        order_id = names.new_order_id(request.customer_id, idempotency_key)
+        order_id = names.new_order_id(
+            self._settings.order_id_key, request.customer_id, idempotency_key
+        )
         style = self._settings.saga_style
         if idempotency_key is not None and style == SagaStyle.CHOREOGRAPHY:
             # A replay keeps its order's style. Only this style needs to look: the
@@ -80,8 +87,7 @@ class Sagas:
         """The saga's full account: an orchestrated saga's state (a workflow query), or a
         choreographed order's event log. None when there is none."""
         if await self._style(order_id) == SagaStyle.CHOREOGRAPHY:
-            view = await self.order(order_id)
-            return view.events
+            return await asyncio.to_thread(views.event_log, self._engine, order_id)
         return await self.orchestrated.saga_state(order_id)
 
     async def cancel(self, order_id: str) -> None:
@@ -102,8 +108,8 @@ class Sagas:
         """The customer's decision on their payment: exactly one of racing decisions wins.
 
         ``authorize`` gets the customer the payment belongs to before anything is written,
-        and raises to refuse the decision (the API's 403). :class:`NotFoundError` for an
-        unknown payment."""
+        and raises to refuse the decision. :class:`NotFoundError` for an unknown payment;
+        :class:`TooManyRequestsError` beyond ``DECISIONS_PER_MINUTE`` on one payment."""
         decision = Decision.CONFIRM if confirm else Decision.CANCEL
 
         def look_then_take() -> tuple[views.PaymentParty | None, DecisionTaken | None]:
@@ -114,6 +120,7 @@ class Sagas:
             if party is None:
                 return None, None
             authorize(party.customer_id)
+            self._decisions.take(payment_id, f"payment {payment_id}")
             if party.style == SagaStyle.CHOREOGRAPHY:
                 return party, None
             return party, self.orchestrated.take_decision(payment_id, decision)
@@ -126,11 +133,13 @@ class Sagas:
         return await self.orchestrated.deliver_decision(payment_id, decision, taken)
 
     async def report_delivered(self, delivery_id: str) -> str:
-        """The dealer's report that the parcel arrived; returns its order id.
-        :class:`NotFoundError` for an unknown delivery."""
+        """The dealer's report that the parcel arrived; returns its order id. The same report
+        again is answered alike and changes nothing. :class:`NotFoundError` for an unknown
+        delivery; :class:`TooManyRequestsError` beyond ``DECISIONS_PER_MINUTE`` on one."""
         found = await asyncio.to_thread(views.delivery_and_style, self._engine, delivery_id)
         if found is None:
             raise NotFoundError(f"delivery {delivery_id} does not exist")
+        self._reports.take(delivery_id, f"delivery {delivery_id}")
         delivery, style = found
         if style == SagaStyle.CHOREOGRAPHY:
             return await self._choreography().report_delivered(delivery_id)

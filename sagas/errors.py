@@ -23,3 +23,12 @@ class IdempotencyKeyReusedError(SagaError):
 
 class DealerExistsError(SagaError):
     """A dealer with this phone number exists already."""
+
+
+class TooManyRequestsError(SagaError):
+    """Too many requests on one payment or delivery in a short time; ``retry_after``: seconds
+    until the next is taken."""
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after

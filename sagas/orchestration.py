@@ -10,13 +10,14 @@ signal and no workflow query.
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -50,6 +51,7 @@ from domain.views import OrderView
 from sagas import views
 from sagas.errors import ConflictError, IdempotencyKeyReusedError, NotFoundError
 from sagas.temporal import is_saga_missing
+from services import deliveries as delivery_service
 from services import orders as order_service
 from services import payments as payment_service
 from settings import Settings
@@ -216,22 +218,22 @@ class OrchestratedSagas:
         :class:`ConflictError` when that order's saga ended before it wrote the order.
         """
         fingerprint = request.fingerprint()
-        order_id = order_id or names.new_order_id(request.customer_id, idempotency_key)
-        payment_id = names.payment_id_for(order_id)
-        use = await asyncio.to_thread(
-            self._accept, request, idempotency_key, fingerprint, order_id, payment_id
+        order_id = order_id or names.new_order_id(
+            self._settings.order_id_key, request.customer_id, idempotency_key
         )
+        use = await asyncio.to_thread(self._accept, request, idempotency_key, fingerprint, order_id)
         replayed = False
         if use is not None:
             if use.fingerprint != fingerprint:
                 raise IdempotencyKeyReusedError(
                     "this Idempotency-Key was already used for a different request"
                 )
+            order_id = use.order_id  # what the key stands for, however its id was derived
             replayed = not use.recorded
             if replayed:
                 view = await asyncio.to_thread(self._view, order_id)
                 if view is not None and view.status is not None:
-                    return Placement(order_id, payment_id, view, replayed=True)
+                    return Placement(order_id, names.payment_id_for(order_id), view, replayed=True)
                 if use.saga_started and not await self.exists(order_id):
                     raise ConflictError(
                         f"order {order_id} of this Idempotency-Key was cancelled before it was "
@@ -240,6 +242,7 @@ class OrchestratedSagas:
                 # The first request recorded the key; its saga may still be writing the order,
                 # or the request failed before starting it: starting again is safe (one saga
                 # per order).
+        payment_id = names.payment_id_for(order_id)
         input = OrderProcessInput(
             order_id=order_id,
             request=request,
@@ -257,29 +260,38 @@ class OrchestratedSagas:
         if idempotency_key is not None:
             # The key's "saga started" mark is a hint for late replays (see _mark_started),
             # written after the answer: one write transaction fewer on the caller's wait.
-            marking = asyncio.create_task(self._mark_started(request.customer_id, idempotency_key))
-            self._after_answer.add(marking)
-            marking.add_done_callback(self._after_answer.discard)
+            customer_id = request.customer_id
+            self._after_answer_write(
+                f"the saga of key {idempotency_key!r} started",
+                lambda db: order_service.mark_key_saga_started(db, customer_id, idempotency_key),
+            )
         return Placement(order_id, payment_id, view, replayed=replayed)
 
     def _accept(
-        self,
-        request: OrderRequest,
-        key: str | None,
-        fingerprint: str,
-        order_id: str,
-        payment_id: str,
+        self, request: OrderRequest, key: str | None, fingerprint: str, order_id: str
     ) -> order_service.KeyUse | None:
-        """One transaction: the Idempotency-Key (if any) and the payment's decision, opened."""
+        """One transaction: the Idempotency-Key (if any) and the payment's decision, opened.
+        A replay records nothing; so does a request its key was used for with another body."""
         with session(self._engine) as db:
             use = None
             if key is not None:
                 use = order_service.use_idempotency_key(
                     db, request.customer_id, key, fingerprint, order_id
                 )
-                if use.fingerprint != fingerprint:
-                    return use  # refused: record nothing more
-            payment_service.open_decision(db, payment_id, order_id, request.customer_id)
+                if use.fingerprint != fingerprint or not use.recorded:
+                    return use
+            payment_id = names.payment_id_for(order_id)
+            if not payment_service.open_decision(db, payment_id, order_id, request.customer_id):
+                if use is None:  # a random id accepted twice: never, but never a second order
+                    raise ConflictError(f"order {order_id} was placed already")
+                # Its key's row is gone (retention), but the order it stood for was placed:
+                # the same request is a replay of it, another is refused.
+                placed = order_service.placed_fingerprint(db, order_id)
+                if placed is not None and placed != fingerprint:
+                    raise IdempotencyKeyReusedError(
+                        "this Idempotency-Key was already used for a different request"
+                    )
+                use = replace(use, recorded=False)
             db.commit()
         return use
 
@@ -358,24 +370,31 @@ class OrchestratedSagas:
             log.warning("order %s started, but its rows cannot be read yet: %s", order_id, err)
             return None
 
-    async def _mark_started(self, customer_id: str, key: str) -> None:
-        """Mark the key's saga started. A replay that finds the mark, no order row and no saga
-        (Temporal dropped it, closed) knows its saga ended before writing the order: 409. One
-        that finds no mark starts the saga again (one saga per order id), as a replay of a
-        request that failed before its start does; so a mark lost to a crash right after the
-        answer makes that rare late replay start the saga again instead of answering 409."""
+    def _after_answer_write(self, what: str, write: Callable[[Session], None]) -> None:
+        """Commit ``write`` after the answer (one write transaction fewer on the caller's
+        wait): only for marks that are hints, each of whose loss is safe.
 
-        def mark() -> None:
+        The key's "saga started" mark: a replay that finds it, no order row and no saga
+        (Temporal dropped it, closed) knows its saga ended before writing the order: 409; one
+        that finds none starts the saga again (one saga per order id), which is safe. The
+        "signalled" marks of a decision or a report: the same request again finds one and sends
+        nothing; one that finds none signals again, which the saga counts as a repeat.
+        """
+
+        def commit() -> None:
             with session(self._engine) as db:
-                order_service.mark_key_saga_started(db, customer_id, key)
+                write(db)
                 db.commit()
 
-        try:
-            await asyncio.to_thread(mark)
-        except SQLAlchemyError as err:
-            # Only a hint for late replays (a replay that finds no mark starts again, which is
-            # safe); the saga has started, so placing the order must not fail for it.
-            log.warning("could not mark the saga of key %r started: %s", key, err)
+        async def mark() -> None:
+            try:
+                await asyncio.to_thread(commit)
+            except SQLAlchemyError as err:
+                log.warning("could not record that %s: %s", what, err)
+
+        task = asyncio.create_task(mark())
+        self._after_answer.add(task)
+        task.add_done_callback(self._after_answer.discard)
 
     def _view(self, order_id: str) -> OrderView | None:
         return views.order_view(self._engine, self._settings, order_id)
@@ -444,11 +463,14 @@ class OrchestratedSagas:
 
         :class:`ConflictError` when the other decision won, or the window closed, or the
         payment is no longer pending. The same decision again is accepted again, whenever it
-        comes (its signal sent again while the saga runs: the first may have been lost).
-        Accepted from the order's acceptance on, before the payment is written.
+        comes, and sends nothing once the first one's signal is recorded as sent (before that,
+        its signal is sent again: the first may have been lost). Accepted from the order's
+        acceptance on, before the payment is written.
         """
         confirm = decision == Decision.CONFIRM
         order_id = won_for(taken, payment_id, decision)
+        if taken.signalled:  # the same decision again, and the saga has it: nothing to send
+            return DecisionAccepted(order_id, decision, replayed=True)
         try:
             with saga_ended_is_conflict(f"payment {payment_id} can no longer be decided"):
                 await self.send_decision(order_id, payment_id, confirm=confirm)
@@ -458,6 +480,11 @@ class OrchestratedSagas:
                 raise
             # The same decision again, after its saga ended: a decision that stays recorded
             # reached the saga (one that could not is withdrawn), so the answer is the first's.
+        else:
+            self._after_answer_write(
+                f"the decision on payment {payment_id} reached its saga",
+                lambda db: payment_service.mark_decision_signalled(db, payment_id),
+            )
         return DecisionAccepted(order_id, decision, replayed=not taken.applied)
 
     def _withdraw_decision(self, payment_id: str, decision: Decision) -> None:
@@ -485,16 +512,25 @@ class OrchestratedSagas:
         """The dealer's report that the parcel arrived (``delivery`` as the door read it);
         returns its order id.
 
-        :class:`ConflictError` unless the database shows it IN_TRANSIT. The report names the
-        dealer the database shows, so a saga that has not yet seen its assignment holds it
-        until it does.
+        :class:`ConflictError` unless the database shows it IN_TRANSIT or DELIVERED (the same
+        report again: answered alike, and sent no more once its first signal is recorded as
+        sent). The report names the dealer the database shows, so a saga that has not yet
+        seen its assignment holds it until it does.
         """
         delivery_id = delivery.id
+        if delivery.status == DeliveryStatus.DELIVERED:
+            return delivery.order_id
         if delivery.status != DeliveryStatus.IN_TRANSIT:
             raise ConflictError(f"delivery {delivery_id} is {delivery.status}, not IN_TRANSIT")
+        if delivery.report_signalled_at is not None:
+            return delivery.order_id
         with saga_ended_is_conflict(f"delivery {delivery_id} can no longer be reported"):
             await self.handle(delivery.order_id).signal(
                 OrderProcessWorkflow.mark_delivered,
                 DeliveredReport(delivery_id=delivery_id, dealer_id=delivery.dealer_id),
             )
+        self._after_answer_write(
+            f"the report of delivery {delivery_id} reached its saga",
+            lambda db: delivery_service.mark_report_signalled(db, delivery_id),
+        )
         return delivery.order_id

@@ -25,6 +25,7 @@ from domain.views import (
     DeliveryView,
     EventLogEntry,
     ItemView,
+    OrderEvent,
     OrderSummary,
     OrderView,
     PaymentView,
@@ -106,7 +107,7 @@ def order_view(engine: Engine, settings: Settings, order_id: str) -> OrderView |
         # An accepted order not written yet is orchestrated (a choreographed order is written
         # when it is accepted).
         style = SagaStyle(order.saga_style) if order else SagaStyle.ORCHESTRATION
-        events = event_log(db, order_id) if style == SagaStyle.CHOREOGRAPHY else None
+        events = order_events(db, order_id) if style == SagaStyle.CHOREOGRAPHY else None
     decision = Decision(accepted.decision) if accepted and accepted.decision else None
     phase, failure = progress(order, payment, decision, delivery)
     view = OrderView(
@@ -150,14 +151,28 @@ def order_view(engine: Engine, settings: Settings, order_id: str) -> OrderView |
     return view
 
 
-def event_log(db: Session, order_id: str) -> list[EventLogEntry]:
-    """Every event of a choreographed order, in the order they were written, each with who
-    applied it and who could not."""
-    emitted = db.exec(
+def _emitted(db: Session, order_id: str) -> list[OutboxRow]:
+    """The order's events in the order they were written (a dead letter's replay, the same
+    event sent again, is shown by its dead letter, not as an event of its own)."""
+    rows = db.exec(
         select(OutboxRow).where(OutboxRow.order_id == order_id).order_by(col(OutboxRow.id))
     ).all()
-    consumed = db.exec(select(InboxRow).where(InboxRow.order_id == order_id)).all()
-    dead = db.exec(select(DeadLetterRow).where(DeadLetterRow.order_id == order_id)).all()
+    return [row for row in rows if row.message_id == row.event_id]
+
+
+def order_events(db: Session, order_id: str) -> list[OrderEvent]:
+    """What happened to a choreographed order, as its customer may see it."""
+    events = [Event.model_validate_json(row.body) for row in _emitted(db, order_id)]
+    return [OrderEvent(type=e.type, occurred_at=e.occurred_at, reason=e.reason) for e in events]
+
+
+def event_log(engine: Engine, order_id: str) -> list[EventLogEntry]:
+    """Every event of a choreographed order, in the order they were written, each with who
+    applied it and who could not: the operator's account."""
+    with read_session(engine) as db:
+        emitted = _emitted(db, order_id)
+        consumed = db.exec(select(InboxRow).where(InboxRow.order_id == order_id)).all()
+        dead = db.exec(select(DeadLetterRow).where(DeadLetterRow.order_id == order_id)).all()
     log = []
     for row in emitted:
         event = Event.model_validate_json(row.body)
@@ -168,6 +183,8 @@ def event_log(db: Session, order_id: str) -> list[EventLogEntry]:
                 source=row.source,
                 occurred_at=event.occurred_at,
                 published_at=row.published_at,
+                publish_attempts=row.attempts,
+                publish_error=row.last_error,
                 reason=event.reason,
                 consumed=[
                     Consumption(
