@@ -15,11 +15,13 @@ Two kinds of credential (``settings.py``):
 
 Answers: no credential, or one that is malformed, expired or signed with an unknown secret,
 **401** (with ``WWW-Authenticate``), before anything is looked up. A valid credential of the
-wrong kind, or a customer's on another customer's order, **403**. An unknown id is **404**
-(ids are random UUIDs, so telling 404 from 403 to a caller with a valid credential reveals
-nothing guessable). ``AUTH_MODE=dev``: no credential is asked for and every caller may do
-everything; ``make run`` says so when it starts. Every comparison of a secret is
-constant-time; no key, token or secret is ever logged or shown in a repr.
+wrong kind, or a customer's acting in another customer's name (placing an order, listing
+orders), **403**. Another customer's order or payment is **404**, word for word what an
+unknown id answers: a 403 there would tell a customer whether another's order exists (an
+Idempotency-Key's order id is derived from the key). ``AUTH_MODE=dev``: no credential is
+asked for and every caller may do everything; ``make run`` says so when it starts. Every
+comparison of a secret is constant-time; no key, token or secret is ever logged or shown in a
+repr.
 """
 
 import argparse
@@ -39,6 +41,7 @@ from pydantic import SecretStr
 from api.deps import Services, ServicesDep
 from api.limits import StrictJSONRoute
 from api.schemas import Problem
+from sagas.errors import NotFoundError
 from settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
@@ -260,15 +263,24 @@ AnyCaller = Annotated[Caller, Depends(_anyone)]
 
 
 def require_customer_of(caller: Caller, owner: str, what: str) -> None:
-    """403 unless ``caller`` acts for ``owner`` (the customer of ``what``)."""
+    """403 unless ``caller`` acts for ``owner``: for acting in a customer's name (``what``),
+    where nothing is looked up."""
     if not caller.acts_for(owner):
         raise forbidden(f"this {what} belongs to another customer")
 
 
-def require_visible(caller: Caller, owner: str, what: str) -> None:
-    """403 unless ``caller`` is ``owner`` or an operator."""
+def hidden_unless_theirs(caller: Caller, owner: str, missing: str) -> None:
+    """:class:`NotFoundError` (``missing``: what an unknown id is told) unless ``caller`` acts
+    for ``owner``, the customer of what was found."""
+    if not caller.acts_for(owner):
+        raise NotFoundError(missing)
+
+
+def hidden_unless_visible(caller: Caller, owner: str, missing: str) -> None:
+    """:class:`NotFoundError` (``missing``: what an unknown id is told) unless ``caller`` is
+    ``owner`` or an operator."""
     if not caller.may_see(owner):
-        raise forbidden(f"this {what} belongs to another customer")
+        raise NotFoundError(missing)
 
 
 def document_security(app: FastAPI, settings: Settings) -> None:

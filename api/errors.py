@@ -2,8 +2,10 @@
 
 import json
 import logging
+import math
 import sqlite3
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,19 +13,28 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError
 
+from api.limits import is_small_number
+from domain.errors import BusinessError
 from sagas.errors import (
     ConflictError,
     DealerExistsError,
     IdempotencyKeyReusedError,
     NotFoundError,
     SagaError,
+    TooManyRequestsError,
 )
 from sagas.temporal import temporal_misconfiguration
 
@@ -37,6 +48,7 @@ _DESCRIPTIONS = {
     409: "The saga's state does not allow it now.",
     413: "The request body is too large.",
     422: "Invalid request (each invalid field, or why it is refused).",
+    429: "Too many requests on this resource; retry after Retry-After.",
     503: "A dependency (database or Temporal) is unavailable; retry after Retry-After.",
 }
 
@@ -57,7 +69,7 @@ def responses(
             assert accepted_model is not None, "a 202 needs its body's model"
             model = accepted_model
         entry: dict[str, Any] = {"model": model, "description": _DESCRIPTIONS[code]}
-        if code == 503:
+        if code in (429, 503):
             entry["headers"] = {
                 "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}
             }
@@ -72,6 +84,7 @@ SAGA_ERROR_STATUS: dict[type[SagaError], int] = {
     DealerExistsError: 409,
     # The same Idempotency-Key with a different body: 422, as the IETF draft says.
     IdempotencyKeyReusedError: 422,
+    TooManyRequestsError: 429,
 }
 
 
@@ -80,12 +93,28 @@ MAX_VALIDATION_ERRORS = 5
 MAX_ECHOED_INPUT = 80
 
 
+def _echoable(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` may be echoed in a 422: text, a number cheap to print, or a small
+    container of them. Anything else is left out before it is encoded, so an error never
+    costs more than the request that caused it."""
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, str):
+        return len(value) <= MAX_ECHOED_INPUT
+    if isinstance(value, int | float | Decimal):
+        return is_small_number(value)
+    if isinstance(value, list | tuple | dict) and depth < 2 and len(value) <= 8:
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        return all(_echoable(key, depth + 1) and _echoable(v, depth + 1) for key, v in items)
+    return False
+
+
 def _small_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     small = []
     for error in list(errors)[:MAX_VALIDATION_ERRORS]:
         entry = {key: error[key] for key in ("type", "loc", "msg") if key in error}
         for key in ("input", "ctx"):  # what was sent, and the rule's details: when short
-            if key not in error:
+            if key not in error or not _echoable(error[key]):
                 continue
             try:
                 echoed = json.dumps(jsonable_encoder(error[key]), ensure_ascii=True)
@@ -143,7 +172,15 @@ def install_error_handlers(app: FastAPI) -> None:
         status = next(
             (code for kind, code in SAGA_ERROR_STATUS.items() if isinstance(err, kind)), 400
         )
-        return JSONResponse({"detail": err.detail}, status_code=status)
+        headers = None
+        if isinstance(err, TooManyRequestsError):
+            headers = {"Retry-After": str(max(1, math.ceil(err.retry_after)))}
+        return JSONResponse({"detail": err.detail}, status_code=status, headers=headers)
+
+    @app.exception_handler(BusinessError)
+    async def _business_error(_request: Request, err: BusinessError) -> JSONResponse:
+        # A business rule refused it (the state moved under the request): a conflict.
+        return JSONResponse({"detail": err.message}, status_code=409)
 
     @app.exception_handler(RPCError)
     async def _temporal_error(_request: Request, err: RPCError) -> JSONResponse:
@@ -171,10 +208,23 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SQLAlchemyError)
     @app.exception_handler(sqlite3.Error)
     async def _database_error(_request: Request, err: Exception) -> JSONResponse:
-        # Every class of database failure: a lost connection, an exhausted pool, a read-only
-        # server after a failover, a corrupt file. The request changed nothing the client
-        # could not safely retry (writes are single transactions; POST /orders answers 202
-        # itself once its saga has started).
+        # A value the database refuses is the request's fault (validation missed it), and a
+        # constraint another request won is a conflict: neither is an outage.
+        if isinstance(err, DataError | sqlite3.DataError):
+            log.error("The database refused a value: %s", err, exc_info=err)
+            return JSONResponse(
+                {"detail": "a value of this request cannot be stored"}, status_code=422
+            )
+        if isinstance(err, IntegrityError | sqlite3.IntegrityError):
+            log.error("A request conflicted with a constraint: %s", err, exc_info=err)
+            return JSONResponse(
+                {"detail": "this request conflicts with another one; try again"},
+                status_code=409,
+            )
+        # Every other class of database failure: a lost connection, an exhausted pool, a
+        # read-only server after a failover, a corrupt file. The request changed nothing the
+        # client could not safely retry (writes are single transactions; POST /orders answers
+        # 202 itself once its saga has started).
         if isinstance(err, (OperationalError, InterfaceError, PoolTimeoutError)):
             log.warning("Database call failed: %s", err)
         else:

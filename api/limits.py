@@ -9,9 +9,9 @@ the limit is handed to the application unchanged.
 ``StrictJSONRoute``: a JSON object with the same key twice is ambiguous (which ``unit_price``
 did the client mean?), so it is refused with **422** like any other malformed JSON, rather
 than silently keeping the last value; so are ``NaN`` and ``Infinity`` (not JSON), numbers
-longer than ``MAX_NUMBER_CHARS``, bytes that are not text and nesting too deep to parse
-(which FastAPI would answer with an undocumented 400). Numbers with a fraction are read as
-exact decimals.
+longer than ``MAX_NUMBER_CHARS`` or with an exponent beyond it (``1e200000``), bytes that are
+not text and nesting too deep to parse (which FastAPI would answer with an undocumented 400).
+Numbers with a fraction are read as exact decimals.
 """
 
 import json
@@ -100,8 +100,9 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-# No number in a request needs more digits than this (an amount has at most 12): a longer one
-# is refused before Python converts it (a 5000-digit integer would hit Python's own limit).
+# No number in a request needs more digits than this (an amount has at most 12), written out
+# or by its exponent: "1e200000" is 8 characters, but turning it into an int (a range check,
+# or an echo in a 422) costs time quadratic in its exponent, on the event loop.
 MAX_NUMBER_CHARS = 40
 
 
@@ -117,11 +118,27 @@ def _bounded_int(text: str) -> int:
 
 
 def _exact_decimal(text: str) -> Decimal:
-    # Decimals stay exact ("12.50" is 12.50, not the float nearest to it); an integer field
-    # refuses them as it refuses floats.
+    """A JSON number with a fraction or an exponent, as an exact decimal ("12.50" is 12.50, not
+    the float nearest to it); refused before anything converts it when it is longer, or its
+    magnitude larger or smaller, than :data:`MAX_NUMBER_CHARS` digits."""
     if len(text) > MAX_NUMBER_CHARS:
         raise ValueError(f"a number of {len(text)} characters is too long")
-    return Decimal(text)
+    value = Decimal(text)
+    if not -MAX_NUMBER_CHARS <= value.adjusted() <= MAX_NUMBER_CHARS:
+        raise ValueError(f"a number's exponent must be within ±{MAX_NUMBER_CHARS}")
+    return value
+
+
+def is_small_number(value: object) -> bool:
+    """Whether ``value`` is a number that :func:`_exact_decimal` would have read: one that is
+    cheap to convert, compare and print."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return False
+    if isinstance(value, int):
+        return value.bit_length() <= 4 * MAX_NUMBER_CHARS
+    if isinstance(value, float):
+        return True
+    return value.is_finite() and -MAX_NUMBER_CHARS <= value.adjusted() <= MAX_NUMBER_CHARS
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from api import auth
 from api.deps import ServicesDep
 from api.errors import responses
+from api.prefer import preferred_wait
 from api.schemas import Accepted, OrderAccepted, order_path
 from domain.payloads import NO_CONTROL_CHARS, OrderRequest, SagaState
 from domain.status import OrderStatus
@@ -91,16 +92,6 @@ Prefer = Annotated[
         ),
     ),
 ]
-
-
-def preferred_wait(prefer: str | None, most: float) -> float:
-    """The ``wait`` preference of a ``Prefer`` header, in seconds, at most ``most`` (0: none).
-    A preference the server cannot read is ignored, as RFC 7240 asks."""
-    for preference in (prefer or "").split(","):
-        name, _, value = preference.split(";")[0].strip().partition("=")
-        if name.strip().lower() == "wait" and value.strip().isdigit():
-            return min(float(value.strip()), most)
-    return 0.0
 
 
 @router.post(
@@ -203,18 +194,18 @@ def list_orders(
     response_model=OrderView,
     operation_id="getOrder",
     responses=_with_links(
-        responses(401, 403, 404, 503), status_200={**_PAYMENT_LINKS, **_DELIVERY_LINKS}
+        responses(401, 404, 503), status_200={**_PAYMENT_LINKS, **_DELIVERY_LINKS}
     ),
 )
 async def get_order(
     order_id: uuid.UUID, services: ServicesDep, caller: auth.AnyCaller
 ) -> OrderView:
     """The order, its payment and delivery and where its saga is, from the database alone (no
-    workflow query): CREATING while its saga's first steps have not written it. 404 unknown,
-    403 another customer's."""
+    workflow query): CREATING while its saga's first steps have not written it. 404 unknown, or
+    another customer's."""
     view = await services.sagas.order(str(order_id))
     if view.customer_id is not None:
-        auth.require_visible(caller, view.customer_id, "order")
+        auth.hidden_unless_visible(caller, view.customer_id, f"order {order_id} does not exist")
     return view
 
 
@@ -243,7 +234,7 @@ async def get_saga(
     status_code=status.HTTP_202_ACCEPTED,
     operation_id="cancelOrder",
     response_model=Accepted,
-    responses=responses(401, 403, 404, 409, 503),
+    responses=responses(401, 404, 409, 503),
 )
 async def cancel_order(
     order_id: uuid.UUID, services: ServicesDep, caller: auth.AnyCaller
@@ -253,8 +244,9 @@ async def cancel_order(
     key = str(order_id)
     if not caller.is_operator:
         owner = await run_in_threadpool(views.customer_of, services.engine, key)
+        missing = f"order {key} does not exist"
         if owner is None:
-            raise NotFoundError(f"order {key} does not exist")
-        auth.require_visible(caller, owner, "order")
+            raise NotFoundError(missing)
+        auth.hidden_unless_visible(caller, owner, missing)
     await services.sagas.cancel(key)
     return Accepted.for_order(key, "cancellation requested")

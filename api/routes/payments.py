@@ -11,18 +11,19 @@ from api.schemas import Accepted
 
 router = APIRouter(prefix="/payments", tags=["payments"])
 
-RESPONSES = responses(401, 403, 404, 409, 503)
+RESPONSES = responses(401, 403, 404, 409, 429, 503)
 
 
 async def _decide(
     services: Services, caller: auth.Caller, payment_id: uuid.UUID, *, confirm: bool
 ) -> Accepted:
-    """The customer's decision: 404 unknown payment, 403 another customer's, then 409 unless
+    """The customer's decision: 404 unknown payment (or another customer's), then 409 unless
     it is still PENDING inside its window."""
+    missing = f"payment {payment_id} does not exist"
     accepted = await services.sagas.decide_payment(
         str(payment_id),
         confirm=confirm,
-        authorize=lambda owner: auth.require_customer_of(caller, owner, "payment"),
+        authorize=lambda owner: auth.hidden_unless_theirs(caller, owner, missing),
     )
     verb = "confirmed" if confirm else "cancelled"
     return Accepted.for_order(accepted.order_id, f"payment {verb}: the saga has the decision")
@@ -39,8 +40,9 @@ async def confirm_payment(
     payment_id: uuid.UUID, services: ServicesDep, caller: auth.Customer
 ) -> Accepted:
     """The customer confirms their payment. Of a confirm and a cancel racing, exactly one
-    wins: the other gets 409 naming the winner. The same decision again: the same 202. 404
-    unknown, 409 after the payment window. Taken from the order's acceptance on."""
+    wins: the other gets 409 naming the winner. The same decision again: the same 202, and
+    nothing sent to the saga again. 404 unknown, 409 after the payment window, 429 when one
+    payment is decided too often. Taken from the order's acceptance on."""
     return await _decide(services, caller, payment_id, confirm=True)
 
 
@@ -56,5 +58,5 @@ async def cancel_payment(
 ) -> Accepted:
     """The customer cancels their payment; the saga cancels the order. Exactly one of racing
     decisions wins (409 for the other, naming the winner); the same decision again: the same
-    202. 404 unknown, 409 after the payment window."""
+    202. 404 unknown, 409 after the payment window, 429 when one payment is decided too often."""
     return await _decide(services, caller, payment_id, confirm=False)
