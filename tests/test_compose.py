@@ -33,6 +33,7 @@ SECRETS = {
     "TEMPORAL_DB_PASSWORD": "ci",
     "OPERATOR_API_KEYS": "ci-operator-key-0123456789",
     "CUSTOMER_TOKEN_SECRETS": "ci-customer-token-secret-0123456789abcdef",
+    "ORDER_ID_SECRET": "ci-order-id-secret-0123456789abcdef0123",
 }
 REMOVED_SETTINGS = ("API_KEYS", "CUSTOMER_TOKEN_SECRET")
 TEMPORAL_PASS_THROUGH = (

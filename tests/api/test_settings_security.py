@@ -5,12 +5,14 @@ Misconfiguration fails when the settings load, naming the setting and never show
 value, or, for missing credentials, when the API is built (``Settings.auth_problem``).
 """
 
+import uuid
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr, ValidationError
 from temporalio.service import TLSConfig
 
+from domain import names
 from settings import MIN_OPERATOR_KEY_LENGTH, MIN_SECRET_LENGTH, Settings
 
 # TLSConfig only carries the bytes to the SDK's core, so PEM-looking bytes are enough here;
@@ -161,9 +163,13 @@ def test_credentials_never_show_in_a_repr_or_a_validation_error(
     "configured",
     [
         {"auth_mode": "dev"},
-        {"operator_api_keys": KEY_ONE},
-        {"customer_token_secrets": SECRET_ONE},
-        {"operator_api_keys": KEY_ONE, "customer_token_secrets": SECRET_ONE},
+        {"operator_api_keys": KEY_ONE, "order_id_secret": SECRET_TWO},
+        {"customer_token_secrets": SECRET_ONE, "order_id_secret": SECRET_TWO},
+        {
+            "operator_api_keys": KEY_ONE,
+            "customer_token_secrets": SECRET_ONE,
+            "order_id_secret": SECRET_TWO,
+        },
         # Dev mode ignores credentials; having some is no problem either.
         {"auth_mode": "dev", "operator_api_keys": KEY_ONE},
     ],
@@ -189,6 +195,34 @@ def test_required_auth_without_any_credential_is_a_problem(
     for hint in ("OPERATOR_API_KEYS", "CUSTOMER_TOKEN_SECRETS", "AUTH_MODE=dev"):
         assert hint in problem
     assert "no longer read" not in problem  # no retired setting is set
+
+
+def test_required_auth_without_an_order_id_secret_is_a_problem(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPERATOR_API_KEYS", KEY_ONE)
+    settings = Settings()
+    problem = settings.auth_problem()
+    assert problem is not None
+    assert "ORDER_ID_SECRET is not set" in problem
+    with pytest.raises(ValueError, match="ORDER_ID_SECRET"):
+        _ = settings.order_id_key
+    monkeypatch.setenv("ORDER_ID_SECRET", "hunter2-secret")
+    with pytest.raises(ValidationError) as raised:
+        Settings()
+    assert "hunter2" not in str(raised.value)
+
+
+def test_order_ids_of_idempotency_keys_depend_on_the_secret() -> None:
+    one = Settings(auth_mode="required", order_id_secret=SecretStr(SECRET_ONE))
+    two = Settings(auth_mode="required", order_id_secret=SecretStr(SECRET_TWO))
+    derived = [
+        names.order_id_for_idempotency_key(s.order_id_key, "alice", "k1") for s in (one, two)
+    ]
+    assert derived[0] != derived[1]
+    assert derived[0] == names.order_id_for_idempotency_key(one.order_id_key, "alice", "k1")
+    assert derived[0] != names.order_id_for_idempotency_key(one.order_id_key, "bob", "k1")
+    assert uuid.UUID(derived[0]).version == 4
 
 
 @pytest.mark.parametrize("retired", RETIRED)

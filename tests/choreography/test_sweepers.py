@@ -18,9 +18,7 @@ running in-process:
 
 import asyncio
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
@@ -50,14 +48,6 @@ from tests.nats_server import NatsServer
 from tests.saga_harness import add_dealer, set_dealer_load
 
 pytestmark = pytest.mark.db
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    nats_server = NatsServer(tmp_path / "nats")
-    nats_server.start()
-    yield nats_server
-    nats_server.stop()
 
 
 def count(engine: Engine, order_id: str, type: EventType) -> int:

@@ -197,6 +197,7 @@ OPERATOR_KEY = "e2e-operator-key-0123456789"
 OLD_OPERATOR_KEY = "e2e-operator-key-being-rotated-out"
 CUSTOMER_TOKEN_SECRET = "e2e-customer-token-secret-0123456789abcdef"
 OLD_CUSTOMER_TOKEN_SECRET = "e2e-customer-token-secret-being-rotated-out"
+ORDER_ID_SECRET = "e2e-order-id-secret-0123456789abcdef0123"
 TOKEN_TTL = timedelta(minutes=10)
 
 
@@ -236,6 +237,7 @@ async def secured(stack: Stack) -> AsyncIterator[SecuredApi]:
                 SecretStr(CUSTOMER_TOKEN_SECRET),
                 SecretStr(OLD_CUSTOMER_TOKEN_SECRET),
             ],
+            "order_id_secret": SecretStr(ORDER_ID_SECRET),
         }
     )
     async with serve(create_app(settings)) as http:

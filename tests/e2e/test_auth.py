@@ -323,22 +323,29 @@ async def test_a_credential_of_the_wrong_role_is_403_and_changes_nothing(
     assert await observed(stack, secured, world) == before
 
 
-async def test_another_customer_may_not_read_cancel_or_pay_an_order(
+async def test_another_customers_order_is_404_word_for_word_as_an_unknown_one(
     stack: Stack, secured: SecuredApi, world: World
 ) -> None:
+    """Bob may not read, cancel or pay alice's order, and cannot even tell it exists: the
+    answer is the one an unknown id gets (a 403 would say that alice used that key)."""
     before = await settled(stack, secured, world)
     order_id = world.alice_order["order_id"]
     payment_id = world.alice_order["payment"]["payment_id"]
     bob = secured.customer(world.bob)
-    for method, url in (
-        ("GET", f"/orders/{order_id}"),
-        ("POST", f"/orders/{order_id}/cancel"),
-        ("POST", f"/payments/{payment_id}/confirm"),
-        ("POST", f"/payments/{payment_id}/cancel"),
+    for method, url, unknown_id in (
+        ("GET", "/orders/{}", order_id),
+        ("POST", "/orders/{}/cancel", order_id),
+        ("POST", "/payments/{}/confirm", payment_id),
+        ("POST", "/payments/{}/cancel", payment_id),
     ):
-        response = await secured.http.request(method, url, headers=bob)
-        assert response.status_code == 403, (url, response.text)
-        assert "another customer" in response.json()["detail"], url
+        response = await secured.http.request(method, url.format(unknown_id), headers=bob)
+        unknown = str(uuid.uuid4())
+        nothing = await secured.http.request(method, url.format(unknown), headers=bob)
+        assert response.status_code == nothing.status_code == 404, (url, response.text)
+        assert response.headers.keys() == nothing.headers.keys(), url
+        assert response.json() == {
+            "detail": nothing.json()["detail"].replace(unknown, unknown_id)
+        }, url
     assert await observed(stack, secured, world) == before
     # Nothing reached alice's saga: her payment is still hers to decide.
     saga = await secured.http.get(f"/orders/{order_id}/saga", headers=secured.operator())

@@ -9,6 +9,7 @@ and its consumer applies it exactly once; a second replay is 409, an unknown id 
 """
 
 import asyncio
+import json
 import time
 import uuid
 from decimal import Decimal
@@ -16,6 +17,7 @@ from typing import Any
 
 import nats
 from nats.js.errors import NotFoundError
+from sqlalchemy import Engine
 from sqlmodel import func, select
 
 from choreography.handlers import saga_id_of
@@ -33,7 +35,7 @@ from tests.e2e.conftest import Stack, poison_event
 CONSUMER = "payments-order_created"
 
 
-def fix_the_missing_order(stack: Stack, order_id: str) -> None:
+def fix_the_missing_order(engine: Engine, order_id: str) -> None:
     """The operator's fix: the order row the event needs, written as the door writes it."""
     request = OrderRequest(
         customer_id="dead-letter-customer",
@@ -41,7 +43,7 @@ def fix_the_missing_order(stack: Stack, order_id: str) -> None:
         province="Tehran",
         city="Tehran",
     )
-    with session(stack.engine) as db:
+    with session(engine) as db:
         orders.create_order(
             db, order_id, request, saga_id_of(order_id), style=SagaStyle.CHOREOGRAPHY
         )
@@ -127,7 +129,7 @@ async def test_a_poison_event_is_kept_and_replayed_once_its_cause_is_fixed(stack
     assert applied(stack, dead.event_id) == (0, 0)
     assert (await stack.http.get(f"/orders/{dead.order_id}")).status_code == 404
 
-    fix_the_missing_order(stack, dead.order_id)
+    fix_the_missing_order(stack.engine, dead.order_id)
     replay = await stack.http.post(f"/dead-letters/{dead.id}/replay")
     assert replay.status_code == 202, replay.text
     await until_applied(stack, dead.event_id)
@@ -170,18 +172,24 @@ async def test_a_dead_letter_shows_in_its_orders_event_log_with_its_replay(stack
         assert time.monotonic() < deadline, "the event was never dead-lettered"
         await asyncio.sleep(0.05)
 
-    fix_the_missing_order(stack, event.order_id)
-    log = (await stack.http.get(f"/orders/{event.order_id}")).json()["events"]
-    assert [(e["event_id"], e["consumed"]) for e in log] == [(event.event_id, [])], log
-    assert [d["id"] for d in log[0]["dead_letters"]] == [dead.id]
-    assert log[0]["dead_letters"][0]["consumer"] == CONSUMER
-    # The operator's account of the saga is the same log.
-    account = await stack.http.get(f"/orders/{event.order_id}/saga")
-    assert [d["id"] for d in account.json()[0]["dead_letters"]] == [dead.id]
+    fix_the_missing_order(stack.engine, event.order_id)
+    # The operator's account of the saga: the event, who could not apply it, and why.
+    account = (await stack.http.get(f"/orders/{event.order_id}/saga")).json()
+    assert [(e["event_id"], e["consumed"]) for e in account] == [(event.event_id, [])], account
+    assert [d["id"] for d in account[0]["dead_letters"]] == [dead.id]
+    assert account[0]["dead_letters"][0]["consumer"] == CONSUMER
+    # The order as its customer reads it: what happened, and nothing of consumers or errors.
+    view = (await stack.http.get(f"/orders/{event.order_id}")).json()
+    assert [(e["type"], e["reason"]) for e in view["events"]] == [("order_created", None)], view
+    assert set(view["events"][0]) == {"type", "occurred_at", "reason"}, view
+    assert dead.error not in json.dumps(view), view
+    assert CONSUMER not in json.dumps(view), view
 
     replay = await stack.http.post(f"/dead-letters/{dead.id}/replay")
     assert replay.status_code == 202, replay.text
     await until_applied(stack, event.event_id)
-    log = (await stack.http.get(f"/orders/{event.order_id}")).json()["events"]
-    assert [c["consumer"] for c in log[0]["consumed"]] == [CONSUMER]
-    assert log[0]["dead_letters"][0]["replayed_at"] is not None
+    account = (await stack.http.get(f"/orders/{event.order_id}/saga")).json()
+    # The replay is the same event sent again, not an event of its own.
+    assert [e["event_id"] for e in account] == [event.event_id], account
+    assert [c["consumer"] for c in account[0]["consumed"]] == [CONSUMER]
+    assert account[0]["dead_letters"][0]["replayed_at"] is not None

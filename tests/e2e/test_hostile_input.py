@@ -284,6 +284,17 @@ async def test_control_characters_and_overlong_text_are_refused(
     await refusals.expect(422, "POST", "/orders", json=order(**changes))
 
 
+async def test_a_place_whose_key_outgrows_its_column_is_refused(refusals: Refusals) -> None:
+    # 100 characters, but 200 once case-folded ("ß" is "ss"): the dealer's key column holds 100.
+    # On PostgreSQL this was a 503 "database is unavailable" with a traceback.
+    city = "ß" * 100
+    dealer = {"name": "N", "phone": "+1 555 0142", "province": "Tehran", "city": city}
+    response = await refusals.expect(422, "POST", "/dealers", json={**dealer, "capacity": 1})
+    assert "case-folded" in response.text
+    await refusals.expect(422, "POST", "/orders", json=order(city=city))
+    await refusals.expect(422, "POST", "/orders", json=order(province="ß" * 51))
+
+
 async def test_lone_surrogates_are_refused(refusals: Refusals) -> None:
     body = json.dumps(order(city="CITY")).replace("CITY", "\\ud800").encode()
     await refusals.expect(
@@ -385,6 +396,37 @@ async def test_numbers_too_long_to_read_are_refused_with_a_json_422(
         response = await refusals.expect(
             422, "POST", "/orders", content=body, headers={"Content-Type": "application/json"}
         )
+        assert len(response.content) < 1000
+
+
+# Each of these is a few bytes, but int() of it (a range check, or FastAPI echoing it in a 422)
+# took seconds to minutes on the event loop, stalling every other request.
+HUGE_EXPONENTS = [b"1e200000", b"1e1000000", b"-9.9E+999999", b"1e-1000000", b"0e999999"]
+
+
+@pytest.mark.parametrize("literal", HUGE_EXPONENTS, ids=lambda raw: raw.decode())
+async def test_a_number_with_a_huge_exponent_is_refused_at_once(
+    refusals: Refusals, literal: bytes
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    bodies = [
+        json.dumps(order(items=[item(quantity="N")])).encode().replace(b'"N"', literal),
+        json.dumps(order(items=[item(unit_price="N")])).encode().replace(b'"N"', literal),
+        literal,  # a bare number: a 422 that echoed it converted it whole
+    ]
+    dealer = {"name": "N", "phone": "+1 555 0199", "province": "T", "city": "T", "capacity": "N"}
+    for url, body in [*(("/orders", b) for b in bodies), ("/dealers", json.dumps(dealer).encode())]:
+        body = body.replace(b'"N"', literal)
+        started = time.monotonic()
+        hostile = asyncio.create_task(
+            refusals.expect(422, "POST", url, content=body, headers=headers)
+        )
+        # The API keeps answering others meanwhile (a stall here took seconds to minutes).
+        health = await refusals.stack.http.get("/healthz", timeout=5)
+        assert health.status_code == 200
+        response = await asyncio.wait_for(hostile, timeout=5)
+        assert time.monotonic() - started < 5
+        assert literal.decode().lstrip("-").lower()[:4] not in response.text.lower()
         assert len(response.content) < 1000
 
 

@@ -10,6 +10,7 @@ money. A reset saga keeps its identity and carries on with its own rows.
 import asyncio
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from temporalio.api.common.v1 import WorkflowExecution
@@ -23,10 +24,12 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from domain import names
 from domain.payloads import OrderRequest
+from domain.status import SagaStyle
 from sagas.orchestration import start_order_saga
 from services.orders import mark_key_saga_started, use_idempotency_key
+from services.retention import delete_expired
 from store.db import session
-from store.models import RefundRow
+from store.models import IdempotencyKeyRow, OutboxRow, RefundRow, utcnow
 from tests.activities.support import all_rows
 from tests.e2e.conftest import Stack
 from tests.e2e.test_api_saga import ORDER, WAIT, add_dealer, eventually, saga_eventually
@@ -35,7 +38,9 @@ from tests.saga_harness import db_statuses
 
 def record_key(stack: Stack, request: OrderRequest, key: str, *, saga_started: bool) -> str:
     """What a first request with ``key`` left behind when it died: the key, recorded."""
-    order_id = names.order_id_for_idempotency_key(request.customer_id, key)
+    order_id = names.order_id_for_idempotency_key(
+        stack.settings.order_id_key, request.customer_id, key
+    )
     with session(stack.engine) as db:
         use_idempotency_key(db, request.customer_id, key, request.fingerprint(), order_id)
         if saga_started:
@@ -224,3 +229,57 @@ async def test_a_key_whose_saga_ended_before_writing_its_order_is_409_and_starts
     assert replay.status_code == 409, replay.text
     assert "new key" in replay.json()["detail"]
     assert not await saga_exists(stack, names.workflow_id_for(order_id))
+
+
+def forget_keys(stack: Stack) -> int:
+    """What the retention job does once an order has ended long enough ago (here: at once):
+    its Idempotency-Key is deleted."""
+    with session(stack.engine) as db:
+        deleted = delete_expired(
+            db,
+            utcnow() + timedelta(seconds=1),
+            event_log=None,
+            idempotency_keys=timedelta(0),
+        )
+        db.commit()
+    return deleted["idempotency_keys"]
+
+
+async def test_a_replay_after_its_key_was_deleted_still_answers_its_order(
+    styled: Stack,
+) -> None:
+    """Past the key's retention (and the saga's), the order id derived from the key with
+    ORDER_ID_SECRET still leads to the order: the same request is answered as a replay and
+    starts nothing, another body is refused, in either style."""
+    city = f"Forgotten {uuid.uuid4().hex[:6]}"
+    await add_dealer(styled, city)
+    body, key = order_in(city), f"forgotten-{uuid.uuid4()}"
+    delivered = await deliver(styled, body, key)
+    order_id = delivered["order_id"]
+    if styled.style == SagaStyle.ORCHESTRATION:
+        await delete_saga(styled, delivered["workflow_id"])
+    assert await asyncio.to_thread(forget_keys, styled) >= 1
+    with session(styled.engine) as db:
+        assert db.get(IdempotencyKeyRow, (body["customer_id"], key)) is None
+    before = await asyncio.to_thread(all_rows, styled.engine, OutboxRow)
+
+    replay = await styled.http.post("/orders", json=body, headers={"Idempotency-Key": key})
+
+    assert replay.status_code == 200, replay.text
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert (replay.json()["order_id"], replay.json()["status"]) == (order_id, "DELIVERED")
+    other = await styled.http.post(
+        "/orders", json={**body, "city": "Elsewhere"}, headers={"Idempotency-Key": f"{key}"}
+    )
+    assert other.status_code == 422, other.text
+    if styled.style == SagaStyle.ORCHESTRATION:
+        assert not await saga_exists(styled, delivered["workflow_id"])  # it started nothing
+    assert len(await asyncio.to_thread(all_rows, styled.engine, OutboxRow)) == len(before)
+    statuses = db_statuses(styled.engine, order_id)
+    assert (statuses["order"], statuses["payment"], statuses["payments"]) == (
+        "DELIVERED",
+        "COMPLETED",
+        1,
+    )
+    with session(styled.engine) as db:  # the key is on record again
+        assert db.get(IdempotencyKeyRow, (body["customer_id"], key)) is not None

@@ -709,7 +709,9 @@ async def test_kill_9_of_everything_mid_saga_loses_nothing_and_deadlines_still_f
             ):
                 view = (await http.get(f"/orders/{order['order_id']}")).json()
                 assert [e["type"] for e in view["events"]] == events, view["events"]
-                for event in view["events"]:
+                log = (await http.get(f"/orders/{order['order_id']}/saga")).json()
+                assert [e["type"] for e in log] == events, log
+                for event in log:
                     applied_by = sorted(c["consumer"] for c in event["consumed"])
                     assert applied_by == consumers_of(event["type"]), event
                     assert event["dead_letters"] == [], event

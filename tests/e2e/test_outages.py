@@ -98,7 +98,7 @@ async def test_an_exhausted_pool_is_503_and_an_order_already_started_is_202(stac
         }
     )
     key = f"outage-{uuid.uuid4()}"
-    order_id = order_id_for_idempotency_key(ORDER["customer_id"], key)
+    order_id = order_id_for_idempotency_key(settings.order_id_key, ORDER["customer_id"], key)
     handle = stack.client.get_workflow_handle(workflow_id_for(order_id))
     async with api(settings) as (http, app):
         engine: Engine = app.state.services.engine

@@ -154,3 +154,32 @@ async def test_confirm_after_the_payment_window_closed_is_ignored(
     assert names.COMPLETE_PAYMENT not in [s.name for s in result.steps]
     db = db_statuses(engine, result.order_id)
     assert (db["order"], db["payment"]) == (OrderStatus.CANCELLED, PaymentStatus.CANCELLED)
+
+
+async def test_an_ignored_signal_sent_again_is_counted_not_listed(
+    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+):
+    """A client looping on a decision the saga has taken never grows the saga's state: the
+    repeats of one ignored signal are one record and a count."""
+    client = time_skipping_env.client
+    add_dealer(engine)
+    async with saga_workers(client, engine, executor, task_queue_suffix):
+        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
+        await confirm_payment(handle)
+        moving = await wait_for_phase(handle, SagaPhase.IN_TRANSIT)
+        assert moving.payment_id is not None
+        decision = PaymentDecision(payment_id=moving.payment_id)
+        for _ in range(50):
+            await handle.signal(Saga.confirm_payment, decision)
+        state = await wait_for_phase(
+            handle,
+            SagaPhase.IN_TRANSIT,
+            until=lambda s: sum(1 + r.repeats for r in s.signals if not r.applied) == 50,
+        )
+    ignored = [s for s in state.signals if not s.applied]
+    assert [(s.name, s.note, s.repeats) for s in ignored] == [
+        (names.SIGNAL_CONFIRM_PAYMENT, "decision already taken: confirm", 49)
+    ]
+    assert ignored[0].last_received_at is not None
+    assert ignored[0].last_received_at >= ignored[0].received_at
+    assert len(state.signals) == 2  # the confirm that was taken, and the repeats of it
