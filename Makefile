@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run worker api test test-db test-e2e lint format typecheck check clean chaos chaos-ci demo screenshot histories migration compose-check bench bench-scale
+.PHONY: install lock run worker api test test-db test-e2e lint format typecheck audit fuzz check clean chaos chaos-ci demo screenshot histories migration compose-check bench bench-scale
 
 ## The dependencies from the dev lock (hash-checked), then the project itself without them.
 install: $(STAMP)
@@ -106,16 +106,27 @@ format: install
 typecheck: install
 	$(BIN)/mypy .
 
-check: lint typecheck test
+## Every pin of both lock files against known vulnerabilities (an advisory snapshot, offline).
+audit: install
+	$(BIN)/python -m tools.audit requirements/dev.txt requirements/main.txt
+
+## The hostile-request fuzzer at a large size, with a fresh seed (CI runs it small, seeded).
+FUZZ_EXAMPLES ?= 5000
+fuzz: install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q tests/e2e/test_fuzz.py
+
+check: lint typecheck audit test
 
 ## Validate docker-compose.yml (the production topology) without a Docker engine: it renders
-## with its four required secrets (dummy values here) and refuses to without them (even next
+## with its five required secrets (dummy values here) and refuses to without them (even next
 ## to a .env: an empty one instead). COMPOSE="docker compose" uses Compose v2.
 COMPOSE ?= docker-compose
-COMPOSE_SECRETS := ORDERS_DB_PASSWORD TEMPORAL_DB_PASSWORD OPERATOR_API_KEYS CUSTOMER_TOKEN_SECRETS
+COMPOSE_SECRETS := ORDERS_DB_PASSWORD TEMPORAL_DB_PASSWORD OPERATOR_API_KEYS CUSTOMER_TOKEN_SECRETS \
+	ORDER_ID_SECRET
 compose-check:
 	ORDERS_DB_PASSWORD=ci TEMPORAL_DB_PASSWORD=ci OPERATOR_API_KEYS=ci-operator-key-0123456789 \
-	  CUSTOMER_TOKEN_SECRETS=ci-customer-token-secret-0123456789abcdef $(COMPOSE) config -q
+	  CUSTOMER_TOKEN_SECRETS=ci-customer-token-secret-0123456789abcdef \
+	  ORDER_ID_SECRET=ci-order-id-secret-0123456789abcdef0123 $(COMPOSE) config -q
 	@no_env=$$(mktemp); \
 	if env $(addprefix -u ,$(COMPOSE_SECRETS)) $(COMPOSE) --env-file "$$no_env" config -q 2>/dev/null; \
 	then rm -f "$$no_env"; echo "docker-compose.yml renders without its required secrets" >&2; exit 1; \
