@@ -249,7 +249,7 @@ say "starting the worker (new orders run as: $SAGA_STYLE)"
 start worker
 
 if [[ $AUTH_MODE == dev ]]; then
-  say "auth is off (AUTH_MODE=dev): a development run on $HOST; production needs OPERATOR_API_KEYS and CUSTOMER_TOKEN_SECRETS (docs/configuration.md)"
+  say "auth is off (AUTH_MODE=dev): a development run on $HOST; production needs OPERATOR_API_KEYS and/or CUSTOMER_TOKEN_SECRETS, and ORDER_ID_SECRET (docs/configuration.md)"
 fi
 say "starting the API"
 start api
