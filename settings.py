@@ -37,6 +37,10 @@ def _check_lengths(values: list[SecretStr], minimum: int) -> list[SecretStr]:
     return values
 
 
+def _days(days: float | None) -> timedelta | None:
+    return None if days is None else timedelta(days=days)
+
+
 class Settings(BaseSettings):
     """Configuration of every process. Defaults run everything on one machine."""
 
@@ -347,14 +351,12 @@ class Settings(BaseSettings):
     @property
     def event_log_retention(self) -> timedelta | None:
         """How long the event log is kept after its order ended (None: for good)."""
-        days = self.event_log_retention_days
-        return None if days is None else timedelta(days=days)
+        return _days(self.event_log_retention_days)
 
     @property
     def idempotency_key_retention(self) -> timedelta | None:
         """How long an Idempotency-Key is kept after its order ended (None: for good)."""
-        days = self.idempotency_key_retention_days
-        return None if days is None else timedelta(days=days)
+        return _days(self.idempotency_key_retention_days)
 
     @property
     def database_url_value(self) -> str:
