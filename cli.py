@@ -6,6 +6,7 @@
     ordersaga order ID [--follow]      # one order, and its saga: steps or events
     ordersaga dealers list|add ...     # list or add delivery people
     ordersaga dead-letters list|replay # events no consumer could apply (choreography)
+    ordersaga builds                   # the saga's builds, and the open sagas on each
 
 Talks to the API at ``--api`` (default http://127.0.0.1:8000); ``demo`` also places its
 orders itself (settings from the environment, as the API's: SAGA_STYLE chooses the style) so
@@ -131,23 +132,25 @@ async def _placer(settings: Any) -> AsyncIterator[Placer]:
             engine.dispose()
         return
 
-    from sagas.orchestration import start_order_saga
+    from sagas.orchestration import OrchestratedSagas
     from sagas.temporal import connect_temporal
+    from store.db import make_engine
 
     client = await connect_temporal(settings)
+    engine = make_engine(settings.database_url_value)
+    sagas = OrchestratedSagas(client, engine, settings)
 
     async def start_workflow(request: Any) -> str:
-        order_id = str(uuid.uuid4())
-        await start_order_saga(
-            client,
-            order_id,
-            request,
-            task_queue=settings.workflow_task_queue,
-            timeouts=settings.saga_timeouts,
-        )
-        return order_id
+        # Through the door: the order accepted (its payment's decision opened), its saga
+        # started with the demo's windows.
+        placed = await sagas.place(request, None)
+        return placed.order_id
 
-    yield start_workflow
+    try:
+        yield start_workflow
+    finally:
+        await sagas.aclose()
+        engine.dispose()
 
 
 async def _demo_path(
@@ -372,6 +375,35 @@ async def dealers(args: argparse.Namespace) -> int:
     return 0
 
 
+async def show_builds(args: argparse.Namespace) -> int:
+    """The builds of the workers' deployment (Temporal, settings from the environment): which
+    is current, which drain, and how many open sagas each still has."""
+    from sagas.builds import builds
+    from sagas.temporal import connect_temporal
+    from settings import Settings
+    from versions import code_build_id
+
+    settings = Settings()
+    client = await connect_temporal(settings)
+    found = await builds(client, settings.worker_deployment_name)
+    if not found:
+        print(f"no worker has run in deployment {settings.worker_deployment_name} yet")
+        return 0
+    here = settings.worker_build_id or code_build_id()
+    rows = [
+        (
+            b.build_id + (" (this code)" if b.build_id == here else ""),
+            b.status,
+            b.open_sagas,
+            b.created.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+        for b in found
+    ]
+    print(f"deployment {settings.worker_deployment_name}:")
+    print(_table(rows, ("build", "status", "open sagas", "created (UTC)")))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="ordersaga", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -397,6 +429,7 @@ def parser() -> argparse.ArgumentParser:
     dead_list.add_argument("--all", action="store_true", help="the replayed ones too")
     replay = dead_actions.add_parser("replay", help="deliver one again, its cause fixed")
     replay.add_argument("dead_letter_id")
+    commands.add_parser("builds", help="the saga's builds and the open sagas pinned to each")
     dealer = commands.add_parser("dealers", help="list or add dealers")
     actions = dealer.add_subparsers(dest="action", required=True)
     actions.add_parser("list")
@@ -419,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "order": order,
         "dealers": dealers,
         "dead-letters": dead_letters,
+        "builds": show_builds,
     }[args.command]
     try:
         sys.exit(asyncio.run(command(args)))

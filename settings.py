@@ -18,6 +18,8 @@ from domain.names import WORKFLOW_TASK_QUEUE
 from domain.payloads import SagaTimeouts
 from domain.status import SagaStyle
 
+# A deployment name or build id: the server joins them as "name.build" and "name:build".
+VERSION_PART = r"^[A-Za-z0-9_-]+$"
 MIN_SECRET_LENGTH = 32  # HMAC-SHA256 secrets: at least the hash's 32 bytes
 MIN_OPERATOR_KEY_LENGTH = 16
 # The order-id key of a development run (AUTH_MODE=dev), where no secret is configured.
@@ -89,6 +91,36 @@ class Settings(BaseSettings):
             "Compression of the calls to Temporal: none for a server on this host or network "
             "(gzip costs both ends CPU on every call for messages of a few hundred bytes), gzip "
             "over a slow link."
+        ),
+    )
+    worker_deployment_name: str = Field(
+        default="order-saga",
+        pattern=VERSION_PART,
+        max_length=100,
+        description="Worker Deployment the workers run in (one per saga system).",
+    )
+    worker_build_id: str | None = Field(
+        default=None,
+        pattern=VERSION_PART,
+        max_length=100,
+        description=(
+            "Build id of the workers' Worker Deployment Version. Unset: a hash of the saga's "
+            "code (workflows/, domain/), so every change of the saga is a new build."
+        ),
+    )
+    worker_versioning: bool = Field(
+        default=True,
+        description=(
+            "Run the Temporal workers as a Worker Deployment Version, each saga pinned to the "
+            "build it started on; false: unversioned workers (a Temporal without deployments)."
+        ),
+    )
+    worker_promote: Literal["first", "always", "never"] = Field(
+        default="first",
+        description=(
+            "When a worker makes its build the deployment's current version (where new sagas "
+            "start): 'first' only when the deployment has none (a first deploy), 'always' at "
+            "every start (make run), 'never' (the deploy promotes it)."
         ),
     )
     workflow_task_queue: str = Field(
@@ -277,9 +309,9 @@ class Settings(BaseSettings):
     def _long_enough_order_id_secret(cls, secret: SecretStr | None) -> SecretStr | None:
         return None if secret is None else _check_lengths([secret], MIN_SECRET_LENGTH)[0]
 
-    @field_validator("temporal_api_key", "order_id_secret", mode="before")
+    @field_validator("temporal_api_key", "order_id_secret", "worker_build_id", mode="before")
     @classmethod
-    def _empty_secret_means_none(cls, value: Any) -> Any:
+    def _empty_means_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("temporal_tls_ca", "temporal_tls_cert", "temporal_tls_key")

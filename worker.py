@@ -6,10 +6,13 @@ set, the choreographed saga's consumers, relay and sweepers.
     python worker.py --queue order-process --queue orders
     python worker.py --events             # only the choreographed saga's parts
     python worker.py --check [...]        # exit 0 if what it would run can reach its services
+    python worker.py --drain              # an older build's workers, until its sagas end
 
 Each service's activities poll their own task queue, so each can run and scale as its own
-process; the workflow polls ``order-process``. The choreographed saga's consumers are durable
-JetStream pull consumers: any number of ``--events`` processes share their work.
+process; the workflow polls ``order-process``. Every Temporal worker runs as the Worker
+Deployment Version of this code's build (``versions.py``): a saga is pinned to the build it
+started on, and its steps run on that build's workers too. The choreographed saga's consumers
+are durable JetStream pull consumers: any number of ``--events`` processes share their work.
 """
 
 import argparse
@@ -27,10 +30,15 @@ from typing import Any
 
 from sqlalchemy import Engine
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import (
+    DescribeWorkerDeploymentRequest,
+    SetWorkerDeploymentCurrentVersionRequest,
+)
 from temporalio.client import Client, WorkflowHistory
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import RPCError
-from temporalio.worker import Replayer, Worker
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Replayer, Worker, WorkerDeploymentConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.deliveries import DeliveryActivities
@@ -38,12 +46,14 @@ from activities.orders import OrderActivities
 from activities.payments import PaymentActivities
 from choreography.runtime import Choreography, connect_broker, jetstream_answers
 from domain import names
+from sagas import builds
 from sagas.temporal import check_namespace, connect_temporal, temporal_misconfiguration
 from services import retention
 from settings import Settings
 from store.db import make_engine, migrate, session
 from store.models import utcnow
 from telemetry import configure_tracing, tracing_interceptors
+from versions import code_build_id
 from workflows import OrderProcessWorkflow
 
 log = logging.getLogger("worker")
@@ -128,31 +138,40 @@ async def replay_failures_at_every_task(history: WorkflowHistory) -> list[str]:
     return failures
 
 
+def deployment_version(settings: Settings) -> WorkerDeploymentVersion | None:
+    """The Worker Deployment Version this process's workers run as (None: unversioned)."""
+    if not settings.worker_versioning:
+        return None
+    build_id = settings.worker_build_id or code_build_id()
+    return WorkerDeploymentVersion(settings.worker_deployment_name, build_id)
+
+
+def deployment_config(version: WorkerDeploymentVersion | None) -> WorkerDeploymentConfig | None:
+    """A worker's deployment options for ``version`` (None: unversioned). Every saga is
+    pinned: it runs on the build it started on until it ends, so the workflow's code holds
+    one shape of the saga, and a change of shape is a new build (docs/changing-the-saga.md)."""
+    if version is None:
+        return None
+    return WorkerDeploymentConfig(
+        version, use_worker_versioning=True, default_versioning_behavior=VersioningBehavior.PINNED
+    )
+
+
 def workflow_worker(
     client: Client,
     task_queue: str,
-    activities: Sequence[Callable[..., Any]],
-    executor: ThreadPoolExecutor,
     *,
-    max_concurrent_activities: int = 16,
     cache_size: int = 1000,
+    version: WorkerDeploymentVersion | None = None,
 ) -> Worker:
-    """The saga's workflow worker; it also runs ``activities`` as local activities.
-
-    Sagas started in ``local`` step mode (by earlier versions, or by the bench) run their
-    steps here (``no_remote_activities``: this worker never takes regular activity tasks,
-    those stay on the service queues). The API starts every saga in ``remote`` mode.
-    """
+    """The saga's workflow worker (its steps run on the service workers' queues)."""
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[OrderProcessWorkflow],
         workflow_runner=workflow_runner(),
-        activities=activities,
-        activity_executor=executor,
-        no_remote_activities=True,
-        max_concurrent_local_activities=max_concurrent_activities,
         max_cached_workflows=cache_size,
+        deployment_config=deployment_config(version),
     )
 
 
@@ -164,22 +183,15 @@ def build_workers(
     *,
     max_concurrent_activities: int = 16,
     cache_size: int = 1000,
+    version: WorkerDeploymentVersion | None = None,
 ) -> list[Worker]:
-    """One worker per requested task queue; activities run on ``executor``'s threads."""
+    """One worker per requested task queue, each as ``version`` (None: unversioned);
+    activities run on ``executor``'s threads."""
     activities = service_activities(engine)
     workers = []
     for queue in queues:
         if queue == names.WORKFLOW_TASK_QUEUE:
-            workers.append(
-                workflow_worker(
-                    client,
-                    queue,
-                    [fn for fns in activities.values() for fn in fns],
-                    executor,
-                    max_concurrent_activities=max_concurrent_activities,
-                    cache_size=cache_size,
-                )
-            )
+            workers.append(workflow_worker(client, queue, cache_size=cache_size, version=version))
         else:
             workers.append(
                 Worker(
@@ -191,9 +203,63 @@ def build_workers(
                     # On shutdown, let running activities finish their transaction and
                     # report, rather than have Temporal retry them after a timeout.
                     graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+                    deployment_config=deployment_config(version),
                 )
             )
     return workers
+
+
+async def promote(
+    client: Client, version: WorkerDeploymentVersion, policy: str, *, within: float = 60
+) -> bool:
+    """Make ``version`` its deployment's current version (where new sagas start) as
+    ``policy`` says: ``always``; ``first``, only while the deployment has none; ``never``.
+    Retries until the server knows the version (its workers have polled). Returns whether
+    it is current now by this call."""
+    if policy == "never":
+        return False
+    namespace, name = client.namespace, version.deployment_name
+    if policy == "first":
+        try:
+            described = await client.workflow_service.describe_worker_deployment(
+                DescribeWorkerDeploymentRequest(namespace=namespace, deployment_name=name)
+            )
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+        else:
+            if described.worker_deployment_info.routing_config.current_deployment_version.build_id:
+                return False
+    request = SetWorkerDeploymentCurrentVersionRequest(
+        namespace=namespace, deployment_name=name, build_id=version.build_id, identity="worker.py"
+    )
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            await client.workflow_service.set_worker_deployment_current_version(request)
+        except RPCError as err:
+            # The version is created by its workers' first polls, a moment after they start.
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            log.debug("%s not current yet: %s", version, err.message)
+            await asyncio.sleep(0.2)
+            continue
+        log.info("build %s is now the current version of %s", version.build_id, name)
+        return True
+
+
+async def until_drained(
+    client: Client, version: WorkerDeploymentVersion, *, interval: float = 5
+) -> None:
+    """Return once no open saga is pinned to ``version`` (twice in a row, ``interval`` apart,
+    so a saga just moving is seen)."""
+    quiet = 0
+    while quiet < 2:
+        open_sagas = await builds.open_sagas(client, version.deployment_name, version.build_id)
+        quiet = quiet + 1 if open_sagas == 0 else 0
+        if open_sagas:
+            log.info("build %s: %d saga(s) still pinned to it", version.build_id, open_sagas)
+        await asyncio.sleep(interval)
 
 
 def delete_expired(engine: Engine, settings: Settings) -> int:
@@ -227,20 +293,26 @@ async def keep_tidy(engine: Engine, settings: Settings) -> None:
         await asyncio.sleep(settings.retention_interval_seconds)
 
 
-async def run(settings: Settings, queues: Sequence[str], *, events: bool) -> None:
+async def run(
+    settings: Settings, queues: Sequence[str], *, events: bool, drain: bool = False
+) -> None:
     """Wire engine, client and workers once, run until SIGINT/SIGTERM, then shut down cleanly.
 
     ``queues``: the Temporal task queues to poll (none: no Temporal connection at all);
-    ``events``: run the choreographed saga's parts too (needs ``NATS_URL``).
+    ``events``: run the choreographed saga's parts too (needs ``NATS_URL``); ``drain``: an
+    older build's workers, which stop once no saga is pinned to their build (no migrations,
+    no events, no retention: the current build's processes do those).
     """
     engine = make_engine(settings.database_url_value, **settings.engine_options())
-    migrate(engine)  # alembic upgrade head; waits if the API is migrating too
+    if not drain:
+        migrate(engine)  # alembic upgrade head; waits if the API is migrating too
     tracer_provider = configure_tracing(settings, "order-saga-worker")
     client = (
         await connect_temporal(settings, interceptors=tracing_interceptors(tracer_provider))
         if queues
         else None
     )
+    version = deployment_version(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -258,19 +330,26 @@ async def run(settings: Settings, queues: Sequence[str], *, events: bool) -> Non
                         queues,
                         max_concurrent_activities=settings.activity_threads,
                         cache_size=settings.workflow_cache_size,
+                        version=version,
                     )
                     for worker in workers:
                         await stack.enter_async_context(worker)
                     log.info(
-                        "worker polling %s on %s", ", ".join(queues), settings.temporal_address
+                        "worker polling %s on %s as %s",
+                        ", ".join(queues),
+                        settings.temporal_address,
+                        version or "unversioned",
                     )
-                if events:
+                    if version is not None and not drain:
+                        await promote(client, version, settings.worker_promote)
+                if events and not drain:
                     choreography = Choreography(engine, settings, connect_broker(settings))
                     await choreography.start()
                     stack.push_async_callback(choreography.stop)
                     log.info("choreographed saga's consumers on %s", settings.nats_url)
-                tidying = asyncio.create_task(keep_tidy(engine, settings), name="retention")
-                stack.callback(tidying.cancel)
+                if not drain:
+                    tidying = asyncio.create_task(keep_tidy(engine, settings), name="retention")
+                    stack.callback(tidying.cancel)
                 if settings.metrics_bind_address:
                     log.info(
                         "Prometheus metrics on http://%s/metrics", settings.metrics_bind_address
@@ -281,7 +360,17 @@ async def run(settings: Settings, queues: Sequence[str], *, events: bool) -> Non
                 # (docs/performance.md). Collect first: garbage frozen would never be freed.
                 gc.collect()
                 gc.freeze()
-                await stop.wait()
+                if drain and client is not None and version is not None:
+                    drained = asyncio.create_task(until_drained(client, version))
+                    await asyncio.wait(
+                        [drained, asyncio.create_task(stop.wait())],
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if drained.done():
+                        log.info("build %s is drained: its workers stop", version.build_id)
+                    drained.cancel()
+                else:
+                    await stop.wait()
                 log.info("worker shutting down")
     finally:
         engine.dispose()
@@ -336,6 +425,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="only the choreographed saga's consumers, relay and sweepers (needs NATS_URL)",
     )
     parser.add_argument(
+        "--drain",
+        action="store_true",
+        help="run this build's Temporal workers until no saga is pinned to it, then exit 0",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="check that the services this worker needs answer, then exit (0: they all do)",
@@ -346,6 +440,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--events needs NATS_URL (the NATS JetStream server)")
     if args.events and args.queue:
         parser.error("--events runs no Temporal task queue: drop --queue")
+    if args.drain and (args.events or not settings.worker_versioning):
+        parser.error(
+            "--drain runs a versioned build's Temporal workers: no --events, versioning on"
+        )
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -365,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Without finalizing: a process leaving with a Temporal client connected can abort
         # in the SDK's native runtime, and a health check must exit with what it found.
         os._exit(1 if problems else 0)
-    asyncio.run(run(settings, queues, events=events))
+    asyncio.run(run(settings, queues, events=events and not args.drain, drain=args.drain))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOORS: dict[str, int] = {
     "domain": 0,  # contracts: payloads, names, statuses, views (no I/O)
     "settings": 1,  # configuration, read once from the environment
+    "versions": 1,  # the build id of the saga's code, and copies of it
     "workflows": 1,  # the orchestrated saga (Temporal and domain/ only)
     "store": 2,  # tables, engine, migrations runner
     "telemetry": 2,  # metrics and tracing setup
