@@ -32,6 +32,13 @@ if [[ -z ${NATS_URL:-} ]]; then
 fi
 # A development run: no API keys or customer tokens unless you set AUTH_MODE otherwise.
 export AUTH_MODE=${AUTH_MODE:-dev}
+# The saga's build (a hash of workflows/ and domain/): the workers run as its Worker Deployment
+# Version, made current at every start, and each saga stays on the build it started on. The
+# code of each build is kept under $DATA_DIR/builds/: after a change to the saga, the older
+# builds' workers run from there beside the new ones until their last saga ends.
+BUILD_ID=$("$VENV/bin/python" versions.py build-id)
+export WORKER_BUILD_ID=$BUILD_ID WORKER_PROMOTE=always
+BUILDS_DIR=$DATA_DIR/builds
 
 mkdir -p "$DATA_DIR/logs"
 # "<pid> <name>" of each part running now, in the order to stop them; rewritten on every
@@ -57,9 +64,13 @@ terminate() { # pid, seconds: SIGTERM, then SIGKILL if it is still running after
 
 # The program each part runs (a word of its command line), to recognise a leftover part.
 declare -A PROGRAM=([temporal]=temporal [nats]=nats-server [worker]=worker.py [api]=uvicorn)
+program_of() { # name: an older build's workers ("drain-<build>") run worker.py too
+  [[ $1 != drain-* ]] && echo "${PROGRAM[$1]:-}" || echo worker.py
+}
 
 is_part() { # pid, name: whether pid is still that part, run from this checkout
-  local pid=$1 program=${PROGRAM[$2]:-} word
+  local pid=$1 program word
+  program=$(program_of "$2")
   [[ -n $program && "$(readlink "/proc/$pid/cwd" 2>/dev/null)" == "$(pwd)" ]] || return 1
   # A part that died leaves its pid free for any process (pids wrap quickly, at 32768 on
   # many machines), maybe one from this checkout too: a shell, a test run. The command line
@@ -98,6 +109,15 @@ done
 PARTS=(temporal)
 [[ -z $OWN_NATS ]] || PARTS+=(nats)
 PARTS+=(worker api)
+# This build's code, kept while it has sagas; each older build's kept code runs as a part
+# "drain-<build>" that stops, and is removed, once no saga is pinned to it any more.
+[[ -d "$BUILDS_DIR/$BUILD_ID" ]] || "$VENV/bin/python" versions.py snapshot "$BUILDS_DIR/$BUILD_ID"
+OLD_BUILDS=()
+for dir in "$BUILDS_DIR"/*/; do
+  build=$(basename "$dir")
+  [[ $build == "$BUILD_ID" ]] || OLD_BUILDS+=("$build")
+done
+for build in "${OLD_BUILDS[@]}"; do PARTS+=("drain-$build"); done
 # The dev server's one history shard polls its queues 20 times a second by default, so every
 # workflow task waits ~40 ms before a worker sees it; at 500/s an order reaches IN_TRANSIT in
 # ~100-150 ms instead of ~400 (docs/performance.md). For one person trying the system the fast
@@ -120,6 +140,10 @@ run_nats() {
   exec setsid "$VENV/bin/nats-server" -a "$HOST" -p "$NATS_PORT" -js -sd "$DATA_DIR/nats"
 }
 run_worker() { exec setsid "$VENV/bin/python" worker.py; }
+run_drain() { # build: its workers from its kept code (imported first, as the script's folder)
+  WORKER_BUILD_ID=$1 WORKER_PROMOTE=never exec setsid \
+    "$VENV/bin/python" "$BUILDS_DIR/$1/worker.py" --drain
+}
 run_api() {
   exec setsid "$VENV/bin/uvicorn" api.app:create_app --factory --host "$HOST" --port "$API_PORT"
 }
@@ -140,7 +164,11 @@ write_pids() {
 }
 
 start() { # name
-  "run_$1" >>"$DATA_DIR/logs/$1.log" 2>&1 &
+  if [[ $1 == drain-* ]]; then
+    run_drain "${1#drain-}" >>"$DATA_DIR/logs/$1.log" 2>&1 &
+  else
+    "run_$1" >>"$DATA_DIR/logs/$1.log" 2>&1 &
+  fi
   part_pid[$1]=$!
   started_at[$1]=$SECONDS
   write_pids
@@ -200,6 +228,14 @@ wait_until() { # description, seconds, command...
 # part is a child of this script (so `wait` gives its exit status), one process owns the pid
 # file, nothing restarts a part once stopping has begun (the loop is left first), and kill -9
 # of this script leaves no supervisor behind to restart what the next run stops.
+retire() { # name of a drained build's part
+  local build=${1#drain-} kept=() part
+  for part in "${PARTS[@]}"; do [[ $part == "$1" ]] || kept+=("$part"); done
+  PARTS=("${kept[@]}")
+  rm -rf "${BUILDS_DIR:?}/$build"
+  say "build $build has no open saga left: its workers stopped"
+}
+
 supervise() {
   local name status message
   for name in "${PARTS[@]}"; do
@@ -211,6 +247,11 @@ supervise() {
       wait "${part_pid[$name]}" || status=$?
       unset "part_pid[$name]"
       write_pids
+      if [[ $name == drain-* && $status == 0 ]]; then
+        # Its last saga ended: the build's workers are done, and so is its kept code.
+        retire "$name"
+        continue
+      fi
       if ((SECONDS - started_at[$name] >= 60)); then
         delay[$name]=1 # it ran for a while: this is a new failure, not the same one again
       else
@@ -245,8 +286,12 @@ say "migrating the database and adding demo dealers ($DATABASE_URL)"
 "$VENV/bin/python" -m store seed
 stop_if_asked
 
-say "starting the worker (new orders run as: $SAGA_STYLE)"
+say "starting the worker (build $BUILD_ID; new orders run as: $SAGA_STYLE)"
 start worker
+for build in "${OLD_BUILDS[@]}"; do
+  say "starting build $build's workers for the sagas still pinned to it"
+  start "drain-$build"
+done
 
 if [[ $AUTH_MODE == dev ]]; then
   say "auth is off (AUTH_MODE=dev): a development run on $HOST; production needs OPERATOR_API_KEYS and/or CUSTOMER_TOKEN_SECRETS, and ORDER_ID_SECRET (docs/configuration.md)"
