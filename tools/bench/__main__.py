@@ -1,10 +1,10 @@
 """``python -m tools.bench``: the saga measured on a real stack (``make bench``).
 
     python -m tools.bench                     # default size, under 4 minutes on 2 cores
-    python -m tools.bench --sagas 500 --concurrency 100 --phases saga-local,baseline-local
+    python -m tools.bench --sagas 500 --concurrency 100 --phases baseline,saga
     python -m tools.bench --phases http-unloaded,decision --unloaded-orders 100
     python -m tools.bench --phases http --rate 4 --http-seconds 30
-    python -m tools.bench --phases saga-remote,http,choreography --style-sagas 300
+    python -m tools.bench --phases saga,http,choreography --style-sagas 300
     python -m tools.bench --database-url postgresql://postgres@127.0.0.1:5432/bench
     python -m tools.bench --poll-rps 20       # the dev server's own queue polls
     python -m tools.bench scale               # many open sagas (``make bench-scale``)
@@ -20,15 +20,14 @@ in the choreographed style (``SAGA_STYLE=choreography``) on its own port.
 
 ``python -m tools.bench`` runs these phases, one after the other on the same stack:
 
-- ``baseline-remote``, ``saga-remote``, ``baseline-local``, ``saga-local``: closed loops
-  through the Temporal client (``--sagas`` each, ``--concurrency`` in flight, after
-  ``--warmup`` uncounted), the saga (with the door's database work around it: its decision
-  opened, the confirm taken before its signal) against a baseline workflow with its round
-  trips and no-op steps (``tools/bench/baseline.py``); a saga loop and the baseline's of its
-  step mode run together in ``--rounds`` rounds, alternating which goes first (baseline, saga,
+- ``baseline``, ``saga``: closed loops through the Temporal client (``--sagas`` each,
+  ``--concurrency`` in flight, after ``--warmup`` uncounted), the saga (with the door's
+  database work around it: its decision opened, the confirm taken before its signal) against
+  a baseline workflow with its round trips and no-op steps (``tools/bench/baseline.py``); the
+  two run together in ``--rounds`` rounds, alternating which goes first (baseline, saga,
   saga, baseline), so a machine that drifts during the run weighs on both alike;
-- ``history``: one delivered saga of shape 1 and one of the latest shape, and the baseline:
-  events and workflow tasks in each one's history;
+- ``history``: one delivered saga and the baseline: events and workflow tasks in each one's
+  history;
 - ``http-unloaded``: ``--unloaded-orders`` orders through the API, one at a time:
   ``POST /orders``, its confirm at once, and the time to IN_TRANSIT and to DELIVERED;
 - ``decision``: the API's confirm (a compare-and-set in the database, then a signal) against a
@@ -38,10 +37,10 @@ in the choreographed style (``SAGA_STYLE=choreography``) on its own port.
   ``--style-sagas`` through the API (``--concurrency`` in flight, after ``--warmup``
   uncounted), each order placed, confirmed at once and followed to DELIVERED, the dealer
   reporting through the API;
-- ``http``: an open loop through the API (its sagas run in remote mode) at ``--rate``
-  orders/s, by default ``--rate-fraction`` (80 %) of the saturation rate of this run (of
-  ``saga-remote``'s, through the Temporal client, if ``saturation`` did not run); each order
-  confirmed at once, one in ``--cancel-every`` cancelled instead;
+- ``http``: an open loop through the API at ``--rate`` orders/s, by default
+  ``--rate-fraction`` (80 %) of the saturation rate of this run (of ``saga``'s, through the
+  Temporal client, if ``saturation`` did not run); each order confirmed at once, one in
+  ``--cancel-every`` cancelled instead;
 - ``choreography``: the choreographed saga against the orchestrated one, on the same stack,
   each through its own API: ``saturation-choreography``, the same closed loop through the
   choreography API (and ``saturation-orchestration`` if the ``saturation`` phase did not
@@ -52,9 +51,8 @@ in the choreographed style (``SAGA_STYLE=choreography``) on its own port.
 It prints tables (the phases, the ratios, the HTTP calls, the histories, the decision
 mechanisms, the two saga styles side by side, the targets met or not) and writes
 ``result.json`` (also ``.bench/latest.json``). Its last line is
-``bench: <sagas/s> sagas/s, ratio <x> to baseline, p99 <ms> ms``: the saga in the step mode
-``--mode`` (default remote) against the baseline in the same mode. When the ``choreography``
-phase ran, the line before it is
+``bench: <sagas/s> sagas/s, ratio <x> to baseline, p99 <ms> ms``: the saga against the
+baseline. When the ``choreography`` phase ran, the line before it is
 ``bench-choreography: <sagas/s> sagas/s, ratio <x> to orchestration, p99 <ms> ms``: the
 closed loop through the choreography API against the one through the orchestration API.
 
@@ -75,7 +73,6 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from domain.payloads import StepMode
 from tools.bench import scale, throughput
 from tools.bench.environment import (
     BENCH_DIR,
@@ -106,16 +103,6 @@ def _positive_int(text: str) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--mode",
-        type=StepMode,
-        choices=list(StepMode),
-        default=StepMode.REMOTE,
-        help=(
-            "step mode of the summary line, and of the sagas bench scale opens (default: remote, "
-            "the mode of every saga the API starts)"
-        ),
-    )
     parser.add_argument(
         "--database-url",
         help="PostgreSQL URL of an existing database (its tables are dropped and recreated); "

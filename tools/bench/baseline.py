@@ -1,13 +1,13 @@
 """The baseline workflow: the saga's delivered path with every step a no-op.
 
-It runs the activities OrderProcessWorkflow (shape 2, the shape the door starts) runs on its
-delivered path, in the same order and the same way (local or regular, one after the other
-or side by side), and waits for the same two decisions: the two steps before the decision
-one after the other, the ``confirm`` signal, the three steps after it side by side, then
-``assign_dealer``, the ``delivered`` signal, the last two steps side by side (the groups of
-``domain/names.py``, so it follows them). It leaves out everything else the saga does: its
-steps' database work, its state, its search attribute updates. So the saga against this
-workflow, with the same Temporal round trips, is the cost of the saga itself.
+It runs the activities OrderProcessWorkflow runs on its delivered path, in the same order and
+the same way (regular activities, one after the other or side by side), and waits for the
+same two decisions: the two steps before the decision one after the other, the ``confirm``
+signal, the three steps after it side by side, then ``assign_dealer``, the ``delivered``
+signal, the last two steps side by side (the groups of ``domain/names.py``, so it follows
+them). It leaves out everything else the saga does: its steps' database work, its state, its
+search attribute updates. So the saga against this workflow, with the same Temporal round
+trips, is the cost of the saga itself.
 
 This module is loaded into the workflow sandbox: it imports only the standard library,
 temporalio and, passed through, the shared names and the saga's activity timeout.
@@ -20,11 +20,10 @@ from temporalio import activity, workflow
 
 with workflow.unsafe.imports_passed_through():
     from domain import names
-    from domain.payloads import StepMode
     from workflows.order_process import ACTIVITY_TIMEOUT
 
 BASELINE_TASK_QUEUE = "bench-baseline"
-# Remote steps go to a queue of their own, as the saga's go to its services' queues.
+# The steps go to a queue of their own, as the saga's go to its services' queues.
 BASELINE_ACTIVITY_TASK_QUEUE = "bench-baseline-activities"
 WORKFLOW_NAME = "BenchBaselineWorkflow"
 NOOP_ACTIVITY = "bench_noop"
@@ -38,17 +37,6 @@ STEPS = (
     + 1  # assign_dealer
     + len(names.STEPS_AFTER_DELIVERED)
 )
-# Steps the saga runs as regular activities in local mode too, as OrderProcessWorkflow does
-# (assign_dealer's result must race its window's timer as a history event).
-REMOTE_IN_EVERY_MODE = frozenset({names.ASSIGN_DEALER})
-
-
-@dataclass(frozen=True)
-class BaselineInput:
-    """How the no-op steps run: regular activities (``remote``) or, as far as the saga runs
-    them so, local activities (``local``)."""
-
-    mode: StepMode
 
 
 @dataclass(frozen=True)
@@ -80,14 +68,14 @@ class BaselineWorkflow:
         self._steps = 0
 
     @workflow.run
-    async def run(self, params: BaselineInput) -> BaselineResult:
+    async def run(self) -> BaselineResult:
         for step in names.STEPS_BEFORE_DECISION:
-            await self._run_step(params.mode, step)
+            await self._run_step(step)
         await workflow.wait_condition(lambda: self._confirmed)
-        await self._side_by_side(params.mode, names.STEPS_AFTER_DECISION)
-        await self._run_step(params.mode, names.ASSIGN_DEALER)
+        await self._side_by_side(names.STEPS_AFTER_DECISION)
+        await self._run_step(names.ASSIGN_DEALER)
         await workflow.wait_condition(lambda: self._delivered)
-        await self._side_by_side(params.mode, names.STEPS_AFTER_DELIVERED)
+        await self._side_by_side(names.STEPS_AFTER_DELIVERED)
         return BaselineResult(steps=self._steps)
 
     @workflow.signal(name=SIGNAL_CONFIRM)
@@ -98,20 +86,16 @@ class BaselineWorkflow:
     def delivered(self) -> None:
         self._delivered = True
 
-    async def _side_by_side(self, mode: StepMode, steps: tuple[str, ...]) -> None:
+    async def _side_by_side(self, steps: tuple[str, ...]) -> None:
         """``steps`` scheduled together (in one workflow task), as the saga runs them."""
-        await asyncio.gather(*(self._run_step(mode, step) for step in steps))
+        await asyncio.gather(*(self._run_step(step) for step in steps))
 
-    async def _run_step(self, mode: StepMode, step: str) -> None:
-        if mode == StepMode.LOCAL and step not in REMOTE_IN_EVERY_MODE:
-            await workflow.execute_local_activity(
-                noop, step, start_to_close_timeout=ACTIVITY_TIMEOUT
-            )
-        else:
-            await workflow.execute_activity(
-                noop,
-                step,
-                task_queue=BASELINE_ACTIVITY_TASK_QUEUE,
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
-            )
+    async def _run_step(self, step: str) -> None:
+        """One no-op step: a regular activity on the baseline's activity queue."""
+        await workflow.execute_activity(
+            noop,
+            step,
+            task_queue=BASELINE_ACTIVITY_TASK_QUEUE,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+        )
         self._steps += 1

@@ -1,12 +1,11 @@
 """``python -m tools.bench.baseline_worker``: the worker process of the baseline workflow.
 
-Polls ``bench-baseline`` (the workflow and its local activities, and the decision probe of
-``tools/bench/decision_probe.py``) and
-``bench-baseline-activities`` (the remote no-op activities), on the Temporal server named by
-``TEMPORAL_ADDRESS``, until SIGTERM or SIGINT. It runs workflows in the same sandbox
-configuration as the saga's worker, so the two compare like for like: its workflows' modules
-(``tools.bench``) are imported once per process, as the saga worker's ``workflows`` are, not
-again for every run.
+Polls ``bench-baseline`` (the workflow, and the decision probe of
+``tools/bench/decision_probe.py``) and ``bench-baseline-activities`` (the no-op activities),
+on the Temporal server named by ``TEMPORAL_ADDRESS``, until SIGTERM or SIGINT. It runs
+workflows in the same sandbox configuration as the saga's worker, so the two compare like for
+like: its workflows' modules (``tools.bench``) are imported once per process, as the saga
+worker's ``workflows`` are, not again for every run.
 """
 
 import asyncio
@@ -40,18 +39,14 @@ async def serve(settings: Settings) -> None:
     threads = settings.activity_threads  # the saga worker's thread pool size
     with ThreadPoolExecutor(threads, thread_name_prefix="activity") as executor:
         async with contextlib.AsyncExitStack() as stack:
-            # Configured as the saga's workflow worker is (worker.workflow_worker): local
-            # activities here, regular ones only on the activity queue.
+            # Configured as the saga's workflow worker is (worker.workflow_worker): workflows
+            # only, their steps on the activity queue.
             await stack.enter_async_context(
                 Worker(
                     client,
                     task_queue=BASELINE_TASK_QUEUE,
                     workflows=[BaselineWorkflow, DecisionProbeWorkflow],
                     workflow_runner=workflow_runner("tools.bench"),
-                    activities=[noop],
-                    activity_executor=executor,
-                    no_remote_activities=True,
-                    max_concurrent_local_activities=threads,
                 )
             )
             await stack.enter_async_context(

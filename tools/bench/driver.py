@@ -28,14 +28,13 @@ from domain.payloads import (
     PaymentDecision,
     SagaState,
     SagaTimeouts,
-    StepMode,
 )
 from domain.status import Decision, DeliveryStatus, OrderStatus, SagaPhase
 from sagas.orchestration import start_order_saga
 from services import payments as payment_service
 from store.db import session
 from store.models import DeliveryRow
-from tools.bench.baseline import BASELINE_TASK_QUEUE, STEPS, BaselineInput, BaselineWorkflow
+from tools.bench.baseline import BASELINE_TASK_QUEUE, STEPS, BaselineWorkflow
 from tools.bench.environment import CITY, PROVINCE, BenchStack, compile_query, read_rows
 from tools.bench.progress import Progress
 from workflows import OrderProcessWorkflow
@@ -58,16 +57,15 @@ async def start_saga(
     client: Client,
     order_id: str,
     request: OrderRequest,
-    mode: StepMode,
     timeouts: SagaTimeouts,
     task_queue: str = names.WORKFLOW_TASK_QUEUE,
 ) -> SagaHandle:
-    """Start the order's saga in ``mode`` as the door's ``OrchestratedSagas.place`` does:
+    """Start the order's saga as the door's ``OrchestratedSagas.place`` does:
     workflow id from the order id, reject-duplicate, the two search attributes, the summary and the
     request fingerprint memo. Unlike the API it does not wait for the payment to exist (an
     update round trip): the bench knows the payment id and confirms right away."""
     return await start_order_saga(
-        client, order_id, request, task_queue=task_queue, timeouts=timeouts, step_mode=mode
+        client, order_id, request, task_queue=task_queue, timeouts=timeouts
     )
 
 
@@ -84,7 +82,6 @@ async def drive_saga(
     client: Client,
     engine: Engine,
     index: int,
-    mode: StepMode,
     timeouts: SagaTimeouts,
     within: float,
 ) -> Outcome:
@@ -94,8 +91,8 @@ async def drive_saga(
     With the door's database work around the Temporal calls, as the API does it: the
     payment's decision opened before the start, the confirm taken by its compare-and-set
     before the signal. So the saga's ``complete_payment`` finds the confirm on record, as it
-    does behind the API, rather than opening and recording the decision itself (the path of
-    orders accepted before decisions were recorded, and of signals sent past the API)."""
+    does behind the API, rather than recording the decision itself (the path of a signal sent
+    past the API)."""
     order_id = str(uuid.uuid4())
     payment_id = names.payment_id_for(order_id)
     request = order_request(index)
@@ -103,7 +100,7 @@ async def drive_saga(
     try:
         async with asyncio.timeout(within):
             await asyncio.to_thread(door_accepts, engine, order_id, request.customer_id)
-            handle = await start_saga(client, order_id, request, mode, timeouts)
+            handle = await start_saga(client, order_id, request, timeouts)
             await asyncio.to_thread(door_confirms, engine, payment_id)
             await handle.signal(
                 OrderProcessWorkflow.confirm_payment, PaymentDecision(payment_id=payment_id)
@@ -138,7 +135,7 @@ def door_confirms(engine: Engine, payment_id: str) -> None:
         raise RuntimeError(f"the confirm of payment {payment_id} did not win: {taken}")
 
 
-async def drive_baseline(client: Client, mode: StepMode, within: float) -> Outcome:
+async def drive_baseline(client: Client, within: float) -> Outcome:
     """Start a baseline workflow, send both its signals at once, wait for its result."""
     workflow_id = f"bench-baseline-{uuid.uuid4()}"
     started = time.perf_counter()
@@ -146,7 +143,6 @@ async def drive_baseline(client: Client, mode: StepMode, within: float) -> Outco
         async with asyncio.timeout(within):
             handle = await client.start_workflow(
                 BaselineWorkflow.run,
-                BaselineInput(mode=mode),
                 id=workflow_id,
                 task_queue=BASELINE_TASK_QUEUE,
             )

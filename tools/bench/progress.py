@@ -23,7 +23,7 @@ def status(prefix: str, message: str, *, quiet: bool = False) -> None:
 
 
 class Progress:
-    """``async with Progress("saga-local", 200) as bar: ... bar.advance()``."""
+    """``async with Progress("saga", 200) as bar: ... bar.advance()``."""
 
     def __init__(
         self, label: str, total: int, *, enabled: bool = True, stream: TextIO | None = None
@@ -63,7 +63,7 @@ class Progress:
             self._draw(final=True)
 
     def line(self) -> str:
-        """The bar as text, e.g. ``saga-local  [#####...]  120/200  21.3/s  ETA 0:04``."""
+        """The bar as text, e.g. ``saga  [#####...]  120/200  21.3/s  ETA 0:04``."""
         elapsed = time.perf_counter() - self._started
         rate = self.done / elapsed if elapsed > 0 else 0.0
         fraction = self.done / self.total if self.total else 1.0

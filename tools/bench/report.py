@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from domain.payloads import StepMode
 from domain.status import SagaStyle
 from tools.bench.stats import Latency
 
@@ -38,7 +37,6 @@ class PhaseResult(BaseModel):
 
     name: str
     kind: PhaseKind
-    mode: StepMode | None  # the saga's step mode (None: choreographed, no Temporal steps)
     style: SagaStyle = SagaStyle.ORCHESTRATION
     sagas: int
     delivered: int
@@ -72,13 +70,12 @@ class Ratio(BaseModel):
     p99: float
 
 
-class HistoryShape(BaseModel):
+class HistoryCounts(BaseModel):
     """One delivered workflow's history (the ``history`` phase): how many events, of which
     workflow tasks completed, activity tasks scheduled, timers started, search-attribute
     upserts, signals received."""
 
     name: str
-    shape: int | None = None  # the saga's shape (None: the baseline)
     seconds: float = math.nan  # start call .. result
     events: int = 0
     workflow_tasks: int = 0
@@ -127,12 +124,11 @@ class BenchResult(BaseModel):
     started_at: str
     wall_seconds: float
     run_dir: str
-    mode: StepMode
     config: dict[str, Any]
     phases: list[PhaseResult]
     ratios: list[Ratio]
     rss_run_max_mb: dict[str, float]
-    history: list[HistoryShape] = []
+    history: list[HistoryCounts] = []
     decision: DecisionResult | None = None
     targets: list[Target] = []
     dealer_errors: list[str]  # the first few failed report attempts (each was retried)
@@ -156,9 +152,7 @@ UNLOADED = {
 ORCH, CHOR = SagaStyle.ORCHESTRATION, SagaStyle.CHOREOGRAPHY
 
 RATIOS = (
-    ("saga-local", "baseline-local", "same Temporal round trips, local steps"),
-    ("saga-remote", "baseline-remote", "same Temporal round trips, remote steps"),
-    ("saga-local", "saga-remote", "local steps vs the naive saga"),
+    ("saga", "baseline", "same Temporal round trips"),
     (
         SATURATION[CHOR],
         SATURATION[ORCH],
@@ -247,12 +241,12 @@ def targets(phases: dict[str, PhaseResult], found: Sequence[Ratio]) -> list[Targ
                 samples=measured.count if measured is not None else None,
             )
         )
-    ratio = next((r for r in found if r.numerator == "saga-remote"), None)
+    ratio = next((r for r in found if r.numerator == "saga"), None)
     value = ratio.sagas_per_s if ratio is not None else math.nan
     rows.append(
         Target(
             target="saga throughput to the baseline (same round trips)",
-            phase="saga-remote / baseline-remote",
+            phase="saga / baseline",
             measured=value,
             limit=THROUGHPUT_TARGET,
             unit="x",
@@ -263,10 +257,10 @@ def targets(phases: dict[str, PhaseResult], found: Sequence[Ratio]) -> list[Targ
     return rows
 
 
-def summary_line(phases: dict[str, PhaseResult], mode: StepMode) -> str:
-    """``bench: <sagas/s> sagas/s, ratio <x> to baseline, p99 <ms> ms`` for the saga in
-    ``mode`` against the baseline in ``mode`` (``nan`` for what did not run)."""
-    saga, baseline = phases.get(f"saga-{mode}"), phases.get(f"baseline-{mode}")
+def summary_line(phases: dict[str, PhaseResult]) -> str:
+    """``bench: <sagas/s> sagas/s, ratio <x> to baseline, p99 <ms> ms`` for the saga against
+    the baseline (``nan`` for what did not run)."""
+    saga, baseline = phases.get("saga"), phases.get("baseline")
     rate = saga.sagas_per_s if saga else math.nan
     ratio = _divide(rate, baseline.sagas_per_s) if baseline else math.nan
     p99 = saga.e2e.p99_ms if saga else math.nan
@@ -371,9 +365,8 @@ def _phases_table(phases: Sequence[PhaseResult]) -> str:
 
 def _phase_row(p: PhaseResult) -> list[str]:
     """The cells of one phase in :func:`_phases_table`."""
-    label = f"{p.name} ({_how(p)})" if p.kind == "http" else p.name
     return [
-        label,
+        p.name,
         str(p.sagas),
         str(p.cancelled),
         str(p.failures),
@@ -388,11 +381,6 @@ def _phase_row(p: PhaseResult) -> list[str]:
         num(p.cpu_ms_per_saga.get("api", math.nan)),
         num(p.rss_max_mb.get("baseline" if p.kind == "baseline" else "worker", math.nan)),
     ]
-
-
-def _how(p: PhaseResult) -> str:
-    """How the phase's sagas ran: their step mode, or ``events`` (choreographed)."""
-    return "events" if p.style == SagaStyle.CHOREOGRAPHY else str(p.mode)
 
 
 def _ratios_table(found: Sequence[Ratio]) -> str:
@@ -430,8 +418,7 @@ def _http_table(p: PhaseResult, h: HttpDetail) -> list[str]:
             f"confirmed at once{cancelled}"
         )
     counts = (
-        f"{p.name}: {load}; saga {'on' if p.style == CHOR else 'mode'} {_how(p)}; "
-        f"POST /orders answered {answers}; "
+        f"{p.name}: {load}; POST /orders answered {answers}; "
         f"non-2xx: {non_2xx}; delivered reports refused with 409 and retried: "
         f"{h.reports_refused_409}"
     )
@@ -465,7 +452,7 @@ HISTORY_HEADERS = [
 ]
 
 
-def _history_table(shapes: Sequence[HistoryShape]) -> list[str]:
+def _history_table(counted: Sequence[HistoryCounts]) -> list[str]:
     """Each workflow's history counts (the ``history`` phase)."""
     rows = [
         [
@@ -480,12 +467,12 @@ def _history_table(shapes: Sequence[HistoryShape]) -> list[str]:
             num(h.activity_wait_ms),
             ms(1000 * h.seconds),
         ]
-        for h in shapes
+        for h in counted
     ]
     note = (
-        "remote steps, confirmed right after the start through the Temporal client, reported"
-        " delivered by the dealer; workflow tasks = WorkflowTaskCompleted events; wait: mean time"
-        " from a task's scheduled event to its started event (its hop through the server)"
+        "confirmed right after the start through the Temporal client, reported delivered by"
+        " the dealer; workflow tasks = WorkflowTaskCompleted events; wait: mean time from a"
+        " task's scheduled event to its started event (its hop through the server)"
     )
     return [table(HISTORY_HEADERS, rows), note]
 

@@ -1,7 +1,8 @@
 """``python -m tools.bench scale``: many sagas open at once, waiting for their payment.
 
-Opens sagas (through the Temporal client, ~100 starts in flight) up to a first level (1,000)
-and then up to ``--open`` (10,000); at each level, once every open saga has its payment:
+Opens sagas (as the door does: the payment's decision opened, then the saga started through
+the Temporal client; ~100 starts in flight) up to a first level (1,000) and then up to
+``--open`` (10,000); at each level, once every open saga has its payment:
 
 - worker and API RSS;
 - confirm latency: ``POST /payments/{id}/confirm`` for a random sample (200) of the waiting
@@ -30,10 +31,10 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from domain import names
-from domain.payloads import SagaTimeouts, StepMode
+from domain.payloads import SagaTimeouts
 from domain.status import DeliveryStatus, PaymentStatus
 from store.models import DeliveryRow, PaymentRow
-from tools.bench.driver import guarded, order_request, start_saga
+from tools.bench.driver import door_accepts, guarded, order_request, start_saga
 from tools.bench.environment import (
     DEALER_WINDOW_SECONDS,
     BenchError,
@@ -77,7 +78,6 @@ class ScaleResult(BaseModel):
     started_at: str
     wall_seconds: float
     run_dir: str
-    mode: StepMode
     config: dict[str, Any]
     levels: list[LevelResult]
     confirm_p99_ratio: float  # last level / first level
@@ -97,7 +97,6 @@ class Scale:
 
     def __init__(self, bench: BenchStack, http: httpx.AsyncClient, args: argparse.Namespace):
         self.bench, self.http, self.args = bench, http, args
-        self.mode: StepMode = args.mode
         self.rng = random.Random(args.seed)
         self.waiting: list[str] = []  # order ids whose saga waits for its payment decision
         self.opened = 0
@@ -168,7 +167,9 @@ class Scale:
         return taken
 
     async def _open(self, count: int) -> int:
-        """Start ``count`` sagas, ``--start-concurrency`` at a time; returns the failures."""
+        """Start ``count`` sagas, ``--start-concurrency`` at a time, each with its payment's
+        decision opened first as the door opens it (the API's confirm takes only an opened
+        decision); returns the failures."""
         indices = iter(range(count))
         failed = 0
 
@@ -176,14 +177,11 @@ class Scale:
             nonlocal failed
             for index in indices:
                 order_id = str(uuid.uuid4())
+                request = order_request(self.opened + index)
                 try:
-                    await start_saga(
-                        self.bench.client,
-                        order_id,
-                        order_request(self.opened + index),
-                        self.mode,
-                        self.timeouts,
-                    )
+                    engine = self.bench.engine
+                    await asyncio.to_thread(door_accepts, engine, order_id, request.customer_id)
+                    await start_saga(self.bench.client, order_id, request, self.timeouts)
                     self.waiting.append(order_id)
                 except Exception as err:  # counted; the run goes on with the others
                     failed += 1
@@ -283,7 +281,7 @@ async def run(args: argparse.Namespace) -> int:
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     levels = sorted({min(FIRST_LEVEL, args.open), args.open})
     run_dir = new_run_dir(args.out, "-scale")
-    log(args, f"run folder {run_dir}; step mode {args.mode}; levels {levels}")
+    log(args, f"run folder {run_dir}; levels {levels}")
     results, run_max_mb, failures = await _measure_levels(run_dir, levels, args)
     first, last = results[0], results[-1]
     worker_max = run_max_mb.get("worker", math.nan)
@@ -300,7 +298,6 @@ async def run(args: argparse.Namespace) -> int:
         started_at=started_at,
         wall_seconds=time.perf_counter() - started,
         run_dir=str(run_dir),
-        mode=args.mode,
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         levels=results,
         confirm_p99_ratio=p99_ratio,
@@ -386,7 +383,7 @@ def render(result: ScaleResult) -> str:
         f"throughput at {levels[-1].open} / at {levels[0].open}: "
         f"{num(result.throughput_ratio, 2)}",
         f"max RSS over the run: worker {result.worker_rss_max_mb:.0f} MB, "
-        f"API {result.api_rss_max_mb:.0f} MB; step mode {result.mode}",
+        f"API {result.api_rss_max_mb:.0f} MB",
     ]
     return "\n".join(out)
 

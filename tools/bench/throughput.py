@@ -1,15 +1,14 @@
 """``python -m tools.bench``: throughput and latency of the saga against its baseline, then HTTP.
 
-Phases run one after the other on the same stack: ``baseline-remote``, ``saga-remote``,
-``baseline-local``, ``saga-local`` (each a closed loop of N workflows, C in flight, after
-an uncounted warm-up; a saga loop and the baseline's of its step mode together, in rounds
-that alternate which goes first); ``history`` (one delivered saga of each shape, and the
-baseline: their histories counted); ``http-unloaded`` (one order at a time through the
-API); ``decision`` (the API's confirm against a Temporal update, one at a time); ``http``
-(an open loop through the API at a fraction of the rate ``saga-remote`` reached, whose sagas
-run in remote mode); then ``choreography`` (the choreographed saga against the orchestrated
-one through their APIs: a closed loop through each, then the ``http`` phase's open loop
-through the choreography API).
+Phases run one after the other on the same stack: ``baseline``, ``saga`` (each a closed loop
+of N workflows, C in flight, after an uncounted warm-up; the two together, in rounds that
+alternate which goes first); ``history`` (one delivered saga and the baseline: their
+histories counted); ``http-unloaded`` (one order at a time through the API); ``decision``
+(the API's confirm against a Temporal update, one at a time); ``saturation`` (a closed loop
+through the API); ``http`` (an open loop through the API at a fraction of the rate
+``saturation`` reached); then ``choreography`` (the choreographed saga against the
+orchestrated one through their APIs: a closed loop through each, then the ``http`` phase's
+open loop through the choreography API).
 """
 
 import argparse
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from domain.payloads import SagaTimeouts, StepMode
+from domain.payloads import SagaTimeouts
 from domain.status import SagaStyle
 from tools.bench.api_load import ApiCalls, HttpLoad, http_load
 from tools.bench.decision import compare_decisions
@@ -40,7 +39,7 @@ from tools.bench.environment import (
     new_run_dir,
     running_stack,
 )
-from tools.bench.history import history_shapes
+from tools.bench.history import history_counts
 from tools.bench.progress import Progress, status
 from tools.bench.report import (
     OPEN_LOOP,
@@ -48,7 +47,7 @@ from tools.bench.report import (
     UNLOADED,
     BenchResult,
     DecisionResult,
-    HistoryShape,
+    HistoryCounts,
     HttpDetail,
     PhaseKind,
     PhaseResult,
@@ -63,7 +62,7 @@ from tools.bench.stats import Latency
 from tools.bench.styles import api_closed_loop
 from tools.bench.unloaded import unloaded_orders
 
-CLIENT_PHASES = ("baseline-remote", "saga-remote", "baseline-local", "saga-local")
+CLIENT_PHASES = ("baseline", "saga")
 PHASES = (
     *CLIENT_PHASES,
     "history",
@@ -76,7 +75,7 @@ PHASES = (
 ORCHESTRATION, CHOREOGRAPHY = SagaStyle.ORCHESTRATION, SagaStyle.CHOREOGRAPHY
 HTTP_WARMUP_ORDERS = 5
 UNLOADED_WARMUP_ORDERS = 3
-# The HTTP phase's rate when neither --rate nor a saga-remote phase says (orders/s).
+# The HTTP phase's rate when neither --rate nor a saturation or saga phase says (orders/s).
 FALLBACK_RATE = 5.0
 MAX_SAMPLES = 5  # failure messages kept per phase
 
@@ -89,9 +88,8 @@ async def run(args: argparse.Namespace) -> int:
     """The whole run; returns the exit status (1 if any saga failed)."""
     started = time.perf_counter()
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    mode: StepMode = args.mode
     run_dir = new_run_dir(args.out)
-    log(args, f"run folder {run_dir}; step mode {mode}; phases {', '.join(args.phases)}")
+    log(args, f"run folder {run_dir}; phases {', '.join(args.phases)}")
     collected, rss_run_max, dealer = await _run_phases(run_dir, args)
     phases = collected.phases
     failures = (
@@ -104,7 +102,6 @@ async def run(args: argparse.Namespace) -> int:
         started_at=started_at,
         wall_seconds=time.perf_counter() - started,
         run_dir=str(run_dir),
-        mode=mode,
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         phases=list(phases.values()),
         ratios=found,
@@ -114,7 +111,7 @@ async def run(args: argparse.Namespace) -> int:
         rss_run_max_mb=rss_run_max,
         dealer_errors=dealer.errors[:MAX_SAMPLES],
         failures=failures,
-        summary=summary_line(phases, mode),
+        summary=summary_line(phases),
         summary_choreography=(choreography_line(phases) if "choreography" in args.phases else None),
     )
     write_json(result, run_dir / "result.json", args.out / "latest.json")
@@ -130,7 +127,7 @@ class _Collected:
     decision comparison."""
 
     phases: dict[str, PhaseResult] = field(default_factory=dict)
-    history: list[HistoryShape] = field(default_factory=list)
+    history: list[HistoryCounts] = field(default_factory=list)
     decision: DecisionResult | None = None
 
 
@@ -228,16 +225,14 @@ def _print_result(result: BenchResult, run_dir: Path, args: argparse.Namespace) 
 
 
 def _phase_groups(phases: list[str]) -> list[tuple[str, ...]]:
-    """``phases`` in their order, each alone except a saga closed loop and the baseline's of
-    the same step mode, which run together (``_client_phases``) where the first of them is."""
+    """``phases`` in their order, each alone except the saga's closed loop and the baseline's,
+    which run together (``_client_phases``) where the first of them is."""
     groups: list[tuple[str, ...]] = []
     for name in phases:
-        mode = name.partition("-")[2]
-        pair = (f"baseline-{mode}", f"saga-{mode}")
-        if name not in CLIENT_PHASES or not set(pair) <= set(phases):
+        if name not in CLIENT_PHASES or not set(CLIENT_PHASES) <= set(phases):
             groups.append((name,))
-        elif pair not in groups:
-            groups.append(pair)
+        elif CLIENT_PHASES not in groups:
+            groups.append(CLIENT_PHASES)
     return groups
 
 
@@ -256,8 +251,8 @@ class _Rounds:
 async def _client_phases(
     bench: BenchStack, dealer: Dealer, args: argparse.Namespace, names: tuple[str, ...]
 ) -> list[PhaseResult]:
-    """The closed loops ``names`` through the Temporal client: one phase, or a baseline and
-    the saga of one step mode.
+    """The closed loops ``names`` through the Temporal client: one phase, or the baseline and
+    the saga.
 
     A pair runs in ``--rounds`` rounds, each of its share of ``--sagas``, the one that goes
     first alternating (baseline, saga, saga, baseline, ...) after each one's warm-up. The
@@ -271,13 +266,9 @@ async def _client_phases(
     runs = {name: _Rounds() for name in names}
 
     def driver(name: str) -> Callable[[int], Awaitable[Outcome]]:
-        kind, _, mode_name = name.partition("-")
-        mode = StepMode(mode_name)
-        if kind == "saga":
-            return lambda i: drive_saga(
-                bench.client, bench.engine, i, mode, timeouts, args.saga_timeout
-            )
-        return lambda i: drive_baseline(bench.client, mode, args.saga_timeout)
+        if name == "saga":
+            return lambda i: drive_saga(bench.client, bench.engine, i, timeouts, args.saga_timeout)
+        return lambda i: drive_baseline(bench.client, args.saga_timeout)
 
     async def loop(name: str, count: int, label: str) -> list[Outcome]:
         async with Progress(label, count, enabled=not args.quiet) as bar:
@@ -309,11 +300,9 @@ def _shares(total: int, rounds: int) -> list[int]:
 
 
 def _client_result(name: str, run: _Rounds, sagas: int, rounds: int) -> PhaseResult:
-    kind, _, mode_name = name.partition("-")
     return _phase_result(
         name,
-        "baseline" if kind == "baseline" else "saga",
-        StepMode(mode_name),
+        "baseline" if name == "baseline" else "saga",
         sagas=sagas,
         ok=[o.seconds for o in run.outcomes if o.problem is None],
         problems=[o.problem for o in run.warmup + run.outcomes if o.problem is not None],
@@ -322,7 +311,7 @@ def _client_result(name: str, run: _Rounds, sagas: int, rounds: int) -> PhaseRes
         seconds=run.seconds,
         cpu_s=run.cpu_s,
         rss_max_mb=run.rss_max_mb,
-        worker="baseline" if kind == "baseline" else "worker",
+        worker="baseline" if name == "baseline" else "worker",
         dealer=run.dealer,
     )
 
@@ -332,10 +321,10 @@ def _http_rate(args: argparse.Namespace, phases: dict[str, PhaseResult]) -> tupl
     ``--rate-fraction`` of the saturation rate in this run: the sagas/s of the closed loop
     through the API (``saturation-orchestration``: orders arrive through the API, which takes
     its share of the cores), else of the closed loop through the Temporal client
-    (``saga-remote``, an overestimate), else FALLBACK_RATE."""
+    (``saga``, an overestimate), else FALLBACK_RATE."""
     if args.rate is not None:
         return args.rate, "--rate"
-    for name in (SATURATION[ORCHESTRATION], "saga-remote"):
+    for name in (SATURATION[ORCHESTRATION], "saga"):
         saturation = phases.get(name)
         if saturation is not None and saturation.sagas_per_s > 0:
             rate = args.rate_fraction * saturation.sagas_per_s
@@ -343,7 +332,7 @@ def _http_rate(args: argparse.Namespace, phases: dict[str, PhaseResult]) -> tupl
                 rate,
                 f"{args.rate_fraction:.0%} of {name}'s {saturation.sagas_per_s:.1f} sagas/s",
             )
-    return FALLBACK_RATE, "default: neither saturation-orchestration nor saga-remote ran"
+    return FALLBACK_RATE, "default: neither saturation-orchestration nor saga ran"
 
 
 async def _http_phase(
@@ -383,7 +372,6 @@ async def _open_loop(
     result = _phase_result(
         name,
         "http",
-        _mode_of(style),
         style=style,
         sagas=load.requested,
         ok=load.e2e_seconds,
@@ -408,12 +396,6 @@ async def _open_loop(
         refused=result.dealer_not_yet,
     )
     return result
-
-
-def _mode_of(style: SagaStyle) -> StepMode | None:
-    # The API starts every orchestrated saga in remote mode; a choreographed one has no steps
-    # on Temporal.
-    return StepMode.REMOTE if style == ORCHESTRATION else None
 
 
 def _api_of(style: SagaStyle) -> str:
@@ -509,7 +491,6 @@ async def _saturation(
     return _phase_result(
         name,
         "http",
-        _mode_of(style),
         style=style,
         sagas=args.style_sagas,
         ok=[o.seconds for o in outcomes if o.problem is None],
@@ -631,7 +612,6 @@ async def _unloaded_phase(
     result = _phase_result(
         name,
         "http",
-        _mode_of(style),
         style=style,
         sagas=load.requested,
         ok=load.e2e_seconds,
@@ -662,18 +642,18 @@ async def _unloaded_phase(
 
 async def _history_phase(
     bench: BenchStack, dealer: Dealer, args: argparse.Namespace
-) -> list[HistoryShape]:
-    """One delivered saga of each shape, and the baseline, with their histories' counts."""
+) -> list[HistoryCounts]:
+    """One delivered saga, and the baseline, with their histories' counts."""
     dealer.via = "signal"
     timeouts = SagaTimeouts(dealer_assignment_window=timedelta(seconds=DEALER_WINDOW_SECONDS))
-    shapes = await guarded(bench, history_shapes(bench.client, timeouts, args.saga_timeout))
-    for h in shapes:
+    counted = await guarded(bench, history_counts(bench.client, timeouts, args.saga_timeout))
+    for h in counted:
         log(
             args,
             f"history {h.name}: {h.events} events, {h.workflow_tasks} workflow tasks"
             + (f"; FAILED {h.problem}" if h.problem else ""),
         )
-    return shapes
+    return counted
 
 
 async def _decision_phase(
@@ -720,7 +700,6 @@ def _ratio(a: float, b: float) -> float:
 def _phase_result(
     name: str,
     kind: PhaseKind,
-    mode: StepMode | None,
     *,
     style: SagaStyle = ORCHESTRATION,
     sagas: int,
@@ -746,7 +725,6 @@ def _phase_result(
     return PhaseResult(
         name=name,
         kind=kind,
-        mode=mode,
         style=style,
         sagas=sagas,
         delivered=len(ok),
@@ -810,22 +788,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rounds",
         type=int,
         default=2,
-        help="a saga closed loop and the baseline's of its step mode run together, in this "
-        "many rounds each (of their share of --sagas), the first of each round alternating: "
-        "baseline, saga, saga, baseline, ... (1: the baseline's, then the saga's)",
+        help="the saga's closed loop and the baseline's run together, in this many rounds "
+        "each (of their share of --sagas), the first of each round alternating: baseline, "
+        "saga, saga, baseline, ... (1: the baseline's, then the saga's)",
     )
     parser.add_argument(
         "--rate",
         type=float,
         help="orders per second of the http phase (each a POST /orders and its confirm or "
-        "cancel); default: --rate-fraction of the sagas/s saga-remote reached in this run "
-        f"({FALLBACK_RATE:g} if it did not run)",
+        "cancel); default: --rate-fraction of the sagas/s saturation-orchestration (else "
+        f"saga) reached in this run ({FALLBACK_RATE:g} if neither ran)",
     )
     parser.add_argument(
         "--rate-fraction",
         type=float,
         default=0.8,
-        help="the http phase's rate as a fraction of saga-remote's sagas/s (without --rate)",
+        help="the http phase's rate as a fraction of the saturation rate (without --rate)",
     )
     # 40 s: ~400 orders at the usual rate, so a p99 is the fifth slowest answer, not the second.
     parser.add_argument("--http-seconds", type=float, default=40.0, help="HTTP phase length")
