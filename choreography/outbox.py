@@ -25,7 +25,7 @@ from sqlmodel import Session, col, or_, select
 
 import faults
 from domain.backoff import Backoff
-from domain.events import STREAM, Event
+from domain.events import STREAM, Event, read_event
 from store.db import session
 from store.models import OutboxRow, utcnow
 
@@ -154,7 +154,7 @@ class Publisher:
         try:
             for row in rows:
                 try:
-                    event = Event.model_validate_json(row.body)
+                    event = read_event(row.body)
                     await self._send(event, message_id=row.message_id)
                 except BROKER_OUTAGES:
                     raise

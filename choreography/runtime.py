@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 from datetime import timedelta
+from typing import Any
 
 import nats
 from faststream import AckPolicy
@@ -25,7 +26,7 @@ from domain.events import (
     DEAD_LETTER_STREAM,
     STREAM,
     SUBJECT_PREFIX,
-    Event,
+    read_event,
 )
 from settings import Settings
 
@@ -174,11 +175,23 @@ class Choreography:
         await self.broker.stop()
 
 
+# A message this build cannot read (a newer schema, during a rollback) waits for a build that
+# can: redelivered this much later, never dead-lettered and never dropped.
+UNREADABLE_RETRY_SECONDS = 30.0
+
+
 def _subscribed(consumer: Consumer):  # type: ignore[no-untyped-def]
     """The consumer as a FastStream handler (a plain function: FastStream reads its
-    parameters to decode the body as an Event)."""
+    parameters to decode the body, here as JSON), reading the event in any schema version
+    still in flight (:func:`domain.events.read_event`)."""
 
-    async def handle(event: Event, message: NatsMessage) -> None:
+    async def handle(body: dict[str, Any], message: NatsMessage) -> None:
+        try:
+            event = read_event(body)
+        except ValueError as err:  # UnreadableEventError, or a body that is no event
+            log.error("%s: an event it cannot read, retried later: %s", consumer.name, err)
+            await message.nack(delay=UNREADABLE_RETRY_SECONDS)
+            return
         await consumer(event, message)
 
     handle.__name__ = consumer.name.replace("-", "_")

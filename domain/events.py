@@ -22,9 +22,12 @@ The flow, following the original example's names::
     order_delivered, order_cancelled    OrderService: the saga's two ends
 """
 
+import json
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,9 +71,16 @@ class Service(StrEnum):
     DELIVERIES = "deliveries"
 
 
+# The schema of the events this code writes. Events outlive a deploy (in the stream, in an
+# outbox, in a dead letter), so a reader takes every version a build may have written while
+# any of its events can still be read: :func:`read_event` upgrades each to this one.
+EVENT_SCHEMA = 2
+
+
 class Event(BaseModel):
-    """One event: its own id (the deduplication key of the broker and of every inbox), the
-    order it belongs to, what happened, when, who said so, and what it carries.
+    """One event: its schema version, its own id (the deduplication key of the broker and of
+    every inbox), the order it belongs to, what happened, when, who said so, and what it
+    carries.
 
     ``reason`` says why a cancellation or a refund happens (a failure type: PaymentCancelled,
     PaymentTimedOut, NoDealerAvailable, CancelledOnRequest), so the order records it.
@@ -81,6 +91,7 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    schema_version: int = Field(default=EVENT_SCHEMA, ge=EVENT_SCHEMA, le=EVENT_SCHEMA)
     event_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     order_id: str
     type: EventType
@@ -89,6 +100,40 @@ class Event(BaseModel):
     reason: str | None = None
     dealer_id: int | None = None
     payment_window_seconds: float | None = Field(default=None, gt=0)
+
+
+class UnreadableEventError(ValueError):
+    """An event of a schema version this code does not read (newer, or retired)."""
+
+
+def _v1_to_v2(event: dict[str, Any]) -> dict[str, Any]:
+    # Version 1 (every event written before events carried a version) has today's fields.
+    return {**event, "schema_version": 2}
+
+
+# How each older version becomes the next one. Retire a version only once no build that
+# writes it runs and none of its events can still be read (docs/changing-the-saga.md).
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+READABLE_SCHEMAS = frozenset({*UPGRADES, EVENT_SCHEMA})
+
+
+def read_event(raw: str | bytes | dict[str, Any]) -> Event:
+    """An event as written by any build still in flight (JSON, or its decoded object), as
+    today's :class:`Event`. :class:`UnreadableEventError` for a version it cannot read;
+    pydantic's ``ValidationError`` for a body that is no event."""
+    data: Any = raw if isinstance(raw, dict) else json.loads(raw)
+    if not isinstance(data, dict):
+        raise UnreadableEventError(f"an event is a JSON object, not {type(data).__name__}")
+    version = data.get("schema_version", 1)
+    if version not in READABLE_SCHEMAS:
+        raise UnreadableEventError(
+            f"event schema version {version!r} is not one this build reads "
+            f"({sorted(READABLE_SCHEMAS)})"
+        )
+    while version != EVENT_SCHEMA:
+        data = UPGRADES[version](data)
+        version = data["schema_version"]
+    return Event.model_validate(data)
 
 
 # Who consumes what: one durable consumer per (service, event type).

@@ -17,7 +17,7 @@ from sqlmodel import Session, col
 from choreography.handlers import apply_decision, saga_id_of
 from choreography.outbox import Publisher, Replay
 from domain import names
-from domain.events import Event, EventType, Service
+from domain.events import Event, EventType, Service, read_event
 from domain.payloads import OrderRequest
 from domain.status import Decision, DeliveryStatus, PaymentStatus, SagaPhase, SagaStyle
 from domain.views import OrderView
@@ -182,7 +182,7 @@ class ChoreographedSagas:
             )
             if marked.rowcount != 1:
                 raise ConflictError(f"dead letter {dead_letter_id} was replayed already")
-            return None, [Replay(Event.model_validate_json(row.body), dead_letter_id)]
+            return None, [Replay(read_event(row.body), dead_letter_id)]
 
         await self._publisher.write(take)
 

@@ -7,7 +7,7 @@ from sqlalchemy import Engine, bindparam, func
 from sqlmodel import Session, col, select
 
 from domain import names
-from domain.events import Event
+from domain.events import read_event
 from domain.names import workflow_id_for
 from domain.payloads import from_cents
 from domain.status import (
@@ -162,7 +162,7 @@ def _emitted(db: Session, order_id: str) -> list[OutboxRow]:
 
 def order_events(db: Session, order_id: str) -> list[OrderEvent]:
     """What happened to a choreographed order, as its customer may see it."""
-    events = [Event.model_validate_json(row.body) for row in _emitted(db, order_id)]
+    events = [read_event(row.body) for row in _emitted(db, order_id)]
     return [OrderEvent(type=e.type, occurred_at=e.occurred_at, reason=e.reason) for e in events]
 
 
@@ -175,7 +175,7 @@ def event_log(engine: Engine, order_id: str) -> list[EventLogEntry]:
         dead = db.exec(select(DeadLetterRow).where(DeadLetterRow.order_id == order_id)).all()
     log = []
     for row in emitted:
-        event = Event.model_validate_json(row.body)
+        event = read_event(row.body)
         log.append(
             EventLogEntry(
                 event_id=row.event_id,
@@ -272,18 +272,13 @@ _PARTY = (
 
 def payment_party(engine: Engine, payment_id: str) -> PaymentParty | None:
     """The order, customer and saga style of the payment, from the moment its order was
-    accepted (its decision row; orders accepted before decisions were recorded: its payment
-    and order rows); None if unknown."""
+    accepted (its decision row); None if unknown."""
     with read_session(engine) as db:
         accepted = db.connection().execute(_PARTY, {"payment_id": payment_id}).first()
-        if accepted is not None:
-            order_id, customer_id, style = accepted
-            return PaymentParty(order_id, customer_id, _accepted_style(style))
-        payment = db.get(PaymentRow, payment_id)
-        order = db.get(OrderRow, payment.order_id) if payment is not None else None
-        if order is None:
-            return None
-    return PaymentParty(order.id, order.customer_id, _accepted_style(order.saga_style))
+    if accepted is None:
+        return None
+    order_id, customer_id, style = accepted
+    return PaymentParty(order_id, customer_id, _accepted_style(style))
 
 
 def delivery_and_style(engine: Engine, delivery_id: str) -> tuple[DeliveryRow, SagaStyle] | None:
@@ -343,26 +338,15 @@ def _workflow_link(settings: Settings, order_id: str, style: SagaStyle) -> dict[
     return {"workflow_id": workflow_id, "workflow_url": settings.workflow_url(workflow_id)}
 
 
-def get_payment(engine: Engine, payment_id: str) -> PaymentRow | None:
-    """The payment's row; None if unknown."""
-    with read_session(engine) as db:
-        return db.get(PaymentRow, payment_id)
-
-
 def customer_of(engine: Engine, order_id: str) -> str | None:
     """The customer who placed the order, from the moment it was accepted; None if
     unknown."""
     with read_session(engine) as db:
-        # Orders accepted before decisions were recorded have no decision row.
-        accepted = db.exec(
+        return db.exec(
             select(PaymentDecisionRow.customer_id).where(
                 col(PaymentDecisionRow.order_id) == order_id
             )
         ).first()
-        return (
-            accepted
-            or db.exec(select(OrderRow.customer_id).where(col(OrderRow.id) == order_id)).first()
-        )
 
 
 def dealer_view(row: DealerRow) -> DealerView:
