@@ -10,7 +10,6 @@ import re
 import unicodedata
 from datetime import datetime, timedelta
 from decimal import Decimal
-from enum import StrEnum
 from typing import Annotated
 
 from pydantic import (
@@ -208,54 +207,14 @@ class ServiceQueues(_Payload):
         )
 
 
-class StepMode(StrEnum):
-    """How the saga runs its forward steps (fixed for a saga at its start).
-
-    ``remote`` (every saga the API starts): each step is a regular activity on its service's
-    task queue (orders, payments, deliveries), so each service runs and scales as its own
-    worker process, and every step result is a history event.
-
-    ``local``: the steps run as local activities inside the workflow worker, their results
-    recorded as markers when the workflow task completes. Fewer server round trips, but not
-    replay-safe with temporalio 1.35 when the saga is queried while a step runs: the SDK then
-    completes the workflow task with the step's marker and the query's answer, and hands the
-    step's result to the workflow only in the next task, together with whatever arrived
-    meanwhile (a cancel, a signal). A replay hands it over in the marker's own task, so the
-    saga takes another path there (it ran the next step where the original compensated),
-    fails replay with a nondeterminism error and, once evicted from the worker's cache, is
-    stuck. Measured: 7 of 256 sagas racing queries, decisions and cancels
-    (tests/e2e/test_races.py) failed replay in local mode, none in remote mode. The mode is
-    kept so sagas started in it finish and replay, and so the bench can measure it. In both
-    modes ``assign_dealer`` and every compensation are regular activities
-    (workflows/order_process.py says why).
-    """
-
-    LOCAL = "local"
-    REMOTE = "remote"
-
-
-# The saga's latest shape (see OrderProcessInput.shape and workflows/order_process.py).
-LATEST_SHAPE = 2
-
-
 class OrderProcessInput(_Payload):
-    """Input of OrderProcessWorkflow: the order id (chosen by the caller) and the request.
-
-    ``step_mode`` defaults to ``remote``: the mode of every saga the API starts, and of every
-    saga started before the field existed, so their histories replay unchanged.
-
-    ``shape``: which shape of the saga runs, fixed at its start (a version carried in the
-    input costs no history event, where ``workflow.patched`` records a marker and a search
-    attribute). 1, the default, is the shape of every saga started before the field existed;
-    the door starts every new saga in :data:`LATEST_SHAPE`.
-    """
+    """Input of OrderProcessWorkflow: the order id (chosen by the caller), the request, the
+    windows the saga keeps and the task queue of each service."""
 
     order_id: str
     request: OrderRequest
     timeouts: SagaTimeouts = SagaTimeouts()
     queues: ServiceQueues = ServiceQueues()
-    step_mode: StepMode = StepMode.REMOTE
-    shape: int = 1
 
 
 # --- activities -------------------------------------------------------------------

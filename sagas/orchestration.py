@@ -37,14 +37,12 @@ from temporalio.service import RPCError
 
 from domain import names
 from domain.payloads import (
-    LATEST_SHAPE,
     DeliveredReport,
     OrderProcessInput,
     OrderRequest,
     PaymentDecision,
     SagaState,
     SagaTimeouts,
-    StepMode,
 )
 from domain.status import Decision, DeliveryStatus, OrderStatus, SagaPhase
 from domain.views import OrderView
@@ -96,25 +94,15 @@ async def start_order_saga(
     *,
     task_queue: str,
     timeouts: SagaTimeouts,
-    step_mode: StepMode = StepMode.REMOTE,
 ) -> SagaHandle:
     """Start the saga of ``order_id`` (:func:`saga_start_options`). One RPC: Temporal has
     durably accepted the saga when it returns.
-
-    ``step_mode`` stays ``remote`` for every saga the door starts; the bench passes ``local``
-    to measure it (:class:`domain.payloads.StepMode` says why sagas do not run locally).
 
     Raises ``WorkflowAlreadyStartedError`` if the order has a saga already.
     """
     handle: SagaHandle = await client.start_workflow(
         OrderProcessWorkflow.run,
-        OrderProcessInput(
-            order_id=order_id,
-            request=request,
-            timeouts=timeouts,
-            step_mode=step_mode,
-            shape=LATEST_SHAPE,
-        ),
+        OrderProcessInput(order_id=order_id, request=request, timeouts=timeouts),
         **saga_start_options(order_id, request, task_queue=task_queue),
     )
     return handle
@@ -244,10 +232,7 @@ class OrchestratedSagas:
                 # per order).
         payment_id = names.payment_id_for(order_id)
         input = OrderProcessInput(
-            order_id=order_id,
-            request=request,
-            timeouts=self._settings.saga_timeouts,
-            shape=LATEST_SHAPE,
+            order_id=order_id, request=request, timeouts=self._settings.saga_timeouts
         )
         options = saga_start_options(
             order_id, request, task_queue=self._settings.workflow_task_queue

@@ -78,8 +78,9 @@ def complete_payment(db: Session, payment_id: str, saga_id: str | None) -> tuple
     """PENDING -> COMPLETED (the customer confirmed). Idempotent: COMPLETED stays COMPLETED.
 
     Returns the payment and whether this call completed it. The customer's decision must be
-    CONFIRM: one taken another way (a signal sent past the API) is recorded as CONFIRM here if
-    none was taken; a payment whose recorded decision is CANCEL or TIMEOUT cannot complete.
+    CONFIRM: one taken another way (a signal sent past the API, from the Web UI) is recorded
+    as CONFIRM here if none was taken; a payment whose recorded decision is CANCEL or TIMEOUT
+    cannot complete.
     """
     winner = take_decision(db, payment_id, Decision.CONFIRM).winner
     if winner not in (None, Decision.CONFIRM):
@@ -184,18 +185,8 @@ def take_decision(
     if order_id is not None:
         return DecisionTaken(order_id=order_id, winner=decision, applied=True)
     row = _decision_row(db, payment_id)
-    if row is None:
-        payment = db.get(PaymentRow, payment_id)
-        if payment is None:
-            return DecisionTaken(order_id=None, winner=None, applied=False, refusal="unknown")
-        # An order accepted before decisions were recorded: open its decision now.
-        customer = db.exec(select(OrderRow.customer_id).where(OrderRow.id == payment.order_id))
-        open_decision(db, payment_id, payment.order_id, customer.one())
-        order_id = _record_decision(db, payment_id, decision, now)
-        if order_id is not None:
-            return DecisionTaken(order_id=order_id, winner=decision, applied=True)
-        row = _decision_row(db, payment_id)
-        assert row is not None, "the decision was opened in this transaction"
+    if row is None:  # no order was accepted with this payment
+        return DecisionTaken(order_id=None, winner=None, applied=False, refusal="unknown")
     if row.decision is not None:
         return DecisionTaken(
             order_id=row.order_id,

@@ -26,7 +26,6 @@ from activities.payments import PaymentActivities
 from domain import names
 from domain.names import ORDER_STATUS
 from domain.payloads import (
-    LATEST_SHAPE,
     CompensationOutcome,
     CreatePaymentInput,
     OrderItem,
@@ -38,7 +37,6 @@ from domain.payloads import (
     SagaState,
     SagaTimeouts,
     ServiceQueues,
-    StepMode,
 )
 from domain.status import RecordStatus, SagaPhase
 from store.db import session
@@ -52,6 +50,8 @@ SagaHandle = WorkflowHandle[OrderProcessWorkflow, SagaState]
 # Recorded histories of every saga path, replayed by tests/workflows/test_replay.py and
 # refreshed by ``python -m tests.workflows.record_histories`` (``make histories``).
 HISTORIES_DIR = Path(__file__).resolve().parent / "histories"
+# In HISTORIES_DIR: the build id of the code its histories were recorded with.
+BUILD_FILE = "BUILD"
 _RECORDED_ORDER_IDS = uuid.UUID("0b6f3f1e-5c2a-4d7e-8f19-2a4c6e8b0d13")
 
 
@@ -130,15 +130,7 @@ async def saga_workers(
         for queue, fns in service_activities(engine).items()
     }
     async with AsyncExitStack() as stack:
-        # The same activities (and fakes) run as local activities for sagas in local mode.
-        await stack.enter_async_context(
-            workflow_worker(
-                client,
-                names.WORKFLOW_TASK_QUEUE + suffix,
-                [fn for fns in queues.values() for fn in fns],
-                executor,
-            )
-        )
+        await stack.enter_async_context(workflow_worker(client, names.WORKFLOW_TASK_QUEUE + suffix))
         for queue, fns in queues.items():
             await stack.enter_async_context(
                 Worker(
@@ -158,8 +150,6 @@ async def start_saga(
     timeouts: SagaTimeouts = FAST_DEALER_RETRY,
     *,
     order_id: str | None = None,
-    step_mode: StepMode = StepMode.REMOTE,
-    shape: int = LATEST_SHAPE,
 ) -> SagaHandle:
     """Start a saga on the suffixed task queues; a fresh order id unless one is given."""
     order_id = order_id or str(uuid.uuid4())
@@ -170,8 +160,6 @@ async def start_saga(
             request=request or order_request(),
             timeouts=timeouts,
             queues=ServiceQueues.with_suffix(suffix),
-            step_mode=step_mode,
-            shape=shape,
         ),
         id=names.workflow_id_for(order_id),
         task_queue=names.WORKFLOW_TASK_QUEUE + suffix,

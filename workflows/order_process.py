@@ -1,33 +1,33 @@
 """OrderProcessWorkflow: the order saga, one durable workflow per order.
 
-Read top to bottom, :meth:`OrderProcessWorkflow.run` is the saga:
+Read top to bottom, :meth:`OrderProcessWorkflow._until_pivot` and
+:meth:`OrderProcessWorkflow._deliver` are the saga:
 
-1. create order            (compensation pushed first: cancel_order)
-2. create payment          (compensation pushed first: cancel_or_refund_payment)
-3. wait for the customer   (signals confirm_payment / cancel_payment; the payment window
-                            closing counts as a cancel)
-4. complete payment, confirm order
-5. create delivery         (compensation pushed first: cancel_delivery)
-6. assign a dealer         THE PIVOT: once it succeeds nothing is compensated any more
-7. wait for mark_delivered, then delivery and order DELIVERED (retried, never compensated)
+1. create order       (compensation pushed first: cancel_order)
+2. create payment     (compensation pushed first: cancel_or_refund_payment); a decision the
+                      customer took before the payment existed is taken from it
+3. wait for the customer (signals confirm_payment / cancel_payment); when the window closes,
+                      the decision on record counts, and none counts as a cancel
+4. complete payment, confirm order and create delivery, side by side (compensation pushed
+                      first: cancel_delivery)
+5. assign a dealer    THE PIVOT: once it succeeds nothing is compensated any more
+6. wait for mark_delivered, then delivery and order DELIVERED, side by side (retried, never
+                      compensated)
 
 A business failure (customer cancel, payment timeout, no dealer, an invalid transition)
 unwinds the stack last-in-first-out and the run completes with the order CANCELLED. A
 cancellation of the workflow itself unwinds the same way, shielded, then the run closes as
 CANCELED. Infrastructure failures are retried by Temporal and never compensate.
 
-Forward steps run as regular activities on the service queues; a saga started in ``local``
-step mode runs them as local activities instead (:class:`domain.payloads.StepMode`: the API
-never starts one, as local steps are not replay-safe when the saga is queried meanwhile).
-Compensations always run as regular activities, so every step before them is recorded before
-anything is undone.
+Every step and compensation is a regular activity on its service's task queue. Each saga is
+pinned to the build it started on (Worker Versioning), so this code holds one shape of the
+saga: a change of shape is a new build (docs/changing-the-saga.md).
 """
 
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -54,7 +54,6 @@ from domain.payloads import (
     PaymentSnapshot,
     SagaState,
     SignalRecord,
-    StepMode,
     StepRecord,
 )
 from domain.status import (
@@ -126,10 +125,6 @@ class OrderProcessWorkflow:
         self._window_closing = False
         self._early_report: DeliveredReport | None = None
         self._past_pivot = False
-        # Shape 2 (every saga the door starts now) has fewer workflow tasks and takes
-        # decisions recorded in the database; shape 1 is kept, so sagas started before still
-        # run and replay as they did. What differs is said in run().
-        self._second_shape = params.shape >= 2
         # The OrderStatus search attribute as it stands (the start sets it to PENDING).
         self._search_status = workflow.info().typed_search_attributes.get(names.ORDER_STATUS)
         self._delivered = False
@@ -141,13 +136,6 @@ class OrderProcessWorkflow:
 
     @workflow.run
     async def run(self, params: OrderProcessInput) -> SagaState:
-        # Shape 2 differs from shape 1 in: the steps after the decision (complete payment,
-        # confirm order, create delivery) and after the report (complete delivery, mark
-        # delivered) run side by side; the dealer window's timer starts only when a first
-        # assignment finds no dealer; no search-attribute update repeats the current value; a
-        # decision already recorded with the payment is taken from it, and the window's close
-        # reads the recorded decision back (expire_payment) before it cancels; a delivery
-        # report the database already backs is held until the saga sees its pivot.
         metrics.count(names.METRIC_STARTED)
         try:
             await self._until_pivot()
@@ -168,35 +156,37 @@ class OrderProcessWorkflow:
     async def _until_pivot(self) -> None:
         order_id = self._params.order_id
         request = self._params.request
+        queues = self._params.queues
         state = self._state
 
-        # Each compensation is pushed with what its outcome means for the saga's state.
+        # 1. The order. Each compensation is pushed, before its step, with what its outcome
+        # means for the saga's state.
         self._compensations.push(
             names.CANCEL_ORDER,
             self._compensation(
                 names.CANCEL_ORDER,
-                self._params.queues.orders,
+                queues.orders,
                 lambda status: self._set_order_status(OrderStatus(status)),
-                placed=request if self._second_shape else None,
+                placed=request,
             ),
         )
         order = await self._step(
             names.CREATE_ORDER,
             CreateOrderInput(order_id=order_id, request=request, saga_id=self._saga_id),
-            self._params.queues.orders,
+            queues.orders,
             OrderSnapshot,
         )
         self._set_order_status(order.status)
 
+        # 2. The payment, its window counted from here (the payment row records its close).
         self._compensations.push(
             names.CANCEL_OR_REFUND_PAYMENT,
             self._compensation(
                 names.CANCEL_OR_REFUND_PAYMENT,
-                self._params.queues.payments,
+                queues.payments,
                 lambda status: setattr(state, "payment_status", PaymentStatus(status)),
             ),
         )
-        # The window is counted from here; the payment row records when it closes.
         state.payment_deadline = workflow.now() + self._params.timeouts.payment_window
         payment = await self._step(
             names.CREATE_PAYMENT,
@@ -207,67 +197,56 @@ class OrderProcessWorkflow:
                 expires_at=state.payment_deadline,
                 saga_id=self._saga_id,
             ),
-            self._params.queues.payments,
+            queues.payments,
             PaymentSnapshot,
         )
         state.payment_status = payment.status
-        if self._second_shape and payment.decision is not None:
+        if payment.decision is not None:
             # The customer decided before the payment was written (the API records decisions
             # from the order's acceptance): take it, whether or not its signal has come.
             self._take_recorded_decision(payment.decision)
 
+        # 3. The customer's decision.
         await self._wait_for_decision()
 
-        # The next three steps, as coroutine factories: run one after the other (first shape)
-        # or side by side (second).
-        complete_payment = partial(
-            self._step,
-            names.COMPLETE_PAYMENT,
-            PaymentRef(payment_id=self._payment_id, saga_id=self._saga_id),
-            self._params.queues.payments,
-            PaymentSnapshot,
+        # 4. Three independent steps, scheduled in one workflow task.
+        self._set_phase(SagaPhase.ASSIGNING_DEALER, "Assigning a dealer")
+        self._compensations.push(
+            names.CANCEL_DELIVERY,
+            self._compensation(names.CANCEL_DELIVERY, queues.deliveries, self._delivery_undone),
         )
-        confirm_order = partial(
-            self._step,
-            names.CONFIRM_ORDER,
-            OrderRef(order_id=order_id, saga_id=self._saga_id),
-            self._params.queues.orders,
-            OrderSnapshot,
-        )
-        create_delivery = partial(
-            self._step,
-            names.CREATE_DELIVERY,
-            CreateDeliveryInput(
-                delivery_id=self._delivery_id,
-                order_id=order_id,
-                province=request.province,
-                city=request.city,
-                saga_id=self._saga_id,
+        payment, order, delivery = await self._together(
+            self._step(
+                names.COMPLETE_PAYMENT,
+                PaymentRef(payment_id=self._payment_id, saga_id=self._saga_id),
+                queues.payments,
+                PaymentSnapshot,
             ),
-            self._params.queues.deliveries,
-            DeliverySnapshot,
+            self._step(
+                names.CONFIRM_ORDER,
+                OrderRef(order_id=order_id, saga_id=self._saga_id),
+                queues.orders,
+                OrderSnapshot,
+            ),
+            self._step(
+                names.CREATE_DELIVERY,
+                CreateDeliveryInput(
+                    delivery_id=self._delivery_id,
+                    order_id=order_id,
+                    province=request.province,
+                    city=request.city,
+                    saga_id=self._saga_id,
+                ),
+                queues.deliveries,
+                DeliverySnapshot,
+            ),
         )
-        if self._second_shape:
-            # Three independent steps, scheduled in one workflow task.
-            self._set_phase(SagaPhase.ASSIGNING_DEALER, "Assigning a dealer")
-            self._push_cancel_delivery()
-            payment, order, delivery = await self._together(
-                complete_payment(), confirm_order(), create_delivery()
-            )
-            state.payment_status = payment.status
-            self._set_order_status(order.status)
-        else:
-            payment = await complete_payment()
-            state.payment_status = payment.status
-            order = await confirm_order()
-            self._set_order_status(order.status)
-            self._set_phase(SagaPhase.ASSIGNING_DEALER, "Assigning a dealer")
-            self._push_cancel_delivery()
-            delivery = await create_delivery()
+        state.payment_status = payment.status
+        self._set_order_status(order.status)
         state.delivery_status = delivery.status
 
+        # 5. The pivot: once a dealer is assigned, the saga only moves forward.
         delivery = await self._assign_dealer()
-        # The pivot succeeded: from here on the saga only moves forward.
         self._past_pivot = True
         self._compensations.clear()
         state.delivery_status = delivery.status
@@ -278,16 +257,6 @@ class OrderProcessWorkflow:
         )
         if self._early_report is not None:
             self.mark_delivered(self._early_report)  # now in transit: taken if it is true
-
-    def _push_cancel_delivery(self) -> None:
-        self._compensations.push(
-            names.CANCEL_DELIVERY,
-            self._compensation(
-                names.CANCEL_DELIVERY,
-                self._params.queues.deliveries,
-                self._delivery_undone,
-            ),
-        )
 
     async def _together(self, *steps: Coroutine[Any, Any, Any]) -> list[Any]:
         """Run ``steps`` side by side (scheduled in one workflow task) and return their
@@ -320,11 +289,7 @@ class OrderProcessWorkflow:
         try:
             await workflow.wait_condition(lambda: self._decision is not None, timeout=window)
         except TimeoutError:
-            if self._second_shape:
-                await self._close_window()
-            else:
-                # Close the window before anything else: a late signal is now ignored.
-                self._decision = "timeout"
+            await self._close_window()
             if self._decision == "timeout":
                 self._record_payment_wait(waiting_since)
                 raise business_error(
@@ -364,22 +329,16 @@ class OrderProcessWorkflow:
             await workflow.sleep(timeouts.dealer_assignment_window)
             window_open = False
 
-        # The first shape opens the window before the first attempt; the second only when a
-        # first attempt finds no dealer (usually one does, and no timer is ever started).
-        window = None if self._second_shape else asyncio.create_task(close_window())
+        # The window's timer starts only when a first attempt finds no dealer (usually one
+        # does, and no timer is ever started).
+        window: asyncio.Task[None] | None = None
         record = self._start_record(names.ASSIGN_DEALER)
         try:
             while True:
-                # Always a regular activity: its result and the window's timer then race as
-                # two history events, which every replay sees in the same order. (A local
-                # activity's result is a marker written when its workflow task completes;
-                # chaos runs caught a replay of a timer firing meanwhile taking another path.)
+                # Its result and the window's timer race as two history events, which every
+                # replay sees in the same order.
                 delivery = await self._activity(
-                    names.ASSIGN_DEALER,
-                    ref,
-                    self._params.queues.deliveries,
-                    DeliverySnapshot,
-                    may_run_locally=False,
+                    names.ASSIGN_DEALER, ref, self._params.queues.deliveries, DeliverySnapshot
                 )
                 if delivery.dealer_id is not None:
                     break
@@ -413,25 +372,20 @@ class OrderProcessWorkflow:
         """After the pivot: wait for the dealer's report, then close delivery and order."""
         await workflow.wait_condition(lambda: self._delivered)
         state = self._state
-        complete_delivery = partial(
-            self._step,
-            names.COMPLETE_DELIVERY,
-            DeliveryRef(delivery_id=self._delivery_id, saga_id=self._saga_id),
-            self._params.queues.deliveries,
-            DeliverySnapshot,
+        delivery, order = await self._together(
+            self._step(
+                names.COMPLETE_DELIVERY,
+                DeliveryRef(delivery_id=self._delivery_id, saga_id=self._saga_id),
+                self._params.queues.deliveries,
+                DeliverySnapshot,
+            ),
+            self._step(
+                names.MARK_ORDER_DELIVERED,
+                OrderRef(order_id=state.order_id, saga_id=self._saga_id),
+                self._params.queues.orders,
+                OrderSnapshot,
+            ),
         )
-        mark_delivered = partial(
-            self._step,
-            names.MARK_ORDER_DELIVERED,
-            OrderRef(order_id=state.order_id, saga_id=self._saga_id),
-            self._params.queues.orders,
-            OrderSnapshot,
-        )
-        if self._second_shape:
-            delivery, order = await self._together(complete_delivery(), mark_delivered())
-        else:
-            delivery = await complete_delivery()
-            order = await mark_delivered()
         state.delivery_status = delivery.status
         self._set_order_status(order.status)
         self._set_phase(SagaPhase.DELIVERED, "Delivered")
@@ -467,11 +421,7 @@ class OrderProcessWorkflow:
             note = f"unknown delivery {report.delivery_id}"
         elif self._delivered:
             note = "already reported delivered"
-        elif (
-            self._second_shape
-            and state.phase == SagaPhase.ASSIGNING_DEALER
-            and report.dealer_id is not None
-        ):
+        elif state.phase == SagaPhase.ASSIGNING_DEALER and report.dealer_id is not None:
             # The database shows the parcel with its dealer a moment before the saga sees its
             # assignment: hold the report until then, and take it if the dealers match.
             self._early_report = report
@@ -528,43 +478,20 @@ class OrderProcessWorkflow:
 
     # --- helpers -----------------------------------------------------------------------
 
-    async def _activity(
-        self,
-        name: str,
-        arg: Any,
-        task_queue: str,
-        result_type: type[R],
-        *,
-        may_run_locally: bool = True,
-    ) -> R:
-        """Run forward step ``name`` in the saga's step mode: local, or on ``task_queue``.
-
-        ``may_run_locally=False``: a regular activity whatever the mode.
-        """
+    async def _activity(self, name: str, arg: Any, task_queue: str, result_type: type[R]) -> R:
+        """Run forward step ``name`` as an activity on ``task_queue``."""
         # On cancel, wait for a running step to settle, so the compensation that follows
         # sees what it did (never a row committed after its undo said "nothing to undo").
         # The step itself is never interrupted (see activities/_defn.py).
-        settle = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
-        result: R
-        if may_run_locally and self._params.step_mode == StepMode.LOCAL:
-            result = await workflow.execute_local_activity(
-                name,
-                arg,
-                result_type=result_type,
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=STEP_RETRY,
-                cancellation_type=settle,
-            )
-        else:
-            result = await workflow.execute_activity(
-                name,
-                arg,
-                task_queue=task_queue,
-                result_type=result_type,
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=STEP_RETRY,
-                cancellation_type=settle,
-            )
+        result: R = await workflow.execute_activity(
+            name,
+            arg,
+            task_queue=task_queue,
+            result_type=result_type,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=STEP_RETRY,
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
         if not self._past_pivot and workflow.cancellation_reason() is not None:
             # The step completed although the saga was cancelled while it ran: honour the
             # cancel now, before the next step (its compensation was pushed before it ran).
@@ -603,10 +530,6 @@ class OrderProcessWorkflow:
                 reason=self._state.failure_type,
                 placed=placed,
             )
-            # Always a regular activity, in both step modes. Its scheduling completes the
-            # workflow task, which records every local step before it: local steps run again
-            # only when their workflow task is lost, and must never run again after the undo of
-            # their effect (a re-run assign_dealer would find its delivery already cancelled).
             outcome = await workflow.execute_activity(
                 name,
                 ref,
@@ -686,7 +609,7 @@ class OrderProcessWorkflow:
             self._upsert_order_status(OrderSearchStatus(status))
 
     def _upsert_order_status(self, value: OrderSearchStatus) -> None:
-        if self._second_shape and value == self._search_status:
+        if value == self._search_status:
             return  # an update that changes nothing is an event that carries nothing
         self._search_status = value
         workflow.upsert_search_attributes([names.ORDER_STATUS.value_set(value)])

@@ -24,6 +24,7 @@ from domain.payloads import (
     OrderRequest,
     PaymentRef,
 )
+from services import payments
 from store.db import session
 from store.models import DealerRow
 from tests.saga_harness import order_request
@@ -52,10 +53,17 @@ def place_order(engine: Engine, city: str = "Tehran", province: str = "Tehran") 
     return params.order_id
 
 
-def open_payment(engine: Engine, amount: str = "28.10") -> tuple[str, str]:
-    """A PENDING payment of a new order; returns (order_id, payment_id)."""
+def open_payment(
+    engine: Engine, amount: str = "28.10", *, accepted: bool = True
+) -> tuple[str, str]:
+    """A PENDING payment of a new order, its decision opened as the door opens it when it
+    accepts the order (``accepted``); returns (order_id, payment_id)."""
     order_id = place_order(engine)
     payment_id = names.payment_id_for(order_id)
+    if accepted:
+        with session(engine) as db:
+            payments.open_decision(db, payment_id, order_id, order_request().customer_id)
+            db.commit()
     PaymentActivities(engine).create_payment(
         CreatePaymentInput(payment_id=payment_id, order_id=order_id, amount=Decimal(amount))
     )

@@ -112,18 +112,6 @@ def test_an_unknown_payment_takes_no_decision(engine):
     assert (taken.order_id, taken.winner, taken.refusal) == (None, None, "unknown")
 
 
-def test_an_order_accepted_before_decisions_were_recorded_gets_its_row_on_first_use(engine):
-    order_id, payment_id = open_payment(engine)  # no decision row: as before migration 0004
-    with session(engine) as db:
-        assert db.get(PaymentDecisionRow, payment_id) is None
-
-    taken = decide(engine, payment_id, Decision.CANCEL)
-
-    assert (taken.applied, taken.order_id) == (True, order_id)
-    row = get_row(engine, PaymentDecisionRow, payment_id)
-    assert (row.order_id, row.customer_id, row.decision) == (order_id, "customer-1", "CANCEL")
-
-
 def test_create_payment_reports_a_decision_taken_before_it(engine, payments_activities):
     order_id = place_order(engine)
     payment_id = accept(engine, order_id)
@@ -195,7 +183,7 @@ def test_a_payment_party_is_known_from_the_acceptance_on(engine):
     with session(engine) as db:
         db.get_one(OrderRow, written).saga_style = SagaStyle.CHOREOGRAPHY
         db.commit()
-    legacy_order, legacy = open_payment(engine)  # no decision row: as before migration 0004
+    _, unaccepted = open_payment(engine, accepted=False)  # past the door: never accepted
 
     assert views.payment_party(engine, early) == views.PaymentParty(
         unwritten, "customer-7", SagaStyle.ORCHESTRATION
@@ -203,7 +191,5 @@ def test_a_payment_party_is_known_from_the_acceptance_on(engine):
     assert views.payment_party(engine, accepted) == views.PaymentParty(
         written, "customer-1", SagaStyle.CHOREOGRAPHY
     )
-    assert views.payment_party(engine, legacy) == views.PaymentParty(
-        legacy_order, "customer-1", SagaStyle.ORCHESTRATION
-    )
+    assert views.payment_party(engine, unaccepted) is None
     assert views.payment_party(engine, str(uuid.uuid4())) is None

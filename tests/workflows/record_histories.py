@@ -12,8 +12,11 @@ same items, same timeouts, same dealers), so a refresh changes timestamps, run i
 an activity and a signal race, how events are grouped into workflow tasks; never the path.
 The paths the tests drive too (``scenarios.py``) are defined there, once for both.
 
-Refresh only when a workflow change is deliberately incompatible with running sagas (and
-guarded with ``workflow.patched``): the old files are what the replay test protects.
+``tests/histories/BUILD`` records the build id of the code the histories were recorded with
+(``versions.code_build_id``). Refresh them when the saga's shape changes on purpose: a new
+build, which Worker Versioning keeps apart from the sagas of the old one
+(docs/changing-the-saga.md). The replay test then proves the new shape against its own
+histories; until the refresh, a change that breaks them fails CI.
 """
 
 import argparse
@@ -40,10 +43,11 @@ from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, Telemetr
 from temporalio.testing import WorkflowEnvironment
 
 from domain import names
-from domain.payloads import SagaState, SagaTimeouts, StepMode
+from domain.payloads import SagaState, SagaTimeouts
 from domain.status import RecordStatus, SagaPhase
 from store.db import make_engine, migrate
 from tests.saga_harness import (
+    BUILD_FILE,
     HISTORIES_DIR,
     FailingRefund,
     SagaHandle,
@@ -56,6 +60,7 @@ from tests.saga_harness import (
 )
 from tests.workflows import scenarios
 from tests.workflows.scenarios import cancel_the_payment, mark_delivered, signal_log
+from versions import code_build_id
 from workflows import OrderProcessWorkflow as Saga
 
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
@@ -85,7 +90,6 @@ class Recording:
     client: Client
     engine: Engine
     executor: ThreadPoolExecutor
-    step_mode: StepMode = StepMode.REMOTE
 
     def workers(
         self, overrides: Sequence[Callable[..., Any]] = ()
@@ -100,7 +104,6 @@ class Recording:
             f"-{self.path}",
             timeouts=timeouts,
             order_id=recorded_order_id(self.path),
-            step_mode=self.step_mode,
         )
 
 
@@ -251,17 +254,6 @@ PATHS: dict[str, Callable[[Recording], Awaitable[SagaHandle]]] = {
         late_and_duplicate_signals,
     )
 }
-# Recorded a second time in local step mode, as ``local_<path>``: local activities leave
-# markers instead of activity events, a different history to keep replaying.
-LOCAL_PREFIX = "local_"
-for _name in (
-    "delivered",
-    "customer_cancel",
-    "no_dealer",
-    "workflow_cancelled_assigning_dealer",
-    "late_and_duplicate_signals",
-):
-    PATHS[LOCAL_PREFIX + _name] = PATHS[_name]
 
 
 # --- the recorder ------------------------------------------------------------------------
@@ -307,8 +299,7 @@ async def record(path: str, client: Client, executor: ThreadPoolExecutor) -> str
         engine = make_engine(f"sqlite:///{Path(tmp) / 'orders.db'}")
         try:
             migrate(engine)
-            mode = StepMode.LOCAL if path.startswith(LOCAL_PREFIX) else StepMode.REMOTE
-            rec = Recording(path, client, engine, executor, step_mode=mode)
+            rec = Recording(path, client, engine, executor)
             async with asyncio.timeout(60):
                 handle = await PATHS[path](rec)
         finally:
@@ -349,6 +340,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for path, text in histories.items():
         (args.out / f"{path}.json").write_text(text)
+    if not args.paths:  # every path: the histories are now this build's
+        (args.out / BUILD_FILE).write_text(code_build_id() + "\n")
     print(f"wrote {len(histories)} histories to {args.out} in {time.monotonic() - started:.1f}s")
     # Every history is written. Skip interpreter teardown: the SDK's Rust threads can abort
     # it ("PyGILState_Release: thread state ... must be current", temporalio/sdk-python#300),

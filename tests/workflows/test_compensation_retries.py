@@ -34,15 +34,13 @@ def refund_retrying(state) -> bool:
 
 
 async def test_refund_that_fails_twice_is_retried_until_it_succeeds(
-    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
     refund = FailingRefund(engine, failures=2)
     overrides = [refund.cancel_or_refund_payment]
     async with saga_workers(client, engine, executor, task_queue_suffix, overrides=overrides):
-        handle = await start_saga(
-            client, task_queue_suffix, step_mode=step_mode
-        )  # no dealer anywhere
+        handle = await start_saga(client, task_queue_suffix)  # no dealer anywhere
         await confirm_payment(handle)
         result = await handle.result()
 
@@ -74,14 +72,14 @@ async def test_refund_that_fails_twice_is_retried_until_it_succeeds(
 
 
 async def test_failing_refund_shows_as_retrying_with_its_error_until_it_succeeds(
-    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
     add_dealer(engine)
     refund = FailingRefund(engine)
     overrides = [refund.cancel_or_refund_payment]
     async with saga_workers(client, engine, executor, task_queue_suffix, overrides=overrides):
-        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
+        handle = await start_saga(client, task_queue_suffix)
         waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
         assert waiting.payment_id is not None
         await handle.signal(Saga.cancel_payment, PaymentDecision(payment_id=waiting.payment_id))
@@ -114,13 +112,13 @@ async def test_failing_refund_shows_as_retrying_with_its_error_until_it_succeeds
 
 
 async def test_cancelling_the_workflow_does_not_interrupt_a_running_unwind(
-    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
     refund = FailingRefund(engine)
     overrides = [refund.cancel_or_refund_payment]
     async with saga_workers(client, engine, executor, task_queue_suffix, overrides=overrides):
-        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
+        handle = await start_saga(client, task_queue_suffix)
         waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
         assert waiting.payment_id is not None
         await handle.signal(Saga.cancel_payment, PaymentDecision(payment_id=waiting.payment_id))

@@ -88,12 +88,12 @@ async def deliver(handle: SagaHandle, state: SagaState) -> SagaState:
 
 
 async def test_confirmed_order_is_delivered_and_frees_its_dealer(
-    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
     dealer = add_dealer(engine, capacity=1)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
+        handle = await start_saga(client, task_queue_suffix)
         await confirm_payment(handle)
         in_transit = await wait_for_phase(handle, SagaPhase.IN_TRANSIT)
 
@@ -147,13 +147,13 @@ async def test_confirmed_order_is_delivered_and_frees_its_dealer(
 
 
 async def test_city_and_province_match_dealers_case_insensitively(
-    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
     dealer = add_dealer(engine, city="Tehran", province="Tehran")
     request = order_request(city="tEhRaN", province="TEHRAN")
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix, request, step_mode=step_mode)
+        handle = await start_saga(client, task_queue_suffix, request)
         await confirm_payment(handle)
         in_transit = await wait_for_phase(handle, SagaPhase.IN_TRANSIT)
         assert in_transit.dealer_id == dealer
@@ -168,12 +168,12 @@ async def test_city_and_province_match_dealers_case_insensitively(
 
 
 async def test_customer_cancel_cancels_payment_then_order(
-    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
     add_dealer(engine)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
+        handle = await start_saga(client, task_queue_suffix)
         waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
         assert waiting.payment_id is not None
         await handle.signal(
@@ -206,15 +206,13 @@ async def test_customer_cancel_cancels_payment_then_order(
 
 
 async def test_payment_window_closing_after_30_minutes_cancels_payment_then_order(
-    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
     assert SagaTimeouts().payment_window == timedelta(minutes=30)
     async with saga_workers(client, engine, executor, task_queue_suffix):
         started = time.monotonic()
-        handle = await start_saga(
-            client, task_queue_suffix, timeouts=SagaTimeouts(), step_mode=step_mode
-        )
+        handle = await start_saga(client, task_queue_suffix, timeouts=SagaTimeouts())
         result = await handle.result()
         elapsed = time.monotonic() - started
 
@@ -243,13 +241,13 @@ async def test_payment_window_closing_after_30_minutes_cancels_payment_then_orde
     ],
 )
 async def test_no_dealer_refunds_payment_then_cancels_order(
-    time_skipping_env, engine, executor, task_queue_suffix, dealers, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix, dealers
 ):
     client = time_skipping_env.client
     dealer_ids = [add_dealer(engine, **kw) for kw in dealers]
     loads = [dealer_load(engine, d) for d in dealer_ids]
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
+        handle = await start_saga(client, task_queue_suffix)
         await confirm_payment(handle)
         result = await handle.result()
         assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
@@ -290,11 +288,11 @@ async def test_no_dealer_refunds_payment_then_cancels_order(
 
 
 async def test_cancelling_the_workflow_while_awaiting_payment_compensates_then_closes_canceled(
-    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
+        handle = await start_saga(client, task_queue_suffix)
         await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
         await handle.cancel()
         await assert_cancelled_run(handle)
@@ -318,12 +316,12 @@ async def test_cancelling_the_workflow_while_awaiting_payment_compensates_then_c
 
 
 async def test_cancelling_the_workflow_while_waiting_for_a_dealer_refunds_and_holds_no_dealer(
-    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
     full_dealer = add_dealer(engine, capacity=1, active_deliveries=1)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
+        handle = await start_saga(client, task_queue_suffix)
         await confirm_payment(handle)
         retrying = await wait_until_seeking_a_dealer(handle)
         assert db_statuses(engine, retrying.order_id)["delivery"] == DeliveryStatus.PENDING
@@ -371,7 +369,7 @@ class ReplyLostAssignment:
 
 
 async def test_cancelling_the_workflow_after_an_unseen_dealer_assignment_releases_that_dealer(
-    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
     dealer = add_dealer(engine, capacity=1)
@@ -379,7 +377,7 @@ async def test_cancelling_the_workflow_after_an_unseen_dealer_assignment_release
     async with saga_workers(
         client, engine, executor, task_queue_suffix, overrides=[lost.assign_dealer]
     ):
-        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
+        handle = await start_saga(client, task_queue_suffix)
         await confirm_payment(handle)
         assert await asyncio.to_thread(lost.assigned.wait, 10)
         # The dealer has the parcel, but the saga never saw it: still before the pivot.
@@ -406,14 +404,14 @@ async def test_cancelling_the_workflow_after_an_unseen_dealer_assignment_release
 
 
 async def test_cancelling_while_a_step_runs_waits_for_it_then_undoes_what_it_did(
-    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
     held = HeldCreatePayment(engine)
     async with saga_workers(
         client, engine, executor, task_queue_suffix, overrides=[held.create_payment]
     ):
-        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
+        handle = await start_saga(client, task_queue_suffix)
         assert await asyncio.to_thread(held.started.wait, 10)
         await handle.cancel()
         # While the step still runs, the saga must not unwind: an undo now would find
@@ -442,12 +440,12 @@ async def test_cancelling_while_a_step_runs_waits_for_it_then_undoes_what_it_did
 
 
 async def test_cancel_request_after_the_pivot_is_ignored_and_the_order_is_still_delivered(
-    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
     dealer = add_dealer(engine)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
+        handle = await start_saga(client, task_queue_suffix)
         await confirm_payment(handle)
         await wait_for_phase(handle, SagaPhase.IN_TRANSIT)
         await handle.cancel()

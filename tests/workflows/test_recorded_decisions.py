@@ -1,5 +1,5 @@
-"""Shape 2 of the saga (every saga the door starts): decisions recorded in the database count,
-reports the database backs are held until the saga sees its pivot, and shape 1 still runs.
+"""Decisions recorded in the database count, and reports the database backs are held until
+the saga sees its pivot.
 
 The door records the customer's decision (a compare-and-set in ``payment_decisions``) before
 it signals the saga. So a decision counts even when its signal never arrives: the saga takes
@@ -32,11 +32,19 @@ from tests.saga_harness import (
 from workflows import OrderProcessWorkflow as Saga
 
 
-def record_decision(engine, order_id: str, decision: Decision) -> None:
-    """What the door does for a customer's decision: open the row, compare-and-set it."""
+def opened(engine, order_id: str) -> str:
+    """What the door does when it accepts an order: open its payment's decision."""
     payment_id = names.payment_id_for(order_id)
     with session(engine) as db:
         payments.open_decision(db, payment_id, order_id, "customer-1")
+        db.commit()
+    return payment_id
+
+
+def record_decision(engine, order_id: str, decision: Decision) -> None:
+    """What the door does for a customer's decision: compare-and-set it, once accepted."""
+    payment_id = opened(engine, order_id)
+    with session(engine) as db:
         assert payments.take_decision(db, payment_id, decision).applied
         db.commit()
 
@@ -82,8 +90,12 @@ async def test_the_window_closing_with_no_decision_records_the_timeout_and_cance
     time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
+    order_id = str(uuid.uuid4())
+    opened(engine, order_id)  # accepted, as the door accepts it
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix, timeouts=SagaTimeouts())
+        handle = await start_saga(
+            client, task_queue_suffix, timeouts=SagaTimeouts(), order_id=order_id
+        )
         result = await handle.result()
 
     assert result.failure_type == names.PAYMENT_TIMED_OUT
@@ -177,31 +189,3 @@ async def test_a_held_report_for_another_dealer_is_ignored(
 
     assert in_transit.phase == SagaPhase.IN_TRANSIT  # still waiting for a true report
     assert db_statuses(engine, in_transit.order_id)["order"] == OrderStatus.CONFIRMED
-
-
-async def test_a_saga_of_shape_one_still_runs_its_steps_one_after_the_other(
-    time_skipping_env, engine, executor, task_queue_suffix
-):
-    # Sagas started before shape 2 (their input has no shape) keep running as they started.
-    client = time_skipping_env.client
-    add_dealer(engine)
-    async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix, shape=1)
-        state = await confirm_payment(handle)
-        in_transit = await wait_for_phase(handle, SagaPhase.IN_TRANSIT)
-        assert in_transit.delivery_id is not None
-        await handle.signal(
-            Saga.mark_delivered, DeliveredReport(delivery_id=in_transit.delivery_id)
-        )
-        result = await handle.result()
-        history = await handle.fetch_history()
-
-    assert result.phase == SagaPhase.DELIVERED
-    assert [s.name for s in result.steps] == DELIVERED_STEPS
-    scheduled = [
-        e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in history.events
-        if e.HasField("activity_task_scheduled_event_attributes")
-    ]
-    assert scheduled == DELIVERED_STEPS  # and in that order, each after the one before
-    assert state.order_id == result.order_id

@@ -1,10 +1,11 @@
-"""Replay the recorded history of every saga path against today's workflow code.
+"""Replay the recorded history of every saga path against today's workflow code, cut at
+every workflow task (what a worker rebuilding the saga gets, after a crash or an eviction).
 
-A change to ``workflows/`` that would break sagas already running (a step added, removed
-or reordered, a timer changed, without ``workflow.patched``) makes these replays fail.
-The histories in ``tests/histories/`` are recorded by ``python -m tests.workflows.record_histories``
-(``make histories``); refresh them only for a deliberately incompatible change. Replay
-runs in-process: no server.
+The histories in ``tests/histories/`` are recorded by ``make histories`` with the code of
+one build (``tests/histories/BUILD``). Each saga is pinned to the build it started on (Worker
+Versioning), so a change of the saga's shape is a new build and never meets the old build's
+sagas; but until its histories are recorded anew, a change that breaks them fails here, so
+no shape changes unnoticed (docs/changing-the-saga.md). Replay runs in-process: no server.
 """
 
 from pathlib import Path
@@ -13,13 +14,12 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.workflow import NondeterminismError
 
-from tests.saga_harness import HISTORIES_DIR, recorded_workflow_id
+from tests.saga_harness import BUILD_FILE, HISTORIES_DIR, recorded_workflow_id
 from tests.workflows.altered_saga import PaymentFirstSaga
-from worker import saga_replayer
-from workflows import OrderProcessWorkflow
+from versions import code_build_id
+from worker import replay_failures_at_every_task, saga_replayer
 
-# Every saga path must keep at least one recorded history (``<path>.json``, or
-# ``<path>-<anything>.json`` for histories kept from older versions of the workflow).
+# Every saga path keeps a recorded history, ``<path>.json``.
 PATHS = (
     "delivered",
     "customer_cancel",
@@ -30,35 +30,30 @@ PATHS = (
     "cancel_ignored_after_pivot",
     "compensation_retried",
     "late_and_duplicate_signals",
-    # The same saga in local step mode (markers instead of activity events).
-    "local_delivered",
-    "local_customer_cancel",
-    "local_no_dealer",
-    "local_workflow_cancelled_assigning_dealer",
-    "local_late_and_duplicate_signals",
 )
 HISTORY_FILES = sorted(HISTORIES_DIR.glob("*.json"))
+RECORDED_BUILD = (HISTORIES_DIR / BUILD_FILE).read_text().strip()
 
 
 def load_history(file: Path) -> WorkflowHistory:
     return WorkflowHistory.from_json(recorded_workflow_id(file.stem), file.read_text())
 
 
-def test_every_saga_path_has_a_recorded_history():
-    stems = {file.stem for file in HISTORY_FILES}
-    missing = [
-        path
-        for path in PATHS
-        if not any(stem == path or stem.startswith(f"{path}-") for stem in stems)
-    ]
-    assert not missing, f"no history in {HISTORIES_DIR} for: {missing} (make histories)"
+def test_every_saga_path_has_a_recorded_history_and_no_other_is_kept():
+    assert sorted(file.stem for file in HISTORY_FILES) == sorted(PATHS), "make histories"
 
 
 @pytest.mark.parametrize("file", HISTORY_FILES, ids=[file.name for file in HISTORY_FILES])
-async def test_recorded_history_replays_deterministically(file: Path):
+async def test_recorded_history_replays_at_every_workflow_task(file: Path):
     history = load_history(file)
     assert history.events, f"{file.name} holds no events"
-    await saga_replayer(OrderProcessWorkflow).replay_workflow(history)
+    failures = await replay_failures_at_every_task(history)
+    assert not failures, (
+        f"{file.name}, recorded with build {RECORDED_BUILD}, does not replay on this code "
+        f"(build {code_build_id()}): the saga's shape changed. If that is meant, record the "
+        "histories anew (make histories) and deploy this build as a new Worker Deployment "
+        f"Version (docs/changing-the-saga.md): {failures[:3]}"
+    )
 
 
 async def test_replay_fails_on_a_workflow_that_reorders_its_activities():

@@ -41,12 +41,12 @@ def compensation_retrying(state) -> bool:
 
 
 async def test_duplicate_unknown_and_early_signals_are_ignored_and_the_order_is_delivered(
-    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
     add_dealer(engine)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
+        handle = await start_saga(client, task_queue_suffix)
         result = await late_and_duplicate_signals(handle)
 
     assert signal_log(result) == LATE_AND_DUPLICATE_SIGNAL_LOG
@@ -63,12 +63,12 @@ async def test_duplicate_unknown_and_early_signals_are_ignored_and_the_order_is_
 
 
 async def test_mark_delivered_while_a_dealer_is_still_being_sought_is_ignored(
-    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
     dealer = add_dealer(engine, capacity=1, active_deliveries=1)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
+        handle = await start_saga(client, task_queue_suffix)
         await confirm_payment(handle)
         seeking = await wait_until_seeking_a_dealer(handle)
         assert seeking.delivery_id is not None
@@ -99,14 +99,14 @@ async def test_mark_delivered_while_a_dealer_is_still_being_sought_is_ignored(
 
 
 async def test_confirm_after_cancel_is_ignored_while_the_saga_compensates(
-    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
     refund = FailingRefund(engine)  # keeps the saga open, compensating, until released
     async with saga_workers(
         client, engine, executor, task_queue_suffix, overrides=[refund.cancel_or_refund_payment]
     ):
-        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
+        handle = await start_saga(client, task_queue_suffix)
         decision = await cancel_the_payment(handle)
         await wait_for_phase(handle, SagaPhase.COMPENSATING, until=compensation_retrying)
 
@@ -126,7 +126,7 @@ async def test_confirm_after_cancel_is_ignored_while_the_saga_compensates(
 
 
 async def test_confirm_after_the_payment_window_closed_is_ignored(
-    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix
 ):
     client = time_skipping_env.client
     timeouts = SagaTimeouts()
@@ -134,7 +134,7 @@ async def test_confirm_after_the_payment_window_closed_is_ignored(
     async with saga_workers(
         client, engine, executor, task_queue_suffix, overrides=[refund.cancel_or_refund_payment]
     ):
-        handle = await start_saga(client, task_queue_suffix, timeouts=timeouts, step_mode=step_mode)
+        handle = await start_saga(client, task_queue_suffix, timeouts=timeouts)
         waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
         assert waiting.payment_id is not None
 
@@ -157,14 +157,14 @@ async def test_confirm_after_the_payment_window_closed_is_ignored(
 
 
 async def test_an_ignored_signal_sent_again_is_counted_not_listed(
-    time_skipping_env, engine, executor, task_queue_suffix, step_mode
+    time_skipping_env, engine, executor, task_queue_suffix
 ):
     """A client looping on a decision the saga has taken never grows the saga's state: the
     repeats of one ignored signal are one record and a count."""
     client = time_skipping_env.client
     add_dealer(engine)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix, step_mode=step_mode)
+        handle = await start_saga(client, task_queue_suffix)
         await confirm_payment(handle)
         moving = await wait_for_phase(handle, SagaPhase.IN_TRANSIT)
         assert moving.payment_id is not None
