@@ -4,7 +4,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from temporalio.client import WorkflowExecutionStatus
@@ -79,8 +79,15 @@ async def saga_eventually(
         await asyncio.sleep(0.1)
 
 
-async def add_dealer(stack: Stack, city: str, capacity: int = 1) -> dict[str, Any]:
-    response = await stack.http.post(
+class HasApi(Protocol):
+    """Anything holding a client of a running API (a stack, a drill)."""
+
+    @property
+    def http(self) -> httpx.AsyncClient: ...
+
+
+async def add_dealer(api: HasApi, city: str, capacity: int = 1) -> dict[str, Any]:
+    response = await api.http.post(
         "/dealers",
         json={
             "name": f"Dealer of {city}",

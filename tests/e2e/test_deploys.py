@@ -45,6 +45,7 @@ from domain.names import SEARCH_ATTRIBUTES
 from sagas.builds import builds, open_sagas
 from tests.conftest import temporal_binary
 from tests.e2e.conftest import Stack, serve
+from tests.e2e.test_api_saga import add_dealer
 from tests.saga_harness import set_dealer_load
 from tests.workflows.altered_saga import RecheckingSaga
 from tools.chaos.stack import free_port
@@ -219,21 +220,9 @@ async def test_a_rainbow_deploy_keeps_each_saga_on_its_build_and_rolls_back(
     drill: Drill,
 ) -> None:
     free_city, busy_city = f"Drill {uuid.uuid4().hex[:6]}", f"Busy {uuid.uuid4().hex[:6]}"
-    for city, capacity in ((free_city, 10), (busy_city, 1)):
-        added = await drill.http.post(
-            "/dealers",
-            json={
-                "name": f"Dealer of {city}",
-                "phone": f"+1 {uuid.uuid4().int % 10**9}",
-                "province": "Tehran",
-                "city": city,
-                "capacity": capacity,
-            },
-        )
-        assert added.status_code == 201, added.text
-        if city == busy_city:
-            busy_dealer = added.json()["id"]
-            set_dealer_load(drill.stack.engine, busy_dealer, 1)  # full: a saga waits for it
+    await add_dealer(drill, free_city, capacity=10)
+    busy_dealer = (await add_dealer(drill, busy_city))["id"]
+    set_dealer_load(drill.stack.engine, busy_dealer, 1)  # full: a saga waits for it
 
     builds_running = AsyncExitStack()
     a_workers = AsyncExitStack()  # build A's first workers, retired half-way
