@@ -18,6 +18,9 @@ from domain.names import WORKFLOW_TASK_QUEUE
 from domain.payloads import SagaTimeouts
 from domain.status import SagaStyle
 
+# The saga's windows unless set: their defaults are SagaTimeouts'.
+WINDOWS = SagaTimeouts()
+
 # A deployment name or build id: the server joins them as "name.build" and "name:build".
 VERSION_PART = r"^[A-Za-z0-9_-]+$"
 MIN_SECRET_LENGTH = 32  # HMAC-SHA256 secrets: at least the hash's 32 bytes
@@ -161,13 +164,19 @@ class Settings(BaseSettings):
         description="Deliveries of an event a consumer cannot apply before it is dead-lettered.",
     )
     payment_window_seconds: float = Field(
-        default=1800, gt=0, description="How long the saga waits for confirm/cancel."
+        default=WINDOWS.payment_window.total_seconds(),
+        gt=0,
+        description="How long the saga waits for confirm/cancel.",
     )
     dealer_assignment_window_seconds: float = Field(
-        default=20, gt=0, description="How long the saga keeps trying to find a free dealer."
+        default=WINDOWS.dealer_assignment_window.total_seconds(),
+        gt=0,
+        description="How long the saga keeps trying to find a free dealer.",
     )
     dealer_retry_initial_seconds: float = Field(
-        default=2, gt=0, description="First wait between dealer assignment attempts (doubles)."
+        default=WINDOWS.dealer_retry_initial_interval.total_seconds(),
+        gt=0,
+        description="First wait between dealer assignment attempts (doubles).",
     )
     order_create_wait_seconds: float = Field(
         default=5, ge=0, description="How long POST /orders waits for the payment before a 202."

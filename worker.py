@@ -44,13 +44,14 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.deliveries import DeliveryActivities
 from activities.orders import OrderActivities
 from activities.payments import PaymentActivities
-from choreography.runtime import Choreography, connect_broker, jetstream_answers
+from bootstrap import open_parts
+from choreography.runtime import jetstream_answers
 from domain import names
 from sagas import builds
 from sagas.temporal import check_namespace, connect_temporal, temporal_misconfiguration
 from services import retention
 from settings import Settings
-from store.db import make_engine, migrate, session
+from store.db import make_engine, transaction
 from store.models import utcnow
 from telemetry import configure_tracing, tracing_interceptors
 from versions import code_build_id
@@ -267,14 +268,13 @@ def delete_expired(engine: Engine, settings: Settings) -> int:
     transaction; returns how many."""
     total = 0
     while True:
-        with session(engine) as db:
+        with transaction(engine) as db:
             deleted = retention.delete_expired(
                 db,
                 utcnow(),
                 event_log=settings.event_log_retention,
                 idempotency_keys=settings.idempotency_key_retention,
             )
-            db.commit()
         total += sum(deleted.values())
         if not any(deleted.values()):
             return total
@@ -303,14 +303,13 @@ async def run(
     older build's workers, which stop once no saga is pinned to their build (no migrations,
     no events, no retention: the current build's processes do those).
     """
-    engine = make_engine(settings.database_url_value, **settings.engine_options())
-    if not drain:
-        migrate(engine)  # alembic upgrade head; waits if the API is migrating too
     tracer_provider = configure_tracing(settings, "order-saga-worker")
-    client = (
-        await connect_temporal(settings, interceptors=tracing_interceptors(tracer_provider))
-        if queues
-        else None
+    parts = open_parts(
+        settings,
+        temporal="now" if queues else "none",
+        nats="consume" if events and not drain else "none",
+        migrate_schema=not drain,  # waits if the API is migrating too
+        interceptors=tracing_interceptors(tracer_provider),
     )
     version = deployment_version(settings)
     stop = asyncio.Event()
@@ -321,7 +320,10 @@ async def run(
         with ThreadPoolExecutor(
             settings.activity_threads, thread_name_prefix="activity"
         ) as executor:
-            async with contextlib.AsyncExitStack() as stack:
+            async with parts as opened, contextlib.AsyncExitStack() as stack:
+                client, engine = opened.client, opened.engine
+                if opened.broker is not None:
+                    log.info("choreographed saga's consumers on %s", settings.nats_url)
                 if client is not None:
                     workers = build_workers(
                         client,
@@ -342,11 +344,6 @@ async def run(
                     )
                     if version is not None and not drain:
                         await promote(client, version, settings.worker_promote)
-                if events and not drain:
-                    choreography = Choreography(engine, settings, connect_broker(settings))
-                    await choreography.start()
-                    stack.push_async_callback(choreography.stop)
-                    log.info("choreographed saga's consumers on %s", settings.nats_url)
                 if not drain:
                     tidying = asyncio.create_task(keep_tidy(engine, settings), name="retention")
                     stack.callback(tidying.cancel)
@@ -373,7 +370,6 @@ async def run(
                     await stop.wait()
                 log.info("worker shutting down")
     finally:
-        engine.dispose()
         if tracer_provider is not None:
             tracer_provider.shutdown()  # flush the last spans
 

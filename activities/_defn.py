@@ -1,7 +1,8 @@
-"""What every service activity shares: its decorator and its database session."""
+"""What every service activity shares: its decorator and its unit of work."""
 
 import functools
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Engine
@@ -10,7 +11,7 @@ from temporalio import activity
 
 from domain.errors import BusinessError, business_error
 from domain.timeouts import STEP_TRANSACTION_BUDGET
-from store.db import session
+from store.db import transaction
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,8 +42,8 @@ def service_activity(name: str) -> Callable[[F], F]:
     return decorate
 
 
-def step_session(engine: Engine) -> Session:
-    """The session of one activity attempt: its transaction must end within
-    ``STEP_TRANSACTION_BUDGET``, far inside the attempt's start-to-close timeout, so an
+def step_transaction(engine: Engine) -> AbstractContextManager[Session]:
+    """A step's unit of work: one transaction, committed when the block ends, which must end
+    within ``STEP_TRANSACTION_BUDGET``, far inside the attempt's start-to-close timeout, so an
     attempt Temporal gave up on cannot commit after the compensation that followed it."""
-    return session(engine, budget=STEP_TRANSACTION_BUDGET)
+    return transaction(engine, budget=STEP_TRANSACTION_BUDGET)

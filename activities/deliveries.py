@@ -4,7 +4,7 @@
 from sqlalchemy import Engine
 
 import faults
-from activities._defn import service_activity, step_session
+from activities._defn import service_activity, step_transaction
 from domain import names
 from domain.payloads import (
     CompensationOutcome,
@@ -29,7 +29,7 @@ class DeliveryActivities:
 
         Idempotent: one delivery per order (unique ``order_id``); the existing one is returned.
         """
-        with step_session(self._engine) as db:
+        with step_transaction(self._engine) as db:
             delivery, _ = deliveries.create_delivery(
                 db,
                 params.delivery_id,
@@ -38,7 +38,6 @@ class DeliveryActivities:
                 params.city,
                 params.saga_id,
             )
-            db.commit()
         return deliveries.snapshot(delivery)
 
     @service_activity(names.ASSIGN_DEALER)
@@ -52,11 +51,10 @@ class DeliveryActivities:
         returned with its dealer. A delivery that is no longer PENDING (the saga's
         compensation cancelled it) is a non-retryable InvalidStateTransition.
         """
-        with step_session(self._engine) as db:
+        with step_transaction(self._engine) as db:
             delivery, assigned = deliveries.assign_dealer(db, ref.delivery_id, ref.saga_id)
             if assigned:
                 faults.point("assign_dealer")  # capacity taken, not committed
-            db.commit()
         if assigned:
             faults.point("after_commit.assign_dealer")
         return deliveries.snapshot(delivery)
@@ -67,9 +65,8 @@ class DeliveryActivities:
 
         Idempotent: a DELIVERED delivery is returned as is and releases nothing again.
         """
-        with step_session(self._engine) as db:
+        with step_transaction(self._engine) as db:
             delivery, _ = deliveries.complete_delivery(db, ref.delivery_id, ref.saga_id)
-            db.commit()
         return deliveries.snapshot(delivery)
 
     @service_activity(names.CANCEL_DELIVERY)
@@ -80,9 +77,8 @@ class DeliveryActivities:
         cancelled before it saw the result, so the pivot never happened for the saga.
         Safe when there is nothing to undo (no delivery, already cancelled, another saga's).
         """
-        with step_session(self._engine) as db:
+        with step_transaction(self._engine) as db:
             outcome, changed = deliveries.cancel_delivery(db, ref.order_id, ref.saga_id)
             if changed:
                 faults.point("compensation")
-            db.commit()
         return outcome

@@ -3,7 +3,7 @@
 from sqlalchemy import Engine
 
 import faults
-from activities._defn import service_activity, step_session
+from activities._defn import service_activity, step_transaction
 from domain import names
 from domain.payloads import CompensationOutcome, CreateOrderInput, OrderRef, OrderSnapshot
 from services import orders
@@ -22,11 +22,10 @@ class OrderActivities:
 
         Idempotent: the order id is the primary key; if the order exists it is returned as is.
         """
-        with step_session(self._engine) as db:
+        with step_transaction(self._engine) as db:
             order, inserted = orders.create_order(
                 db, params.order_id, params.request, params.saga_id
             )
-            db.commit()
         if inserted:
             faults.point("after_commit.create_order")
         return orders.snapshot(order)
@@ -34,17 +33,15 @@ class OrderActivities:
     @service_activity(names.CONFIRM_ORDER)
     def confirm_order(self, ref: OrderRef) -> OrderSnapshot:
         """PENDING -> CONFIRMED. Idempotent: an already CONFIRMED or DELIVERED order is fine."""
-        with step_session(self._engine) as db:
+        with step_transaction(self._engine) as db:
             order = orders.confirm_order(db, ref.order_id, ref.saga_id)
-            db.commit()
         return orders.snapshot(order)
 
     @service_activity(names.MARK_ORDER_DELIVERED)
     def mark_order_delivered(self, ref: OrderRef) -> OrderSnapshot:
         """CONFIRMED -> DELIVERED. Idempotent."""
-        with step_session(self._engine) as db:
+        with step_transaction(self._engine) as db:
             order = orders.mark_order_delivered(db, ref.order_id, ref.saga_id)
-            db.commit()
         return orders.snapshot(order)
 
     @service_activity(names.CANCEL_ORDER)
@@ -54,11 +51,10 @@ class OrderActivities:
         Safe when there is nothing to undo (no order yet, already cancelled, another saga's
         order); never raises for a state it cannot change, so the unwind never loops on it.
         """
-        with step_session(self._engine) as db:
+        with step_transaction(self._engine) as db:
             outcome, changed = orders.cancel_order(
                 db, ref.order_id, ref.saga_id, ref.reason, ref.placed
             )
             if changed:
                 faults.point("compensation")
-            db.commit()
         return outcome

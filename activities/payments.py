@@ -4,7 +4,7 @@
 from sqlalchemy import Engine
 
 import faults
-from activities._defn import service_activity, step_session
+from activities._defn import service_activity, step_transaction
 from domain import names
 from domain.payloads import (
     CompensationOutcome,
@@ -32,7 +32,7 @@ class PaymentActivities:
 
         Idempotent: one payment per order (unique ``order_id``); the existing one is returned.
         """
-        with step_session(self._engine) as db:
+        with step_transaction(self._engine) as db:
             payment, inserted = payments.create_payment(
                 db,
                 params.payment_id,
@@ -42,7 +42,6 @@ class PaymentActivities:
                 params.saga_id,
             )
             decision = payments.decision_of(db, payment.id)
-            db.commit()
         if inserted:
             faults.point("after_commit.create_payment")
         return payments.snapshot(payment, decision)
@@ -50,9 +49,8 @@ class PaymentActivities:
     @service_activity(names.COMPLETE_PAYMENT)
     def complete_payment(self, ref: PaymentRef) -> PaymentSnapshot:
         """PENDING -> COMPLETED (the customer confirmed). Idempotent: COMPLETED stays COMPLETED."""
-        with step_session(self._engine) as db:
+        with step_transaction(self._engine) as db:
             payment, completed = payments.complete_payment(db, ref.payment_id, ref.saga_id)
-            db.commit()
         if completed:
             faults.point("after_commit.complete_payment")
         return payments.snapshot(payment)
@@ -62,10 +60,9 @@ class PaymentActivities:
         """The payment's window has closed: record the decision TIMEOUT unless the customer's
         decision is already on record (their signal may be late or lost), and return the
         decision that counts. Idempotent: the decision is taken once."""
-        with step_session(self._engine) as db:
+        with step_transaction(self._engine) as db:
             taken = payments.take_decision(db, ref.payment_id, Decision.TIMEOUT)
             payment = db.get(PaymentRow, ref.payment_id)
-            db.commit()
         if payment is None:
             raise not_found(f"payment {ref.payment_id}")
         return payments.snapshot(payment, taken.winner)
@@ -78,9 +75,8 @@ class PaymentActivities:
         another saga's payment). A refund is one guarded transition COMPLETED -> REFUNDED
         with its refund row, in one transaction, so it applies at most once.
         """
-        with step_session(self._engine) as db:
+        with step_transaction(self._engine) as db:
             outcome, changed = payments.cancel_or_refund_payment(db, ref.order_id, ref.saga_id)
             if changed and outcome.status == PaymentStatus.REFUNDED:
                 faults.point("refund")
-            db.commit()
         return outcome

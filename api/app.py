@@ -1,10 +1,8 @@
 """FastAPI application factory: ``uvicorn api.app:create_app --factory``.
 
-The lifespan builds the process's one engine and one Temporal client; nothing connects at
-import time.
+The lifespan opens the process's parts (``bootstrap.py``); nothing connects at import time.
 """
 
-import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -15,16 +13,11 @@ from fastapi import FastAPI
 from temporalio.client import Interceptor
 
 from api import auth
-from api.deps import Services
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimitMiddleware
 from api.routes import dead_letters, dealers, deliveries, health, orders, payments
-from choreography.outbox import Publisher
-from choreography.runtime import connect_broker, keep_connecting
-from sagas.door import Sagas
-from sagas.temporal import connect_temporal
+from bootstrap import open_parts
 from settings import Settings
-from store.db import make_engine, migrate
 from telemetry import add_tracing_middleware, configure_tracing, tracing_interceptors
 
 if TYPE_CHECKING:
@@ -65,38 +58,23 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.database_url_value, **settings.engine_options())
-        migrate(engine)  # alembic upgrade head; waits if the worker is migrating too
-        # Lazy: the API starts (and /readyz says why it is not ready) while Temporal is down.
-        client = await connect_temporal(
+        # Temporal lazily and NATS in the background: the API starts (and /readyz says why it
+        # is not ready) while either is down; while NATS is, the relay publishes.
+        parts = open_parts(
             settings,
-            lazy=True,
+            temporal="lazy",
+            nats="background",
+            migrate_schema=True,
             interceptors=[*tracing_interceptors(tracer_provider), *temporal_interceptors],
         )
-        # The choreographed saga's events: published right after the API writes them, by a
-        # broker connection made in the background (while NATS is down, the relay publishes).
-        broker = connect_broker(settings) if settings.nats_url else None
-        connecting = asyncio.create_task(keep_connecting(broker)) if broker else None
-        app.state.services = Services(
-            settings=settings,
-            engine=engine,
-            client=client,
-            sagas=Sagas(client, engine, settings, Publisher(engine, broker) if broker else None),
-            broker=broker,
-        )
-        # What the lifespan built lives as long as the process: out of the collector's full
-        # passes, which scanned it all and paused every request for ~90 ms (see worker.py).
-        gc.collect()
-        gc.freeze()
         try:
-            yield
+            async with parts as app.state.services:
+                # What the lifespan built lives as long as the process: out of the
+                # collector's full passes (see worker.py).
+                gc.collect()
+                gc.freeze()
+                yield
         finally:
-            if connecting is not None:
-                connecting.cancel()
-            await app.state.services.sagas.aclose()
-            if broker is not None:
-                await broker.stop()
-            engine.dispose()
             if tracer_provider is not None:
                 tracer_provider.force_flush()
 

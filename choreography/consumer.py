@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from faststream.nats import NatsBroker, NatsMessage
 from nats.errors import NotJSMessageError
@@ -26,6 +27,7 @@ from sqlmodel import Session
 
 import faults
 from choreography.outbox import Publisher, emit
+from domain.backoff import Backoff
 from domain.events import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, Event
 from domain.timeouts import STEP_TRANSACTION_BUDGET
 from store.db import TransactionBudgetExceededError, session
@@ -61,9 +63,8 @@ def deliveries_of(message: NatsMessage) -> int:
 OUTAGES = (OperationalError, InterfaceError, PoolTimeoutError, TransactionBudgetExceededError)
 
 
-def retry_delay(delivered: int) -> float:
-    """Seconds before the next delivery of an event that failed ``delivered`` times."""
-    return float(min(0.5 * 2 ** min(delivered - 1, 10), 8.0))
+# The wait before the next delivery of an event whose handler failed.
+REDELIVERY = Backoff(initial=timedelta(seconds=0.5), maximum=timedelta(seconds=8))
 
 
 class Consumer:
@@ -100,7 +101,7 @@ class Consumer:
                     delivered,
                     err,
                 )
-                await message.nack(delay=retry_delay(delivered))
+                await message.nack(delay=REDELIVERY.delay(delivered).total_seconds())
                 return
             await self._dead_letter(event, delivered, err)
             await message.ack()

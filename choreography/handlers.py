@@ -18,180 +18,156 @@ created) and only then is the payment cancelled or refunded; a cancel it sees af
 refused and the order goes on.
 """
 
-from datetime import datetime, timedelta
-
 from sqlmodel import Session
 
 from choreography.consumer import Handler, Outcome
 from domain import names
 from domain.errors import BusinessError
 from domain.events import Event, EventType, Service
-from domain.payloads import SagaTimeouts, from_cents
+from domain.payloads import from_cents
 from domain.status import Decision, DeliveryStatus, PaymentStatus
 from services import deliveries, orders, payments
 from store.models import DeliveryRow, OrderRow, PaymentRow, utcnow
-
-
-def saga_id_of(order_id: str) -> str:
-    """The identity every row of a choreographed order records as its saga."""
-    return f"events:{order_id}"
 
 
 def event(order_id: str, type: EventType, source: Service, **values: object) -> Event:
     return Event(order_id=order_id, type=type, source=source, **values)
 
 
-class Handlers:
-    """The services' reactions, with the windows they keep (``timeouts``)."""
+# --- PaymentService -----------------------------------------------------------------
 
-    def __init__(self, timeouts: SagaTimeouts) -> None:
-        self._timeouts = timeouts
 
-    def for_consumer(self, service: Service, type: EventType) -> Handler:
-        handler: Handler = {
-            (Service.PAYMENTS, EventType.ORDER_CREATED): self.open_payment,
-            (Service.ORDERS, EventType.PAYMENT_CONFIRMED): self.confirm_order,
-            (Service.DELIVERIES, EventType.ORDER_CONFIRMED): self.create_delivery,
-            (Service.PAYMENTS, EventType.DELIVERY_FAILED): self.refund_payment,
-            (Service.ORDERS, EventType.PAYMENT_REFUNDED): self.cancel_order,
-            (Service.ORDERS, EventType.PAYMENT_CANCELLED): self.cancel_order,
-            (Service.ORDERS, EventType.PAYMENT_EXPIRED): self.cancel_order,
-            (Service.ORDERS, EventType.DELIVERY_COMPLETED): self.deliver_order,
-            (Service.DELIVERIES, EventType.ORDER_CANCEL_REQUESTED): self.stop_delivery,
-            (Service.PAYMENTS, EventType.DELIVERY_CANCELLED): self.undo_payment,
-            (Service.ORDERS, EventType.ORDER_CANCEL_REFUSED): self.go_on,
-        }[service, type]
-        return handler
+def open_payment(db: Session, created: Event) -> Outcome:
+    """order_created: the order's PENDING payment, its window open until a deadline kept
+    in its row (PaymentService's sweeper closes it). A decision the customer took before
+    the payment existed is applied now."""
+    order_id = created.order_id
+    payment_id = names.payment_id_for(order_id)
+    payment, inserted = _create_payment(db, order_id, window=True)
+    if not inserted:
+        return Outcome(note=f"payment already {payment.status}")
+    decision = payments.decision_of(db, payment_id)
+    if decision is None:
+        return Outcome(note="payment opened, waiting for the customer's decision")
+    return apply_decision(db, order_id, payment_id, decision)
 
-    # --- PaymentService -----------------------------------------------------------------
 
-    def open_payment(self, db: Session, created: Event) -> Outcome:
-        """order_created: the order's PENDING payment, its window open until a deadline kept
-        in its row (PaymentService's sweeper closes it). A decision the customer took before
-        the payment existed is applied now."""
-        order_id = created.order_id
-        payment_id = names.payment_id_for(order_id)
-        window = (
-            timedelta(seconds=created.payment_window_seconds)
-            if created.payment_window_seconds is not None
-            else self._timeouts.payment_window
-        )
-        payment, inserted = _create_payment(db, order_id, utcnow() + window)
-        if not inserted:
-            return Outcome(note=f"payment already {payment.status}")
-        decision = payments.decision_of(db, payment_id)
-        if decision is None:
-            return Outcome(note="payment opened, waiting for the customer's decision")
-        return apply_decision(db, order_id, payment_id, decision)
+def refund_payment(db: Session, failed: Event) -> Outcome:
+    """delivery_failed: no dealer within the window: refund the payment."""
+    return _undo_payment(db, failed.order_id, failed.reason or names.NO_DEALER_AVAILABLE)
 
-    def refund_payment(self, db: Session, failed: Event) -> Outcome:
-        """delivery_failed: no dealer within the window: refund the payment."""
-        return _undo_payment(db, failed.order_id, failed.reason or names.NO_DEALER_AVAILABLE)
 
-    def undo_payment(self, db: Session, stopped: Event) -> Outcome:
-        """delivery_cancelled: the delivery was stopped before the pivot: cancel the payment
-        (refund it if completed). A payment not written yet is written cancelled, so nothing
-        can confirm it any more.
+def undo_payment(db: Session, stopped: Event) -> Outcome:
+    """delivery_cancelled: the delivery was stopped before the pivot: cancel the payment
+    (refund it if completed). A payment not written yet is written cancelled, so nothing
+    can confirm it any more.
 
-        No payment decision is recorded: the customer cancelled the order, not the payment (a
-        decision says who closed the payment's window, as in the orchestrated saga). A
-        payment no longer PENDING refuses every decision, and its row serializes the racing
-        ones: a confirm that completed it first is refunded below; one that comes after
-        finds it cancelled (and the window's close, ``close_window``, locks it first)."""
-        order_id = stopped.order_id
-        if db.get(PaymentRow, names.payment_id_for(order_id)) is None:
-            _create_payment(db, order_id, None)
-        return _undo_payment(db, order_id, stopped.reason or names.CANCELLED_ON_REQUEST)
+    No payment decision is recorded: the customer cancelled the order, not the payment (a
+    decision says who closed the payment's window, as in the orchestrated saga). A
+    payment no longer PENDING refuses every decision, and its row serializes the racing
+    ones: a confirm that completed it first is refunded below; one that comes after
+    finds it cancelled (and the window's close, ``close_window``, locks it first)."""
+    order_id = stopped.order_id
+    if db.get(PaymentRow, names.payment_id_for(order_id)) is None:
+        _create_payment(db, order_id, window=False)
+    return _undo_payment(db, order_id, stopped.reason or names.CANCELLED_ON_REQUEST)
 
-    # --- OrderService -------------------------------------------------------------------
 
-    def confirm_order(self, db: Session, confirmed: Event) -> Outcome:
-        """payment_confirmed: the order is CONFIRMED, and delivered next."""
-        order_id = confirmed.order_id
-        try:
-            orders.confirm_order(db, order_id, saga_id_of(order_id))
-        except BusinessError as refused:  # cancelled meanwhile: its refund is under way
-            return Outcome(note=f"not confirmed: {refused.message}")
-        return Outcome(
-            (event(order_id, EventType.ORDER_CONFIRMED, Service.ORDERS),), "order confirmed"
-        )
+# --- OrderService -------------------------------------------------------------------
 
-    def cancel_order(self, db: Session, undone: Event) -> Outcome:
-        """payment_cancelled, payment_expired, payment_refunded: the money is back (or was
-        never taken): the order is CANCELLED, with why. The saga's end."""
-        order_id = undone.order_id
-        reason = undone.reason or FAILURES.get(undone.type)
-        outcome, changed = orders.cancel_order(db, order_id, saga_id_of(order_id), reason)
-        if not changed:
-            return Outcome(note=f"order not cancelled: {outcome.action}")
-        return Outcome(
-            (event(order_id, EventType.ORDER_CANCELLED, Service.ORDERS, reason=reason),),
-            f"order cancelled: {reason}",
-        )
 
-    def deliver_order(self, db: Session, completed: Event) -> Outcome:
-        """delivery_completed: the order is DELIVERED. The saga's other end."""
-        order_id = completed.order_id
-        orders.mark_order_delivered(db, order_id, saga_id_of(order_id))
-        return Outcome(
-            (event(order_id, EventType.ORDER_DELIVERED, Service.ORDERS),), "order delivered"
-        )
+def confirm_order(db: Session, confirmed: Event) -> Outcome:
+    """payment_confirmed: the order is CONFIRMED, and delivered next."""
+    order_id = confirmed.order_id
+    try:
+        orders.confirm_order(db, order_id, names.choreographed_saga_id(order_id))
+    except BusinessError as refused:  # cancelled meanwhile: its refund is under way
+        return Outcome(note=f"not confirmed: {refused.message}")
+    return Outcome((event(order_id, EventType.ORDER_CONFIRMED, Service.ORDERS),), "order confirmed")
 
-    def go_on(self, db: Session, refused: Event) -> Outcome:
-        """order_cancel_refused: the parcel was already on its way: the order goes on."""
-        orders.withdraw_cancel_request(db, refused.order_id)
-        return Outcome(note="cancel refused after the pivot; the order goes on")
 
-    # --- DeliveryService ----------------------------------------------------------------
+def cancel_order(db: Session, undone: Event) -> Outcome:
+    """payment_cancelled, payment_expired, payment_refunded: the money is back (or was
+    never taken): the order is CANCELLED, with why. The saga's end."""
+    order_id = undone.order_id
+    reason = undone.reason or FAILURES.get(undone.type)
+    outcome, changed = orders.cancel_order(
+        db, order_id, names.choreographed_saga_id(order_id), reason
+    )
+    if not changed:
+        return Outcome(note=f"order not cancelled: {outcome.action}")
+    return Outcome(
+        (event(order_id, EventType.ORDER_CANCELLED, Service.ORDERS, reason=reason),),
+        f"order cancelled: {reason}",
+    )
 
-    def create_delivery(self, db: Session, confirmed: Event) -> Outcome:
-        """order_confirmed: the order's PENDING delivery, and a first dealer assignment. No
-        dealer free: DeliveryService keeps trying until its dealer window, a deadline in the
-        delivery's row, closes (its sweeper)."""
-        order_id = confirmed.order_id
+
+def deliver_order(db: Session, completed: Event) -> Outcome:
+    """delivery_completed: the order is DELIVERED. The saga's other end."""
+    order_id = completed.order_id
+    orders.mark_order_delivered(db, order_id, names.choreographed_saga_id(order_id))
+    return Outcome((event(order_id, EventType.ORDER_DELIVERED, Service.ORDERS),), "order delivered")
+
+
+def go_on(db: Session, refused: Event) -> Outcome:
+    """order_cancel_refused: the parcel was already on its way: the order goes on."""
+    orders.withdraw_cancel_request(db, refused.order_id)
+    return Outcome(note="cancel refused after the pivot; the order goes on")
+
+
+# --- DeliveryService ----------------------------------------------------------------
+
+
+def create_delivery(db: Session, confirmed: Event) -> Outcome:
+    """order_confirmed: the order's PENDING delivery, and a first dealer assignment. No
+    dealer free: DeliveryService keeps trying until the order's dealer window, a deadline in
+    the delivery's row, closes (its sweeper)."""
+    order_id = confirmed.order_id
+    delivery, inserted = _create_delivery(db, order_id)
+    if not inserted:
+        return Outcome(note=f"delivery already {delivery.status}")
+    now = utcnow()
+    timeouts = orders.timeouts_of(db, order_id)
+    deliveries.wait_for_dealer(
+        db,
+        delivery.id,
+        assign_by=now + timeouts.dealer_assignment_window,
+        next_attempt_at=now + timeouts.dealer_retry.delay(1),
+    )
+    return try_assignment(db, delivery.id, order_id)
+
+
+def stop_delivery(db: Session, requested: Event) -> Outcome:
+    """order_cancel_requested: DeliveryService, which owns the pivot, decides. Before it
+    (no delivery yet, or one still waiting for a dealer): the delivery is cancelled (or
+    written cancelled, so none is created later) and the payment is undone next. After it:
+    refused."""
+    order_id = requested.order_id
+    reason = requested.reason or names.CANCELLED_ON_REQUEST
+    delivery = deliveries.delivery_of(db, order_id)
+    inserted = False
+    if delivery is None:
         delivery, inserted = _create_delivery(db, order_id)
-        if not inserted:
-            return Outcome(note=f"delivery already {delivery.status}")
-        now = utcnow()
-        deliveries.wait_for_dealer(
-            db,
-            delivery.id,
-            assign_by=now + self._timeouts.dealer_assignment_window,
-            next_attempt_at=now + self._timeouts.dealer_retry_initial_interval,
-        )
-        return try_assignment(db, delivery.id, order_id)
-
-    def stop_delivery(self, db: Session, requested: Event) -> Outcome:
-        """order_cancel_requested: DeliveryService, which owns the pivot, decides. Before it
-        (no delivery yet, or one still waiting for a dealer): the delivery is cancelled (or
-        written cancelled, so none is created later) and the payment is undone next. After it:
-        refused."""
-        order_id = requested.order_id
-        reason = requested.reason or names.CANCELLED_ON_REQUEST
-        delivery = deliveries.delivery_of(db, order_id)
-        inserted = False
-        if delivery is None:
-            delivery, inserted = _create_delivery(db, order_id)
-        # One guarded update decides: a dealer assigned first (by a sweeper running now, too)
-        # is the pivot, and the cancel is refused.
-        _, cancelled = deliveries.cancel_delivery(
-            db, order_id, saga_id_of(order_id), only_before_pivot=True
-        )
-        if not cancelled:
-            db.refresh(delivery)
-            if delivery.status in (DeliveryStatus.IN_TRANSIT, DeliveryStatus.DELIVERED):
-                return Outcome(
-                    (event(order_id, EventType.ORDER_CANCEL_REFUSED, Service.DELIVERIES),),
-                    f"cancel refused: the delivery is {delivery.status}",
-                )
-            if delivery.status == DeliveryStatus.CANCELLED and not inserted:
-                # The dealer window closed first: its refund and cancel are under way.
-                return Outcome(note="delivery already cancelled: no dealer in the window")
-        deliveries.stop_waiting(db, delivery.id)
-        return Outcome(
-            (event(order_id, EventType.DELIVERY_CANCELLED, Service.DELIVERIES, reason=reason),),
-            "delivery cancelled before the pivot",
-        )
+    # One guarded update decides: a dealer assigned first (by a sweeper running now, too)
+    # is the pivot, and the cancel is refused.
+    _, cancelled = deliveries.cancel_delivery(
+        db, order_id, names.choreographed_saga_id(order_id), only_before_pivot=True
+    )
+    if not cancelled:
+        db.refresh(delivery)
+        if delivery.status in (DeliveryStatus.IN_TRANSIT, DeliveryStatus.DELIVERED):
+            return Outcome(
+                (event(order_id, EventType.ORDER_CANCEL_REFUSED, Service.DELIVERIES),),
+                f"cancel refused: the delivery is {delivery.status}",
+            )
+        if delivery.status == DeliveryStatus.CANCELLED and not inserted:
+            # The dealer window closed first: its refund and cancel are under way.
+            return Outcome(note="delivery already cancelled: no dealer in the window")
+    deliveries.stop_waiting(db, delivery.id)
+    return Outcome(
+        (event(order_id, EventType.DELIVERY_CANCELLED, Service.DELIVERIES, reason=reason),),
+        "delivery cancelled before the pivot",
+    )
 
 
 # The failure each ending event stands for, when it carries no reason of its own.
@@ -207,10 +183,12 @@ def apply_decision(db: Session, order_id: str, payment_id: str, decision: Decisi
     CANCELLED (by the customer, or by the window closing). One transaction with the decision
     when the payment exists (the API's call, the sweeper's), or with the payment's creation."""
     if decision == Decision.CONFIRM:
-        payments.complete_payment(db, payment_id, saga_id_of(order_id))
+        payments.complete_payment(db, payment_id, names.choreographed_saga_id(order_id))
         confirmed = event(order_id, EventType.PAYMENT_CONFIRMED, Service.PAYMENTS)
         return Outcome((confirmed,), "payment confirmed")
-    outcome, changed = payments.cancel_or_refund_payment(db, order_id, saga_id_of(order_id))
+    outcome, changed = payments.cancel_or_refund_payment(
+        db, order_id, names.choreographed_saga_id(order_id)
+    )
     if not changed:
         return Outcome(note=f"payment {outcome.action}")
     type = (
@@ -221,7 +199,9 @@ def apply_decision(db: Session, order_id: str, payment_id: str, decision: Decisi
 
 def try_assignment(db: Session, delivery_id: str, order_id: str) -> Outcome:
     """One dealer assignment: the pivot when a dealer is free."""
-    delivery, assigned = deliveries.assign_dealer(db, delivery_id, saga_id_of(order_id))
+    delivery, assigned = deliveries.assign_dealer(
+        db, delivery_id, names.choreographed_saga_id(order_id)
+    )
     if not assigned:
         return Outcome(note="no dealer free yet")
     deliveries.stop_waiting(db, delivery_id)
@@ -239,7 +219,9 @@ def try_assignment(db: Session, delivery_id: str, order_id: str) -> Outcome:
 
 
 def _undo_payment(db: Session, order_id: str, reason: str) -> Outcome:
-    outcome, changed = payments.cancel_or_refund_payment(db, order_id, saga_id_of(order_id))
+    outcome, changed = payments.cancel_or_refund_payment(
+        db, order_id, names.choreographed_saga_id(order_id)
+    )
     if not changed:
         return Outcome(note=f"payment {outcome.action}")
     type = (
@@ -259,19 +241,18 @@ def _order(db: Session, order_id: str) -> OrderRow:
     return order
 
 
-def _create_payment(
-    db: Session, order_id: str, expires_at: datetime | None
-) -> tuple[PaymentRow, bool]:
-    """The order's payment, PENDING, of the order's total, its window closing at
-    ``expires_at`` (None: no window) (or the existing one); True if written now."""
+def _create_payment(db: Session, order_id: str, *, window: bool) -> tuple[PaymentRow, bool]:
+    """The order's payment, PENDING, of the order's total, with the order's payment window
+    from now (``window``) or none (or the existing one); True if written now."""
     order = _order(db, order_id)
+    expires_at = utcnow() + orders.timeouts_of(db, order_id).payment_window if window else None
     return payments.create_payment(
         db,
         names.payment_id_for(order_id),
         order_id,
         from_cents(order.total_cents),
         expires_at,
-        saga_id_of(order_id),
+        names.choreographed_saga_id(order_id),
     )
 
 
@@ -285,5 +266,25 @@ def _create_delivery(db: Session, order_id: str) -> tuple[DeliveryRow, bool]:
         order_id,
         order.province,
         order.city,
-        saga_id_of(order_id),
+        names.choreographed_saga_id(order_id),
     )
+
+
+# The choreography in one table: which service reacts to which event, and how. Each pair is
+# one durable consumer, ``<service>-<event>`` (:data:`CONSUMERS`).
+ROUTES: dict[tuple[Service, EventType], Handler] = {
+    (Service.PAYMENTS, EventType.ORDER_CREATED): open_payment,
+    (Service.ORDERS, EventType.PAYMENT_CONFIRMED): confirm_order,
+    (Service.DELIVERIES, EventType.ORDER_CONFIRMED): create_delivery,
+    (Service.PAYMENTS, EventType.DELIVERY_FAILED): refund_payment,
+    (Service.ORDERS, EventType.PAYMENT_REFUNDED): cancel_order,
+    (Service.ORDERS, EventType.PAYMENT_CANCELLED): cancel_order,
+    (Service.ORDERS, EventType.PAYMENT_EXPIRED): cancel_order,
+    (Service.ORDERS, EventType.DELIVERY_COMPLETED): deliver_order,
+    (Service.DELIVERIES, EventType.ORDER_CANCEL_REQUESTED): stop_delivery,
+    (Service.PAYMENTS, EventType.DELIVERY_CANCELLED): undo_payment,
+    (Service.ORDERS, EventType.ORDER_CANCEL_REFUSED): go_on,
+}
+CONSUMERS: dict[tuple[Service, EventType], str] = {
+    (service, type): f"{service}-{type}" for service, type in ROUTES
+}

@@ -17,11 +17,10 @@ from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, Pu
 from sqlalchemy import Engine
 
 from choreography.consumer import Consumer
-from choreography.handlers import Handlers
+from choreography.handlers import CONSUMERS, ROUTES
 from choreography.outbox import Publisher, Relay
 from choreography.sweepers import Sweepers
 from domain.events import (
-    CONSUMERS,
     DEAD_LETTER_PREFIX,
     DEAD_LETTER_STREAM,
     STREAM,
@@ -129,16 +128,14 @@ class Choreography:
 
     def __init__(self, engine: Engine, settings: Settings, broker: NatsBroker) -> None:
         self._engine = engine
-        self._settings = settings
         self.broker = broker
         self.publisher = Publisher(engine, broker)
         self._tasks: list[asyncio.Task[None]] = []
-        handlers = Handlers(settings.saga_timeouts)
         events, _dead = streams(settings.nats_stream_replicas)
         for (service, type), name in CONSUMERS.items():
             consumer = Consumer(
                 name,
-                handlers.for_consumer(service, type),
+                ROUTES[service, type],
                 engine,
                 broker,
                 self.publisher,
@@ -160,7 +157,7 @@ class Choreography:
         self._tasks = [
             asyncio.create_task(Relay(self.publisher).run(), name="outbox-relay"),
             asyncio.create_task(
-                Sweepers(self._engine, self.publisher, self._settings.saga_timeouts).run(),
+                Sweepers(self._engine, self.publisher).run(),
                 name="deadline-sweepers",
             ),
         ]

@@ -25,14 +25,13 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from choreography.consumer import OUTAGES, Outcome
-from choreography.handlers import apply_decision, saga_id_of, try_assignment
+from choreography.handlers import apply_decision, try_assignment
 from choreography.outbox import ROW_BACKOFF, Publisher
 from domain import names
 from domain.events import Event, EventType, Service
-from domain.payloads import SagaTimeouts
 from domain.status import Decision, PaymentStatus, SagaStyle
 from domain.timeouts import STEP_TRANSACTION_BUDGET
-from services import deliveries, payments
+from services import deliveries, orders, payments
 from store.db import session
 from store.models import DeliveryRow, PaymentDecisionRow, PaymentRow, as_utc, utcnow
 
@@ -47,13 +46,11 @@ class Sweepers:
         self,
         engine: Engine,
         publisher: Publisher,
-        timeouts: SagaTimeouts,
         *,
         interval: timedelta = timedelta(milliseconds=250),
     ) -> None:
         self._engine = engine
         self._publisher = publisher
-        self._timeouts = timeouts
         self._interval = interval
         # Rows that failed for a reason of their own: how often, and when to try each next.
         self._failures: dict[str, int] = {}
@@ -143,7 +140,8 @@ class Sweepers:
 
     # --- DeliveryService ----------------------------------------------------------------
 
-    def try_dealer(self, db: Session, delivery_id: str) -> Outcome:
+    @staticmethod
+    def try_dealer(db: Session, delivery_id: str) -> Outcome:
         """Another assignment attempt; once the window has closed, the delivery is cancelled
         (and the payment refunded next: ``delivery_failed``)."""
         delivery = db.get(DeliveryRow, delivery_id)
@@ -157,7 +155,7 @@ class Sweepers:
         assign_by = as_utc(delivery.assign_by) if delivery.assign_by else now
         if now >= assign_by:
             _, cancelled = deliveries.cancel_delivery(
-                db, order_id, saga_id_of(order_id), only_before_pivot=True
+                db, order_id, names.choreographed_saga_id(order_id), only_before_pivot=True
             )
             if not cancelled:  # assigned or cancelled meanwhile: that stands
                 return Outcome(note="the dealer window closed on a delivery no longer waiting")
@@ -169,9 +167,8 @@ class Sweepers:
                 reason=names.NO_DEALER_AVAILABLE,
             )
             return Outcome((failed,), "no dealer within the window: delivery cancelled")
-        backoff = self._timeouts.dealer_retry_initial_interval * 2 ** min(
-            delivery.assign_attempts + 1, 10
-        )
-        # Back off, but try once more as the window closes.
+        # Back off (the first wait was the order's first), but try once more as the window
+        # closes.
+        backoff = orders.timeouts_of(db, order_id).dealer_retry.delay(delivery.assign_attempts + 2)
         deliveries.retry_later(db, delivery_id, min(now + backoff, assign_by))
         return Outcome(note="no dealer free yet")

@@ -74,7 +74,7 @@ class Service(StrEnum):
 # The schema of the events this code writes. Events outlive a deploy (in the stream, in an
 # outbox, in a dead letter), so a reader takes every version a build may have written while
 # any of its events can still be read: :func:`read_event` upgrades each to this one.
-EVENT_SCHEMA = 2
+EVENT_SCHEMA = 3
 
 
 class Event(BaseModel):
@@ -84,9 +84,7 @@ class Event(BaseModel):
 
     ``reason`` says why a cancellation or a refund happens (a failure type: PaymentCancelled,
     PaymentTimedOut, NoDealerAvailable, CancelledOnRequest), so the order records it.
-    ``dealer_id`` names the dealer of a delivery event. ``payment_window_seconds``: how long
-    the customer has to decide, a term of the order set where it is placed (``order_created``),
-    as the orchestrated saga gets it in its input.
+    ``dealer_id`` names the dealer of a delivery event.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -99,7 +97,6 @@ class Event(BaseModel):
     occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     reason: str | None = None
     dealer_id: int | None = None
-    payment_window_seconds: float | None = Field(default=None, gt=0)
 
 
 class UnreadableEventError(ValueError):
@@ -107,13 +104,21 @@ class UnreadableEventError(ValueError):
 
 
 def _v1_to_v2(event: dict[str, Any]) -> dict[str, Any]:
-    # Version 1 (every event written before events carried a version) has today's fields.
+    # Version 1 (every event written before events carried a version) has version 2's fields.
     return {**event, "schema_version": 2}
+
+
+def _v2_to_v3(event: dict[str, Any]) -> dict[str, Any]:
+    # Version 2's order_created carried the payment window; the order's row keeps its windows
+    # now (migration 0007 wrote them for the orders under way).
+    upgraded = {**event, "schema_version": 3}
+    upgraded.pop("payment_window_seconds", None)
+    return upgraded
 
 
 # How each older version becomes the next one. Retire a version only once no build that
 # writes it runs and none of its events can still be read (docs/changing-the-saga.md).
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 READABLE_SCHEMAS = frozenset({*UPGRADES, EVENT_SCHEMA})
 
 
@@ -134,22 +139,3 @@ def read_event(raw: str | bytes | dict[str, Any]) -> Event:
         data = UPGRADES[version](data)
         version = data["schema_version"]
     return Event.model_validate(data)
-
-
-# Who consumes what: one durable consumer per (service, event type).
-CONSUMERS: dict[tuple[Service, EventType], str] = {
-    (service, event): f"{service}-{event}"
-    for service, event in (
-        (Service.PAYMENTS, EventType.ORDER_CREATED),
-        (Service.ORDERS, EventType.PAYMENT_CONFIRMED),
-        (Service.DELIVERIES, EventType.ORDER_CONFIRMED),
-        (Service.PAYMENTS, EventType.DELIVERY_FAILED),
-        (Service.ORDERS, EventType.PAYMENT_REFUNDED),
-        (Service.ORDERS, EventType.PAYMENT_CANCELLED),
-        (Service.ORDERS, EventType.PAYMENT_EXPIRED),
-        (Service.ORDERS, EventType.DELIVERY_COMPLETED),
-        (Service.DELIVERIES, EventType.ORDER_CANCEL_REQUESTED),
-        (Service.PAYMENTS, EventType.DELIVERY_CANCELLED),
-        (Service.ORDERS, EventType.ORDER_CANCEL_REFUSED),
-    )
-}

@@ -31,7 +31,7 @@ METRIC_STARTED = "order_saga_started"
 METRIC_COMPLETED = "order_saga_completed"  # outcome: delivered | cancelled
 METRIC_COMPENSATED = "order_saga_compensated"  # reason: the failure type
 METRIC_COMPENSATION_RETRIES = "order_saga_compensation_retries"  # compensation: its name
-METRIC_PAYMENT_WAIT = "order_saga_payment_wait"  # ms, decision: confirm | cancel | timeout
+METRIC_PAYMENT_WAIT = "order_saga_payment_wait"  # ms, decision: a Decision
 
 # Signals and queries of OrderProcessWorkflow.
 SIGNAL_CONFIRM_PAYMENT = "confirm_payment"
@@ -67,6 +67,12 @@ _WORKFLOW_ID_PREFIX = "order-"
 def workflow_id_for(order_id: str) -> str:
     """The saga's workflow id: a business key, so one order never gets two sagas."""
     return f"{_WORKFLOW_ID_PREFIX}{order_id}"
+
+
+def choreographed_saga_id(order_id: str) -> str:
+    """The identity every row of a choreographed order records as its saga (an orchestrated
+    saga's is its workflow's first run id)."""
+    return f"events:{order_id}"
 
 
 def order_id_for_idempotency_key(secret: bytes, customer_id: str, key: str) -> str:

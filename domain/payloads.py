@@ -23,6 +23,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from domain.backoff import Backoff
 from domain.names import DELIVERIES_TASK_QUEUE, ORDERS_TASK_QUEUE, PAYMENTS_TASK_QUEUE
 from domain.places import check_place
 from domain.status import (
@@ -184,11 +185,19 @@ class OrderRequest(_Payload):
 
 
 class SagaTimeouts(_Payload):
-    """How long the saga waits for people and dealers."""
+    """How long the saga waits for people and dealers: terms fixed when the order is placed.
+    These defaults are the settings' defaults."""
 
     payment_window: timedelta = timedelta(minutes=30)
     dealer_assignment_window: timedelta = timedelta(seconds=20)
     dealer_retry_initial_interval: timedelta = timedelta(seconds=2)
+
+    @property
+    def dealer_retry(self) -> Backoff:
+        """The wait between dealer assignment attempts, doubling, inside the window."""
+        return Backoff(
+            initial=self.dealer_retry_initial_interval, maximum=self.dealer_assignment_window
+        )
 
 
 class ServiceQueues(_Payload):

@@ -50,6 +50,11 @@ class Decision(StrEnum):
     CANCEL = "CANCEL"
     TIMEOUT = "TIMEOUT"
 
+    @property
+    def taken(self) -> str:
+        """What the decision did to the payment, for a sentence: confirmed, cancelled, expired."""
+        return {"CONFIRM": "confirmed", "CANCEL": "cancelled", "TIMEOUT": "expired"}[self.value]
+
 
 class OrderSearchStatus(StrEnum):
     """Values of the ``OrderStatus`` search attribute (filter sagas in the Web UI): the order's

@@ -131,7 +131,7 @@ class OrderView(BaseModel):
     phase: SagaPhase
     failure_type: str | None = None
     status: OrderStatus | None
-    customer_id: str | None = None
+    customer_id: str
     total_amount: Decimal | None = None
     province: str | None = None
     city: str | None = None

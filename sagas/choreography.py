@@ -1,10 +1,12 @@
-"""The door to the choreographed saga: events between the services, on NATS JetStream.
+"""How the choreographed saga starts and is steered: events between the services, on NATS
+JetStream.
 
 Placing an order is OrderService's first step, taken here: the order, its payment's decision
 (opened) and the ``order_created`` event are written in one transaction (the outbox), then
 published; the services take it from there (``choreography/``). A customer's decision, a
 dealer's report and a cancel request are written the same way, by the service that owns
-them. Every answer comes from the database: nothing waits for a consumer.
+them. The door (:mod:`sagas.door`) has made every check both styles share; every answer here
+comes from the database, and nothing waits for a consumer.
 """
 
 import asyncio
@@ -14,16 +16,15 @@ from typing import Any
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col
 
-from choreography.handlers import apply_decision, saga_id_of
+from choreography.handlers import apply_decision
 from choreography.outbox import Publisher, Replay
 from domain import names
 from domain.events import Event, EventType, Service, read_event
-from domain.payloads import OrderRequest
-from domain.status import Decision, DeliveryStatus, PaymentStatus, SagaPhase, SagaStyle
+from domain.status import Decision, PaymentStatus, SagaStyle
 from domain.views import OrderView
-from sagas import views
-from sagas.errors import ConflictError, IdempotencyKeyReusedError, NotFoundError
-from sagas.orchestration import DecisionAccepted, Placement, won_for
+from sagas import rules, views
+from sagas.errors import ConflictError, NotFoundError
+from sagas.rules import Acceptance, DecisionAccepted, NewOrder, Placement
 from services import deliveries, orders, payments
 from settings import Settings
 from store.models import DeadLetterRow, DeliveryRow, PaymentRow, utcnow
@@ -33,66 +34,43 @@ POLL = 0.02
 
 
 class ChoreographedSagas:
-    """The door to choreographed orders."""
+    """Choreographed orders: each step a service's transaction with the events it emits."""
 
     def __init__(self, engine: Engine, settings: Settings, publisher: Publisher) -> None:
         self._engine = engine
         self._settings = settings
         self._publisher = publisher
 
-    async def place(
-        self, request: OrderRequest, idempotency_key: str | None, order_id: str, *, wait: float
-    ) -> Placement:
-        """Write the order (PENDING), open its payment's decision and emit ``order_created``,
-        in one transaction. ``wait`` > 0: read the order back until its payment exists, for
-        up to that long. A replayed Idempotency-Key answers its order and writes nothing."""
-        fingerprint = request.fingerprint()
+    async def place(self, order: NewOrder, *, wait: float) -> Placement:
+        """Accept the order (:func:`sagas.rules.accept`), write it PENDING with the saga's
+        windows and emit ``order_created``, in one transaction. ``wait`` > 0: read the
+        order back until its payment exists, for up to that long. A replay answers its order
+        and writes nothing."""
+        order_id = order.order_id
 
-        def accept(db: Session) -> tuple[str | None, list[Event]]:
-            """The order id a replay stands for, or None with the new order's event."""
-            if idempotency_key is not None:
-                use = orders.use_idempotency_key(
-                    db, request.customer_id, idempotency_key, fingerprint, order_id
-                )
-                if use.fingerprint != fingerprint:
-                    raise IdempotencyKeyReusedError(
-                        "this Idempotency-Key was already used for a different request"
-                    )
-                if not use.recorded:
-                    return use.order_id, []
-                placed = orders.placed_fingerprint(db, order_id)
-                if placed is not None:
-                    # Its key's row is gone (retention), but the order it stood for was placed:
-                    # the same request is a replay of it, another is refused.
-                    if placed != fingerprint:
-                        raise IdempotencyKeyReusedError(
-                            "this Idempotency-Key was already used for a different request"
-                        )
-                    return order_id, []
-                orders.mark_key_saga_started(db, request.customer_id, idempotency_key)
+        def accept(db: Session) -> tuple[Acceptance, list[Event]]:
+            accepted = rules.accept(db, order)
+            if accepted.replayed:
+                return accepted, []
             orders.create_order(
-                db, order_id, request, saga_id_of(order_id), style=SagaStyle.CHOREOGRAPHY
+                db,
+                order_id,
+                order.request,
+                names.choreographed_saga_id(order_id),
+                style=SagaStyle.CHOREOGRAPHY,
+                timeouts=order.timeouts,
             )
-            payments.open_decision(
-                db, names.payment_id_for(order_id), order_id, request.customer_id
-            )
-            created = Event(
-                order_id=order_id,
-                type=EventType.ORDER_CREATED,
-                source=Service.ORDERS,
-                payment_window_seconds=self._settings.payment_window_seconds,
-            )
-            return None, [created]
+            created = Event(order_id=order_id, type=EventType.ORDER_CREATED, source=Service.ORDERS)
+            return accepted, [created]
 
-        replay_of = await self._publisher.write(accept)
+        accepted = await self._publisher.write(accept)
         view = None
-        if replay_of is not None:
-            order_id = replay_of
+        if accepted.replayed:
+            order_id = accepted.order_id
             view = await asyncio.to_thread(views.order_view, self._engine, self._settings, order_id)
         elif wait > 0:
             view = await self._payment_written(order_id, wait)
-        replayed = replay_of is not None
-        return Placement(order_id, names.payment_id_for(order_id), view, replayed=replayed)
+        return Placement(order_id, names.payment_id_for(order_id), view, accepted.replayed)
 
     async def _payment_written(self, order_id: str, wait: float) -> OrderView | None:
         """The order's view once PaymentService has written its payment; None if it has not
@@ -105,11 +83,10 @@ class ChoreographedSagas:
             await asyncio.sleep(POLL)
         return None
 
-    async def decide_payment(self, payment_id: str, *, confirm: bool) -> DecisionAccepted:
+    async def decide_payment(self, payment_id: str, decision: Decision) -> DecisionAccepted:
         """The customer's decision: recorded by the same compare-and-set as the orchestrated
         saga's, and applied to the payment in the same transaction when the payment exists
         (otherwise PaymentService applies it when it writes the payment)."""
-        decision = Decision.CONFIRM if confirm else Decision.CANCEL
 
         def decide(db: Session) -> tuple[payments.DecisionTaken, list[Event]]:
             # The decision row first (its compare-and-set), then the payment row: the lock
@@ -131,35 +108,34 @@ class ChoreographedSagas:
             return taken, list(outcome.emitted)
 
         taken = await self._publisher.write(decide)
-        order_id = won_for(taken, payment_id, decision)
+        order_id = rules.won_for(taken, payment_id, decision)
         return DecisionAccepted(order_id, decision, replayed=not taken.applied)
 
-    async def report_delivered(self, delivery_id: str) -> str:
+    async def report_delivered(self, delivery_id: str) -> None:
         """The dealer's report: DeliveryService completes the delivery (and frees its dealer)
         and emits ``delivery_completed``, in one transaction. The same report again (the
-        delivery DELIVERED) is answered alike and changes nothing."""
+        delivery DELIVERED meanwhile) changes nothing."""
 
-        def complete(db: Session) -> tuple[str, list[Event]]:
+        def complete(db: Session) -> tuple[None, list[Event]]:
             delivery = db.get(DeliveryRow, delivery_id)
             if delivery is None:
                 raise NotFoundError(f"delivery {delivery_id} does not exist")
+            if not rules.to_report(delivery_id, delivery.status):
+                return None, []
             order_id = delivery.order_id
-            if delivery.status == DeliveryStatus.DELIVERED:
-                return order_id, []
-            if delivery.status != DeliveryStatus.IN_TRANSIT:
-                raise ConflictError(f"delivery {delivery_id} is {delivery.status}, not IN_TRANSIT")
-            _, changed = deliveries.complete_delivery(db, delivery_id, saga_id_of(order_id))
+            saga_id = names.choreographed_saga_id(order_id)
+            _, changed = deliveries.complete_delivery(db, delivery_id, saga_id)
             if not changed:  # a concurrent report won: the same report, answered alike
-                return order_id, []
+                return None, []
             completed = Event(
                 order_id=order_id,
                 type=EventType.DELIVERY_COMPLETED,
                 source=Service.DELIVERIES,
                 dealer_id=delivery.dealer_id,
             )
-            return order_id, [completed]
+            return None, [completed]
 
-        return await self._publisher.write(complete)
+        await self._publisher.write(complete)
 
     async def replay_dead_letter(self, dead_letter_id: str) -> None:
         """Send a dead-lettered event again, for its consumer to apply (the operator has fixed
@@ -186,11 +162,9 @@ class ChoreographedSagas:
 
         await self._publisher.write(take)
 
-    async def cancel(self, order_id: str, view: OrderView) -> None:
+    async def cancel(self, order_id: str) -> None:
         """Ask for the order's cancellation: recorded once, with ``order_cancel_requested``;
         DeliveryService decides (cancelled before the pivot, refused after it)."""
-        if view.phase in (SagaPhase.COMPENSATING, SagaPhase.CANCELLED):
-            raise ConflictError(f"order {order_id} is already cancelled")
 
         def request(db: Session) -> tuple[None, list[Event]]:
             if not orders.request_cancel(db, order_id):

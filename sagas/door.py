@@ -2,7 +2,8 @@
 
 A new order runs in ``SAGA_STYLE`` (orchestration by default); an existing order is steered in
 the style it was placed with, so orders of both styles coexist in one database and the HTTP
-API answers them alike: the same views, the same status codes.
+API answers them alike: the same views, the same status codes. The rules both styles share
+are :mod:`sagas.rules`; each style's adapter says only how its saga starts and is steered.
 """
 
 import asyncio
@@ -13,13 +14,14 @@ from temporalio.client import Client
 
 from choreography.outbox import Publisher
 from domain import names
-from domain.payloads import OrderRequest, SagaState
-from domain.status import Decision, SagaPhase, SagaStyle
+from domain.payloads import OrderRequest, SagaState, SagaTimeouts
+from domain.status import Decision, SagaStyle
 from domain.views import EventLogEntry, OrderView
-from sagas import views
+from sagas import rules, views
 from sagas.choreography import ChoreographedSagas
 from sagas.errors import ConflictError, NotFoundError
-from sagas.orchestration import DecisionAccepted, OrchestratedSagas, Placement
+from sagas.orchestration import OrchestratedSagas
+from sagas.rules import DecisionAccepted, NewOrder, Placement
 from sagas.throttle import Throttle
 from services.payments import DecisionTaken
 from settings import Settings
@@ -34,9 +36,10 @@ class Sagas:
 
     def __init__(
         self,
-        client: Client,
         engine: Engine,
         settings: Settings,
+        *,
+        client: Client | None = None,
         publisher: Publisher | None = None,
     ) -> None:
         self._engine = engine
@@ -45,77 +48,106 @@ class Sagas:
         # them is refused (429) before it costs a write or a signal.
         self._decisions = Throttle(settings.decisions_per_minute)
         self._reports = Throttle(settings.decisions_per_minute)
-        self.orchestrated = OrchestratedSagas(client, engine, settings)
-        # Without a broker (no NATS_URL) choreographed orders cannot be placed or steered.
-        self.choreographed = (
+        # Without a Temporal client orchestrated orders cannot be placed or steered, and
+        # without a broker (no NATS_URL) choreographed ones cannot.
+        self._orchestrated = (
+            OrchestratedSagas(client, engine, settings) if client is not None else None
+        )
+        self._choreographed = (
             ChoreographedSagas(engine, settings, publisher) if publisher is not None else None
         )
 
     async def aclose(self) -> None:
         """Finish what was left to do after answers given (before the engine closes)."""
-        await self.orchestrated.aclose()
+        if self._orchestrated is not None:
+            await self._orchestrated.aclose()
+
+    def _orchestration(self) -> OrchestratedSagas:
+        if self._orchestrated is None:
+            raise ConflictError("this order's saga runs on Temporal, which this door lacks")
+        return self._orchestrated
 
     def _choreography(self) -> ChoreographedSagas:
-        if self.choreographed is None:
+        if self._choreographed is None:
             raise ConflictError("this order's saga runs on events, and NATS_URL is not set")
-        return self.choreographed
+        return self._choreographed
 
     async def place(
-        self, request: OrderRequest, idempotency_key: str | None, *, wait: float = 0
+        self,
+        request: OrderRequest,
+        idempotency_key: str | None,
+        *,
+        wait: float = 0,
+        timeouts: SagaTimeouts | None = None,
     ) -> Placement:
         """Place an order in ``SAGA_STYLE`` (a replayed Idempotency-Key: in the style its
-        order was placed with)."""
-        order_id = names.new_order_id(
-            self._settings.order_id_key, request.customer_id, idempotency_key
+        order was placed with). ``timeouts``: the saga's windows, the settings' by default.
+
+        :class:`IdempotencyKeyReusedError` for a key used with another request."""
+        order = NewOrder(
+            order_id=names.new_order_id(
+                self._settings.order_id_key, request.customer_id, idempotency_key
+            ),
+            request=request,
+            idempotency_key=idempotency_key,
+            fingerprint=request.fingerprint(),
+            timeouts=timeouts or self._settings.saga_timeouts,
         )
         style = self._settings.saga_style
         if idempotency_key is not None and style == SagaStyle.CHOREOGRAPHY:
             # A replay keeps its order's style. Only this style needs to look: the
-            # orchestrated door answers a replayed choreographed order from its row (written
-            # with its key, in one transaction), while the choreographed door could not start
-            # the saga of an orchestrated order whose first request failed before starting it.
-            style = await self._style(order_id) or style
+            # orchestrated adapter answers a replayed choreographed order from its row, while
+            # the choreographed one could not start the saga of an orchestrated order whose
+            # first request failed before starting it.
+            style = await self._style(order.order_id) or style
         if style == SagaStyle.CHOREOGRAPHY:
-            return await self._choreography().place(request, idempotency_key, order_id, wait=wait)
-        return await self.orchestrated.place(request, idempotency_key, order_id, wait=wait)
+            return await self._choreography().place(order, wait=wait)
+        return await self._orchestration().place(order, wait=wait)
 
     async def order(self, order_id: str) -> OrderView:
-        """The order as the database holds it. :class:`NotFoundError` if never accepted."""
-        return await self.orchestrated.order(order_id)
+        """The order as the database holds it (CREATING while an orchestrated saga's first
+        steps have not written it). :class:`NotFoundError` for an order never accepted."""
+        view = await asyncio.to_thread(views.order_view, self._engine, self._settings, order_id)
+        if view is None:
+            raise NotFoundError(f"order {order_id} does not exist")
+        return view
 
     async def saga_state(self, order_id: str) -> SagaState | list[EventLogEntry] | None:
         """The saga's full account: an orchestrated saga's state (a workflow query), or a
         choreographed order's event log. None when there is none."""
         if await self._style(order_id) == SagaStyle.CHOREOGRAPHY:
             return await asyncio.to_thread(views.event_log, self._engine, order_id)
-        return await self.orchestrated.saga_state(order_id)
+        return await self._orchestration().saga_state(order_id)
 
     async def cancel(self, order_id: str) -> None:
-        """Cancel before the pivot (it compensates); :class:`ConflictError` after it."""
+        """Cancel before the pivot (it compensates). :class:`ConflictError` after it, or when
+        the order is being cancelled already."""
         view = await self.order(order_id)
-        if view.phase in (SagaPhase.IN_TRANSIT, SagaPhase.DELIVERED):
-            raise ConflictError(
-                f"order {order_id} is past dealer assignment and cannot be cancelled"
-            )
+        rules.check_cancellable(view)
         if view.style == SagaStyle.CHOREOGRAPHY:
-            await self._choreography().cancel(order_id, view)
-            return
-        await self.orchestrated.cancel(order_id)
+            await self._choreography().cancel(order_id)
+        else:
+            await self._orchestration().cancel(order_id)
 
     async def decide_payment(
-        self, payment_id: str, *, confirm: bool, authorize: Callable[[str], None] = _anyone
+        self,
+        payment_id: str,
+        decision: Decision,
+        *,
+        authorize: Callable[[str], None] = _anyone,
     ) -> DecisionAccepted:
-        """The customer's decision on their payment: exactly one of racing decisions wins.
+        """The customer's decision (CONFIRM or CANCEL) on their payment: exactly one of racing
+        decisions wins (:func:`sagas.rules.won_for`).
 
         ``authorize`` gets the customer the payment belongs to before anything is written,
         and raises to refuse the decision. :class:`NotFoundError` for an unknown payment;
         :class:`TooManyRequestsError` beyond ``DECISIONS_PER_MINUTE`` on one payment."""
-        decision = Decision.CONFIRM if confirm else Decision.CANCEL
+        if decision == Decision.TIMEOUT:
+            raise ValueError("TIMEOUT is the window's own close, not a customer's decision")
 
         def look_then_take() -> tuple[views.PaymentParty | None, DecisionTaken | None]:
-            # One trip to a worker thread for both the look-up and an orchestrated saga's
-            # compare-and-set: under load each trip waits its turn for a core (twice: the
-            # thread, then the event loop), and this is the confirm's hot path.
+            # One trip to a worker thread for the look-up and, for an orchestrated saga, the
+            # compare-and-set: this is the confirm's hot path.
             party = views.payment_party(self._engine, payment_id)
             if party is None:
                 return None, None
@@ -123,27 +155,31 @@ class Sagas:
             self._decisions.take(payment_id, f"payment {payment_id}")
             if party.style == SagaStyle.CHOREOGRAPHY:
                 return party, None
-            return party, self.orchestrated.take_decision(payment_id, decision)
+            return party, self._orchestration().take_decision(payment_id, decision)
 
         party, taken = await asyncio.to_thread(look_then_take)
         if party is None:
             raise NotFoundError(f"payment {payment_id} does not exist")
         if taken is None:
-            return await self._choreography().decide_payment(payment_id, confirm=confirm)
-        return await self.orchestrated.deliver_decision(payment_id, decision, taken)
+            return await self._choreography().decide_payment(payment_id, decision)
+        return await self._orchestration().deliver_decision(payment_id, decision, taken)
 
     async def report_delivered(self, delivery_id: str) -> str:
         """The dealer's report that the parcel arrived; returns its order id. The same report
         again is answered alike and changes nothing. :class:`NotFoundError` for an unknown
-        delivery; :class:`TooManyRequestsError` beyond ``DECISIONS_PER_MINUTE`` on one."""
+        delivery; :class:`ConflictError` unless it is IN_TRANSIT (or DELIVERED);
+        :class:`TooManyRequestsError` beyond ``DECISIONS_PER_MINUTE`` on one."""
         found = await asyncio.to_thread(views.delivery_and_style, self._engine, delivery_id)
         if found is None:
             raise NotFoundError(f"delivery {delivery_id} does not exist")
         self._reports.take(delivery_id, f"delivery {delivery_id}")
         delivery, style = found
-        if style == SagaStyle.CHOREOGRAPHY:
-            return await self._choreography().report_delivered(delivery_id)
-        return await self.orchestrated.report_delivered(delivery)
+        if rules.to_report(delivery_id, delivery.status):
+            if style == SagaStyle.CHOREOGRAPHY:
+                await self._choreography().report_delivered(delivery_id)
+            else:
+                await self._orchestration().report_delivered(delivery)
+        return delivery.order_id
 
     async def replay_dead_letter(self, dead_letter_id: str) -> None:
         """Deliver a dead-lettered event again (its cause fixed)."""

@@ -91,12 +91,14 @@ def order_view(engine: Engine, settings: Settings, order_id: str) -> OrderView |
     choreographed order its event log too. None if there is no such order (not even
     accepted)."""
     with read_session(engine) as db:
-        order = db.get(OrderRow, order_id)
+        # Every order is accepted by the door first (its payment's decision opened), and
+        # written by its saga's first step.
         accepted = db.exec(
             select(PaymentDecisionRow).where(PaymentDecisionRow.order_id == order_id)
         ).first()
-        if order is None and accepted is None:
+        if accepted is None:
             return None
+        order = db.get(OrderRow, order_id)
         items = db.exec(
             select(OrderItemRow)
             .where(OrderItemRow.order_id == order_id)
@@ -104,11 +106,9 @@ def order_view(engine: Engine, settings: Settings, order_id: str) -> OrderView |
         ).all()
         payment = db.exec(select(PaymentRow).where(PaymentRow.order_id == order_id)).first()
         delivery = db.exec(select(DeliveryRow).where(DeliveryRow.order_id == order_id)).first()
-        # An accepted order not written yet is orchestrated (a choreographed order is written
-        # when it is accepted).
-        style = SagaStyle(order.saga_style) if order else SagaStyle.ORCHESTRATION
+        style = _accepted_style(order.saga_style if order else None)
         events = order_events(db, order_id) if style == SagaStyle.CHOREOGRAPHY else None
-    decision = Decision(accepted.decision) if accepted and accepted.decision else None
+    decision = Decision(accepted.decision) if accepted.decision else None
     phase, failure = progress(order, payment, decision, delivery)
     view = OrderView(
         order_id=order_id,
@@ -116,7 +116,7 @@ def order_view(engine: Engine, settings: Settings, order_id: str) -> OrderView |
         phase=phase,
         failure_type=failure,
         status=OrderStatus(order.status) if order else None,
-        customer_id=order.customer_id if order else accepted.customer_id if accepted else None,
+        customer_id=accepted.customer_id,
         payment=PaymentView(
             payment_id=payment.id,
             status=PaymentStatus(payment.status),
@@ -287,8 +287,9 @@ def delivery_and_style(engine: Engine, delivery_id: str) -> tuple[DeliveryRow, S
         delivery = db.get(DeliveryRow, delivery_id)
         if delivery is None:
             return None
-        order = db.get(OrderRow, delivery.order_id)
-    return delivery, _accepted_style(order.saga_style if order is not None else None)
+        order = db.get(OrderRow, delivery.order_id)  # a delivery's order is written
+        assert order is not None
+    return delivery, SagaStyle(order.saga_style)
 
 
 def list_orders(

@@ -11,6 +11,7 @@ from domain.payloads import (
     OrderItem,
     OrderRequest,
     OrderSnapshot,
+    SagaTimeouts,
     from_cents,
     to_cents,
 )
@@ -39,8 +40,10 @@ def create_order(
     request: OrderRequest,
     saga_id: str | None,
     style: SagaStyle = SagaStyle.ORCHESTRATION,
+    timeouts: SagaTimeouts | None = None,
 ) -> tuple[OrderRow, bool]:
-    """Insert the order PENDING with its items and the total computed here, in cents.
+    """Insert the order PENDING with its items and the total computed here, in cents, and
+    (a choreographed order) its saga's ``timeouts``.
 
     Idempotent: the order id is the primary key; an existing order of the same saga is
     returned as it is (whatever ``request`` says now). Returns the order and whether this call
@@ -55,6 +58,7 @@ def create_order(
         city=request.city,
         saga_id=saga_id,
         saga_style=style,
+        saga_timeouts=timeouts.model_dump_json() if timeouts is not None else None,
     )
     stored, inserted = create_owned(
         db, order, lambda: db.get(OrderRow, order_id), saga_id=saga_id, what=f"order {order_id}"
@@ -71,6 +75,15 @@ def create_order(
         )
         db.flush()
     return stored, inserted
+
+
+def timeouts_of(db: Session, order_id: str) -> SagaTimeouts:
+    """The saga's windows of a choreographed order, fixed when it was placed. ``LookupError``
+    when the order or its windows are not written: every choreographed step follows both."""
+    order = db.get(OrderRow, order_id)
+    if order is None or order.saga_timeouts is None:
+        raise LookupError(f"order {order_id} has no saga windows on record")
+    return SagaTimeouts.model_validate_json(order.saga_timeouts)
 
 
 def confirm_order(db: Session, order_id: str, saga_id: str | None) -> OrderRow:

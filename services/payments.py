@@ -78,13 +78,14 @@ def complete_payment(db: Session, payment_id: str, saga_id: str | None) -> tuple
     """PENDING -> COMPLETED (the customer confirmed). Idempotent: COMPLETED stays COMPLETED.
 
     Returns the payment and whether this call completed it. The customer's decision must be
-    CONFIRM: one taken another way (a signal sent past the API, from the Web UI) is recorded
-    as CONFIRM here if none was taken; a payment whose recorded decision is CANCEL or TIMEOUT
+    CONFIRM: one sent past the API (a signal from the Web UI) is recorded as CONFIRM here if
+    none was taken inside the window; a payment decided otherwise, or whose window closed,
     cannot complete.
     """
-    winner = take_decision(db, payment_id, Decision.CONFIRM).winner
-    if winner not in (None, Decision.CONFIRM):
-        raise invalid_transition(f"payment {payment_id} was decided {winner}, cannot complete")
+    taken = take_decision(db, payment_id, Decision.CONFIRM)
+    if taken.winner != Decision.CONFIRM:
+        why = f"it was decided {taken.winner}" if taken.winner else f"no confirm ({taken.refusal})"
+        raise invalid_transition(f"payment {payment_id} cannot complete: {why}")
     changed = transition(
         db,
         PaymentRow,

@@ -314,6 +314,15 @@ def _with_option(engine: Engine, key: str, value: Any) -> Engine:
         return optioned
 
 
+@contextmanager
+def transaction(engine: Engine, *, budget: timedelta | None = None) -> Iterator[Session]:
+    """A unit of work: a :func:`session` whose transaction commits when the block ends, and
+    rolls back if it raises."""
+    with session(engine, budget=budget) as db:
+        yield db
+        db.commit()
+
+
 def read_session(engine: Engine) -> Session:
     """A session for reads only. On SQLite it does not take the write lock that ``session``'s
     transactions take up front, so API reads and polls never queue behind the activities."""

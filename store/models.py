@@ -41,6 +41,9 @@ class OrderRow(SQLModel, table=True):
     )
     # Choreography: when a cancel was asked for (DeliveryService then cancels or refuses it).
     cancel_requested_at: datetime | None = None
+    # Choreography: the saga's windows (SagaTimeouts as JSON), terms of the order fixed when
+    # it was placed, as an orchestrated saga keeps them in its input.
+    saga_timeouts: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     # The saga that created the row (its workflow's first run id): a saga acts only on its
     # own rows. None for rows written before migration 0003 (the first saga to move one claims it).
     saga_id: str | None = Field(default=None, max_length=64)

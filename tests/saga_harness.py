@@ -39,7 +39,8 @@ from domain.payloads import (
     ServiceQueues,
 )
 from domain.status import RecordStatus, SagaPhase
-from store.db import session
+from services import payments
+from store.db import session, transaction
 from store.models import DealerRow, DeliveryRow, OrderRow, PaymentRow
 from store.seed import new_dealer
 from worker import service_activities, workflow_worker
@@ -145,19 +146,24 @@ async def saga_workers(
 
 async def start_saga(
     client: Client,
+    engine: Engine,
     suffix: str,
     request: OrderRequest | None = None,
     timeouts: SagaTimeouts = FAST_DEALER_RETRY,
     *,
     order_id: str | None = None,
 ) -> SagaHandle:
-    """Start a saga on the suffixed task queues; a fresh order id unless one is given."""
+    """Start a saga on the suffixed task queues, its order accepted first as the door accepts
+    it (its payment's decision opened); a fresh order id unless one is given."""
     order_id = order_id or str(uuid.uuid4())
+    request = request or order_request()
+    with transaction(engine) as db:
+        payments.open_decision(db, names.payment_id_for(order_id), order_id, request.customer_id)
     return await client.start_workflow(
         OrderProcessWorkflow.run,
         OrderProcessInput(
             order_id=order_id,
-            request=request or order_request(),
+            request=request,
             timeouts=timeouts,
             queues=ServiceQueues.with_suffix(suffix),
         ),

@@ -25,11 +25,28 @@ FLOORS: dict[str, int] = {
     "activities": 4,  # Temporal adapters over services/
     "choreography": 4,  # event handlers over services/, outbox, relay, sweepers
     "sagas": 5,  # the door: start, steer and read sagas
-    "api": 6,  # HTTP: routes, auth, limits, errors
-    "worker": 6,  # the worker process
-    "cli": 6,  # the command line
-    "tools": 7,  # the rigs: bench, chaos
+    "bootstrap": 6,  # the composition root: each process's parts, built in one place
+    "api": 7,  # HTTP: routes, auth, limits, errors
+    "worker": 7,  # the worker process
+    "cli": 7,  # the command line
+    "tools": 8,  # the rigs: bench, chaos
 }
+
+# What starts an order's saga, steers it, or records a payment decision: the door's to call.
+STEERING_CALLS = {
+    "start_workflow",
+    "execute_update_with_start_workflow",
+    "signal",
+    "signal_with_start_workflow",
+    "open_decision",
+    "take_decision",
+    "withdraw_decision",
+    "mark_decision_signalled",
+}
+# Who else may: the service that owns the decisions, the saga itself closing the payment's
+# window (its activity, its sweeper), and the bench's baseline, a workflow of its own.
+STEERING_ALLOWED = {"sagas", "services", "workflows", "activities", "choreography"}
+STEERING_EXEMPT = {"tools.bench.baseline", "tools.bench.driver"}
 
 
 def product_modules() -> dict[str, Path]:
@@ -93,6 +110,26 @@ def test_nothing_imports_the_http_wing() -> None:
         if room(module) != "api" and any(room(t) == "api" for t in targets)
     )
     assert callers == []
+
+
+def test_only_the_door_starts_steers_or_decides_a_saga() -> None:
+    """No code outside ``sagas/`` starts an order's saga, signals it or writes a payment
+    decision; only the worker, which runs the saga, imports its workflow."""
+    past_the_door = []
+    for name, path in product_modules().items():
+        if room(name) in STEERING_ALLOWED or name in STEERING_EXEMPT:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            called = node.func if isinstance(node, ast.Call) else None
+            if isinstance(called, ast.Attribute) and called.attr in STEERING_CALLS:
+                past_the_door.append(f"{name}:{called.lineno} {called.attr}")
+    assert past_the_door == []
+    importers = {
+        module
+        for module, targets in graph().items()
+        if room(module) not in STEERING_ALLOWED and any(room(t) == "workflows" for t in targets)
+    }
+    assert importers <= {"worker"}, importers
 
 
 def test_the_service_layer_knows_neither_temporal_adapters_nor_the_door() -> None:

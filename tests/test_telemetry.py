@@ -67,13 +67,13 @@ async def test_saga_metrics_are_scraped_from_prometheus(
     refund = FailingRefund(engine, failures=1)  # one retry of the refund compensation
     overrides = [refund.cancel_or_refund_payment]
     async with saga_workers(client, engine, executor, task_queue_suffix, overrides=overrides):
-        cancelled = await start_saga(client, task_queue_suffix)
+        cancelled = await start_saga(client, engine, task_queue_suffix)
         waiting = await wait_for_phase(cancelled, SagaPhase.AWAITING_PAYMENT)
         assert waiting.payment_id is not None
         await cancelled.signal(Saga.cancel_payment, PaymentDecision(payment_id=waiting.payment_id))
         assert (await cancelled.result()).phase == SagaPhase.CANCELLED
 
-        delivered = await start_saga(client, task_queue_suffix)
+        delivered = await start_saga(client, engine, task_queue_suffix)
         await confirm_payment(delivered)
         transit = await wait_for_phase(delivered, SagaPhase.IN_TRANSIT)
         assert transit.delivery_id is not None
@@ -92,8 +92,8 @@ async def test_saga_metrics_are_scraped_from_prometheus(
             "order_saga_compensation_retries",
             (("compensation", names.CANCEL_OR_REFUND_PAYMENT),),
         ): 1,
-        ("order_saga_payment_wait_count", (("decision", "cancel"),)): 1,
-        ("order_saga_payment_wait_count", (("decision", "confirm"),)): 1,
+        ("order_saga_payment_wait_count", (("decision", "CANCEL"),)): 1,
+        ("order_saga_payment_wait_count", (("decision", "CONFIRM"),)): 1,
     }
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
         for _ in range(50):

@@ -49,7 +49,7 @@ async def test_one_trace_runs_from_the_caller_through_every_activity(
     add_dealer(engine)
     async with saga_workers(client, engine, executor, task_queue_suffix):
         with provider.get_tracer("test").start_as_current_span("POST /orders") as root:
-            handle = await start_saga(client, task_queue_suffix)
+            handle = await start_saga(client, engine, task_queue_suffix)
         await confirm_payment(handle)
         state = await wait_for_phase(handle, SagaPhase.IN_TRANSIT)
         assert state.delivery_id is not None

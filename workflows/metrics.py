@@ -10,6 +10,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 from domain import names
+from domain.status import Decision
 
 
 def count(name: str, **attributes: str) -> None:
@@ -18,10 +19,10 @@ def count(name: str, **attributes: str) -> None:
     counter.add(1, attributes or None)
 
 
-def record_payment_wait(waited: timedelta, decision: str) -> None:
+def record_payment_wait(waited: timedelta, decision: Decision) -> None:
     """How long the customer took to decide (or the window to close), in ms."""
     workflow.metric_meter().create_histogram(
         names.METRIC_PAYMENT_WAIT,
         description="Time from the payment's creation to the decision (or the timeout).",
         unit="ms",
-    ).record(int(waited.total_seconds() * 1000), {"decision": decision})
+    ).record(int(waited.total_seconds() * 1000), {"decision": decision.value})

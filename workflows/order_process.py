@@ -36,6 +36,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 from temporalio.workflow import ActivityCancellationType
 
 from domain import names
+from domain.backoff import Backoff
 from domain.errors import business_error
 from domain.payloads import (
     CompensationOutcome,
@@ -77,18 +78,11 @@ from workflows.compensation import (
 
 # Forward steps: infrastructure failures retry forever with capped backoff (the saga is
 # durable, it can wait out an outage); business failures are non-retryable by type.
-STEP_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    non_retryable_error_types=list(names.BUSINESS_ERRORS),
-)
+STEP_RETRY = Backoff(maximum=timedelta(seconds=30)).retry_policy(names.BUSINESS_ERRORS)
 # Compensations: one attempt per call; CompensationStack drives the retries so every
 # failed attempt is recorded in the saga state instead of hiding inside the server.
 COMPENSATION_RETRY = RetryPolicy(maximum_attempts=1)
 ACTIVITY_TIMEOUT = STEP_START_TO_CLOSE
-# The saga's own name for each recorded decision.
-DECISIONS = {Decision.CONFIRM: "confirm", Decision.CANCEL: "cancel", Decision.TIMEOUT: "timeout"}
 
 R = TypeVar("R")
 
@@ -121,7 +115,7 @@ class OrderProcessWorkflow:
             payment_id=self._payment_id,
             delivery_id=self._delivery_id,
         )
-        self._decision: str | None = None
+        self._decision: Decision | None = None
         self._window_closing = False
         self._early_report: DeliveredReport | None = None
         self._past_pivot = False
@@ -271,9 +265,9 @@ class OrderProcessWorkflow:
     def _take_recorded_decision(self, decision: Decision) -> None:
         """Take the decision recorded in the database, as its signal would have delivered it."""
         if self._decision is None:
-            self._decision = DECISIONS[decision]
+            self._decision = decision
             self._record_signal(
-                f"recorded_{self._decision}", applied=True, note=f"recorded decision {decision}"
+                f"recorded_{decision.lower()}", applied=True, note=f"recorded decision {decision}"
             )
 
     async def _wait_for_decision(self) -> None:
@@ -290,13 +284,13 @@ class OrderProcessWorkflow:
             await workflow.wait_condition(lambda: self._decision is not None, timeout=window)
         except TimeoutError:
             await self._close_window()
-            if self._decision == "timeout":
+            if self._decision == Decision.TIMEOUT:
                 self._record_payment_wait(waiting_since)
                 raise business_error(
                     names.PAYMENT_TIMED_OUT, f"no payment decision within {window}"
                 ) from None
         self._record_payment_wait(waiting_since)
-        if self._decision == "cancel":
+        if self._decision == Decision.CANCEL:
             raise business_error(names.PAYMENT_CANCELLED, "the customer cancelled the payment")
 
     async def _close_window(self) -> None:
@@ -310,7 +304,7 @@ class OrderProcessWorkflow:
             PaymentSnapshot,
         )
         if self._decision is None:
-            self._decision = DECISIONS[payment.decision or Decision.TIMEOUT]
+            self._decision = payment.decision or Decision.TIMEOUT
 
     async def _assign_dealer(self) -> DeliverySnapshot:
         """Try to assign a dealer until one is free or the assignment window closes.
@@ -321,7 +315,6 @@ class OrderProcessWorkflow:
         """
         timeouts = self._params.timeouts
         ref = DeliveryRef(delivery_id=self._delivery_id, saga_id=self._saga_id)
-        interval = timeouts.dealer_retry_initial_interval
         window_open = True
 
         async def close_window() -> None:
@@ -355,8 +348,10 @@ class OrderProcessWorkflow:
                 record.error = "no dealer with free capacity yet"
                 # Back off, but try once more as soon as the window closes.
                 with contextlib.suppress(TimeoutError):
-                    await workflow.wait_condition(lambda: not window_open, timeout=interval)
-                interval *= 2
+                    await workflow.wait_condition(
+                        lambda: not window_open,
+                        timeout=timeouts.dealer_retry.delay(record.attempts),
+                    )
                 record.attempts += 1
         except BaseException as err:
             # Also when cancelled between attempts: the record must not stay RETRYING.
@@ -406,12 +401,12 @@ class OrderProcessWorkflow:
     @workflow.signal(name=names.SIGNAL_CONFIRM_PAYMENT)
     def confirm_payment(self, decision: PaymentDecision) -> None:
         """The customer confirms the payment (taken once, only inside the window)."""
-        self._decide("confirm", names.SIGNAL_CONFIRM_PAYMENT, decision)
+        self._decide(Decision.CONFIRM, names.SIGNAL_CONFIRM_PAYMENT, decision)
 
     @workflow.signal(name=names.SIGNAL_CANCEL_PAYMENT)
     def cancel_payment(self, decision: PaymentDecision) -> None:
         """The customer cancels the payment (taken once, only inside the window)."""
-        self._decide("cancel", names.SIGNAL_CANCEL_PAYMENT, decision)
+        self._decide(Decision.CANCEL, names.SIGNAL_CANCEL_PAYMENT, decision)
 
     @workflow.signal(name=names.SIGNAL_MARK_DELIVERED)
     def mark_delivered(self, report: DeliveredReport) -> None:
@@ -458,11 +453,11 @@ class OrderProcessWorkflow:
         )
         return self._state
 
-    def _decide(self, decision: str, signal: str, payload: PaymentDecision) -> None:
+    def _decide(self, decision: Decision, signal: str, payload: PaymentDecision) -> None:
         state = self._state
         if payload.payment_id != self._payment_id:
             note = f"unknown payment {payload.payment_id}"
-        elif self._decision == "timeout":
+        elif self._decision == Decision.TIMEOUT:
             note = "the payment window had closed"
         elif self._window_closing:
             note = "the payment window is closing: the decision on record counts"
@@ -601,7 +596,8 @@ class OrderProcessWorkflow:
         )
 
     def _record_payment_wait(self, since: datetime) -> None:
-        metrics.record_payment_wait(workflow.now() - since, self._decision or "none")
+        assert self._decision is not None  # recorded once the decision counts
+        metrics.record_payment_wait(workflow.now() - since, self._decision)
 
     def _set_order_status(self, status: OrderStatus) -> None:
         if self._state.order_status != status:

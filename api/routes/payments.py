@@ -8,6 +8,7 @@ from api import auth
 from api.deps import Services, ServicesDep
 from api.errors import responses
 from api.schemas import Accepted
+from domain.status import Decision
 
 router = APIRouter(prefix="/payments", tags=["payments"])
 
@@ -15,18 +16,19 @@ RESPONSES = responses(401, 403, 404, 409, 429, 503)
 
 
 async def _decide(
-    services: Services, caller: auth.Caller, payment_id: uuid.UUID, *, confirm: bool
+    services: Services, caller: auth.Caller, payment_id: uuid.UUID, decision: Decision
 ) -> Accepted:
     """The customer's decision: 404 unknown payment (or another customer's), then 409 unless
     it is still PENDING inside its window."""
     missing = f"payment {payment_id} does not exist"
     accepted = await services.sagas.decide_payment(
         str(payment_id),
-        confirm=confirm,
+        decision,
         authorize=lambda owner: auth.hidden_unless_theirs(caller, owner, missing),
     )
-    verb = "confirmed" if confirm else "cancelled"
-    return Accepted.for_order(accepted.order_id, f"payment {verb}: the saga has the decision")
+    return Accepted.for_order(
+        accepted.order_id, f"payment {decision.taken}: the saga has the decision"
+    )
 
 
 @router.post(
@@ -43,7 +45,7 @@ async def confirm_payment(
     wins: the other gets 409 naming the winner. The same decision again: the same 202, and
     nothing sent to the saga again. 404 unknown, 409 after the payment window, 429 when one
     payment is decided too often. Taken from the order's acceptance on."""
-    return await _decide(services, caller, payment_id, confirm=True)
+    return await _decide(services, caller, payment_id, Decision.CONFIRM)
 
 
 @router.post(
@@ -59,4 +61,4 @@ async def cancel_payment(
     """The customer cancels their payment; the saga cancels the order. Exactly one of racing
     decisions wins (409 for the other, naming the winner); the same decision again: the same
     202. 404 unknown, 409 after the payment window, 429 when one payment is decided too often."""
-    return await _decide(services, caller, payment_id, confirm=False)
+    return await _decide(services, caller, payment_id, Decision.CANCEL)

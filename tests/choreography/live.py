@@ -1,10 +1,9 @@
 """The choreography running in the test's process on a real ``nats-server -js`` (its consumers,
 and with ``start`` its relay and sweepers), over the test's database, driven through its door
-(``sagas.choreography.ChoreographedSagas``) as the API drives it."""
+(``sagas.door.Sagas``) as the API drives it."""
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,13 +12,14 @@ from typing import Any
 import nats
 from sqlalchemy import Engine
 
+from choreography.handlers import CONSUMERS
 from choreography.runtime import Choreography, connect_broker
 from domain import names
-from domain.events import CONSUMERS, STREAM
-from sagas import views
-from sagas.choreography import ChoreographedSagas
+from domain.events import STREAM
+from domain.status import Decision
+from sagas.door import Sagas
 from settings import Settings
-from tests.choreography.observe import eventually, unpublished
+from tests.choreography.observe import choreographed_door, eventually, unpublished
 from tests.nats_server import NatsServer
 from tests.saga_harness import order_request
 
@@ -33,28 +33,23 @@ class Live:
     server: NatsServer
     choreography: Choreography
 
-    def door(self, **changes: Any) -> ChoreographedSagas:
+    def door(self, **changes: Any) -> Sagas:
         """The door, publishing through the choreography's publisher; ``changes`` to its
         settings (``payment_window_seconds``, say) apply to the orders it places."""
         settings = self.settings.model_copy(update=changes)
-        return ChoreographedSagas(self.engine, settings, self.choreography.publisher)
+        return choreographed_door(self.engine, settings, self.choreography.publisher)
 
-    async def place(self, city: str, *, door: ChoreographedSagas | None = None) -> str:
+    async def place(self, city: str, *, door: Sagas | None = None) -> str:
         """Place an order and wait until PaymentService has written its payment; its id."""
-        order_id = str(uuid.uuid4())
-        placed = await (door or self.door()).place(
-            order_request(city=city), None, order_id, wait=10
-        )
-        assert placed.view is not None, f"the payment of order {order_id} was never written"
-        return order_id
+        placed = await (door or self.door()).place(order_request(city=city), None, wait=10)
+        assert placed.view is not None, f"the payment of order {placed.order_id} never came"
+        return placed.order_id
 
-    async def decide(self, order_id: str, *, confirm: bool) -> None:
-        await self.door().decide_payment(names.payment_id_for(order_id), confirm=confirm)
+    async def decide(self, order_id: str, decision: Decision) -> None:
+        await self.door().decide_payment(names.payment_id_for(order_id), decision)
 
     async def cancel(self, order_id: str) -> None:
-        view = await asyncio.to_thread(views.order_view, self.engine, self.settings, order_id)
-        assert view is not None
-        await self.door().cancel(order_id, view)
+        await self.door().cancel(order_id)
 
     async def report_delivered(self, order_id: str) -> None:
         await self.door().report_delivered(names.delivery_id_for(order_id))

@@ -10,7 +10,11 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 from sqlmodel import SQLModel, col, select
 
-from domain.events import CONSUMERS, Event, EventType, Service
+from choreography.handlers import CONSUMERS
+from choreography.outbox import Publisher
+from domain.events import Event, EventType, Service
+from domain.status import SagaStyle
+from sagas.door import Sagas
 from settings import Settings
 from store.db import read_session
 from store.models import (
@@ -38,9 +42,16 @@ def choreography_settings(engine: Engine, nats_url: str, **changes: Any) -> Sett
         "dealer_retry_initial_seconds": 0.5,
         "event_max_deliveries": 3,
         "auth_mode": "dev",
+        "saga_style": SagaStyle.CHOREOGRAPHY,
         **changes,
     }
     return Settings(**values)
+
+
+def choreographed_door(engine: Engine, settings: Settings, publisher: Publisher) -> Sagas:
+    """The door as the API builds it, placing choreographed orders (and no orchestrated
+    ones: it has no Temporal client)."""
+    return Sagas(engine, settings, publisher=publisher)
 
 
 def a_city() -> str:

@@ -43,17 +43,19 @@ from nats.js.api import ClusterInfo
 from sqlalchemy import Engine
 from sqlmodel import col, func, select
 
+from choreography.handlers import CONSUMERS
 from choreography.outbox import Publisher
 from choreography.runtime import Choreography, connect_broker, keep_connecting
 from domain import names
-from domain.events import CONSUMERS, DEAD_LETTER_STREAM, STREAM, EventType
-from domain.status import SagaPhase, SagaStyle
+from domain.events import DEAD_LETTER_STREAM, STREAM, EventType
+from domain.status import Decision, SagaPhase, SagaStyle
 from domain.views import OrderView
 from sagas import views
-from sagas.choreography import ChoreographedSagas
+from sagas.door import Sagas
 from settings import Settings
 from store.db import read_session
 from store.models import DeadLetterRow, DealerRow, InboxRow, OutboxRow, PaymentRow, RefundRow
+from tests.choreography.observe import choreographed_door
 from tests.conftest import temporal_binary as installed_binary
 from tests.saga_harness import add_dealer, db_statuses, order_request
 from tools.chaos.stack import free_port
@@ -280,7 +282,8 @@ async def choreographed(settings: Settings, engine: Engine) -> AsyncIterator["Sh
     api_broker = connect_broker(settings)
     try:
         await asyncio.wait_for(keep_connecting(api_broker), 30)
-        door = ChoreographedSagas(engine, settings, Publisher(engine, api_broker))
+        placing = settings.model_copy(update={"saga_style": SagaStyle.CHOREOGRAPHY})
+        door = choreographed_door(engine, placing, Publisher(engine, api_broker))
         yield Shop(engine, settings, door, choreography.broker)
     finally:
         await api_broker.stop()
@@ -347,14 +350,12 @@ class Shop:
 
     engine: Engine
     settings: Settings
-    door: ChoreographedSagas
+    door: Sagas
     worker_broker: NatsBroker  # the consumers' connection
 
     async def place(self, city: str) -> str:
         """Place an order (its saga takes it from here); its id."""
-        order_id = str(uuid.uuid4())
-        await self.door.place(order_request(city=city), None, order_id, wait=0)
-        return order_id
+        return (await self.door.place(order_request(city=city), None)).order_id
 
     async def view(self, order_id: str) -> OrderView | None:
         return await asyncio.to_thread(views.order_view, self.engine, self.settings, order_id)
@@ -372,7 +373,7 @@ class Shop:
     async def confirm(self, order_id: str) -> None:
         """The customer confirms, once PaymentService has written the payment."""
         await self.reaches(order_id, lambda v: v.payment is not None, "its payment written")
-        await self.door.decide_payment(names.payment_id_for(order_id), confirm=True)
+        await self.door.decide_payment(names.payment_id_for(order_id), Decision.CONFIRM)
 
     async def ended(self, order_id: str) -> bool:
         view = await self.view(order_id)

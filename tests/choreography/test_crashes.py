@@ -39,15 +39,15 @@ from nats.js import JetStreamContext
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from choreography.outbox import Publisher
-from choreography.runtime import connect_broker
+from bootstrap import open_parts
+from choreography.handlers import CONSUMERS
 from domain import names
-from domain.events import CONSUMERS, STREAM
+from domain.events import STREAM
 from domain.payloads import OrderItem, OrderRequest
-from domain.status import SagaPhase
+from domain.status import Decision, SagaPhase, SagaStyle
 from domain.views import OrderView
 from sagas import views
-from sagas.choreography import ChoreographedSagas
+from sagas.door import Sagas
 from settings import Settings
 from store.db import make_engine, session
 from store.models import (
@@ -90,27 +90,19 @@ CANCELLED_EVENTS = ["order_created", "payment_cancelled", "order_cancelled"]
 PLACE_AN_ORDER = """
 import asyncio, sys
 from decimal import Decimal
-from choreography.outbox import Publisher
-from choreography.runtime import connect_broker
+from bootstrap import open_parts
 from domain.payloads import OrderItem, OrderRequest
-from sagas.choreography import ChoreographedSagas
 from settings import Settings
-from store.db import make_engine
 
-async def main(order_id: str) -> None:
-    settings = Settings()
-    engine = make_engine(settings.database_url_value)
-    broker = connect_broker(settings)
-    await broker.start()
-    door = ChoreographedSagas(engine, settings, Publisher(engine, broker))
-    request = OrderRequest(
-        customer_id="crash-door",
-        items=[OrderItem(product_id="book", quantity=1, unit_price=Decimal("9.90"))],
-        province="Tehran",
-        city="Tehran",
-    )
-    await door.place(request, None, order_id, wait=0)
-    await broker.stop()
+async def main(key: str) -> None:
+    async with open_parts(Settings(), temporal="none") as parts:
+        request = OrderRequest(
+            customer_id="crash-door",
+            items=[OrderItem(product_id="book", quantity=1, unit_price=Decimal("9.90"))],
+            province="Tehran",
+            city="Tehran",
+        )
+        await parts.sagas.place(request, key)
 
 asyncio.run(main(sys.argv[1]))
 """
@@ -197,6 +189,7 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
             database_url=url,
             nats_url=server.url,
             auth_mode="dev",
+            saga_style=SagaStyle.CHOREOGRAPHY,
             dealer_assignment_window_seconds=1.5,
             dealer_retry_initial_seconds=0.5,
             event_ack_wait_seconds=ACK_WAIT,
@@ -215,6 +208,7 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
             # A killed worker's unacknowledged events come back after this, not 15 s.
             "EVENT_ACK_WAIT_SECONDS": str(ACK_WAIT),
             "AUTH_MODE": "dev",
+            "SAGA_STYLE": "choreography",
         }
         rig = Rig(engine, settings, fault_dir, logs, env)
         cleanup.callback(rig.stop)  # first out: the processes, then the engine and the server
@@ -222,15 +216,10 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
 
 
 @pytest.fixture
-async def door(rig: Rig) -> AsyncIterator[ChoreographedSagas]:
-    """The choreographed saga's door in this process, publishing on a connection of its own
-    (as the API does)."""
-    broker = connect_broker(rig.settings)
-    await broker.start()  # declares the streams
-    try:
-        yield ChoreographedSagas(rig.engine, rig.settings, Publisher(rig.engine, broker))
-    finally:
-        await broker.stop()
+async def door(rig: Rig) -> AsyncIterator[Sagas]:
+    """The door in this process, publishing on a connection of its own (as the API does)."""
+    async with open_parts(rig.settings, temporal="none") as parts:  # declares the streams
+        yield parts.sagas
 
 
 @pytest.fixture
@@ -275,19 +264,18 @@ async def reaches(rig: Rig, order_id: str, phase: SagaPhase, within: float = 45)
         raise AssertionError(f"{view(rig, order_id)}\n{rig.output()}") from None
 
 
-async def place(door: ChoreographedSagas, city: str) -> str:
+async def place(door: Sagas, city: str) -> str:
     """A new order, placed through the door, its payment written by the worker."""
-    order_id = str(uuid.uuid4())
     request = OrderRequest(
         customer_id="crash-customer",
         items=[OrderItem(product_id="book", quantity=2, unit_price=Decimal("12.50"))],
         province="Tehran",
         city=city,
     )
-    placed = await door.place(request, None, order_id, wait=15)
+    placed = await door.place(request, None, wait=15)
     assert placed.view is not None, "the order is not written"
     assert placed.view.payment is not None, "no payment written: is the worker running?"
-    return order_id
+    return placed.order_id
 
 
 def unpublished(engine: Engine) -> list[str]:
@@ -354,7 +342,7 @@ def assert_every_effect_once(engine: Engine, expected: dict[str, list[str]]) -> 
 
 @pytest.mark.parametrize("point", WORKER_FAULT_POINTS)
 async def test_a_worker_killed_at_a_fault_point_ends_every_order_right_after_its_restart(
-    rig: Rig, door: ChoreographedSagas, jetstream: JetStreamContext, point: str
+    rig: Rig, door: Sagas, jetstream: JetStreamContext, point: str
 ) -> None:
     dealer = add_dealer(rig.engine, city=DEALER_CITY, capacity=1)
     first = rig.start_worker()
@@ -362,7 +350,7 @@ async def test_a_worker_killed_at_a_fault_point_ends_every_order_right_after_its
     refunded = await place(door, f"Nowhere {uuid.uuid4().hex[:8]}")  # no dealer there
     rig.arm(point)
     for order_id in (delivered, refunded):
-        await door.decide_payment(names.payment_id_for(order_id), confirm=True)
+        await door.decide_payment(names.payment_id_for(order_id), Decision.CONFIRM)
     # The worker's first event out (order_confirmed) or in (payment_confirmed) kills it.
     await rig.killed_at(first, point)
     # What the crash left: an order confirmed whose order_confirmed nobody marked published.
@@ -399,11 +387,12 @@ async def test_a_worker_killed_at_a_fault_point_ends_every_order_right_after_its
 
 
 async def test_a_door_killed_after_its_commit_leaves_order_created_to_the_relay(
-    rig: Rig, door: ChoreographedSagas, jetstream: JetStreamContext
+    rig: Rig, door: Sagas, jetstream: JetStreamContext
 ) -> None:
-    order_id = str(uuid.uuid4())
+    key = str(uuid.uuid4())
+    order_id = names.new_order_id(rig.settings.order_id_key, "crash-door", key)
     rig.arm("outbox.after_commit")
-    placing = rig.spawn("door", "-c", PLACE_AN_ORDER, order_id)
+    placing = rig.spawn("door", "-c", PLACE_AN_ORDER, key)
     await rig.killed_at(placing, "outbox.after_commit", within=30)
     # The order is written and its event is in the outbox, unpublished; nothing else is.
     assert db_statuses(rig.engine, order_id)["order"] == "PENDING"
@@ -413,7 +402,7 @@ async def test_a_door_killed_after_its_commit_leaves_order_created_to_the_relay(
     rig.start_worker()  # its relay publishes order_created; PaymentService opens the payment
     waiting = await reaches(rig, order_id, SagaPhase.AWAITING_PAYMENT)
     assert waiting.payment is not None
-    await door.decide_payment(waiting.payment.payment_id, confirm=False)
+    await door.decide_payment(waiting.payment.payment_id, Decision.CANCEL)
     cancelled = await reaches(rig, order_id, SagaPhase.CANCELLED)
     assert cancelled.failure_type == names.PAYMENT_CANCELLED
     await settled(rig, jetstream)

@@ -24,9 +24,10 @@ from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from choreography import runtime
+from choreography.handlers import CONSUMERS
 from choreography.outbox import Publisher
-from domain.events import CONSUMERS, Event, EventType
-from domain.status import DeliveryStatus, OrderStatus, PaymentStatus
+from domain.events import Event, EventType
+from domain.status import Decision, DeliveryStatus, OrderStatus, PaymentStatus
 from store.db import read_session
 from store.models import DealerRow, InboxRow, OutboxRow, PaymentRow, place_key
 from tests.choreography.live import Live, running
@@ -87,7 +88,7 @@ Scenario = Callable[[Live, str], Awaitable[list[str]]]
 async def delivered(live: Live, city: str) -> list[str]:
     add_dealer(live.engine, city=city, capacity=1)
     order_id = await live.place(city)
-    await live.decide(order_id, confirm=True)
+    await live.decide(order_id, Decision.CONFIRM)
     await live.until(lambda: in_transit(live.engine, order_id), "the dealer takes the parcel")
     await live.report_delivered(order_id)
     await live.until(
@@ -98,14 +99,14 @@ async def delivered(live: Live, city: str) -> list[str]:
 
 async def cancelled_by_the_customer(live: Live, city: str) -> list[str]:
     order_id = await live.place(city)
-    await live.decide(order_id, confirm=False)
+    await live.decide(order_id, Decision.CANCEL)
     await live.until(lambda: cancelled(live.engine, order_id), "the order is cancelled")
     return [order_id]
 
 
 async def refunded_for_want_of_a_dealer(live: Live, city: str) -> list[str]:
     order_id = await live.place(city)  # nobody delivers there
-    await live.decide(order_id, confirm=True)
+    await live.decide(order_id, Decision.CONFIRM)
     await live.until(lambda: cancelled(live.engine, order_id), "the dealer window closes")
     return [order_id]
 
@@ -113,10 +114,10 @@ async def refunded_for_want_of_a_dealer(live: Live, city: str) -> list[str]:
 async def cancelled_while_a_dealer_is_sought(live: Live, city: str) -> list[str]:
     add_dealer(live.engine, city=city, capacity=1)
     busy = await live.place(city)
-    await live.decide(busy, confirm=True)
+    await live.decide(busy, Decision.CONFIRM)
     await live.until(lambda: in_transit(live.engine, busy), "the only dealer is taken")
     waiting = await live.place(city)
-    await live.decide(waiting, confirm=True)
+    await live.decide(waiting, Decision.CONFIRM)
     await live.until(lambda: seeking(live.engine, waiting), "the second order waits")
     await live.cancel(waiting)
     await live.until(lambda: cancelled(live.engine, waiting), "the waiting order is cancelled")

@@ -30,14 +30,14 @@ from choreography.runtime import Choreography, connect_broker
 from choreography.sweepers import Sweepers
 from domain import names
 from domain.events import STREAM, Event, EventType, Service
-from domain.status import DeliveryStatus, OrderStatus, PaymentStatus
-from sagas import views
-from sagas.choreography import ChoreographedSagas
+from domain.status import Decision, DeliveryStatus, OrderStatus, PaymentStatus
+from sagas.door import Sagas
 from sagas.errors import ConflictError
 from settings import Settings
 from store.models import InboxRow, as_utc, utcnow
 from tests.choreography.observe import (
     a_city,
+    choreographed_door,
     choreography_settings,
     dealer_load,
     decision_of,
@@ -73,27 +73,21 @@ class Shop:
     settings: Settings
     broker: NatsBroker
     publisher: Publisher
-    door: ChoreographedSagas
-    held: ChoreographedSagas
+    door: Sagas
+    held: Sagas
     sweepers: Sweepers
 
-    async def place(self, city: str = "Tehran", *, door: ChoreographedSagas | None = None) -> str:
+    async def place(self, city: str = "Tehran", *, door: Sagas | None = None) -> str:
         """Place an order through ``door`` (the publishing one by default); its id."""
-        order_id = str(uuid.uuid4())
-        await (door or self.door).place(order_request(city=city), None, order_id, wait=0)
-        return order_id
+        return (await (door or self.door).place(order_request(city=city), None)).order_id
 
-    async def decide(
-        self, order_id: str, *, confirm: bool, door: ChoreographedSagas | None = None
-    ) -> None:
+    async def decide(self, order_id: str, decision: Decision, *, door: Sagas | None = None) -> None:
         """The customer's decision on the order's payment."""
-        await (door or self.door).decide_payment(names.payment_id_for(order_id), confirm=confirm)
+        await (door or self.door).decide_payment(names.payment_id_for(order_id), decision)
 
     async def cancel(self, order_id: str) -> None:
         """An operator's cancel request."""
-        view = await asyncio.to_thread(views.order_view, self.engine, self.settings, order_id)
-        assert view is not None
-        await self.door.cancel(order_id, view)
+        await self.door.cancel(order_id)
 
     async def deliver(self, event: Event) -> InboxRow:
         """Publish ``event`` as the outbox does; its consumer's inbox row (it was applied)."""
@@ -168,9 +162,9 @@ async def shop(engine: Engine) -> AsyncIterator[Shop]:
             settings=settings,
             broker=broker,
             publisher=choreography.publisher,
-            door=ChoreographedSagas(engine, settings, choreography.publisher),
-            held=ChoreographedSagas(engine, settings, down),
-            sweepers=Sweepers(engine, choreography.publisher, settings.saga_timeouts),
+            door=choreographed_door(engine, settings, choreography.publisher),
+            held=choreographed_door(engine, settings, down),
+            sweepers=Sweepers(engine, choreography.publisher),
         )
 
 
@@ -183,8 +177,12 @@ async def test_order_created_opens_the_pending_payment_with_the_orders_window(
     order_id = await shop.place(door=shop.held)
     assert payment_of(shop.engine, order_id) is None
     created = the_event(shop.engine, order_id, EventType.ORDER_CREATED)
-    assert created.payment_window_seconds == shop.settings.payment_window_seconds
+    # The order keeps its windows, the door's settings', for its services to read.
     window = timedelta(seconds=shop.settings.payment_window_seconds)
+    assert (
+        order_of(shop.engine, order_id).saga_timeouts
+        == shop.settings.saga_timeouts.model_dump_json()
+    )
     before = utcnow()
     inbox = await shop.deliver(created)
     after = utcnow()
@@ -224,7 +222,8 @@ async def test_a_decision_taken_before_the_payment_existed_is_applied_as_it_is_w
     expected_log: list[EventType],
 ) -> None:
     order_id = await shop.place(door=shop.held)
-    await shop.decide(order_id, confirm=confirm)  # recorded; there is no payment to apply it to
+    decision = Decision.CONFIRM if confirm else Decision.CANCEL
+    await shop.decide(order_id, decision)  # recorded; there is no payment to apply it to
     assert payment_of(shop.engine, order_id) is None
     created = the_event(shop.engine, order_id, EventType.ORDER_CREATED)
     inbox = await shop.deliver(created)
@@ -242,7 +241,7 @@ async def test_a_decision_taken_before_the_payment_existed_is_applied_as_it_is_w
 
 async def test_payment_confirmed_confirms_the_order(shop: Shop) -> None:
     order_id = await shop.place()
-    await shop.decide(order_id, confirm=True, door=shop.held)
+    await shop.decide(order_id, Decision.CONFIRM, door=shop.held)
     assert order_of(shop.engine, order_id).status == OrderStatus.PENDING
     confirmed = the_event(shop.engine, order_id, EventType.PAYMENT_CONFIRMED)
     inbox = await shop.deliver(confirmed)
@@ -256,7 +255,7 @@ async def test_payment_confirmed_after_the_order_was_cancelled_changes_nothing(
     shop: Shop,
 ) -> None:
     order_id = await shop.place()
-    await shop.decide(order_id, confirm=True, door=shop.held)  # payment_confirmed is late...
+    await shop.decide(order_id, Decision.CONFIRM, door=shop.held)  # payment_confirmed is late...
     confirmed = the_event(shop.engine, order_id, EventType.PAYMENT_CONFIRMED)
     await shop.cancel(order_id)  # ...and a cancel overtakes it: refunded, cancelled
     assert order_of(shop.engine, order_id).status == OrderStatus.CANCELLED
@@ -296,7 +295,7 @@ async def test_order_confirmed_assigns_a_free_dealer_the_pivot(shop: Shop) -> No
     city = a_city()
     dealer_id = add_dealer(shop.engine, city=city, capacity=1)
     order_id = await shop.place(city)
-    await shop.decide(order_id, confirm=True)
+    await shop.decide(order_id, Decision.CONFIRM)
     confirmed = the_event(shop.engine, order_id, EventType.ORDER_CONFIRMED)
     inbox = applied(shop.engine, confirmed)
     delivery = delivery_of(shop.engine, order_id)
@@ -322,7 +321,7 @@ async def test_order_confirmed_without_a_free_dealer_waits_within_the_dealer_win
     order_id = await shop.place(a_city())  # nobody delivers there
     timeouts = shop.settings.saga_timeouts
     before = utcnow()
-    await shop.decide(order_id, confirm=True)
+    await shop.decide(order_id, Decision.CONFIRM)
     after = utcnow()
     confirmed = the_event(shop.engine, order_id, EventType.ORDER_CONFIRMED)
     inbox = applied(shop.engine, confirmed)
@@ -345,7 +344,7 @@ async def test_order_confirmed_without_a_free_dealer_waits_within_the_dealer_win
 
 async def test_delivery_failed_refunds_the_completed_payment_once(shop: Shop) -> None:
     order_id = await shop.place(a_city())
-    await shop.decide(order_id, confirm=True)
+    await shop.decide(order_id, Decision.CONFIRM)
     failed = await eventually(
         lambda: events(shop.engine, order_id, type=EventType.DELIVERY_FAILED),
         what="the dealer window closes",
@@ -391,7 +390,7 @@ async def cancel_while_a_dealer_is_sought(shop: Shop) -> str:
     """A confirmed order waiting for a dealer, cancelled by an operator: its delivery is
     cancelled, its payment refunded and the order cancelled. The order's id."""
     order_id = await shop.place(a_city())
-    await shop.decide(order_id, confirm=True)
+    await shop.decide(order_id, Decision.CONFIRM)
     delivery = delivery_of(shop.engine, order_id)
     assert delivery is not None
     assert (delivery.status, delivery.next_attempt_at is not None) == (DeliveryStatus.PENDING, True)
@@ -420,7 +419,7 @@ async def test_payment_cancelled_cancels_the_order_and_a_second_one_changes_noth
     shop: Shop,
 ) -> None:
     order_id = await shop.place()
-    await shop.decide(order_id, confirm=False)
+    await shop.decide(order_id, Decision.CANCEL)
     cancelled = the_event(shop.engine, order_id, EventType.PAYMENT_CANCELLED)
     inbox = applied(shop.engine, cancelled)
     order = order_of(shop.engine, order_id)
@@ -438,7 +437,7 @@ async def test_payment_cancelled_cancels_the_order_and_a_second_one_changes_noth
 
 async def test_payment_expired_cancels_the_order(shop: Shop) -> None:
     short = shop.settings.model_copy(update={"payment_window_seconds": 0.2})
-    door = ChoreographedSagas(shop.engine, short, shop.publisher)
+    door = choreographed_door(shop.engine, short, shop.publisher)
     order_id = await shop.place(door=door)
     expired = await eventually(
         lambda: events(shop.engine, order_id, type=EventType.PAYMENT_EXPIRED),
@@ -471,7 +470,7 @@ async def test_delivery_completed_delivers_the_order_and_frees_the_dealer(shop: 
     city = a_city()
     dealer_id = add_dealer(shop.engine, city=city, capacity=1)
     order_id = await shop.place(city)
-    await shop.decide(order_id, confirm=True)
+    await shop.decide(order_id, Decision.CONFIRM)
     await shop.door.report_delivered(names.delivery_id_for(order_id))
     completed = the_event(shop.engine, order_id, EventType.DELIVERY_COMPLETED)
     assert completed.dealer_id == dealer_id
@@ -530,7 +529,7 @@ async def cancel_after_the_pivot(shop: Shop) -> tuple[str, int]:
     city = a_city()
     dealer_id = add_dealer(shop.engine, city=city, capacity=1)
     order_id = await shop.place(city)
-    await shop.decide(order_id, confirm=True)
+    await shop.decide(order_id, Decision.CONFIRM)
     await shop.cancel(order_id)
     return order_id, dealer_id
 
@@ -550,10 +549,8 @@ async def test_a_cancel_after_the_pivot_is_refused(shop: Shop) -> None:
 
 async def test_a_cancel_after_the_dealer_window_closed_changes_nothing(shop: Shop) -> None:
     order_id = await shop.place(a_city())
-    await shop.decide(order_id, confirm=True)
-    view = await asyncio.to_thread(views.order_view, shop.engine, shop.settings, order_id)
-    assert view is not None
-    await shop.held.cancel(order_id, view)  # order_cancel_requested is late...
+    await shop.decide(order_id, Decision.CONFIRM)
+    await shop.held.cancel(order_id)  # order_cancel_requested is late...
     requested = the_event(shop.engine, order_id, EventType.ORDER_CANCEL_REQUESTED)
     await eventually(  # ...and the dealer window closes first: refunded, cancelled
         lambda: order_of(shop.engine, order_id).status == OrderStatus.CANCELLED,
@@ -598,7 +595,7 @@ async def test_delivery_cancelled_cancels_a_pending_payment_and_refunds_nothing(
     assert (undone.source, undone.reason) == (Service.PAYMENTS, names.CANCELLED_ON_REQUEST)
     await shop.delivered_again_changes_nothing(stopped)
     with pytest.raises(ConflictError):
-        await shop.decide(order_id, confirm=True)
+        await shop.decide(order_id, Decision.CONFIRM)
 
 
 async def test_delivery_cancelled_refunds_a_completed_payment(shop: Shop) -> None:
@@ -638,7 +635,7 @@ async def test_delivery_cancelled_before_the_payment_exists_writes_it_cancelled(
     assert late.note == "payment already CANCELLED"
     assert log(shop.engine, order_id) == CANCELLED_BEFORE_THE_DECISION
     with pytest.raises(ConflictError):
-        await shop.decide(order_id, confirm=True)
+        await shop.decide(order_id, Decision.CONFIRM)
 
 
 # --- OrderService: order_cancel_refused -----------------------------------------------------

@@ -22,12 +22,10 @@ import pytest
 from sqlalchemy import Engine, text, update
 from sqlmodel import col, select
 
-from choreography.handlers import saga_id_of
 from choreography.sweepers import Sweepers
 from domain import names
 from domain.events import Event, EventType, Service
 from domain.status import Decision, DeliveryStatus, OrderStatus, PaymentStatus
-from sagas import views
 from sagas.errors import ConflictError
 from services import payments
 from store.db import session
@@ -141,9 +139,7 @@ async def test_an_outbox_row_that_cannot_be_published_does_not_hold_back_the_res
         door = live.door()
         # Written while the broker does not take them, so only the relay can publish them.
         server.stop()
-        order_ids = [str(uuid.uuid4()) for _ in range(3)]
-        for order_id in order_ids:
-            await door.place(order_request(city=city), None, order_id, wait=0)
+        order_ids = [(await door.place(order_request(city=city), None)).order_id for _ in range(3)]
         server.start()
         for order_id in order_ids:
             await live.until(
@@ -166,7 +162,7 @@ async def test_a_row_a_sweeper_always_fails_on_does_not_hold_back_the_rest(
 ) -> None:
     settings = choreography_settings(engine, server.url)
     async with running(engine, settings, server, start=False) as live:  # the test sweeps
-        sweeper = Sweepers(engine, live.choreography.publisher, settings.saga_timeouts)
+        sweeper = Sweepers(engine, live.choreography.publisher)
         door = live.door()
         # Two deliveries waiting for a dealer in a city with none; the first is then taken
         # over by another saga's identity, so every attempt on it fails.
@@ -174,7 +170,7 @@ async def test_a_row_a_sweeper_always_fails_on_does_not_hold_back_the_rest(
         orders = []
         for _ in range(2):
             order_id = await live.place(city, door=door)
-            await live.decide(order_id, confirm=True)
+            await live.decide(order_id, Decision.CONFIRM)
             await live.until(
                 lambda o=order_id: seeking_a_dealer(engine, o),  # type: ignore[misc]
                 "the delivery waits for a dealer",
@@ -260,7 +256,6 @@ async def test_a_confirm_meeting_the_windows_close_neither_deadlocks_nor_loses(
         sweeper = Sweepers(
             engine,
             live.choreography.publisher,
-            settings.saga_timeouts,
             interval=timedelta(milliseconds=2),
         )
         sweeping = asyncio.create_task(sweeper.run())
@@ -272,7 +267,7 @@ async def test_a_confirm_meeting_the_windows_close_neither_deadlocks_nor_loses(
                 assert payment.expires_at is not None
                 at = as_utc(payment.expires_at) - timedelta(milliseconds=150)
                 await asyncio.sleep(max(0.0, (at - utcnow()).total_seconds()))
-                await door.decide_payment(names.payment_id_for(order_id), confirm=True)
+                await door.decide_payment(names.payment_id_for(order_id), Decision.CONFIRM)
 
             await asyncio.gather(*(confirm_just_before_the_close(o) for o in order_ids))
             await live.until(
@@ -308,11 +303,11 @@ async def test_a_confirm_that_meets_an_order_cancels_refund_is_a_conflict_and_re
         with session(engine) as undoing:
             # PaymentService undoing the payment for the order's cancel, not committed yet.
             outcome, changed = payments.cancel_or_refund_payment(
-                undoing, order_id, saga_id_of(order_id)
+                undoing, order_id, names.choreographed_saga_id(order_id)
             )
             assert (outcome.status, changed) == (PaymentStatus.CANCELLED, True)
             deciding = asyncio.create_task(
-                live.door().decide_payment(payment_id, confirm=True), name="the confirm"
+                live.door().decide_payment(payment_id, Decision.CONFIRM), name="the confirm"
             )
             await lock_waiters(engine, 1, deciding)
             undoing.commit()
@@ -339,7 +334,6 @@ async def test_confirms_window_closes_and_cancels_racing_never_deadlock(
             Sweepers(
                 engine,
                 live.choreography.publisher,
-                settings.saga_timeouts,
                 interval=timedelta(milliseconds=2),
             )
             for _ in range(2)
@@ -358,16 +352,14 @@ async def test_confirms_window_closes_and_cancels_racing_never_deadlock(
 
             async def confirm() -> None:
                 try:
-                    await door.decide_payment(names.payment_id_for(order_id), confirm=True)
+                    await door.decide_payment(names.payment_id_for(order_id), Decision.CONFIRM)
                     answers[order_id].append("confirmed")
                 except ConflictError:
                     answers[order_id].append("confirm refused")
 
             async def cancel() -> None:
-                view = await asyncio.to_thread(views.order_view, engine, settings, order_id)
-                assert view is not None
                 try:
-                    await door.cancel(order_id, view)
+                    await door.cancel(order_id)
                     answers[order_id].append("cancel requested")
                 except ConflictError:
                     answers[order_id].append("cancel refused")

@@ -92,7 +92,7 @@ async def passed(moment: datetime) -> None:
 async def confirmed_and_seeking(live: Live, city: str) -> str:
     """An order whose payment is confirmed and whose delivery waits for a dealer."""
     order_id = await live.place(city)
-    await live.decide(order_id, confirm=True)
+    await live.decide(order_id, Decision.CONFIRM)
     await live.until(lambda: seeking(live.engine, order_id), "the delivery waits for a dealer")
     return order_id
 
@@ -175,8 +175,8 @@ async def test_two_sweepers_at_once_fire_each_deadline_once(
         set_dealer_load(engine, dealer_id, 0)
 
         publisher = live.choreography.publisher
-        first = Sweepers(engine, publisher, settings.saga_timeouts)
-        second = Sweepers(engine, publisher, settings.saga_timeouts)
+        first = Sweepers(engine, publisher)
+        second = Sweepers(engine, publisher)
 
         deadline = time.monotonic() + 20
         # Rounds of both at once, until neither finds anything due.
@@ -247,7 +247,6 @@ async def test_a_confirm_racing_the_windows_close_has_exactly_one_winner(
         eager = Sweepers(
             engine,
             live.choreography.publisher,
-            settings.saga_timeouts,
             interval=timedelta(milliseconds=5),
         )
         sweeping = asyncio.create_task(eager.run())
@@ -260,7 +259,7 @@ async def test_a_confirm_racing_the_windows_close_has_exactly_one_winner(
                 at = payment_deadline(engine, order_id) + timedelta(seconds=offset)
                 await asyncio.sleep(max(0.0, (at - utcnow()).total_seconds()))
                 try:
-                    await door.decide_payment(names.payment_id_for(order_id), confirm=True)
+                    await door.decide_payment(names.payment_id_for(order_id), Decision.CONFIRM)
                 except ConflictError:
                     return False
                 return True
@@ -330,11 +329,11 @@ async def test_a_confirm_taken_in_time_but_committed_after_the_close_wins_alone(
             # CONFIRM (in time) and before it completes the payment.
             holder.get(PaymentRow, payment_id, with_for_update=True)
             deciding = asyncio.create_task(
-                door.decide_payment(payment_id, confirm=True), name="the confirm"
+                door.decide_payment(payment_id, Decision.CONFIRM), name="the confirm"
             )
             await lock_waiters(engine, 1, deciding)
             await passed(payment_deadline(engine, order_id))
-            sweeper = Sweepers(engine, live.choreography.publisher, settings.saga_timeouts)
+            sweeper = Sweepers(engine, live.choreography.publisher)
             sweeping = asyncio.create_task(sweeper.sweep(), name="the sweep")  # it has closed
             await lock_waiters(engine, 2, deciding, sweeping)
             holder.rollback()

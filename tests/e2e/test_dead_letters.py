@@ -20,14 +20,14 @@ from nats.js.errors import NotFoundError
 from sqlalchemy import Engine
 from sqlmodel import func, select
 
-from choreography.handlers import saga_id_of
 from choreography.outbox import Publisher, emit
 from choreography.runtime import connect_broker
+from domain import names
 from domain.events import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, Event, EventType, Service
-from domain.payloads import OrderItem, OrderRequest
+from domain.payloads import OrderItem, OrderRequest, SagaTimeouts
 from domain.status import SagaStyle
 from services import orders
-from store.db import session
+from store.db import session, transaction
 from store.models import DeadLetterRow, InboxRow, PaymentRow
 from tests.e2e.conftest import Stack, poison_event
 
@@ -43,11 +43,15 @@ def fix_the_missing_order(engine: Engine, order_id: str) -> None:
         province="Tehran",
         city="Tehran",
     )
-    with session(engine) as db:
+    with transaction(engine) as db:
         orders.create_order(
-            db, order_id, request, saga_id_of(order_id), style=SagaStyle.CHOREOGRAPHY
+            db,
+            order_id,
+            request,
+            names.choreographed_saga_id(order_id),
+            style=SagaStyle.CHOREOGRAPHY,
+            timeouts=SagaTimeouts(),
         )
-        db.commit()
 
 
 async def listed(stack: Stack, *, pending: bool | None = None) -> dict[str, dict[str, Any]]:

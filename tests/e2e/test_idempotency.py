@@ -23,9 +23,8 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from domain import names
-from domain.payloads import OrderRequest
+from domain.payloads import OrderProcessInput, OrderRequest
 from domain.status import SagaStyle
-from sagas.orchestration import start_order_saga
 from services.orders import mark_key_saga_started, use_idempotency_key
 from services.retention import delete_expired
 from store.db import session
@@ -34,6 +33,7 @@ from tests.activities.support import all_rows
 from tests.e2e.conftest import Stack
 from tests.e2e.test_api_saga import ORDER, WAIT, add_dealer, eventually, saga_eventually
 from tests.saga_harness import db_statuses
+from workflows import OrderProcessWorkflow
 
 
 def record_key(stack: Stack, request: OrderRequest, key: str, *, saga_started: bool) -> str:
@@ -128,12 +128,11 @@ async def test_a_replay_after_the_saga_was_deleted_answers_the_order_and_moves_n
     assert not await saga_exists(stack, workflow_id)
 
     # Someone starts a saga for the order by hand (Web UI, CLI): it touches nothing.
-    handle = await start_order_saga(
-        stack.client,
-        order_id,
-        OrderRequest.model_validate(body),
+    handle = await stack.client.start_workflow(
+        OrderProcessWorkflow.run,
+        OrderProcessInput(order_id=order_id, request=OrderRequest.model_validate(body)),
+        id=names.workflow_id_for(order_id),
         task_queue=stack.settings.workflow_task_queue,
-        timeouts=stack.settings.saga_timeouts,
     )
     result = await handle.result()
     assert (result.phase, result.failure_type) == ("CANCELLED", names.OWNED_BY_ANOTHER_SAGA)

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
-from domain.events import CONSUMERS
+from choreography.handlers import CONSUMERS
 from settings import Settings
 from store.db import make_engine
 from tests.e2e.test_races import poll

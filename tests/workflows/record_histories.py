@@ -101,6 +101,7 @@ class Recording:
     async def start(self, timeouts: SagaTimeouts = TIMEOUTS) -> SagaHandle:
         return await start_saga(
             self.client,
+            self.engine,
             f"-{self.path}",
             timeouts=timeouts,
             order_id=recorded_order_id(self.path),

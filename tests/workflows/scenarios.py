@@ -39,9 +39,9 @@ async def cancel_the_payment(handle: SagaHandle, reason: str | None = None) -> P
 LATE_AND_DUPLICATE_SIGNAL_LOG = [
     (names.SIGNAL_MARK_DELIVERED, False, "ignored in phase AWAITING_PAYMENT"),
     (names.SIGNAL_CONFIRM_PAYMENT, False, "unknown payment not-a-payment"),
-    (names.SIGNAL_CONFIRM_PAYMENT, True, "confirm"),
-    (names.SIGNAL_CONFIRM_PAYMENT, False, "decision already taken: confirm"),
-    (names.SIGNAL_CANCEL_PAYMENT, False, "decision already taken: confirm"),
+    (names.SIGNAL_CONFIRM_PAYMENT, True, "CONFIRM"),
+    (names.SIGNAL_CONFIRM_PAYMENT, False, "decision already taken: CONFIRM"),
+    (names.SIGNAL_CANCEL_PAYMENT, False, "decision already taken: CONFIRM"),
     (names.SIGNAL_MARK_DELIVERED, False, "unknown delivery not-a-delivery"),
     (names.SIGNAL_MARK_DELIVERED, True, "delivered"),
 ]

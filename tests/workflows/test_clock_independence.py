@@ -49,7 +49,7 @@ async def test_no_dealer_decisions_follow_history_events_not_task_timestamps(
 ):
     client = time_skipping_env.client
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix, order_request(city="Nowhere"))
+        handle = await start_saga(client, engine, task_queue_suffix, order_request(city="Nowhere"))
         await confirm_payment(handle)
         result = await handle.result()
         history = await handle.fetch_history()

@@ -40,7 +40,7 @@ async def test_refund_that_fails_twice_is_retried_until_it_succeeds(
     refund = FailingRefund(engine, failures=2)
     overrides = [refund.cancel_or_refund_payment]
     async with saga_workers(client, engine, executor, task_queue_suffix, overrides=overrides):
-        handle = await start_saga(client, task_queue_suffix)  # no dealer anywhere
+        handle = await start_saga(client, engine, task_queue_suffix)  # no dealer anywhere
         await confirm_payment(handle)
         result = await handle.result()
 
@@ -79,7 +79,7 @@ async def test_failing_refund_shows_as_retrying_with_its_error_until_it_succeeds
     refund = FailingRefund(engine)
     overrides = [refund.cancel_or_refund_payment]
     async with saga_workers(client, engine, executor, task_queue_suffix, overrides=overrides):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, engine, task_queue_suffix)
         waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
         assert waiting.payment_id is not None
         await handle.signal(Saga.cancel_payment, PaymentDecision(payment_id=waiting.payment_id))
@@ -118,7 +118,7 @@ async def test_cancelling_the_workflow_does_not_interrupt_a_running_unwind(
     refund = FailingRefund(engine)
     overrides = [refund.cancel_or_refund_payment]
     async with saga_workers(client, engine, executor, task_queue_suffix, overrides=overrides):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, engine, task_queue_suffix)
         waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
         assert waiting.payment_id is not None
         await handle.signal(Saga.cancel_payment, PaymentDecision(payment_id=waiting.payment_id))

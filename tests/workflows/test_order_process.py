@@ -93,7 +93,7 @@ async def test_confirmed_order_is_delivered_and_frees_its_dealer(
     client = time_skipping_env.client
     dealer = add_dealer(engine, capacity=1)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, engine, task_queue_suffix)
         await confirm_payment(handle)
         in_transit = await wait_for_phase(handle, SagaPhase.IN_TRANSIT)
 
@@ -153,7 +153,7 @@ async def test_city_and_province_match_dealers_case_insensitively(
     dealer = add_dealer(engine, city="Tehran", province="Tehran")
     request = order_request(city="tEhRaN", province="TEHRAN")
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix, request)
+        handle = await start_saga(client, engine, task_queue_suffix, request)
         await confirm_payment(handle)
         in_transit = await wait_for_phase(handle, SagaPhase.IN_TRANSIT)
         assert in_transit.dealer_id == dealer
@@ -173,7 +173,7 @@ async def test_customer_cancel_cancels_payment_then_order(
     client = time_skipping_env.client
     add_dealer(engine)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, engine, task_queue_suffix)
         waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
         assert waiting.payment_id is not None
         await handle.signal(
@@ -212,7 +212,7 @@ async def test_payment_window_closing_after_30_minutes_cancels_payment_then_orde
     assert SagaTimeouts().payment_window == timedelta(minutes=30)
     async with saga_workers(client, engine, executor, task_queue_suffix):
         started = time.monotonic()
-        handle = await start_saga(client, task_queue_suffix, timeouts=SagaTimeouts())
+        handle = await start_saga(client, engine, task_queue_suffix, timeouts=SagaTimeouts())
         result = await handle.result()
         elapsed = time.monotonic() - started
 
@@ -247,7 +247,7 @@ async def test_no_dealer_refunds_payment_then_cancels_order(
     dealer_ids = [add_dealer(engine, **kw) for kw in dealers]
     loads = [dealer_load(engine, d) for d in dealer_ids]
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, engine, task_queue_suffix)
         await confirm_payment(handle)
         result = await handle.result()
         assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
@@ -292,7 +292,7 @@ async def test_cancelling_the_workflow_while_awaiting_payment_compensates_then_c
 ):
     client = time_skipping_env.client
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, engine, task_queue_suffix)
         await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
         await handle.cancel()
         await assert_cancelled_run(handle)
@@ -321,7 +321,7 @@ async def test_cancelling_the_workflow_while_waiting_for_a_dealer_refunds_and_ho
     client = time_skipping_env.client
     full_dealer = add_dealer(engine, capacity=1, active_deliveries=1)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, engine, task_queue_suffix)
         await confirm_payment(handle)
         retrying = await wait_until_seeking_a_dealer(handle)
         assert db_statuses(engine, retrying.order_id)["delivery"] == DeliveryStatus.PENDING
@@ -377,7 +377,7 @@ async def test_cancelling_the_workflow_after_an_unseen_dealer_assignment_release
     async with saga_workers(
         client, engine, executor, task_queue_suffix, overrides=[lost.assign_dealer]
     ):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, engine, task_queue_suffix)
         await confirm_payment(handle)
         assert await asyncio.to_thread(lost.assigned.wait, 10)
         # The dealer has the parcel, but the saga never saw it: still before the pivot.
@@ -411,7 +411,7 @@ async def test_cancelling_while_a_step_runs_waits_for_it_then_undoes_what_it_did
     async with saga_workers(
         client, engine, executor, task_queue_suffix, overrides=[held.create_payment]
     ):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, engine, task_queue_suffix)
         assert await asyncio.to_thread(held.started.wait, 10)
         await handle.cancel()
         # While the step still runs, the saga must not unwind: an undo now would find
@@ -445,7 +445,7 @@ async def test_cancel_request_after_the_pivot_is_ignored_and_the_order_is_still_
     client = time_skipping_env.client
     dealer = add_dealer(engine)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, engine, task_queue_suffix)
         await confirm_payment(handle)
         await wait_for_phase(handle, SagaPhase.IN_TRANSIT)
         await handle.cancel()

@@ -57,7 +57,7 @@ async def test_a_confirm_recorded_before_the_payment_exists_is_taken_without_its
     order_id = str(uuid.uuid4())
     record_decision(engine, order_id, Decision.CONFIRM)  # its signal is lost
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix, order_id=order_id)
+        handle = await start_saga(client, engine, task_queue_suffix, order_id=order_id)
         state = await wait_for_phase(handle, SagaPhase.IN_TRANSIT)
 
     assert [s.name for s in state.steps] == DELIVERED_STEPS[:6]
@@ -71,7 +71,7 @@ async def test_the_window_closing_takes_a_confirm_whose_signal_never_came(
     client = time_skipping_env.client
     add_dealer(engine)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix, timeouts=SagaTimeouts())
+        handle = await start_saga(client, engine, task_queue_suffix, timeouts=SagaTimeouts())
         waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
         # The customer confirmed in time; the API recorded it and died before signalling.
         record_decision(engine, waiting.order_id, Decision.CONFIRM)
@@ -94,7 +94,7 @@ async def test_the_window_closing_with_no_decision_records_the_timeout_and_cance
     opened(engine, order_id)  # accepted, as the door accepts it
     async with saga_workers(client, engine, executor, task_queue_suffix):
         handle = await start_saga(
-            client, task_queue_suffix, timeouts=SagaTimeouts(), order_id=order_id
+            client, engine, task_queue_suffix, timeouts=SagaTimeouts(), order_id=order_id
         )
         result = await handle.result()
 
@@ -135,7 +135,7 @@ async def test_a_report_the_database_backs_is_held_until_the_saga_sees_its_pivot
     async with saga_workers(
         client, engine, executor, task_queue_suffix, overrides=[held.assign_dealer]
     ):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, engine, task_queue_suffix)
         state = await confirm_payment(handle)
         assert await asyncio.to_thread(held.assigned.wait, 10)
         # The database shows the delivery with its dealer; the saga is still assigning.
@@ -169,7 +169,7 @@ async def test_a_held_report_for_another_dealer_is_ignored(
     async with saga_workers(
         client, engine, executor, task_queue_suffix, overrides=[held.assign_dealer]
     ):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, engine, task_queue_suffix)
         state = await confirm_payment(handle)
         assert await asyncio.to_thread(held.assigned.wait, 10)
         assert state.delivery_id is not None

@@ -37,7 +37,7 @@ async def test_a_saga_started_again_for_a_delivered_order_moves_no_money(
     dealer = add_dealer(engine, capacity=1)
     order_id = str(uuid.uuid4())
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        first = await start_saga(client, task_queue_suffix, order_id=order_id)
+        first = await start_saga(client, engine, task_queue_suffix, order_id=order_id)
         await confirm_payment(first)
         in_transit = await wait_for_phase(first, SagaPhase.IN_TRANSIT)
         assert in_transit.delivery_id is not None
@@ -48,7 +48,7 @@ async def test_a_saga_started_again_for_a_delivered_order_moves_no_money(
 
         # The first saga has closed: the same workflow id can start again (as after Temporal
         # deleted the closed saga, or from the Web UI), and finds the first saga's rows.
-        second = await start_saga(client, task_queue_suffix, order_id=order_id)
+        second = await start_saga(client, engine, task_queue_suffix, order_id=order_id)
         result = await second.result()
 
     assert (await second.describe()).run_id != first_run

@@ -46,7 +46,7 @@ async def test_duplicate_unknown_and_early_signals_are_ignored_and_the_order_is_
     client = time_skipping_env.client
     add_dealer(engine)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, engine, task_queue_suffix)
         result = await late_and_duplicate_signals(handle)
 
     assert signal_log(result) == LATE_AND_DUPLICATE_SIGNAL_LOG
@@ -68,7 +68,7 @@ async def test_mark_delivered_while_a_dealer_is_still_being_sought_is_ignored(
     client = time_skipping_env.client
     dealer = add_dealer(engine, capacity=1, active_deliveries=1)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, engine, task_queue_suffix)
         await confirm_payment(handle)
         seeking = await wait_until_seeking_a_dealer(handle)
         assert seeking.delivery_id is not None
@@ -89,7 +89,7 @@ async def test_mark_delivered_while_a_dealer_is_still_being_sought_is_ignored(
         result = await handle.result()
 
     assert signal_log(result) == [
-        (names.SIGNAL_CONFIRM_PAYMENT, True, "confirm"),
+        (names.SIGNAL_CONFIRM_PAYMENT, True, "CONFIRM"),
         (names.SIGNAL_MARK_DELIVERED, False, "ignored in phase ASSIGNING_DEALER"),
         (names.SIGNAL_MARK_DELIVERED, True, "delivered"),
     ]
@@ -106,7 +106,7 @@ async def test_confirm_after_cancel_is_ignored_while_the_saga_compensates(
     async with saga_workers(
         client, engine, executor, task_queue_suffix, overrides=[refund.cancel_or_refund_payment]
     ):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, engine, task_queue_suffix)
         decision = await cancel_the_payment(handle)
         await wait_for_phase(handle, SagaPhase.COMPENSATING, until=compensation_retrying)
 
@@ -116,8 +116,8 @@ async def test_confirm_after_cancel_is_ignored_while_the_saga_compensates(
         result = await handle.result()
 
     assert signal_log(result) == [
-        (names.SIGNAL_CANCEL_PAYMENT, True, "cancel"),
-        (names.SIGNAL_CONFIRM_PAYMENT, False, "decision already taken: cancel"),
+        (names.SIGNAL_CANCEL_PAYMENT, True, "CANCEL"),
+        (names.SIGNAL_CONFIRM_PAYMENT, False, "decision already taken: CANCEL"),
     ]
     assert result.failure_type == names.PAYMENT_CANCELLED
     assert names.COMPLETE_PAYMENT not in [s.name for s in result.steps]
@@ -134,7 +134,7 @@ async def test_confirm_after_the_payment_window_closed_is_ignored(
     async with saga_workers(
         client, engine, executor, task_queue_suffix, overrides=[refund.cancel_or_refund_payment]
     ):
-        handle = await start_saga(client, task_queue_suffix, timeouts=timeouts)
+        handle = await start_saga(client, engine, task_queue_suffix, timeouts=timeouts)
         waiting = await wait_for_phase(handle, SagaPhase.AWAITING_PAYMENT)
         assert waiting.payment_id is not None
 
@@ -164,7 +164,7 @@ async def test_an_ignored_signal_sent_again_is_counted_not_listed(
     client = time_skipping_env.client
     add_dealer(engine)
     async with saga_workers(client, engine, executor, task_queue_suffix):
-        handle = await start_saga(client, task_queue_suffix)
+        handle = await start_saga(client, engine, task_queue_suffix)
         await confirm_payment(handle)
         moving = await wait_for_phase(handle, SagaPhase.IN_TRANSIT)
         assert moving.payment_id is not None
@@ -178,7 +178,7 @@ async def test_an_ignored_signal_sent_again_is_counted_not_listed(
         )
     ignored = [s for s in state.signals if not s.applied]
     assert [(s.name, s.note, s.repeats) for s in ignored] == [
-        (names.SIGNAL_CONFIRM_PAYMENT, "decision already taken: confirm", 49)
+        (names.SIGNAL_CONFIRM_PAYMENT, "decision already taken: CONFIRM", 49)
     ]
     assert ignored[0].last_received_at is not None
     assert ignored[0].last_received_at >= ignored[0].received_at

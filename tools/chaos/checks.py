@@ -13,8 +13,9 @@ from sqlalchemy import Engine, func
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from choreography.handlers import CONSUMERS
 from domain import names
-from domain.events import CONSUMERS, STREAM, EventType
+from domain.events import STREAM, EventType
 from domain.payloads import SagaState
 from store.db import session
 from store.models import (
@@ -31,7 +32,6 @@ from store.models import (
 )
 from tools.chaos.customers import Saga
 from worker import replay_failures_at_every_task
-from workflows import OrderProcessWorkflow
 
 # What the saga's failure must be once each payment decision has won (None: no failure of
 # the payment; a confirmed order may still be cancelled for want of a dealer).
@@ -188,7 +188,7 @@ async def check_temporal(client: Client, sagas: list[Saga]) -> tuple[list[str], 
         if status in BAD_RUN_STATUSES:
             violations.append(f"workflow {handle.id} is {status.name}")
         if status == WorkflowExecutionStatus.RUNNING:
-            state: SagaState = await handle.query(OrderProcessWorkflow.state)
+            state = await handle.query(names.QUERY_STATE, result_type=SagaState)
             if state.phase != "IN_TRANSIT" or saga.scenario != "confirm_keep":
                 violations.append(f"workflow {handle.id} still running in {state.phase}")
         # Open or closed, the saga must replay at every workflow task: what a worker
