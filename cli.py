@@ -8,9 +8,10 @@
     ordersaga dead-letters list|replay # events no consumer could apply (choreography)
     ordersaga builds                   # the saga's builds, and the open sagas on each
 
-Talks to the API at ``--api`` (default http://127.0.0.1:8000); ``demo`` also places its
-orders itself (settings from the environment, as the API's: SAGA_STYLE chooses the style) so
-it can use a short payment window and show the timeout path in seconds, not half an hour.
+Talks to the API at ``--api`` (default http://127.0.0.1:8000). ``demo`` places its orders
+through the door itself, with the running system's settings (``--system``, the file
+``make run`` writes; the environment wins), so they run in the system's style with windows
+of seconds, and the timeout path shows in seconds, not half an hour.
 """
 
 import argparse
@@ -19,8 +20,8 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -99,62 +100,26 @@ def _phase(body: dict[str, Any]) -> str | None:
     return phase
 
 
-# Places one order (its request) in the demo's style; returns the order id.
-Placer = Callable[[Any], Awaitable[str]]
+def _settings(args: argparse.Namespace) -> Any:
+    """The running system's settings: the environment's, then ``--system``'s file (written by
+    ``make run``). A setting that is wrong ends the command with one line saying which."""
+    from pydantic import ValidationError
 
+    from settings import Settings
 
-@asynccontextmanager
-async def _placer(settings: Any) -> AsyncIterator[Placer]:
-    """Places the demo's orders with ``settings``' windows, in ``SAGA_STYLE``: a Temporal
-    workflow started here, or the order and its ``order_created`` event written here."""
-    from domain.status import SagaStyle
-
-    if settings.saga_style == SagaStyle.CHOREOGRAPHY:
-        from choreography.outbox import Publisher
-        from choreography.runtime import connect_broker
-        from sagas.choreography import ChoreographedSagas
-        from store.db import make_engine
-
-        engine = make_engine(settings.database_url_value)
-        broker = connect_broker(settings)
-        await broker.start()
-        door = ChoreographedSagas(engine, settings, Publisher(engine, broker))
-
-        async def place_event(request: Any) -> str:
-            order_id = str(uuid.uuid4())
-            await door.place(request, None, order_id, wait=0)
-            return order_id
-
-        try:
-            yield place_event
-        finally:
-            await broker.stop()
-            engine.dispose()
-        return
-
-    from sagas.orchestration import OrchestratedSagas
-    from sagas.temporal import connect_temporal
-    from store.db import make_engine
-
-    client = await connect_temporal(settings)
-    engine = make_engine(settings.database_url_value)
-    sagas = OrchestratedSagas(client, engine, settings)
-
-    async def start_workflow(request: Any) -> str:
-        # Through the door: the order accepted (its payment's decision opened), its saga
-        # started with the demo's windows.
-        placed = await sagas.place(request, None)
-        return placed.order_id
-
+    system = Path(args.system)
     try:
-        yield start_workflow
-    finally:
-        await sagas.aclose()
-        engine.dispose()
+        return Settings(_env_file=(".env", system) if system.exists() else ".env")
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])).upper() or 'settings'}: {e['msg']}"
+            for e in err.errors()
+        )
+        raise SystemExit(f"ordersaga: the settings are wrong: {problems}") from None
 
 
 async def _demo_path(
-    http: httpx.AsyncClient, place: Placer, path: str, city: str
+    http: httpx.AsyncClient, sagas: Any, windows: Any, path: str, city: str
 ) -> tuple[str, ...]:
     from domain.payloads import OrderItem, OrderRequest
 
@@ -166,7 +131,7 @@ async def _demo_path(
         # The demo's own city (its own dealer), or one no dealer serves.
         city=f"Nowhere {uuid.uuid4().hex[:6]}" if no_dealer else city,
     )
-    order_id = await place(request)
+    order_id = (await sagas.place(request, None, timeouts=windows)).order_id
     body = await _wait_for_order(http, order_id, lambda b: b.get("payment") is not None, 30)
     if body.get("payment") is None:
         raise SystemExit(f"order {order_id} got no payment within 30 s: is the worker running?")
@@ -192,15 +157,22 @@ async def _demo_path(
 
 
 async def demo(args: argparse.Namespace) -> int:
-    """Drive one order down each path and print the outcomes with where to see each saga."""
-    from settings import Settings
+    """Drive one order down each path, in the running system's style, and print the outcomes
+    with where to see each saga."""
+    from bootstrap import open_parts
+    from domain.payloads import SagaTimeouts
 
-    # Short windows so the timeout and no-dealer paths end within seconds. (A choreographed
-    # order's dealer window is DeliveryService's own: the worker's setting.)
-    settings = Settings(payment_window_seconds=5, dealer_assignment_window_seconds=3)
+    settings = _settings(args)
+    # Short windows, for this demo's orders only, so the timeout and no-dealer paths end in
+    # seconds.
+    windows = SagaTimeouts(
+        payment_window=timedelta(seconds=5),
+        dealer_assignment_window=timedelta(seconds=3),
+        dealer_retry_initial_interval=timedelta(seconds=0.5),
+    )
     progress = Progress(len(DEMO_PATHS), f"demo ({settings.saga_style})")
     rows = []
-    async with _client(args) as http, _placer(settings) as place:
+    async with _client(args) as http, open_parts(settings) as parts:
         # The demo brings its own dealer and city, so every path shows whatever else the
         # database holds (the seeded dealers may all be busy with earlier orders).
         city = f"Demo City {uuid.uuid4().hex[:6]}"
@@ -216,7 +188,7 @@ async def demo(args: argparse.Namespace) -> int:
             print(f"cannot add the demo's dealer: {added.status_code} {added.text}")
             return 1
         for path in DEMO_PATHS:
-            rows.append(await _demo_path(http, place, path, city))
+            rows.append(await _demo_path(http, parts.sagas, windows, path, city))
             progress.step(f"{path}: {rows[-1][1]}")
     print(_table(rows, ("path", "order", "payment", "delivery", "failure", "the saga")))
     return 0
@@ -380,10 +352,9 @@ async def show_builds(args: argparse.Namespace) -> int:
     is current, which drain, and how many open sagas each still has."""
     from sagas.builds import builds
     from sagas.temporal import connect_temporal
-    from settings import Settings
     from versions import code_build_id
 
-    settings = Settings()
+    settings = _settings(args)
     client = await connect_temporal(settings)
     found = await builds(client, settings.worker_deployment_name)
     if not found:
@@ -409,6 +380,11 @@ def parser() -> argparse.ArgumentParser:
         prog="ordersaga", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     top.add_argument("--api", default=os.environ.get("ORDERSAGA_API", "http://127.0.0.1:8000"))
+    top.add_argument(
+        "--system",
+        default=os.environ.get("ORDERSAGA_SYSTEM", str(ROOT / "data" / "system.env")),
+        help="the running system's settings, written by make run (the environment wins)",
+    )
     top.add_argument(
         "--api-key",
         default=os.environ.get("ORDERSAGA_API_KEY"),
@@ -454,10 +430,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         "dead-letters": dead_letters,
         "builds": show_builds,
     }[args.command]
+    from nats.errors import Error as NatsError
+    from sqlalchemy.exc import OperationalError
+
+    from sagas.temporal import TemporalConnectError
+
     try:
         sys.exit(asyncio.run(command(args)))
     except httpx.ConnectError:
-        sys.exit(f"cannot reach the API at {args.api}: is it running (ordersaga up)?")
+        sys.exit(f"ordersaga: cannot reach the API at {args.api}: is it running (ordersaga up)?")
+    except TemporalConnectError as err:
+        sys.exit(f"ordersaga: {err}")
+    except (OSError, NatsError, OperationalError) as err:  # NATS or the database, unreachable
+        sys.exit(f"ordersaga: cannot reach a service the command needs: {err}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ mkdir -p "$DATA_DIR/logs"
 # "<pid> <name>" of each part running now, in the order to stop them; rewritten on every
 # (re)start, so a later run can stop what this one leaves behind if it is killed with kill -9.
 PIDS_FILE="$DATA_DIR/run.pids"
+# Where this run's parts are, for the command line (ordersaga demo, builds) in another shell;
+# no secret goes in it. Removed when the run stops.
+SYSTEM_FILE="$DATA_DIR/system.env"
 
 if [[ -t 1 ]]; then
   say() { printf '\033[1m[run]\033[0m %s\n' "$*"; }
@@ -197,7 +200,7 @@ stop_all() {
     unset "part_pid[$name]"
     write_pids
   done
-  rm -f "$PIDS_FILE"
+  rm -f "$PIDS_FILE" "$SYSTEM_FILE"
   say "stopped. Data kept in $DATA_DIR/ (delete it to start from scratch)."
   # Asked to stop (Ctrl-C, SIGTERM): that is success, even if a step was interrupted.
   [[ -z $stopping ]] || exit 0
@@ -301,6 +304,19 @@ start api
 wait_until "the API" 60 "$VENV/bin/python" -c \
   "import urllib.request; urllib.request.urlopen('http://$HOST:$API_PORT/healthz', timeout=1)"
 
+(
+  umask 077
+  cat >"$SYSTEM_FILE" <<ENV
+TEMPORAL_ADDRESS='$TEMPORAL_ADDRESS'
+TEMPORAL_UI_URL='$TEMPORAL_UI_URL'
+DATABASE_URL='$DATABASE_URL'
+NATS_URL='$NATS_URL'
+SAGA_STYLE='$SAGA_STYLE'
+AUTH_MODE='$AUTH_MODE'
+WORKER_BUILD_ID='$BUILD_ID'
+ENV
+)
+
 cat <<MSG
 
   Order saga is running.
@@ -309,6 +325,7 @@ cat <<MSG
     NATS JetStream  $NATS_URL
     Saga style      $SAGA_STYLE (of new orders; GET /orders/<order_id> shows each one's)
     Logs            $DATA_DIR/logs/{temporal,nats,worker,api}.log
+    Command line    ordersaga demo, ordersaga orders, ... (this run: $SYSTEM_FILE)
 
   Try it:
     curl -s -X POST http://$HOST:$API_PORT/orders -H 'Content-Type: application/json' \\
