@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from domain.payloads import Count, Name, Place
+from domain.input import Count, Name, Place
 from domain.status import (
     Decision,
     DeliveryStatus,

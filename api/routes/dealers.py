@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, status
 from api.auth.callers import AuthenticatedJSONRoute, Operator
 from api.deps import ServicesDep
 from api.errors import responses
-from domain.payloads import NO_CONTROL_CHARS
+from domain.input import NO_CONTROL_CHARS
 from domain.views import DealerView, NewDealer
 from sagas import dealers, views
 

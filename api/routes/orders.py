@@ -19,7 +19,8 @@ from api.deps import ServicesDep
 from api.errors import responses
 from api.prefer import preferred_wait
 from api.schemas import Accepted, OrderAccepted, order_path
-from domain.payloads import NO_CONTROL_CHARS, OrderRequest, SagaState
+from domain.input import NO_CONTROL_CHARS
+from domain.payloads import OrderRequest, SagaState
 from domain.status import OrderStatus
 from domain.views import EventLogEntry, OrderPage, OrderView
 from sagas import views
