@@ -19,8 +19,7 @@ from services.rows import (
     require_owner,
     transition,
 )
-from store.models import DealerRow, DeliveryRow, place_key, utcnow
-from store.seed import new_dealer
+from store.models import DealerRow, DeliveryRow, new_dealer, place_key, utcnow
 
 # How many times assignment picks again when another transaction took the chosen dealer's
 # last unit between the pick and the guarded update.

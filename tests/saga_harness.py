@@ -40,8 +40,7 @@ from domain.payloads import (
 )
 from domain.status import RecordStatus, SagaPhase
 from store.db import session
-from store.models import DealerRow, DeliveryRow, OrderRow, PaymentRow
-from store.seed import new_dealer
+from store.models import DealerRow, DeliveryRow, OrderRow, PaymentRow, new_dealer
 from worker import service_activities, workflow_worker
 from workflows import OrderProcessWorkflow
 
