@@ -9,7 +9,9 @@ from api.deps import ServicesDep
 from api.errors import responses
 from domain.input import NO_CONTROL_CHARS
 from domain.views import DealerView, NewDealer
-from sagas import dealers, views
+from sagas import views
+from services import dealers
+from store.db import session
 
 router = APIRouter(prefix="/dealers", tags=["dealers"], route_class=AuthenticatedJSONRoute)
 
@@ -44,4 +46,7 @@ def list_dealers(
 )
 def add_dealer(body: NewDealer, services: ServicesDep, _caller: Operator) -> DealerView:
     """Add a delivery person. 409 if the phone number is taken."""
-    return dealers.add_dealer(services.engine, body)
+    with session(services.engine) as db:  # one transaction, on this route's worker thread
+        dealer = dealers.add_dealer(db, body)
+        db.commit()
+    return views.dealer_view(dealer)
