@@ -1,6 +1,7 @@
 """What a person may type, as pydantic types: money as exact text or number, names and ids
-free of control and bidirectional characters and normalised to one spelling, counts as
-integers only. The payloads and the API's schemas build on these; no I/O, no FastAPI."""
+free of control and bidirectional characters and normalised to one spelling, phone numbers,
+counts as integers only. The payloads and the views' input models build on these; no I/O, no
+FastAPI (the workflow sandbox loads them with the payloads)."""
 
 import re
 import unicodedata
@@ -81,6 +82,13 @@ Identifier = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=NO_CONTROL_CHARS),
     BeforeValidator(_nfc),
+]
+# A phone number: digits, spaces, parentheses and dashes, with an optional leading "+".
+Phone = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=3, max_length=32, pattern=r"^\+?[0-9 ()-]+$"
+    ),
 ]
 
 
