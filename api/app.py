@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 from temporalio.client import Interceptor
 
-from api import auth
+from api.auth.openapi import document_security
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimitMiddleware
 from api.routes import dead_letters, dealers, deliveries, health, orders, payments
@@ -99,5 +99,5 @@ def create_app(
         health.router,
     ):
         app.include_router(router)
-    auth.document_security(app, settings)
+    document_security(app, settings)
     return app

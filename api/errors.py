@@ -30,13 +30,13 @@ from api.limits import is_small_number
 from domain.errors import BusinessError
 from sagas.errors import (
     ConflictError,
-    DealerExistsError,
     IdempotencyKeyReusedError,
     NotFoundError,
     SagaError,
     TooManyRequestsError,
 )
 from sagas.temporal import temporal_misconfiguration
+from services.dealers import DealerExistsError
 
 log = logging.getLogger("api")
 
@@ -81,7 +81,6 @@ def responses(
 SAGA_ERROR_STATUS: dict[type[SagaError], int] = {
     NotFoundError: 404,
     ConflictError: 409,
-    DealerExistsError: 409,
     # The same Idempotency-Key with a different body: 422, as the IETF draft says.
     IdempotencyKeyReusedError: 422,
     TooManyRequestsError: 429,
@@ -176,6 +175,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(err, TooManyRequestsError):
             headers = {"Retry-After": str(max(1, math.ceil(err.retry_after)))}
         return JSONResponse({"detail": err.detail}, status_code=status, headers=headers)
+
+    @app.exception_handler(DealerExistsError)
+    async def _dealer_exists(_request: Request, err: DealerExistsError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=409)
 
     @app.exception_handler(BusinessError)
     async def _business_error(_request: Request, err: BusinessError) -> JSONResponse:

@@ -6,11 +6,10 @@ no I/O.
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
-from domain.payloads import Count, Name, Place
+from domain.input import Count, Name, Phone, Place
 from domain.status import (
     Decision,
     DeliveryStatus,
@@ -19,13 +18,6 @@ from domain.status import (
     SagaPhase,
     SagaStyle,
 )
-
-Phone = Annotated[
-    str,
-    StringConstraints(
-        strip_whitespace=True, min_length=3, max_length=32, pattern=r"^\+?[0-9 ()-]+$"
-    ),
-]
 
 
 class ItemView(BaseModel):

@@ -21,10 +21,6 @@ class IdempotencyKeyReusedError(SagaError):
     """The same Idempotency-Key with a different request."""
 
 
-class DealerExistsError(SagaError):
-    """A dealer with this phone number exists already."""
-
-
 class TooManyRequestsError(SagaError):
     """Too many requests on one payment or delivery in a short time; ``retry_after``: seconds
     until the next is taken."""

@@ -12,7 +12,6 @@ from domain.status import DeliveryStatus
 from services.rows import (
     create_owned,
     execute_core,
-    insert_new,
     invalid_transition,
     is_owner,
     not_found,
@@ -20,7 +19,6 @@ from services.rows import (
     transition,
 )
 from store.models import DealerRow, DeliveryRow, place_key, utcnow
-from store.seed import new_dealer
 
 # How many times assignment picks again when another transaction took the chosen dealer's
 # last unit between the pick and the guarded update.
@@ -250,22 +248,6 @@ def _least_loaded_dealer(db: Session, delivery: DeliveryRow) -> int | None:
     params = {"province_key": place_key(delivery.province), "city_key": place_key(delivery.city)}
     found: int | None = execute_core(db, _LEAST_LOADED_DEALER, params).scalar()
     return found
-
-
-def add_dealer(
-    db: Session, name: str, phone: str, province: str, city: str, capacity: int
-) -> tuple[DealerRow, bool]:
-    """A new dealer serving ``province``/``city`` with ``capacity`` parcels at once.
-
-    The phone number is unique: when it is taken, the dealer who has it is returned instead.
-    Returns the dealer and whether this call added it. Does not commit.
-    """
-    dealer = new_dealer(name, phone, province, city, capacity)
-    if insert_new(db, dealer):
-        return dealer, True
-    holder = db.exec(select(DealerRow).where(DealerRow.phone == phone)).first()
-    assert holder is not None, "a dealer that was not inserted has its phone held by a row"
-    return holder, False
 
 
 # --- the dealer window as a durable deadline (the choreographed saga) ------------------------

@@ -116,6 +116,19 @@ class DealerRow(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+def new_dealer(name: str, phone: str, province: str, city: str, capacity: int) -> DealerRow:
+    """A dealer row with its normalised place keys filled in."""
+    return DealerRow(
+        name=name,
+        phone=phone,
+        province=province,
+        city=city,
+        province_key=place_key(province),
+        city_key=place_key(city),
+        capacity=capacity,
+    )
+
+
 class DeliveryRow(SQLModel, table=True):
     """A delivery (DeliveryService): at most one per order (unique order_id)."""
 

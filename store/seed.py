@@ -5,7 +5,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from store.db import session
-from store.models import DealerRow, place_key
+from store.models import DealerRow, new_dealer
 
 DEMO_DEALERS = [
     ("Ana Dealer", "+98-21-0001", "Tehran", "Tehran", 5),
@@ -13,19 +13,6 @@ DEMO_DEALERS = [
     ("Cyrus Express", "+98-31-0001", "Isfahan", "Isfahan", 2),
     ("Dara Parcel", "+98-51-0001", "Razavi Khorasan", "Mashhad", 2),
 ]
-
-
-def new_dealer(name: str, phone: str, province: str, city: str, capacity: int) -> DealerRow:
-    """A dealer row with its normalised place keys filled in."""
-    return DealerRow(
-        name=name,
-        phone=phone,
-        province=province,
-        city=city,
-        province_key=place_key(province),
-        city_key=place_key(city),
-        capacity=capacity,
-    )
 
 
 def seed_dealers(engine: Engine) -> int:

@@ -41,8 +41,7 @@ from domain.payloads import (
 from domain.status import RecordStatus, SagaPhase
 from services import payments
 from store.db import session, transaction
-from store.models import DealerRow, DeliveryRow, OrderRow, PaymentRow
-from store.seed import new_dealer
+from store.models import DealerRow, DeliveryRow, OrderRow, PaymentRow, new_dealer
 from worker import service_activities, workflow_worker
 from workflows import OrderProcessWorkflow
 

@@ -138,6 +138,11 @@ def test_the_service_layer_knows_neither_temporal_adapters_nor_the_door() -> Non
             assert {room(t) for t in targets} <= {"domain", "store", "services"}, module
 
 
+def test_the_service_layer_builds_on_no_demo_data() -> None:
+    seeded = sorted(m for m, targets in graph().items() if "store.seed" in targets)
+    assert [m for m in seeded if room(m) == "services"] == []
+
+
 def test_there_is_no_import_circle() -> None:
     edges = graph()
     state: dict[str, str] = {}

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from starlette.concurrency import run_in_threadpool
 
-from api import auth
+from api.auth.callers import Operator
 from api.deps import ServicesDep
 from api.errors import responses
 from api.schemas import Problem
@@ -24,7 +24,7 @@ router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
 )
 async def list_dead_letters(
     services: ServicesDep,
-    _caller: auth.Operator,
+    _caller: Operator,
     pending: Annotated[bool, Query(description="only those not replayed yet")] = True,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[DeadLetterView]:
@@ -44,7 +44,7 @@ async def list_dead_letters(
 async def replay_dead_letter(
     dead_letter_id: uuid.UUID,
     services: ServicesDep,
-    _caller: auth.Operator,
+    _caller: Operator,
 ) -> Problem:
     """Deliver the event again to its consumer (once what made it fail is fixed): queued with
     the replay's mark in one transaction, published now or, while the broker is down, as soon

@@ -4,14 +4,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from api import auth
+from api.auth.callers import AuthenticatedJSONRoute, Operator
 from api.deps import ServicesDep
 from api.errors import responses
-from domain.payloads import NO_CONTROL_CHARS
+from domain.input import NO_CONTROL_CHARS
 from domain.views import DealerView, NewDealer
-from sagas import dealers, views
+from sagas import views
+from services import dealers
+from store.db import transaction
 
-router = APIRouter(prefix="/dealers", tags=["dealers"], route_class=auth.AuthenticatedJSONRoute)
+router = APIRouter(prefix="/dealers", tags=["dealers"], route_class=AuthenticatedJSONRoute)
 
 
 @router.get(
@@ -22,7 +24,7 @@ router = APIRouter(prefix="/dealers", tags=["dealers"], route_class=auth.Authent
 )
 def list_dealers(
     services: ServicesDep,
-    _caller: auth.Operator,
+    _caller: Operator,
     province: Annotated[str | None, Query(max_length=100, pattern=NO_CONTROL_CHARS)] = None,
     city: Annotated[str | None, Query(max_length=100, pattern=NO_CONTROL_CHARS)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -42,6 +44,8 @@ def list_dealers(
     response_model=DealerView,
     responses=responses(401, 403, 409, 413, 422, 503),
 )
-def add_dealer(body: NewDealer, services: ServicesDep, _caller: auth.Operator) -> DealerView:
+def add_dealer(body: NewDealer, services: ServicesDep, _caller: Operator) -> DealerView:
     """Add a delivery person. 409 if the phone number is taken."""
-    return dealers.add_dealer(services.engine, body)
+    with transaction(services.engine) as db:  # on this route's worker thread
+        dealer = dealers.add_dealer(db, body)
+    return views.dealer_view(dealer)

@@ -4,7 +4,7 @@ import uuid
 
 from fastapi import APIRouter, status
 
-from api import auth
+from api.auth.callers import Operator
 from api.deps import ServicesDep
 from api.errors import responses
 from api.schemas import Accepted
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/deliveries", tags=["deliveries"])
     responses=responses(401, 403, 404, 409, 429, 503),
 )
 async def mark_delivered(
-    delivery_id: uuid.UUID, services: ServicesDep, _caller: auth.Operator
+    delivery_id: uuid.UUID, services: ServicesDep, _caller: Operator
 ) -> Accepted:
     """The dealer's report, by an operator: an IN_TRANSIT delivery is delivered; the same
     report again is answered alike. 404 unknown, 409 not in transit (nor delivered), 429 when

@@ -7,18 +7,26 @@ from fastapi import APIRouter, Header, Query, Response, status
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from api import auth
+from api.auth.callers import (
+    AnyCaller,
+    AuthenticatedJSONRoute,
+    Customer,
+    Operator,
+    hidden_unless_visible,
+    require_customer_of,
+)
 from api.deps import ServicesDep
 from api.errors import responses
 from api.prefer import preferred_wait
 from api.schemas import Accepted, OrderAccepted, order_path
-from domain.payloads import NO_CONTROL_CHARS, OrderRequest, SagaState
+from domain.input import NO_CONTROL_CHARS
+from domain.payloads import OrderRequest, SagaState
 from domain.status import OrderStatus
 from domain.views import EventLogEntry, OrderPage, OrderView
 from sagas import views
 from sagas.errors import NotFoundError
 
-router = APIRouter(prefix="/orders", tags=["orders"], route_class=auth.AuthenticatedJSONRoute)
+router = APIRouter(prefix="/orders", tags=["orders"], route_class=AuthenticatedJSONRoute)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -113,7 +121,7 @@ Prefer = Annotated[
 async def create_order(
     body: OrderRequest,
     services: ServicesDep,
-    caller: auth.Customer,
+    caller: Customer,
     idempotency_key: IdempotencyKey = None,
     prefer: Prefer = None,
 ) -> Response:
@@ -125,7 +133,7 @@ async def create_order(
     starts nothing, even long after its saga ended. 409 if that order's saga ended before it
     wrote the order (it was cancelled at once).
     """
-    auth.require_customer_of(caller, body.customer_id, "order's customer_id")
+    require_customer_of(caller, body.customer_id, "order's customer_id")
     wait = preferred_wait(prefer, services.settings.order_create_wait_seconds)
     placed = await services.sagas.place(body, idempotency_key, wait=wait)
     headers = {"Location": order_path(placed.order_id)}
@@ -165,7 +173,7 @@ router.add_api_route(
 )
 def list_orders(
     services: ServicesDep,
-    caller: auth.AnyCaller,
+    caller: AnyCaller,
     status_filter: Annotated[OrderStatus | None, Query(alias="status")] = None,
     customer_id: Annotated[str | None, Query(max_length=64, pattern=NO_CONTROL_CHARS)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -176,7 +184,7 @@ def list_orders(
     if not caller.is_operator:
         assert caller.customer_id is not None
         if customer_id is not None:
-            auth.require_customer_of(caller, customer_id, "customer's order list")
+            require_customer_of(caller, customer_id, "customer's order list")
         customer_id = caller.customer_id
     items, total = views.list_orders(
         services.engine,
@@ -197,15 +205,13 @@ def list_orders(
         responses(401, 404, 503), status_200={**_PAYMENT_LINKS, **_DELIVERY_LINKS}
     ),
 )
-async def get_order(
-    order_id: uuid.UUID, services: ServicesDep, caller: auth.AnyCaller
-) -> OrderView:
+async def get_order(order_id: uuid.UUID, services: ServicesDep, caller: AnyCaller) -> OrderView:
     """The order, its payment and delivery and where its saga is, from the database alone (no
     workflow query): CREATING while its saga's first steps have not written it. 404 unknown, or
     another customer's."""
     view = await services.sagas.order(str(order_id))
     if view.customer_id is not None:
-        auth.hidden_unless_visible(caller, view.customer_id, f"order {order_id} does not exist")
+        hidden_unless_visible(caller, view.customer_id, f"order {order_id} does not exist")
     return view
 
 
@@ -216,7 +222,7 @@ async def get_order(
     responses=responses(401, 403, 404, 503),
 )
 async def get_saga(
-    order_id: uuid.UUID, services: ServicesDep, _caller: auth.Operator
+    order_id: uuid.UUID, services: ServicesDep, _caller: Operator
 ) -> SagaState | list[EventLogEntry]:
     """The saga's full account for an operator. Orchestration: its state (steps,
     compensations, signals, failure; a workflow query), 404 when the order has no saga (any
@@ -236,9 +242,7 @@ async def get_saga(
     response_model=Accepted,
     responses=responses(401, 404, 409, 503),
 )
-async def cancel_order(
-    order_id: uuid.UUID, services: ServicesDep, caller: auth.AnyCaller
-) -> Accepted:
+async def cancel_order(order_id: uuid.UUID, services: ServicesDep, caller: AnyCaller) -> Accepted:
     """Cancel the order before a dealer is assigned; the saga refunds and cancels. 409 after.
     Its customer, or an operator on behalf of the shop."""
     key = str(order_id)
@@ -247,6 +251,6 @@ async def cancel_order(
         missing = f"order {key} does not exist"
         if owner is None:
             raise NotFoundError(missing)
-        auth.hidden_unless_visible(caller, owner, missing)
+        hidden_unless_visible(caller, owner, missing)
     await services.sagas.cancel(key)
     return Accepted.for_order(key, "cancellation requested")

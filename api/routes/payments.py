@@ -4,7 +4,7 @@ import uuid
 
 from fastapi import APIRouter, status
 
-from api import auth
+from api.auth.callers import Caller, Customer, hidden_unless_theirs
 from api.deps import Services, ServicesDep
 from api.errors import responses
 from api.schemas import Accepted
@@ -16,7 +16,7 @@ RESPONSES = responses(401, 403, 404, 409, 429, 503)
 
 
 async def _decide(
-    services: Services, caller: auth.Caller, payment_id: uuid.UUID, decision: Decision
+    services: Services, caller: Caller, payment_id: uuid.UUID, decision: Decision
 ) -> Accepted:
     """The customer's decision: 404 unknown payment (or another customer's), then 409 unless
     it is still PENDING inside its window."""
@@ -24,7 +24,7 @@ async def _decide(
     accepted = await services.sagas.decide_payment(
         str(payment_id),
         decision,
-        authorize=lambda owner: auth.hidden_unless_theirs(caller, owner, missing),
+        authorize=lambda owner: hidden_unless_theirs(caller, owner, missing),
     )
     return Accepted.for_order(
         accepted.order_id, f"payment {decision.taken}: the saga has the decision"
@@ -39,7 +39,7 @@ async def _decide(
     responses=RESPONSES,
 )
 async def confirm_payment(
-    payment_id: uuid.UUID, services: ServicesDep, caller: auth.Customer
+    payment_id: uuid.UUID, services: ServicesDep, caller: Customer
 ) -> Accepted:
     """The customer confirms their payment. Of a confirm and a cancel racing, exactly one
     wins: the other gets 409 naming the winner. The same decision again: the same 202, and
@@ -56,7 +56,7 @@ async def confirm_payment(
     responses=RESPONSES,
 )
 async def cancel_payment(
-    payment_id: uuid.UUID, services: ServicesDep, caller: auth.Customer
+    payment_id: uuid.UUID, services: ServicesDep, caller: Customer
 ) -> Accepted:
     """The customer cancels their payment; the saga cancels the order. Exactly one of racing
     decisions wins (409 for the other, naming the winner); the same decision again: the same

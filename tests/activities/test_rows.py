@@ -2,6 +2,7 @@
 transition and an insert that does nothing when the key is taken, run as Core statements
 inside an ORM session, must leave that session telling the truth."""
 
+import re
 import uuid
 from decimal import Decimal
 
@@ -13,7 +14,8 @@ from temporalio.exceptions import ApplicationError
 from domain import names
 from domain.payloads import CreateDeliveryInput, CreatePaymentInput
 from domain.status import OrderStatus
-from services import deliveries as deliveries_service
+from domain.views import NewDealer
+from services.dealers import DealerExistsError, add_dealer
 from services.rows import insert_new, transition
 from store.db import session
 from store.models import DealerRow, OrderRow, PaymentRow
@@ -153,16 +155,15 @@ def test_core_statements_see_what_the_session_has_pending(engine):
 
 
 def test_a_dealer_gets_the_id_the_database_generated_and_its_phone_once(engine):
-    phone = f"+1-{uuid.uuid4().hex[:12]}"
+    phone = f"+1-{uuid.uuid4().int % 10**12}"
+    ana = NewDealer(name="Ana", phone=phone, province="Tehran", city="Karaj", capacity=3)
+    bo = NewDealer(name="Bo", phone=phone, province="Qom", city="Qom", capacity=9)
     with session(engine) as db:
-        added, inserted = deliveries_service.add_dealer(db, "Ana", phone, "Tehran", "Karaj", 3)
+        added = add_dealer(db, ana)
         db.commit()
-    with session(engine) as db:
-        again, inserted_again = deliveries_service.add_dealer(db, "Bo", phone, "Qom", "Qom", 9)
-        db.commit()
+    with session(engine) as db, pytest.raises(DealerExistsError, match=re.escape(phone)):
+        add_dealer(db, bo)
 
-    assert (inserted, inserted_again) == (True, False)
     assert added.id is not None
-    assert again.id == added.id
     stored = all_rows(engine, DealerRow, phone=phone)
     assert [(d.id, d.name, d.city, d.capacity) for d in stored] == [(added.id, "Ana", "Karaj", 3)]

@@ -17,12 +17,12 @@ import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 from pydantic import SecretStr
 
-from api.auth import (
+from api.auth.__main__ import main
+from api.auth.tokens import (
     TOKEN_AUDIENCE,
     TOKEN_LEEWAY,
     InvalidTokenError,
     issue_customer_token,
-    main,
     verify_customer_token,
 )
 

@@ -23,7 +23,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api.app import create_app
-from api.auth import API_KEY_HEADER, issue_customer_token
+from api.auth.callers import API_KEY_HEADER
+from api.auth.tokens import issue_customer_token
 from choreography.outbox import Publisher
 from choreography.runtime import Choreography, connect_broker
 from domain.events import Event, EventType, Service

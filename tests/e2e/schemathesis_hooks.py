@@ -17,7 +17,7 @@ from typing import Any
 import schemathesis
 from pydantic import TypeAdapter, ValidationError
 
-from domain.payloads import NO_CONTROL_CHARS, Identifier
+from domain.input import NO_CONTROL_CHARS, Identifier
 
 HEADER = "Idempotency-Key"
 IDENTIFIER = TypeAdapter(Identifier)

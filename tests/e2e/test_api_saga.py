@@ -256,6 +256,21 @@ async def test_bad_requests_get_clear_4xx_and_change_nothing(stack: Stack) -> No
     assert (await stack.http.get("/orders", params={"status": "NOPE"})).status_code == 422
 
 
+async def test_a_phone_number_is_one_dealer_s_and_a_second_add_is_a_conflict(
+    stack: Stack,
+) -> None:
+    city = f"Conflict {uuid.uuid4().hex[:8]}"
+    first = await add_dealer(stack, city, capacity=2)
+    again = {"name": "Another", "phone": first["phone"], "province": "Qom", "city": city}
+
+    response = await stack.http.post("/dealers", json={**again, "capacity": 5})
+
+    assert response.status_code == 409, response.text
+    assert response.json() == {"detail": f"a dealer with phone {first['phone']} exists already"}
+    listed = (await stack.http.get("/dealers", params={"city": city})).json()
+    assert listed == [first]
+
+
 async def test_readiness_reports_database_temporal_and_the_broker(stack: Stack) -> None:
     response = await stack.http.get("/readyz")
     assert response.status_code == 200

@@ -22,7 +22,7 @@ import pytest
 from pydantic import SecretStr
 
 from api.app import create_app
-from api.auth import TOKEN_AUDIENCE, issue_customer_token
+from api.auth.tokens import TOKEN_AUDIENCE, issue_customer_token
 from sagas.temporal import TemporalConnectError, connect_temporal
 from tests.api.test_openapi_security import (
     ACCESS,

@@ -35,8 +35,7 @@ from store.db import (
     normalise_url,
     session,
 )
-from store.models import DealerRow
-from store.seed import new_dealer
+from store.models import DealerRow, new_dealer
 
 pytestmark = pytest.mark.db
 

@@ -15,8 +15,7 @@ from sqlalchemy import Engine
 from sqlmodel import select, update
 
 from store.db import make_engine, migrate, read_session, session
-from store.models import DealerRow
-from store.seed import new_dealer
+from store.models import DealerRow, new_dealer
 
 
 @pytest.fixture

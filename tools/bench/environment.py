@@ -40,7 +40,7 @@ from domain.status import SagaStyle
 from sagas.temporal import COMPRESSION
 from settings import Settings
 from store.db import drop_schema, make_engine, migrate, normalise_url, read_session, session
-from store.seed import new_dealer
+from store.models import new_dealer
 from tools.bench.baseline import BASELINE_ACTIVITY_TASK_QUEUE, BASELINE_TASK_QUEUE
 from tools.bench.procstat import ResourceMonitor
 from tools.chaos.stack import ROOT, Proc, Stack, free_port

@@ -41,8 +41,7 @@ from domain.payloads import (
     PaymentRef,
 )
 from store.db import make_engine, migrate, session
-from store.models import utcnow
-from store.seed import new_dealer
+from store.models import new_dealer, utcnow
 from tools.bench.driver import door_accepts, door_confirms, order_request
 
 PROVINCE = CITY = "Steps"

@@ -32,8 +32,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from store.db import drop_schema, make_engine, migrate, normalise_url, session
-from store.models import OrderRow
-from store.seed import new_dealer
+from store.models import OrderRow, new_dealer
 from tools.chaos.checks import (
     check_consumers,
     check_database,
