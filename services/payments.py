@@ -84,6 +84,8 @@ def complete_payment(db: Session, payment_id: str, saga_id: str | None) -> tuple
     """
     taken = take_decision(db, payment_id, Decision.CONFIRM)
     if taken.winner != Decision.CONFIRM:
+        if db.get(PaymentRow, payment_id) is None:
+            raise not_found(f"payment {payment_id}")
         why = f"it was decided {taken.winner}" if taken.winner else f"no confirm ({taken.refusal})"
         raise invalid_transition(f"payment {payment_id} cannot complete: {why}")
     changed = transition(

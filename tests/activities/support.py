@@ -25,7 +25,7 @@ from domain.payloads import (
     PaymentRef,
 )
 from services import payments
-from store.db import session
+from store.db import session, transaction
 from store.models import DealerRow
 from tests.saga_harness import order_request
 
@@ -46,9 +46,22 @@ def create_order_input(
     return CreateOrderInput(order_id=order_id or new_order_id(), request=request or order_request())
 
 
-def place_order(engine: Engine, city: str = "Tehran", province: str = "Tehran") -> str:
-    """A PENDING order (through the real activity); returns its id."""
+def accept_order(engine: Engine, order_id: str, customer_id: str) -> str:
+    """Accept the order as the door does (its payment's decision opened); its payment id."""
+    payment_id = names.payment_id_for(order_id)
+    with transaction(engine) as db:
+        payments.open_decision(db, payment_id, order_id, customer_id)
+    return payment_id
+
+
+def place_order(
+    engine: Engine, city: str = "Tehran", province: str = "Tehran", *, accepted: bool = True
+) -> str:
+    """A PENDING order (through the real activity), accepted first as the door accepts it
+    (unless not ``accepted``: past the door); returns its id."""
     params = create_order_input(request=order_request(city=city, province=province))
+    if accepted:
+        accept_order(engine, params.order_id, params.request.customer_id)
     OrderActivities(engine).create_order(params)
     return params.order_id
 
@@ -58,12 +71,8 @@ def open_payment(
 ) -> tuple[str, str]:
     """A PENDING payment of a new order, its decision opened as the door opens it when it
     accepts the order (``accepted``); returns (order_id, payment_id)."""
-    order_id = place_order(engine)
+    order_id = place_order(engine, accepted=accepted)
     payment_id = names.payment_id_for(order_id)
-    if accepted:
-        with session(engine) as db:
-            payments.open_decision(db, payment_id, order_id, order_request().customer_id)
-            db.commit()
     PaymentActivities(engine).create_payment(
         CreatePaymentInput(payment_id=payment_id, order_id=order_id, amount=Decimal(amount))
     )

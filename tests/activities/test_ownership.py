@@ -27,7 +27,7 @@ from domain.payloads import (
 from domain.status import DeliveryStatus, OrderStatus, PaymentStatus
 from store.db import session
 from store.models import DealerRow, DeliveryRow, OrderRow, PaymentRow, RefundRow
-from tests.activities.support import all_rows, assert_business_error, get_row
+from tests.activities.support import accept_order, all_rows, assert_business_error, get_row
 from tests.saga_harness import add_dealer, order_request
 
 pytestmark = pytest.mark.db
@@ -42,6 +42,7 @@ def run_saga_to(engine, order_id: str, saga_id: str, *, delivered: bool) -> None
         PaymentActivities(engine),
         DeliveryActivities(engine),
     )
+    accept_order(engine, order_id, order_request().customer_id)
     orders.create_order(
         CreateOrderInput(order_id=order_id, request=order_request(), saga_id=saga_id)
     )

@@ -36,7 +36,9 @@ def payment_input(
     order_id: str, amount: str = "28.10", payment_id: str | None = None
 ) -> CreatePaymentInput:
     return CreatePaymentInput(
-        payment_id=payment_id or str(uuid.uuid4()), order_id=order_id, amount=Decimal(amount)
+        payment_id=payment_id or names.payment_id_for(order_id),
+        order_id=order_id,
+        amount=Decimal(amount),
     )
 
 
