@@ -41,7 +41,7 @@ COPY sagas ./sagas
 COPY api ./api
 COPY store ./store
 COPY migrations ./migrations
-COPY worker.py settings.py cli.py telemetry.py faults.py versions.py alembic.ini ./
+COPY worker.py bootstrap.py settings.py cli.py telemetry.py faults.py versions.py alembic.ini ./
 # The project itself, from pyproject.toml, pointing at /app (one copy of the code).
 RUN pip install --no-deps -e . \
     && mkdir -p /app/data \

@@ -26,6 +26,8 @@ from domain import names
 from domain.events import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, Event, EventType, Service
 from domain.payloads import OrderItem, OrderRequest, SagaTimeouts
 from domain.status import SagaStyle
+from sagas import rules
+from sagas.rules import NewOrder
 from services import orders
 from store.db import session, transaction
 from store.models import DeadLetterRow, InboxRow, PaymentRow
@@ -43,7 +45,15 @@ def fix_the_missing_order(engine: Engine, order_id: str) -> None:
         province="Tehran",
         city="Tehran",
     )
+    order = NewOrder(
+        order_id=order_id,
+        request=request,
+        idempotency_key=None,
+        fingerprint=request.fingerprint(),
+        timeouts=SagaTimeouts(),
+    )
     with transaction(engine) as db:
+        rules.accept(db, order)
         orders.create_order(
             db,
             order_id,

@@ -25,7 +25,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from domain import names
 from domain.payloads import OrderProcessInput, OrderRequest
 from domain.status import SagaStyle
-from services.orders import mark_key_saga_started, use_idempotency_key
+from sagas import rules
+from sagas.rules import NewOrder
+from services.orders import mark_key_saga_started
 from services.retention import delete_expired
 from store.db import session
 from store.models import IdempotencyKeyRow, OutboxRow, RefundRow, utcnow
@@ -37,12 +39,20 @@ from workflows import OrderProcessWorkflow
 
 
 def record_key(stack: Stack, request: OrderRequest, key: str, *, saga_started: bool) -> str:
-    """What a first request with ``key`` left behind when it died: the key, recorded."""
+    """What a first request with ``key`` left behind when it died: what the door accepts in
+    one transaction (the key, the payment's decision opened)."""
     order_id = names.order_id_for_idempotency_key(
         stack.settings.order_id_key, request.customer_id, key
     )
+    order = NewOrder(
+        order_id=order_id,
+        request=request,
+        idempotency_key=key,
+        fingerprint=request.fingerprint(),
+        timeouts=stack.settings.saga_timeouts,
+    )
     with session(stack.engine) as db:
-        use_idempotency_key(db, request.customer_id, key, request.fingerprint(), order_id)
+        rules.accept(db, order)
         if saga_started:
             mark_key_saga_started(db, request.customer_id, key)
         db.commit()
