@@ -8,11 +8,9 @@ set, the choreographed saga's consumers, relay and sweepers.
     python worker.py --check [...]        # exit 0 if what it would run can reach its services
     python worker.py --drain              # an older build's workers, until its sagas end
 
-Each service's activities poll their own task queue, so each can run and scale as its own
-process; the workflow polls ``order-process``. Every Temporal worker runs as the Worker
-Deployment Version of this code's build (``versions.py``): a saga is pinned to the build it
-started on, and its steps run on that build's workers too. The choreographed saga's consumers
-are durable JetStream pull consumers: any number of ``--events`` processes share their work.
+Each service's activities poll their own task queue, so each can scale as its own process.
+Temporal workers run as this build's Worker Deployment Version (``versions.py``): a saga runs
+on the build it started on. Any number of ``--events`` processes share the JetStream consumers.
 """
 
 import argparse
@@ -89,16 +87,9 @@ def service_activities(engine: Engine) -> dict[str, list[Callable[..., Any]]]:
 
 
 def workflow_runner(*workflow_modules: str) -> SandboxedWorkflowRunner:
-    """The sandbox the saga runs in: every call it makes is still checked (no clock, no
-    randomness, no I/O), but its modules are imported once per process, not per run.
-
-    ``domain/`` and ``workflows/`` hold no mutable module state (constants, classes and pure
-    functions; tests/workflows/test_workflow_imports.py keeps I/O libraries out), so sharing
-    them is safe, and re-importing them for every saga the worker starts or rebuilds after a
-    cache eviction cost about a third of its CPU per saga (``make bench``).
-    ``workflow_modules``: more modules of workflows to share so (the bench's baseline worker
-    passes its own, to run its workflows as this worker runs the saga).
-    """
+    """The saga's sandbox, still checking every call, with ``domain``, ``workflows`` and
+    ``workflow_modules`` imported once per process rather than per run: they hold no mutable
+    module state, and re-importing them for every run is costly."""
     return SandboxedWorkflowRunner(
         restrictions=SandboxRestrictions.default.with_passthrough_modules(
             "domain", "pydantic", "workflows", *workflow_modules
@@ -149,8 +140,7 @@ def deployment_version(settings: Settings) -> WorkerDeploymentVersion | None:
 
 def deployment_config(version: WorkerDeploymentVersion | None) -> WorkerDeploymentConfig | None:
     """A worker's deployment options for ``version`` (None: unversioned). Every saga is
-    pinned: it runs on the build it started on until it ends, so the workflow's code holds
-    one shape of the saga, and a change of shape is a new build (docs/changing-the-saga.md)."""
+    pinned to the build it started on, so a change to the saga is a new build."""
     if version is None:
         return None
     return WorkerDeploymentConfig(
@@ -351,10 +341,8 @@ async def run(
                     log.info(
                         "Prometheus metrics on http://%s/metrics", settings.metrics_bind_address
                     )
-                # Everything built so far lives as long as the process: leave it out of the
-                # collector's full passes, which otherwise scan it all and, holding the GIL,
-                # stopped the activities (and the SQLite write lock they hold) for ~90 ms
-                # (docs/performance.md). Collect first: garbage frozen would never be freed.
+                # What is built so far lives as long as the process: keep it out of the
+                # collector's full passes. Collect first: frozen garbage is never freed.
                 gc.collect()
                 gc.freeze()
                 if drain and client is not None and version is not None:

@@ -46,11 +46,9 @@ PAYMENT_CANCELLED = "PaymentCancelled"
 PAYMENT_TIMED_OUT = "PaymentTimedOut"
 INVALID_TRANSITION = "InvalidStateTransition"
 ENTITY_NOT_FOUND = "EntityNotFound"
-# A row exists for this order but another saga created it (a saga started again for an order
-# whose first saga is gone, e.g. after Temporal's retention deleted it): touch nothing.
+# A row exists for this order but another saga created it: touch nothing.
 OWNED_BY_ANOTHER_SAGA = "OwnedByAnotherSaga"
-# Not an error: the failure type of a saga cancelled on request (its order's customer, an
-# operator on behalf of the shop, or Cancel in the Temporal Web UI).
+# Not an error: the failure type of a saga cancelled on request (customer, operator, Web UI).
 CANCELLED_ON_REQUEST = "CancelledOnRequest"
 BUSINESS_ERRORS = (
     NO_DEALER_AVAILABLE,
@@ -116,10 +114,8 @@ ASSIGN_DEALER = "assign_dealer"
 COMPLETE_DELIVERY = "complete_delivery"
 CANCEL_DELIVERY = "cancel_delivery"
 
-# The saga's delivered path, step for step, split where it waits for a signal: before the
-# customer's decision (one after the other), from the decision to the pivot (the first three
-# side by side in shape 2, then assign_dealer), after the dealer's report (side by side in
-# shape 2). Tests assert the steps a saga ran against it; the bench's baseline mirrors it.
+# The saga's delivered path, step for step, split where it waits for the customer's decision
+# and for the dealer's report (the steps after each run side by side, then assign_dealer).
 STEPS_BEFORE_DECISION = (CREATE_ORDER, CREATE_PAYMENT)
 STEPS_AFTER_DECISION = (COMPLETE_PAYMENT, CONFIRM_ORDER, CREATE_DELIVERY)
 STEPS_TO_PIVOT = (*STEPS_AFTER_DECISION, ASSIGN_DEALER)

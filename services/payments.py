@@ -75,12 +75,9 @@ def create_payment(
 
 
 def complete_payment(db: Session, payment_id: str, saga_id: str | None) -> tuple[PaymentRow, bool]:
-    """PENDING -> COMPLETED (the customer confirmed). Idempotent: COMPLETED stays COMPLETED.
-
-    Returns the payment and whether this call completed it. The customer's decision must be
-    CONFIRM: one sent past the API (a signal from the Web UI) is recorded as CONFIRM here if
-    none was taken inside the window; a payment decided otherwise, or whose window closed,
-    cannot complete.
+    """PENDING -> COMPLETED, idempotently; returns the payment and whether this call completed
+    it. The decision must be CONFIRM (recorded here if none was taken inside the window, as
+    for a signal sent past the API); otherwise ``InvalidTransition``.
     """
     taken = take_decision(db, payment_id, Decision.CONFIRM)
     if taken.winner != Decision.CONFIRM:
@@ -108,12 +105,9 @@ def complete_payment(db: Session, payment_id: str, saga_id: str | None) -> tuple
 def cancel_or_refund_payment(
     db: Session, order_id: str, saga_id: str | None
 ) -> tuple[CompensationOutcome, bool]:
-    """Compensation: cancel the order's payment if PENDING, refund it if COMPLETED. Returns
-    the outcome and whether it changed the payment.
-
-    Safe when there is nothing to undo (no payment yet, already cancelled or refunded,
-    another saga's payment). A refund is one guarded transition COMPLETED -> REFUNDED and
-    its refund row, in the caller's transaction: it applies at most once.
+    """Compensation: cancel the order's payment if PENDING, refund it (at most once) if
+    COMPLETED. Returns the outcome and whether it changed the payment; safe when there is
+    nothing to undo (no payment, already undone, another saga's payment).
     """
     row = payment_of(db, order_id)
     if row is None:
@@ -135,8 +129,7 @@ def cancel_or_refund_payment(
         saga_id=saga_id,
         refunded_at=utcnow(),
     ):
-        # The refund itself, with the guarded transition: it exists exactly when the payment
-        # is REFUNDED (and is unique per payment).
+        # Written with the guarded transition: a refund row exists exactly when REFUNDED.
         db.add(RefundRow(payment_id=row.id, amount_cents=row.amount_cents))
         db.flush()
         return CompensationOutcome(action="refunded", status=PaymentStatus.REFUNDED), True
@@ -148,9 +141,8 @@ def cancel_or_refund_payment(
 
 
 def open_decision(db: Session, payment_id: str, order_id: str, customer_id: str) -> bool:
-    """Open the order's decision, undecided, when the order is accepted (before the saga writes
-    the payment): a decision can then be taken from the first moment. Idempotent: returns
-    whether it opened it now (False: the order was accepted before). Does not commit."""
+    """Open the order's decision, undecided, when the order is accepted, so a decision can be
+    taken before the payment exists. Returns whether this call opened it. Does not commit."""
     row = PaymentDecisionRow(payment_id=payment_id, order_id=order_id, customer_id=customer_id)
     return insert_new(db, row)
 
@@ -175,13 +167,9 @@ class DecisionTaken:
 def take_decision(
     db: Session, payment_id: str, decision: Decision, *, now: datetime | None = None
 ) -> DecisionTaken:
-    """Record ``decision`` for the payment if none is recorded and its window is open (a
-    compare-and-set: of racing decisions exactly one wins). Does not commit.
-
-    The window is open until the payment's ``expires_at`` while it is PENDING, and from the
-    order's acceptance if the payment is not written yet. Losers learn the winner; a refusal
-    with no winner says why (the window closed, the payment is no longer pending). The
-    window's own close is the decision TIMEOUT, taken by the saga the same way.
+    """Record ``decision`` if none is and the window is open (a compare-and-set: of racing
+    decisions exactly one wins); losers learn the winner or the refusal. The window is open
+    from the order's acceptance while the payment is PENDING and unexpired. Does not commit.
     """
     now = now or utcnow()
     order_id = _record_decision(db, payment_id, decision, now)
@@ -227,8 +215,7 @@ def _record_decision_statement(*, window: bool) -> Update:
     now = bindparam("b_now", type_=decisions.decided_at.type)
     undecided = [decisions.payment_id == bindparam("b_payment_id"), decisions.decision.is_(None)]
     if window:
-        # The customer decides only while the window is open: the payment not written yet, or
-        # PENDING before its expiry. (TIMEOUT is the window's own close, taken by the saga.)
+        # The customer decides only inside the window; TIMEOUT is the window's own close.
         undecided.append(
             ~exists().where(
                 payments_.id == decisions.payment_id,
@@ -278,9 +265,8 @@ class _DecisionOnRecord:
 
 
 def _decision_row(db: Session, payment_id: str) -> _DecisionOnRecord | None:
-    """The payment's decision row as the database holds it now, read with one prebuilt Core
-    ``SELECT``: a read the steps make on every saga, where the ORM's get costs four times the
-    statement (make bench's worker CPU per saga)."""
+    """The payment's decision row as the database holds it now (a prebuilt Core ``SELECT``:
+    every saga's steps read it)."""
     found = execute_core(db, _DECISION_ROW, {"b_payment_id": payment_id}).first()
     if found is None:
         return None

@@ -99,9 +99,8 @@ def make_engine(
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    # One thread of this process at a time tries for the write lock; the others wait here,
-    # without polling: the process's writers queue in turn, and a request's transaction in
-    # the API competes with one of the worker's, not with all of its threads.
+    # This process's writers take turns for the write lock, so an API transaction competes
+    # with one of the worker's, not with all of its threads.
     next_writer = threading.Lock()
 
     @event.listens_for(engine, "begin")
@@ -113,8 +112,8 @@ def make_engine(
         # every BEGIN: the connection goes back to the pool and serves other sessions).
         busy_ms = int(options.get(BUDGET_MS) or SQLITE_BUSY_TIMEOUT_MS)
         if options.get(READ_ONLY):
-            # On the driver's connection, as _begin_immediate does: two statements through
-            # SQLAlchemy's execution machinery cost an API read more than its SELECT.
+            # On the driver's connection, as _begin_immediate does: SQLAlchemy's execution
+            # machinery would cost more than the statements.
             dbapi_connection = connection.connection.dbapi_connection
             try:
                 dbapi_connection.execute(f"PRAGMA busy_timeout={busy_ms}")
@@ -127,21 +126,15 @@ def make_engine(
     return engine
 
 
-# The pauses between two tries for SQLite's write lock: short, because a write transaction
-# here holds it for a few milliseconds.
+# The pauses between two tries for SQLite's write lock: short, as write transactions are.
 LOCK_POLL_FIRST = 0.0002
 LOCK_POLL_MOST = 0.002
 
 
 def _begin_immediate(dbapi_connection: Any, busy_ms: int, turn: threading.Lock) -> None:
-    """``BEGIN IMMEDIATE``, trying again for the write lock every 0.2 to 2 ms, for up to
-    ``busy_ms`` (then SQLite's "database is locked"), once it is this thread's ``turn``.
-
-    SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ... ms between its tries, so a
-    writer that finds the lock taken for 2 ms wakes up to take it 15 to 30 ms later: under
-    load, that is where the API's slowest answers waited (``make bench``, docs/performance.md).
-    The rest of the transaction keeps ``busy_ms`` as its busy timeout. Errors are raised as
-    SQLAlchemy raises them (``sqlalchemy.exc.OperationalError``: retryable for the steps).
+    """``BEGIN IMMEDIATE`` once it is this thread's ``turn``, polling for the write lock for
+    up to ``busy_ms`` (SQLite's own busy handler sleeps long after the lock is free). Raises
+    ``sqlalchemy.exc.OperationalError`` ("database is locked") when the time runs out.
     """
     deadline = time.monotonic() + busy_ms / 1000
     pause = LOCK_POLL_FIRST
@@ -169,13 +162,8 @@ def _begin_immediate(dbapi_connection: Any, busy_ms: int, turn: threading.Lock) 
 
 
 def _enable_wal(cursor: Any, *, patience: float = 30.0) -> None:
-    """Switch the database file to WAL (persistent: later connections find it already set).
-
-    Switching a fresh file needs an exclusive lock, and SQLite answers "database is locked"
-    straight away, without its busy handler, when another process opens the file at the same
-    moment (the API and the worker starting together). Retry until it is set or ``patience``
-    seconds have passed.
-    """
+    """Switch the database file to WAL, retrying for up to ``patience`` seconds: SQLite says
+    "database is locked" at once, without its busy handler, while another process opens it."""
     deadline = time.monotonic() + patience
     delay = 0.01
     while True:
@@ -259,11 +247,9 @@ def drop_schema(engine: Engine) -> None:
 def session(engine: Engine, *, budget: timedelta | None = None) -> Session:
     """A new session; objects stay readable after commit (payloads are built from them).
 
-    With ``budget``, each of its transactions must end within it: on PostgreSQL a statement,
-    a lock wait or an idle moment longer than the budget is aborted by the server
-    (``statement_timeout``, ``lock_timeout``, ``idle_in_transaction_session_timeout``); on
-    SQLite the wait for the write lock is cut to the budget; on both, a commit later than the
-    budget after the session was opened raises :class:`TransactionBudgetExceededError` instead.
+    With ``budget``, each transaction must end within it: PostgreSQL aborts a longer statement,
+    lock wait or idle moment; SQLite waits no longer for the write lock; on both, a later
+    commit raises :class:`TransactionBudgetExceededError`.
     """
     if budget is None:
         return Session(engine, expire_on_commit=False)
@@ -284,9 +270,7 @@ class _BudgetedSession(Session):
         self.budget = budget
 
 
-# One listener for the class, rather than one per session: every step opens a session, and a
-# listener on an instance builds that instance an event dispatch of its own (with the Engine
-# copy below, an empty step transaction went from ~97 to ~64 us; docs/performance.md).
+# One listener for the class: a listener per session would build each its own event dispatch.
 @event.listens_for(_BudgetedSession, "before_commit")
 def _refuse_late_commit(db: _BudgetedSession) -> None:
     if time.monotonic() > db.deadline:
@@ -295,17 +279,15 @@ def _refuse_late_commit(db: _BudgetedSession) -> None:
         )
 
 
-# An engine's copies with an execution option, kept on the engine itself: a copy holds its
-# engine, so a cache keyed by engines elsewhere (even weakly) would keep every engine alive;
-# here engine and copies are one cycle the collector frees together.
+# An engine's optioned copies live on the engine: a copy holds its engine, so a cache keyed
+# by engines elsewhere would keep every engine alive.
 _OPTIONED = "_order_saga_optioned"
 _optioned_lock = threading.Lock()
 
 
 def _with_option(engine: Engine, key: str, value: Any) -> Engine:
     """``engine.execution_options(key=value)`` (the ``begin`` events read it), built once per
-    engine and option (an Engine copy per session would cost each step and each API read the
-    copy: make bench's CPU per saga)."""
+    engine and option rather than once per session."""
     with _optioned_lock:
         copies: dict[tuple[str, Any], Engine] = engine.__dict__.setdefault(_OPTIONED, {})
         optioned = copies.get((key, value))
