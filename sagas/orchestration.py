@@ -61,10 +61,8 @@ SagaHandle = WorkflowHandle[OrderProcessWorkflow, SagaState]
 
 
 def saga_start_options(order_id: str, request: OrderRequest, *, task_queue: str) -> dict[str, Any]:
-    """How every saga of an order starts: workflow id ``order-<order_id>``, reject-duplicate
-    (one order never gets a second saga while Temporal remembers the first), the OrderStatus
-    and CustomerId search attributes, a summary for the Web UI and the request's fingerprint
-    in the memo."""
+    """How every saga of an order starts: workflow id ``order-<order_id>``, reject-duplicate,
+    its search attributes, a Web UI summary, and the request's fingerprint in the memo."""
     return {
         "id": names.workflow_id_for(order_id),
         "task_queue": task_queue,
@@ -117,14 +115,10 @@ class OrchestratedSagas:
     # --- placing an order --------------------------------------------------------------
 
     async def place(self, order: NewOrder, *, wait: float = 0) -> Placement:
-        """Accept the order in the database (:func:`sagas.rules.accept`), then start its saga,
-        one RPC; the saga is durably accepted when this returns. ``wait`` > 0: wait up to that
-        long, in the same RPC (update-with-start), for the payment to exist, and return the
-        order's view if it does.
-
-        A replay, however late (long after Temporal dropped the closed saga), answers its
-        order from the database and starts nothing. :class:`ConflictError` when that order's
-        saga ended before it wrote the order.
+        """Accept the order (:func:`sagas.rules.accept`), then start its saga in one RPC; the
+        saga is durable when this returns. ``wait`` > 0: wait up to that long, in the same RPC,
+        for the payment, and return the order's view if it exists. A replay answers from the
+        database and starts nothing; :class:`ConflictError` if its saga ended before writing it.
         """
         accepted = await asyncio.to_thread(self._accept, order)
         if accepted.replayed:
@@ -154,8 +148,7 @@ class OrchestratedSagas:
             replayed |= await self._start(input, options, order.fingerprint)
         key = order.idempotency_key
         if key is not None:
-            # The key's "saga started" mark is a hint for late replays (see
-            # _after_answer_write), written after the answer.
+            # A hint for late replays, written after the answer.
             customer_id = order.request.customer_id
             self._after_answer_write(
                 f"the saga of key {key!r} started",
@@ -242,14 +235,9 @@ class OrchestratedSagas:
             return None
 
     def _after_answer_write(self, what: str, write: Callable[[Session], None]) -> None:
-        """Commit ``write`` after the answer (one write transaction fewer on the caller's
-        wait): only for marks that are hints, each of whose loss is safe.
-
-        The key's "saga started" mark: a replay that finds it, no order row and no saga
-        (Temporal dropped it, closed) knows its saga ended before writing the order: 409; one
-        that finds none starts the saga again (one saga per order id), which is safe. The
-        "signalled" marks of a decision or a report: the same request again finds one and sends
-        nothing; one that finds none signals again, which the saga counts as a repeat.
+        """Commit ``write`` after the answer: only for hints whose loss is safe (without the
+        "saga started" mark a replay starts the saga again, still one per order; without a
+        "signalled" mark the same request signals again, which the saga counts as a repeat).
         """
 
         def commit() -> None:
@@ -317,11 +305,9 @@ class OrchestratedSagas:
     async def deliver_decision(
         self, payment_id: str, decision: Decision, taken: payment_service.DecisionTaken
     ) -> DecisionAccepted:
-        """Signal the saga the decision :meth:`take_decision` recorded (``taken``), if it won
-        (:func:`sagas.rules.won_for`). The same decision again sends nothing once the first
-        one's signal is recorded as sent (before that, it is sent again: the first may have
-        been lost). :class:`ConflictError` when the saga has ended: a decision recorded by
-        this call is then withdrawn, as nothing acted on it."""
+        """Signal the saga the decision ``taken`` recorded, if it won; nothing once its signal
+        is recorded as sent. :class:`ConflictError` when the saga has ended (a decision this
+        call recorded is then withdrawn: nothing acted on it)."""
         order_id = rules.won_for(taken, payment_id, decision)
         if taken.signalled:
             return DecisionAccepted(order_id, decision, replayed=True)
@@ -337,8 +323,7 @@ class OrchestratedSagas:
             if taken.applied:
                 await asyncio.to_thread(self._withdraw_decision, payment_id, decision)
                 raise
-            # The same decision again, after its saga ended: a decision that stays recorded
-            # reached the saga (one that could not is withdrawn), so the answer is the first's.
+            # The same decision again after the saga ended: it had reached the saga.
         else:
             self._after_answer_write(
                 f"the decision on payment {payment_id} reached its saga",

@@ -49,12 +49,9 @@ def create_payment(
     expires_at: datetime | None,
     saga_id: str | None,
 ) -> tuple[PaymentRow, bool]:
-    """Create the order's PENDING payment; ``expires_at``: when its decision window closes.
-
-    Idempotent: one payment per order (unique ``order_id``); the existing one of the same
-    saga is returned. Returns the payment and whether this call inserted it.
-    ``EntityNotFound`` if the order does not exist; ``OwnedByAnotherSaga`` if another saga
-    created the payment.
+    """Create the order's PENDING payment (``expires_at``: its window's close), or return the
+    same saga's existing one; returns it and whether this call inserted it.
+    ``EntityNotFound`` without the order; ``OwnedByAnotherSaga`` if another saga created it.
     """
     payment = PaymentRow(
         id=payment_id,

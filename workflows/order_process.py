@@ -19,9 +19,8 @@ unwinds the stack last-in-first-out and the run completes with the order CANCELL
 cancellation of the workflow itself unwinds the same way, shielded, then the run closes as
 CANCELED. Infrastructure failures are retried by Temporal and never compensate.
 
-Every step and compensation is a regular activity on its service's task queue. Each saga is
-pinned to the build it started on (Worker Versioning), so this code holds one shape of the
-saga: a change of shape is a new build (docs/changing-the-saga.md).
+Every step and compensation is an activity on its service's task queue. Each saga is pinned
+to the build it started on (Worker Versioning): a change to the saga is a new build.
 """
 
 import asyncio
@@ -105,9 +104,8 @@ class OrderProcessWorkflow:
         # Deterministic ids: a retried step, and the API, name the same payment and delivery.
         self._payment_id = names.payment_id_for(order_id)
         self._delivery_id = names.delivery_id_for(order_id)
-        # Who this saga is, for the rows it creates and the only rows it may touch: the first
-        # run id of its workflow, kept by Temporal across a reset and continue-as-new, and
-        # new for a saga started again under the same workflow id (SagaCall says why).
+        # The saga's identity on its rows: kept across a reset and continue-as-new, new for
+        # a saga started again under the same workflow id.
         self._saga_id = workflow.info().first_execution_run_id
         self._state = SagaState(
             order_id=order_id,
@@ -153,8 +151,7 @@ class OrderProcessWorkflow:
         queues = self._params.queues
         state = self._state
 
-        # 1. The order. Each compensation is pushed, before its step, with what its outcome
-        # means for the saga's state.
+        # 1. The order. Each compensation is pushed before its step.
         self._compensations.push(
             names.CANCEL_ORDER,
             self._compensation(
@@ -196,8 +193,7 @@ class OrderProcessWorkflow:
         )
         state.payment_status = payment.status
         if payment.decision is not None:
-            # The customer decided before the payment was written (the API records decisions
-            # from the order's acceptance): take it, whether or not its signal has come.
+            # The customer decided before the payment was written: take it, signal or not.
             self._take_recorded_decision(payment.decision)
 
         # 3. The customer's decision.
@@ -307,12 +303,8 @@ class OrderProcessWorkflow:
             self._decision = payment.decision or Decision.TIMEOUT
 
     async def _assign_dealer(self) -> DeliverySnapshot:
-        """Try to assign a dealer until one is free or the assignment window closes.
-
-        The window is a durable timer, never clock arithmetic: every decision here follows
-        from events in the history (activity results, timers fired), so a replay decides
-        exactly as the original run did, whatever the task timestamps say.
-        """
+        """Try to assign a dealer until one is free or the assignment window closes. The window
+        is a durable timer, never clock arithmetic, so a replay decides as the run did."""
         timeouts = self._params.timeouts
         ref = DeliveryRef(delivery_id=self._delivery_id, saga_id=self._saga_id)
         window_open = True
@@ -322,8 +314,7 @@ class OrderProcessWorkflow:
             await workflow.sleep(timeouts.dealer_assignment_window)
             window_open = False
 
-        # The window's timer starts only when a first attempt finds no dealer (usually one
-        # does, and no timer is ever started).
+        # The window's timer starts only when a first attempt finds no dealer.
         window: asyncio.Task[None] | None = None
         record = self._start_record(names.ASSIGN_DEALER)
         try:
@@ -476,8 +467,7 @@ class OrderProcessWorkflow:
     async def _activity(self, name: str, arg: Any, task_queue: str, result_type: type[R]) -> R:
         """Run forward step ``name`` as an activity on ``task_queue``."""
         # On cancel, wait for a running step to settle, so the compensation that follows
-        # sees what it did (never a row committed after its undo said "nothing to undo").
-        # The step itself is never interrupted (see activities/_defn.py).
+        # sees what it did (the step itself is never interrupted: activities/_defn.py).
         result: R = await workflow.execute_activity(
             name,
             arg,
