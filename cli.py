@@ -9,9 +9,7 @@
     ordersaga builds                   # the saga's builds, and the open sagas on each
 
 Talks to the API at ``--api`` (default http://127.0.0.1:8000). ``demo`` places its orders
-through the door itself, with the running system's settings (``--system``, the file
-``make run`` writes; the environment wins), so they run in the system's style with windows
-of seconds, and the timeout path shows in seconds, not half an hour.
+through the door, with the running system's settings (``--system``; the environment wins).
 """
 
 import argparse

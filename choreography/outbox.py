@@ -1,12 +1,8 @@
 """The transactional outbox: events written with the change they report, then published.
 
-``emit`` adds an event to the caller's transaction. After the commit, ``Publisher.publish``
-sends it to JetStream with ``Nats-Msg-Id`` = its message id (the event id, or a replay's own)
-and marks it published; the ``Relay`` publishes every event left unpublished (the process died
-between the commit and the publish, or the broker was down), row by row, so one row that
-cannot be published waits its turn without holding back the others. Publishing twice is
-harmless: JetStream drops a message id it has seen within its deduplication window, and every
-consumer's inbox drops an event it has applied.
+``emit`` adds an event to the caller's transaction; after the commit ``Publisher.publish``
+sends it with ``Nats-Msg-Id`` = its message id and marks it, and the ``Relay`` publishes what
+was left unpublished, row by row. Publishing twice is harmless (deduplication, inboxes).
 """
 
 import asyncio

@@ -101,15 +101,10 @@ def create_owned(
     what: str,
     parent: str | None = None,
 ) -> tuple[OwnedRow, bool]:
-    """Insert ``row``, an entity a saga creates (an order, its payment, its delivery), unless
-    a row already holds one of its unique keys: then that one (``existing()``), if it is the
-    same saga's.
-
-    Returns the row and whether this call inserted it (the inserted ``row`` joins the
-    session). ``OwnedByAnotherSaga`` when another saga created it, or when its id is held by
-    a row ``existing()`` does not find (another entity's); ``EntityNotFound`` for
-    ``parent`` when a foreign key refuses the insert. Does not commit; after a refused insert
-    the transaction is to be rolled back (PostgreSQL aborts it), as raising does.
+    """Insert ``row``, an entity a saga creates, unless one of its unique keys is taken: then
+    return ``existing()`` if it is the same saga's. Returns the row and whether this call
+    inserted it. ``OwnedByAnotherSaga`` for another saga's row (or an id another entity holds);
+    ``EntityNotFound`` for ``parent`` when a foreign key refuses it. Does not commit.
     """
     try:
         inserted = insert_new(db, row)
@@ -121,8 +116,7 @@ def create_owned(
         return row, True
     found = existing()
     if found is None:
-        # Its id is another entity's (an id not derived from this one's key): no retry can
-        # change that, and the saga compensates instead of trying again.
+        # Its id is another entity's: no retry can change that, so the saga compensates.
         raise BusinessError(names.OWNED_BY_ANOTHER_SAGA, f"{what}: its id is another row's")
     require_owner(found.saga_id, saga_id, what)
     return found, False

@@ -41,14 +41,11 @@ def normalise_url(url: str) -> str:
 def make_engine(
     url: str, *, pool_size: int = 10, pool_timeout: float = 10.0, echo: bool = False
 ) -> Engine:
-    """Create the engine for ``url``: ``pool_size`` connections (and as many again under a
-    burst); a request for one waits at most ``pool_timeout`` seconds, then fails with
-    ``sqlalchemy.exc.TimeoutError`` (the API answers 503).
+    """The engine for ``url``: ``pool_size`` connections (twice that in a burst); waiting
+    longer than ``pool_timeout`` seconds for one raises ``sqlalchemy.exc.TimeoutError``.
 
-    SQLite gets WAL (readers never block the writer), a busy timeout, foreign keys, and
-    ``BEGIN IMMEDIATE`` transactions: a transaction takes the write lock up front, so two
-    read-then-write transactions never deadlock on a lock upgrade, and every guarded
-    read-modify-write (dealer capacity, state transitions) is serialised.
+    SQLite gets WAL, foreign keys and ``BEGIN IMMEDIATE`` (the write lock up front, so
+    read-then-write transactions never deadlock on a lock upgrade).
     """
     url = normalise_url(url)
     parsed = make_url(url)
