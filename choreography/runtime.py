@@ -1,8 +1,7 @@
 """The choreographed saga's moving parts in one process: the broker connection, the streams,
 the services' consumers, the relay and the sweepers.
 
-``python worker.py`` runs them all (with the Temporal workers); the API connects a publisher
-only, to publish what it writes to the outbox right after its commit.
+The worker runs them all; the API connects a publisher only.
 """
 
 import asyncio
@@ -67,8 +66,7 @@ def connect_broker(settings: Settings) -> NatsBroker:
         servers(settings),
         max_reconnect_attempts=-1,  # a broker restart or failover is waited out, never fatal
         reconnect_time_wait=1,
-        # FastStream logs every message received and processed: at DEBUG, not INFO, since
-        # the order's event log (inbox, outbox, dead letters) is the record that matters.
+        # At DEBUG: the order's event log is the record that matters.
         log_level=logging.DEBUG,
     )
     events, dead = streams(settings.nats_stream_replicas)
@@ -178,9 +176,8 @@ UNREADABLE_RETRY_SECONDS = 30.0
 
 
 def _subscribed(consumer: Consumer):  # type: ignore[no-untyped-def]
-    """The consumer as a FastStream handler (a plain function: FastStream reads its
-    parameters to decode the body, here as JSON), reading the event in any schema version
-    still in flight (:func:`domain.events.read_event`)."""
+    """The consumer as a FastStream handler, reading the event in any schema version still
+    in flight."""
 
     async def handle(body: dict[str, Any], message: NatsMessage) -> None:
         try:

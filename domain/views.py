@@ -108,11 +108,8 @@ class EventLogEntry(OrderEvent):
 
 class OrderView(BaseModel):
     """One order with its payment and delivery, read from the services' rows alone.
-
-    ``phase``: where its saga is, as the rows show it (CREATING until its first steps have
-    written the order and its payment); ``failure_type``: why it is being or was cancelled,
-    once known. ``status`` is None while the order is not written yet. The saga's own full
-    account (steps, compensations, signals) is the operator's ``GET /orders/{id}/saga``.
+    ``phase``: where its saga is as the rows show it (CREATING, ``status`` None, until the
+    order is written); ``failure_type``: why it is (being) cancelled, once known.
     """
 
     order_id: str
