@@ -107,12 +107,8 @@ def saga_replayer(workflow: type = OrderProcessWorkflow) -> Replayer:
 
 
 async def replay_failures_at_every_task(history: WorkflowHistory) -> list[str]:
-    """Replay ``history`` cut after each workflow task start, and whole.
-
-    A cut is the history a worker rebuilding the saga gets at that moment (after a crash, an
-    eviction from its cache, or to answer a query), so every cut must replay, not only the
-    closed history. Returns the failures as ``"<events> events: <error>"``; none if it replays.
-    """
+    """Replay ``history`` cut after each workflow task start (what a worker rebuilding the
+    saga gets then), and whole. Returns the failures as ``"<events> events: <error>"``."""
     events = list(history.events)
     cuts = [
         index + 1
@@ -203,10 +199,9 @@ def build_workers(
 async def promote(
     client: Client, version: WorkerDeploymentVersion, policy: str, *, within: float = 60
 ) -> bool:
-    """Make ``version`` its deployment's current version (where new sagas start) as
-    ``policy`` says: ``always``; ``first``, only while the deployment has none; ``never``.
-    Retries until the server knows the version (its workers have polled). Returns whether
-    it is current now by this call."""
+    """Make ``version`` its deployment's current version as ``policy`` says (``always``;
+    ``first``, while there is none; ``never``), retrying until the server knows it. Returns
+    whether this call made it current."""
     if policy == "never":
         return False
     namespace, name = client.namespace, version.deployment_name
@@ -287,11 +282,8 @@ async def run(
     settings: Settings, queues: Sequence[str], *, events: bool, drain: bool = False
 ) -> None:
     """Wire engine, client and workers once, run until SIGINT/SIGTERM, then shut down cleanly.
-
-    ``queues``: the Temporal task queues to poll (none: no Temporal connection at all);
-    ``events``: run the choreographed saga's parts too (needs ``NATS_URL``); ``drain``: an
-    older build's workers, which stop once no saga is pinned to their build (no migrations,
-    no events, no retention: the current build's processes do those).
+    ``queues``: the task queues to poll (none: no Temporal); ``events``: the choreographed
+    saga's parts too; ``drain``: an older build's workers only, until no saga is pinned to it.
     """
     tracer_provider = configure_tracing(settings, "order-saga-worker")
     parts = open_parts(

@@ -54,8 +54,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Temporal lazily and NATS in the background: the API starts (and /readyz says why it
-        # is not ready) while either is down; while NATS is, the relay publishes.
+        # Temporal lazily and NATS in the background: the API starts while either is down.
         parts = open_parts(
             settings,
             temporal="lazy",

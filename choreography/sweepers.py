@@ -1,12 +1,10 @@
 """Deadlines without Temporal: each service's windows live in its own rows, and its sweeper
 fires them.
 
-- PaymentService: a PENDING payment whose window (``payments.expires_at``) has closed gets
-  the decision TIMEOUT, by the same compare-and-set the customer's decision takes (exactly
-  one of them wins), and is cancelled: ``payment_expired``.
-- DeliveryService: a delivery waiting for a dealer (``deliveries.next_attempt_at``) is tried
-  again, with a growing delay; when its window (``assign_by``) has closed it is cancelled:
-  ``delivery_failed``.
+- PaymentService: a PENDING payment past ``expires_at`` gets the decision TIMEOUT (the same
+  compare-and-set as the customer's) and is cancelled: ``payment_expired``.
+- DeliveryService: a delivery waiting for a dealer is tried again, with a growing delay, and
+  cancelled past ``assign_by``: ``delivery_failed``.
 
 Each due row is handled in its own transaction with the events it emits, by a guarded
 update, so any number of sweepers fire a deadline once. A row that fails on its own is put off

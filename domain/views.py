@@ -1,7 +1,5 @@
-"""What both saga styles answer with: the read models of orders, payments, deliveries and dealers.
-
-Built from the services' rows (``sagas.views``) and served as they are by the API; pydantic,
-no I/O.
+"""What both saga styles answer with: the read models of orders, payments, deliveries and
+dealers, built from the services' rows (``sagas.views``); no I/O.
 """
 
 from datetime import datetime
@@ -93,9 +91,8 @@ class OrderEvent(BaseModel):
 
 
 class EventLogEntry(OrderEvent):
-    """One event of a choreographed order, as an operator sees it: who emitted it, when it
-    was published (or why it could not be yet: ``publish_attempts``, ``publish_error``), who
-    applied it (with redeliveries) and who could not (dead letters)."""
+    """One event of a choreographed order, as an operator sees it: who emitted it, its
+    publishing, who applied it and who could not (dead letters)."""
 
     event_id: str
     source: str
@@ -127,8 +124,7 @@ class OrderView(BaseModel):
     items: list[ItemView] = Field(default_factory=list)
     payment: PaymentView | None = None
     delivery: DeliveryView | None = None
-    # Choreography: what happened to the order, event by event (the operator's full log, with
-    # consumers and dead letters, is GET /orders/{id}/saga).
+    # Choreography: what happened to the order, event by event.
     events: list[OrderEvent] | None = None
 
 

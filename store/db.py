@@ -61,8 +61,7 @@ def make_engine(
 
         @event.listens_for(engine, "begin")
         def _on_begin_postgresql(connection: Any) -> None:
-            # A budgeted transaction: the database itself cuts off a statement or a lock wait
-            # that would outlast the budget, and the whole session if it idles in between.
+            # The database itself cuts off what would outlast the budget.
             budget = connection.get_execution_options().get(BUDGET_MS)
             if budget:
                 for setting in (
@@ -102,11 +101,9 @@ def make_engine(
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # A read-only session (read_session) needs no write lock: a deferred BEGIN reads a WAL
-        # snapshot and neither waits for nor holds up the writers.
+        # A read-only session needs no write lock: a deferred BEGIN reads a WAL snapshot.
         options = connection.get_execution_options()
-        # A budgeted transaction waits for the write lock no longer than its budget (set on
-        # every BEGIN: the connection goes back to the pool and serves other sessions).
+        # Set on every BEGIN: a pooled connection serves sessions of other budgets.
         busy_ms = int(options.get(BUDGET_MS) or SQLITE_BUSY_TIMEOUT_MS)
         if options.get(READ_ONLY):
             # On the driver's connection, as _begin_immediate does: SQLAlchemy's execution
@@ -182,11 +179,8 @@ _migrating_here = threading.Lock()
 
 
 def alembic_config(*, connection: Connection | None = None, url: str | None = None) -> Config:
-    """An Alembic config for ``migrations/`` (found by absolute path, whatever the cwd).
-
-    With ``connection`` the migrations run on it, inside the caller's transaction; with ``url``
-    on a new engine; with neither on ``settings.Settings().database_url``.
-    """
+    """An Alembic config for ``migrations/``, run on ``connection`` (in the caller's
+    transaction), else on ``url``, else on ``settings.Settings().database_url``."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
@@ -197,33 +191,24 @@ def alembic_config(*, connection: Connection | None = None, url: str | None = No
 
 
 def lock_for_migrations(connection: Connection) -> None:
-    """Wait until no other process migrates this database; held until the transaction ends.
-
-    PostgreSQL: a transaction-level advisory lock. SQLite: nothing to do, the engine's
-    ``BEGIN IMMEDIATE`` has already taken the database's write lock.
-    """
+    """Wait until no other process migrates this database; held until the transaction ends
+    (on SQLite, ``BEGIN IMMEDIATE`` already holds the write lock)."""
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
 
 
 @contextmanager
 def migration_config(engine: Engine) -> Iterator[Config]:
-    """An Alembic config bound to one transaction of ``engine`` that holds the migration lock.
-
-    Run any ``alembic.command`` with it; the transaction commits when the block ends (DDL is
-    transactional on PostgreSQL and SQLite, so a failed migration leaves nothing behind).
-    """
+    """An Alembic config bound to one transaction of ``engine`` that holds the migration lock,
+    committed when the block ends (a failed migration leaves nothing behind)."""
     with _migrating_here, engine.begin() as connection:
         lock_for_migrations(connection)
         yield alembic_config(connection=connection)
 
 
 def migrate(target: Engine | str, revision: str = "head") -> None:
-    """``alembic upgrade head`` on ``target`` (an engine, or a URL); a no-op when up to date.
-
-    Safe to run from several processes at once (the API and the worker both call it at
-    startup): the first migrates, the others wait for it and then find nothing to do.
-    """
+    """``alembic upgrade head`` on ``target`` (an engine, or a URL); a no-op when up to date,
+    and safe from several processes at once (the others wait)."""
     engine = make_engine(target) if isinstance(target, str) else target
     try:
         with migration_config(engine) as config:
@@ -242,11 +227,9 @@ def drop_schema(engine: Engine) -> None:
 
 
 def session(engine: Engine, *, budget: timedelta | None = None) -> Session:
-    """A new session; objects stay readable after commit (payloads are built from them).
-
-    With ``budget``, each transaction must end within it: PostgreSQL aborts a longer statement,
-    lock wait or idle moment; SQLite waits no longer for the write lock; on both, a later
-    commit raises :class:`TransactionBudgetExceededError`.
+    """A new session whose objects stay readable after commit. With ``budget``, each
+    transaction must end within it: the database cuts off longer waits, and a later commit
+    raises :class:`TransactionBudgetExceededError`.
     """
     if budget is None:
         return Session(engine, expire_on_commit=False)

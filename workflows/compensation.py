@@ -9,14 +9,10 @@ Usage inside a workflow::
     except BusinessError:
         await stack.unwind()          # LIFO, each retried until it succeeds
 
-Contract:
-- compensations run last-in-first-out, one at a time;
-- each is retried until it succeeds, with capped backoff on durable timers; every failed
-  attempt is recorded, logged and told to ``on_retry``, never dropped;
-- :meth:`unwind` is shielded: the workflow's cancellation does not interrupt it.
-
-Compensations must be idempotent and safe when there is nothing to undo: they are pushed
-before their action runs, and an action that timed out may or may not have taken effect.
+Compensations run last-in-first-out, one at a time, each retried on durable timers until it
+succeeds (every failure recorded, never dropped), shielded from the workflow's cancellation.
+They must be idempotent and safe when there is nothing to undo: an action that timed out may
+or may not have taken effect.
 """
 
 import asyncio

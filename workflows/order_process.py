@@ -14,13 +14,9 @@ Read top to bottom, :meth:`OrderProcessWorkflow._until_pivot` and
 6. wait for mark_delivered, then delivery and order DELIVERED, side by side (retried, never
                       compensated)
 
-A business failure (customer cancel, payment timeout, no dealer, an invalid transition)
-unwinds the stack last-in-first-out and the run completes with the order CANCELLED. A
-cancellation of the workflow itself unwinds the same way, shielded, then the run closes as
-CANCELED. Infrastructure failures are retried by Temporal and never compensate.
-
-Every step and compensation is an activity on its service's task queue. Each saga is pinned
-to the build it started on (Worker Versioning): a change to the saga is a new build.
+A business failure unwinds the stack and the run completes with the order CANCELLED; a
+cancellation of the workflow unwinds the same way, then closes as CANCELED. Infrastructure
+failures are retried and never compensate.
 """
 
 import asyncio
