@@ -35,8 +35,7 @@ class BodySizeLimitMiddleware:
         if declared is not None and declared > self.max_body_bytes:
             await self._too_large(send)
             return
-        # Read the body (it is buffered by the framework anyway), counting as it arrives,
-        # so a chunked body is stopped at the limit, not after it has all been received.
+        # Count the body as it arrives, so a chunked body is stopped at the limit.
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -111,9 +110,8 @@ def _bounded_int(text: str) -> int:
 
 
 def _exact_decimal(text: str) -> Decimal:
-    """A JSON number with a fraction or an exponent, as an exact decimal ("12.50" is 12.50, not
-    the float nearest to it); refused before anything converts it when it is longer, or its
-    magnitude larger or smaller, than :data:`MAX_NUMBER_CHARS` digits."""
+    """A JSON number with a fraction or an exponent, as an exact decimal; refused before any
+    conversion beyond :data:`MAX_NUMBER_CHARS` digits (written or by its exponent)."""
     if len(text) > MAX_NUMBER_CHARS:
         raise ValueError(f"a number of {len(text)} characters is too long")
     value = Decimal(text)

@@ -44,9 +44,8 @@ Handler = Callable[[Session, Event], Outcome]
 
 
 def deliveries_of(message: NatsMessage) -> int:
-    """How many times the broker has delivered ``message`` (1: the first time). A message
-    without JetStream metadata (FastStream's in-memory ``TestNatsBroker``) counts as a first
-    delivery."""
+    """How many times the broker has delivered ``message`` (1: the first time, also without
+    JetStream metadata)."""
     try:
         return message.raw_message.metadata.num_delivered or 1
     except NotJSMessageError:

@@ -133,8 +133,7 @@ def stop_delivery(db: Session, requested: Event) -> Outcome:
     inserted = False
     if delivery is None:
         delivery, inserted = _create_delivery(db, order_id)
-    # One guarded update decides: a dealer assigned first (by a sweeper running now, too)
-    # is the pivot, and the cancel is refused.
+    # One guarded update decides: a dealer assigned first is the pivot.
     _, cancelled = deliveries.cancel_delivery(
         db, order_id, names.choreographed_saga_id(order_id), only_before_pivot=True
     )
@@ -241,8 +240,7 @@ def _create_payment(db: Session, order_id: str, *, window: bool) -> tuple[Paymen
 
 
 def _create_delivery(db: Session, order_id: str) -> tuple[DeliveryRow, bool]:
-    """The order's delivery, PENDING, to its address (or the existing one); True if written
-    now."""
+    """The order's delivery, PENDING, to its address (or the existing one); True if new."""
     order = _order(db, order_id)
     return deliveries.create_delivery(
         db,
@@ -254,8 +252,7 @@ def _create_delivery(db: Session, order_id: str) -> tuple[DeliveryRow, bool]:
     )
 
 
-# The choreography in one table: which service reacts to which event, and how. Each pair is
-# one durable consumer, ``<service>-<event>`` (:data:`CONSUMERS`).
+# The choreography in one table; each pair is one durable consumer (:data:`CONSUMERS`).
 ROUTES: dict[tuple[Service, EventType], Handler] = {
     (Service.PAYMENTS, EventType.ORDER_CREATED): open_payment,
     (Service.ORDERS, EventType.PAYMENT_CONFIRMED): confirm_order,

@@ -28,8 +28,7 @@ from store.models import OutboxRow, utcnow
 log = logging.getLogger("choreography.outbox")
 T = TypeVar("T")
 
-# The broker itself is unreachable or not ready: no row is to blame, the round stops and is
-# tried again (anything else a row's publish raises is that row's own fault).
+# The broker itself is down: no row is to blame, and the round stops.
 BROKER_OUTAGES = (
     OSError,
     TimeoutError,
@@ -122,9 +121,8 @@ class Publisher:
         *,
         budget: timedelta | None = None,
     ) -> T:
-        """Run ``work`` in one transaction (within ``budget``, if given) with the events it
-        returns, written to the outbox; once committed, publish them (left to the relay if
-        the broker does not take them now). Returns ``work``'s result."""
+        """Run ``work`` in one transaction with the events it returns written to the outbox,
+        then publish them (else the relay will). Returns ``work``'s result."""
 
         def in_transaction() -> tuple[T, Sequence[Outgoing]]:
             with session(self._engine, budget=budget) as db:
@@ -140,10 +138,8 @@ class Publisher:
         return result
 
     async def publish_pending(self, *, older_than: timedelta, limit: int = 200) -> int:
-        """Publish rows committed more than ``older_than`` ago and still unpublished, in the
-        order they were written, skipping those waiting out a failure. Returns how many rows
-        it handled: published, or failed and put off (a row that fails for a reason of its
-        own waits, growing, for its next attempt; a broker outage stops the round)."""
+        """Publish rows committed more than ``older_than`` ago and still unpublished, in order,
+        skipping those put off after a failure. Returns how many it published or put off."""
         rows = await asyncio.to_thread(self._pending, older_than, limit)
         published: list[str] = []
         failed: list[tuple[_Pending, Exception]] = []

@@ -1,7 +1,5 @@
-"""The choreographed saga's moving parts in one process: the broker connection, the streams,
-the services' consumers, the relay and the sweepers.
-
-The worker runs them all; the API connects a publisher only.
+"""The choreographed saga's parts in one process: the broker, the streams, the consumers, the
+relay and the sweepers (the worker runs them all; the API only publishes).
 """
 
 import asyncio
@@ -30,8 +28,7 @@ from settings import Settings
 
 log = logging.getLogger("choreography")
 
-# How long JetStream remembers a message id to drop its duplicates (the outbox's republish
-# after a crash comes within seconds; the inbox catches anything later).
+# How long JetStream drops a repeated message id (the inboxes catch anything later).
 DUPLICATE_WINDOW = timedelta(minutes=10)
 
 
@@ -144,8 +141,7 @@ class Choreography:
                 stream=events,
                 durable=name,
                 pull_sub=PullSub(batch_size=16, timeout=1.0),
-                # No max_deliver: an event is redelivered until it is applied or
-                # dead-lettered (consumer.py decides which, from the failure).
+                # No max_deliver: consumer.py decides when to dead-letter.
                 config=ConsumerConfig(ack_wait=settings.event_ack_wait_seconds),
                 ack_policy=AckPolicy.MANUAL,
             )(_subscribed(consumer))
@@ -170,8 +166,7 @@ class Choreography:
         await self.broker.stop()
 
 
-# A message this build cannot read (a newer schema, during a rollback) waits for a build that
-# can: redelivered this much later, never dead-lettered and never dropped.
+# A message this build cannot read waits for a build that can: redelivered this much later.
 UNREADABLE_RETRY_SECONDS = 30.0
 
 

@@ -1,7 +1,5 @@
-"""What a person may type, as pydantic types: money as exact text or number, names and ids
-free of control and bidirectional characters and normalised to one spelling, phone numbers,
-counts as integers only. The payloads and the views' input models build on these; no I/O, no
-FastAPI (the workflow sandbox loads them with the payloads)."""
+"""What a person may type, as pydantic types: exact money, clean normalised names and ids,
+phone numbers, integer counts. No I/O, no FastAPI: the workflow sandbox loads them."""
 
 import re
 import unicodedata
@@ -59,8 +57,7 @@ NO_CONTROL_CHARS = "^[^\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\
 
 
 def _nfc(value: object) -> object:
-    # One spelling per text: "é" typed as e + combining accent is stored, compared and
-    # matched as the single character é.
+    # One spelling per text (NFC): a combining accent is stored as the single character.
     return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
 
 

@@ -74,9 +74,8 @@ def choreographed_saga_id(order_id: str) -> str:
 
 
 def order_id_for_idempotency_key(secret: bytes, customer_id: str, key: str) -> str:
-    """The order id of a customer's Idempotency-Key: the same key, the same order, in every
-    process. An HMAC under the server's ``secret``, so nobody without it can tell which id
-    another customer's key stands for."""
+    """The order id of a customer's Idempotency-Key, the same in every process: an HMAC under
+    ``secret``, so no one else can tell which id another customer's key stands for."""
     digest = hmac.new(secret, f"{customer_id}\x00{key}".encode(), hashlib.sha256).digest()
     return str(uuid.UUID(bytes=digest[:16], version=4))
 
@@ -99,8 +98,7 @@ def delivery_id_for(order_id: str) -> str:
     return str(uuid.uuid5(uuid.UUID(order_id), "delivery"))
 
 
-# Activity names: the contract between the workflow and the service workers. The
-# workflow calls activities by name so it never imports their database code.
+# Activity names: the workflow calls activities by name, never importing their database code.
 CREATE_ORDER = "create_order"
 CONFIRM_ORDER = "confirm_order"
 MARK_ORDER_DELIVERED = "mark_order_delivered"

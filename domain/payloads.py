@@ -1,7 +1,5 @@
-"""Payloads: one small pydantic model in and one out for every workflow, activity and signal.
-
-They travel through Temporal with the pydantic data converter and are extended (never
-duplicated) by the API's schemas. Money is an exact ``Decimal`` with two places.
+"""Payloads: one small pydantic model in and one out for every workflow, activity and signal,
+extended (never duplicated) by the API's schemas. Money is an exact two-place ``Decimal``.
 """
 
 import hashlib

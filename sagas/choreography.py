@@ -1,9 +1,6 @@
 """How the choreographed saga starts and is steered: events between the services, on NATS
-JetStream.
-
-Each call writes its change and the events it emits in one transaction (the outbox), then
-publishes them; the services take it from there (``choreography/``). Every answer comes from
-the database, and nothing waits for a consumer.
+JetStream. Each call writes its change and its events in one transaction (the outbox), then
+publishes them; every answer comes from the database, and nothing waits for a consumer.
 """
 
 import asyncio

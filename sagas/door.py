@@ -1,8 +1,7 @@
 """The door, for both saga styles: what the API, the CLI and the tools call.
 
 A new order runs in ``SAGA_STYLE``; an existing one is steered in the style it was placed
-with, and both are answered alike. The shared rules are :mod:`sagas.rules`; each style's
-adapter says only how its saga starts and is steered.
+with, and both are answered alike (shared rules: :mod:`sagas.rules`).
 """
 
 import asyncio

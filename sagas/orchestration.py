@@ -1,6 +1,5 @@
-"""How the orchestrated saga starts and is steered: one ``OrderProcessWorkflow`` per order,
-on Temporal. The door (:mod:`sagas.door`) has made every check both styles share; what is
-left here costs at most one Temporal RPC and no workflow query.
+"""How the orchestrated saga starts and is steered: one ``OrderProcessWorkflow`` per order, on
+Temporal, at most one RPC and no workflow query a call.
 """
 
 import asyncio
@@ -176,9 +175,8 @@ class OrchestratedSagas:
     async def _start_and_wait(
         self, input: OrderProcessInput, options: dict[str, Any], fingerprint: str, wait: float
     ) -> bool:
-        """Start the saga (or join it, for a retried request) and wait in the same RPC until
-        its payment exists: update-with-start. Returns whether the payment exists; when the
-        wait runs out, the saga is made sure to exist before the caller answers 202."""
+        """Start (or join) the saga and wait in the same RPC until its payment exists
+        (update-with-start). Returns whether it does; the saga exists either way."""
         start = WithStartWorkflowOperation(
             OrderProcessWorkflow.run,
             input,
@@ -197,8 +195,7 @@ class OrchestratedSagas:
             await self._check_same_request(input.order_id, fingerprint)
             return True
         except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError, WorkflowUpdateFailedError):
-            # No worker took the update in time (busy, or down). Whether the start reached
-            # Temporal before the wait ran out is not known here: make sure it did.
+            # No worker took the update in time, and the start may not have landed: make sure.
             await self._start(input, options, fingerprint)
             return False
         self._log_started(input.order_id, (await start.workflow_handle()).first_execution_run_id)
@@ -290,8 +287,7 @@ class OrchestratedSagas:
         with saga_ended_is_conflict(f"order {order_id} can no longer be cancelled"):
             handle = self.handle(order_id)
             if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
-                # Terminated by an operator: its last state is not final, and Temporal would
-                # accept the cancel and do nothing with it.
+                # Terminated by an operator: Temporal would accept the cancel and do nothing.
                 raise ConflictError(ended)
             await handle.cancel()
 
@@ -336,10 +332,8 @@ class OrchestratedSagas:
             payment_service.withdraw_decision(db, payment_id, decision)
 
     async def report_delivered(self, delivery: DeliveryRow) -> None:
-        """Signal the dealer's report of an IN_TRANSIT delivery (``delivery`` as the door read
-        it), unless its first signal is recorded as sent. The report names the dealer the
-        database shows, so a saga that has not yet seen its assignment holds it until it does.
-        """
+        """Signal the dealer's report of an IN_TRANSIT delivery, naming the dealer the database
+        shows, unless its signal is recorded as sent."""
         if delivery.report_signalled_at is not None:
             return
         delivery_id = delivery.id

@@ -1,7 +1,6 @@
 """What the door decides the same way for both saga styles: accepting an order, which of
-racing payment decisions won, whether an order may still be cancelled and a delivery
-reported, and the words each refusal uses. The style adapters (:mod:`sagas.orchestration`,
-:mod:`sagas.choreography`) call these and say only how their style starts and steers a saga.
+racing decisions won, whether an order may be cancelled or a delivery reported, and the words
+of each refusal.
 """
 
 from dataclasses import dataclass

@@ -11,9 +11,7 @@ from sagas.errors import TooManyRequestsError
 class Throttle:
     """At most ``per_minute`` requests a minute per key, ``per_minute`` of them at once.
 
-    Beyond ``max_keys`` the least recently used are forgotten, so memory stays bounded.
-    Thread-safe; per process.
-    """
+    Beyond ``max_keys`` the least recently used are forgotten. Thread-safe; per process."""
 
     def __init__(
         self,

@@ -148,8 +148,7 @@ def order_view(engine: Engine, settings: Settings, order_id: str) -> OrderView |
 
 
 def _emitted(db: Session, order_id: str) -> list[OutboxRow]:
-    """The order's events in the order they were written (a dead letter's replay, the same
-    event sent again, is shown by its dead letter, not as an event of its own)."""
+    """The order's events as written (a dead letter's replay is shown by its dead letter)."""
     rows = db.exec(
         select(OutboxRow).where(OutboxRow.order_id == order_id).order_by(col(OutboxRow.id))
     ).all()
@@ -163,8 +162,7 @@ def order_events(db: Session, order_id: str) -> list[OrderEvent]:
 
 
 def event_log(engine: Engine, order_id: str) -> list[EventLogEntry]:
-    """Every event of a choreographed order, in the order they were written, each with who
-    applied it and who could not: the operator's account."""
+    """Every event of a choreographed order, as written, with who applied it and who could not."""
     with read_session(engine) as db:
         emitted = _emitted(db, order_id)
         consumed = db.exec(select(InboxRow).where(InboxRow.order_id == order_id)).all()
@@ -244,8 +242,7 @@ def _accepted_style(recorded: str | None) -> SagaStyle:
 
 @dataclass(frozen=True)
 class PaymentParty:
-    """Whose payment it is and how its order's saga runs: all a decision needs to know
-    before it is taken, read at once."""
+    """Whose payment it is and how its order's saga runs, as a decision needs it."""
 
     order_id: str
     customer_id: str

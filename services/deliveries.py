@@ -67,9 +67,8 @@ def assign_dealer(db: Session, delivery_id: str, saga_id: str | None) -> tuple[D
     """Assign the least-loaded dealer of the delivery's place with free capacity: take one
     unit of it (guarded, never overbooked) and move the delivery PENDING -> IN_TRANSIT.
 
-    Returns the delivery (``dealer_id`` None when no dealer is free) and whether this call
-    assigned it; an IN_TRANSIT delivery is returned as it is. ``InvalidStateTransition`` for
-    one otherwise not PENDING; ``RuntimeError`` (retryable) after ``MAX_PICKS`` lost races.
+    Returns the delivery (``dealer_id`` None: none free; IN_TRANSIT: as it is) and whether this
+    call assigned it. ``InvalidStateTransition`` otherwise; ``RuntimeError`` after lost races.
     """
     delivery = db.get(DeliveryRow, delivery_id)
     if delivery is None:
@@ -101,8 +100,7 @@ def assign_dealer(db: Session, delivery_id: str, saga_id: str | None) -> tuple[D
             attempt.commit()
             db.refresh(delivery)
             return delivery, True
-        # Moved by someone else meanwhile (cancelled, or assigned by a concurrent attempt):
-        # give the capacity back and look at the delivery again.
+        # Moved by someone else meanwhile: give the capacity back and look again.
         attempt.rollback()
         db.refresh(delivery)
     raise RuntimeError(f"dealer assignment for {delivery_id} lost {MAX_PICKS} races")
@@ -147,11 +145,8 @@ def mark_report_signalled(db: Session, delivery_id: str) -> None:
 def cancel_delivery(
     db: Session, order_id: str, saga_id: str | None, *, only_before_pivot: bool = False
 ) -> tuple[CompensationOutcome, bool]:
-    """Compensation: cancel the order's delivery, releasing its dealer if one was assigned
-    (an assignment the saga never saw). With ``only_before_pivot``, an IN_TRANSIT delivery is
-    left alone. Returns the outcome and whether it changed the delivery; safe when there is
-    nothing to undo.
-    """
+    """Compensation: cancel the order's delivery, releasing a dealer the saga never saw assigned
+    (unless ``only_before_pivot``). Returns the outcome and whether it changed the delivery."""
     delivery = delivery_of(db, order_id)
     if delivery is None:
         return CompensationOutcome(action="nothing to undo"), False

@@ -146,12 +146,9 @@ def open_decision(db: Session, payment_id: str, order_id: str, customer_id: str)
 
 @dataclass(frozen=True)
 class DecisionTaken:
-    """What became of one attempt to decide a payment.
-
-    ``winner``: the decision on record (None: none may be taken any more, see ``refusal``);
-    ``applied``: this attempt recorded it (it won the compare-and-set); ``order_id``: the
-    payment's order (None for an unknown payment); ``signalled``: the decision on record has
-    reached the orchestrated saga already (:func:`mark_decision_signalled`).
+    """What became of one attempt to decide a payment: ``winner`` on record (None: see
+    ``refusal``), whether this attempt ``applied`` it, the payment's ``order_id`` (None:
+    unknown payment), and whether the decision was ``signalled`` to its saga already.
     """
 
     order_id: str | None
@@ -228,9 +225,8 @@ def _record_decision_statement(*, window: bool) -> Update:
 
 
 def withdraw_decision(db: Session, payment_id: str, decision: Decision) -> bool:
-    """Take back ``decision`` recorded for the payment (compare-and-set to none), when it
-    could not be delivered because the payment's saga had ended: nothing acted on it, and the
-    record must not say otherwise. Returns whether it was withdrawn. Does not commit."""
+    """Take back ``decision`` (compare-and-set to none) when its saga had ended before it could
+    act on it. Returns whether it was withdrawn. Does not commit."""
     result: Any = db.exec(
         update(PaymentDecisionRow)
         .where(

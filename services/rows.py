@@ -31,10 +31,8 @@ def transition(
 ) -> bool:
     """Move row ``row_id`` of ``table`` to ``to_state`` if it is in ``from_states``.
 
-    One guarded ``UPDATE``: it applies at most once, and a concurrent transition of the same
-    row loses cleanly. With ``saga_id``, only a row of that saga (or of none yet, which it
-    claims) moves. Returns whether this call applied it; a row the session holds is expired.
-    Does not commit.
+    One guarded ``UPDATE``, applied at most once; with ``saga_id``, only that saga's row (or an
+    unclaimed one) moves. Returns whether this call applied it. Does not commit.
     """
     by_saga = saga_id is not None
     if by_saga:
@@ -131,8 +129,7 @@ def insert_new(db: Session, row: SQLModel) -> bool:
     db.flush()  # pending rows first (a parent added to the session), as autoflush would
     connection = db.connection()
     statement = _insert_new_statement(table, connection.dialect.name)
-    # RETURNING says whether it inserted (the PostgreSQL driver's rowcount does not), and
-    # gives the primary key the database may have generated.
+    # RETURNING says whether it inserted (psycopg's rowcount does not), with the primary key.
     key = connection.execute(statement, values).first()
     if key is None:
         return False
@@ -157,11 +154,8 @@ def _insert_new_statement(table: Table, dialect: str) -> Insert:
 
 
 def require_owner(row_saga_id: str | None, saga_id: str | None, what: str) -> None:
-    """Raise ``OwnedByAnotherSaga`` unless the saga ``saga_id`` may act on ``what``.
-
-    It may when it created the row, when the row records no saga, or when the caller is not
-    a saga (``saga_id`` None).
-    """
+    """Raise ``OwnedByAnotherSaga`` unless ``saga_id`` (None: not a saga) may act on ``what``:
+    it created the row, or the row records no saga."""
     if saga_id is None or row_saga_id is None or row_saga_id == saga_id:
         return
     raise BusinessError(

@@ -150,11 +150,8 @@ class DeliveryRow(SQLModel, table=True):
 
 
 class IdempotencyKeyRow(SQLModel, table=True):
-    """A customer's ``Idempotency-Key`` of ``POST /orders`` and the order it stands for.
-
-    Kept as long as the order, so a late replay answers that order and starts nothing. Written
-    before the saga writes the order, so it has no foreign key to it.
-    """
+    """A customer's ``Idempotency-Key`` of ``POST /orders`` and the order it stands for (no
+    foreign key: it is written before the saga writes the order)."""
 
     __tablename__ = "idempotency_keys"
 
@@ -164,17 +161,13 @@ class IdempotencyKeyRow(SQLModel, table=True):
     fingerprint: str = Field(max_length=64)
     order_id: str = Field(max_length=36)
     created_at: datetime = Field(default_factory=utcnow)
-    # When its saga was known to be started: a replay finding neither order nor saga then
-    # knows the saga ended before writing the order.
+    # When its saga was known to be started (a replay then finding no order nor saga: 409).
     saga_started_at: datetime | None = None
 
 
 class PaymentDecisionRow(SQLModel, table=True):
-    """The customer's decision on an order's payment (PaymentService), one per order.
-
-    Opened undecided when the order is accepted; set exactly once by a compare-and-set (the
-    customer's confirm or cancel, or the window's close). The saga reads it back when the
-    window closes, so a decision whose signal was lost still counts.
+    """The customer's decision on an order's payment, opened undecided when the order is
+    accepted and set exactly once by a compare-and-set (confirm, cancel or the window's close).
     """
 
     __tablename__ = "payment_decisions"
@@ -190,11 +183,9 @@ class PaymentDecisionRow(SQLModel, table=True):
 
 
 class OutboxRow(SQLModel, table=True):
-    """An event a service emitted, written in the same transaction as the change it reports;
-    published with ``Nats-Msg-Id`` = ``message_id``, then marked (a crash in between only
-    duplicates it, which deduplication and the inboxes absorb). ``message_id`` is the event id,
-    or its own for an operator's replay of a dead letter. A row that fails to publish is tried
-    again after a growing delay, without holding back the rows behind it.
+    """An event a service emitted, written in the same transaction as the change it reports,
+    published with ``Nats-Msg-Id`` = ``message_id`` (the event id, or a replay's own), then
+    marked; a failing row is tried again after a growing delay.
     """
 
     __tablename__ = "outbox"

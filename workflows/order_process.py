@@ -71,11 +71,9 @@ from workflows.compensation import (
     run_shielded,
 )
 
-# Forward steps: infrastructure failures retry forever with capped backoff (the saga is
-# durable, it can wait out an outage); business failures are non-retryable by type.
+# Forward steps wait out an outage, retrying forever; business failures are non-retryable.
 STEP_RETRY = Backoff(maximum=timedelta(seconds=30)).retry_policy(names.BUSINESS_ERRORS)
-# Compensations: one attempt per call; CompensationStack drives the retries so every
-# failed attempt is recorded in the saga state instead of hiding inside the server.
+# Compensations: one attempt per call; CompensationStack retries, recording every failure.
 COMPENSATION_RETRY = RetryPolicy(maximum_attempts=1)
 ACTIVITY_TIMEOUT = STEP_START_TO_CLOSE
 
@@ -86,11 +84,9 @@ R = TypeVar("R")
 class OrderProcessWorkflow:
     """The order saga. Input: :class:`OrderProcessInput`; result: the final :class:`SagaState`.
 
-    Signals: ``confirm_payment`` and ``cancel_payment`` (:class:`PaymentDecision`), taken once,
-    only while the payment window is open; ``mark_delivered`` (:class:`DeliveredReport`),
-    only after the pivot. Every other signal is recorded as ignored. Query ``state``: the
-    saga state. Update ``wait_for_payment``: returns once the payment exists or the saga
-    ended, so the API can answer ``POST /orders`` with the payment id in one round trip.
+    Signals ``confirm_payment`` and ``cancel_payment`` are taken once, inside the payment
+    window; ``mark_delivered`` only after the pivot; any other is recorded as ignored. Query
+    ``state``; update ``wait_for_payment`` returns once the payment exists or the saga ended.
     """
 
     @workflow.init
@@ -245,9 +241,8 @@ class OrderProcessWorkflow:
             self.mark_delivered(self._early_report)  # now in transit: taken if it is true
 
     async def _together(self, *steps: Coroutine[Any, Any, Any]) -> list[Any]:
-        """Run ``steps`` side by side (scheduled in one workflow task) and return their
-        results in order once every one has settled; then raise the first failure, in order,
-        so the unwind that follows sees everything they did."""
+        """Run ``steps`` side by side and return their results once all have settled, or raise
+        the first failure then, so the unwind sees everything they did."""
         results = await asyncio.gather(*steps, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
@@ -315,8 +310,6 @@ class OrderProcessWorkflow:
         record = self._start_record(names.ASSIGN_DEALER)
         try:
             while True:
-                # Its result and the window's timer race as two history events, which every
-                # replay sees in the same order.
                 delivery = await self._activity(
                     names.ASSIGN_DEALER, ref, self._params.queues.deliveries, DeliverySnapshot
                 )
@@ -404,8 +397,7 @@ class OrderProcessWorkflow:
         elif self._delivered:
             note = "already reported delivered"
         elif state.phase == SagaPhase.ASSIGNING_DEALER and report.dealer_id is not None:
-            # The database shows the parcel with its dealer a moment before the saga sees its
-            # assignment: hold the report until then, and take it if the dealers match.
+            # The database shows the dealer before the saga does: hold the report until then.
             self._early_report = report
             self._record_signal(
                 names.SIGNAL_MARK_DELIVERED,
@@ -474,8 +466,7 @@ class OrderProcessWorkflow:
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         if not self._past_pivot and workflow.cancellation_reason() is not None:
-            # The step completed although the saga was cancelled while it ran: honour the
-            # cancel now, before the next step (its compensation was pushed before it ran).
+            # Cancelled while the step ran: honour it before the next step.
             raise asyncio.CancelledError("the saga was cancelled while a step ran")
         return result
 
@@ -498,10 +489,8 @@ class OrderProcessWorkflow:
         *,
         placed: OrderRequest | None = None,
     ) -> Compensation:
-        """Compensation ``name`` of this saga's order, as the stack runs it: one attempt of the
-        activity on ``task_queue``, then ``reflect`` of the status it left its entity in
-        (not called when there was no entity of this saga's to undo). ``placed``: the order
-        as placed, for cancel_order (see OrderRef)."""
+        """Compensation ``name``: one attempt of the activity on ``task_queue``, then ``reflect``
+        of the status it left its entity in, if any. ``placed``: for cancel_order (OrderRef)."""
 
         async def compensate() -> None:
             # Why it undoes: the saga's failure, recorded with the cancelled order.
