@@ -68,9 +68,6 @@ class CompensationStack:
         """Forget every compensation: the saga passed its pivot and will not roll back."""
         self._stack.clear()
 
-    def __len__(self) -> int:
-        return len(self._stack)
-
     async def unwind(self) -> None:
         """Run every pushed compensation in reverse order, shielded from cancellation."""
         await run_shielded(self._unwind())
