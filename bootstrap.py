@@ -1,8 +1,5 @@
-"""The composition root: each process's parts (its settings, the database engine, the Temporal
-client, the NATS broker and the door to the sagas), built in one place and closed in order.
-
-The API's lifespan, the worker, the CLI and the tools open the parts they need with
-:func:`open_parts`; nothing else connects to anything.
+"""The composition root: each process's parts (engine, Temporal client, NATS broker, the door
+to the sagas), opened with :func:`open_parts` and closed in order; nothing else connects.
 """
 
 import asyncio
@@ -26,8 +23,7 @@ from store.db import make_engine, migrate
 # down), or not at all.
 TemporalUse = Literal["now", "lazy", "none"]
 # What to do with NATS (when NATS_URL is set): publish (connected now), publish once it
-# answers (connected in the background: the API), run the choreographed saga's consumers,
-# relay and sweepers on it (the worker), or nothing.
+# answers (the API), run the choreographed saga's parts (the worker), or nothing.
 NatsUse = Literal["publish", "background", "consume", "none"]
 
 
@@ -52,12 +48,9 @@ async def open_parts(
     migrate_schema: bool = False,
     interceptors: Sequence[Interceptor] = (),
 ) -> AsyncIterator[Parts]:
-    """Build the parts ``settings`` describe, and close them (the door's last writes, the
-    broker, the engine) on exit. ``migrate_schema``: bring the database schema up to date
-    first (the API and the worker do; several processes at once wait for each other).
-
-    Raises ``TemporalConnectError`` (``temporal="now"``) when Temporal cannot be reached,
-    and the broker's error (``nats="publish"`` or ``"consume"``) when NATS cannot."""
+    """Build the parts ``settings`` describe (``migrate_schema``: the schema brought up to date
+    first), and close them on exit. Raises ``TemporalConnectError`` (``temporal="now"``) or
+    the broker's error (``nats="publish"`` or ``"consume"``) when one cannot be reached."""
     async with AsyncExitStack() as stack:
         engine = make_engine(settings.database_url_value, **settings.engine_options())
         stack.callback(engine.dispose)

@@ -9,9 +9,7 @@
     ordersaga builds                   # the saga's builds, and the open sagas on each
 
 Talks to the API at ``--api`` (default http://127.0.0.1:8000). ``demo`` places its orders
-through the door itself, with the running system's settings (``--system``, the file
-``make run`` writes; the environment wins), so they run in the system's style with windows
-of seconds, and the timeout path shows in seconds, not half an hour.
+through the door, with the running system's settings (``--system``; the environment wins).
 """
 
 import argparse
@@ -101,8 +99,8 @@ def _phase(body: dict[str, Any]) -> str | None:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    """The running system's settings: the environment's, then ``--system``'s file (written by
-    ``make run``). A setting that is wrong ends the command with one line saying which."""
+    """The running system's settings: the environment's, then ``--system``'s file; a wrong
+    setting ends the command with one line saying which."""
     from pydantic import ValidationError
 
     from settings import Settings
@@ -163,8 +161,7 @@ async def demo(args: argparse.Namespace) -> int:
     from domain.payloads import SagaTimeouts
 
     settings = _settings(args)
-    # Short windows, for this demo's orders only, so the timeout and no-dealer paths end in
-    # seconds.
+    # Short windows, for this demo's orders only, so every path ends in seconds.
     windows = SagaTimeouts(
         payment_window=timedelta(seconds=5),
         dealer_assignment_window=timedelta(seconds=3),
@@ -173,8 +170,7 @@ async def demo(args: argparse.Namespace) -> int:
     progress = Progress(len(DEMO_PATHS), f"demo ({settings.saga_style})")
     rows = []
     async with _client(args) as http, open_parts(settings) as parts:
-        # The demo brings its own dealer and city, so every path shows whatever else the
-        # database holds (the seeded dealers may all be busy with earlier orders).
+        # Its own dealer and city: the seeded dealers may all be busy with earlier orders.
         city = f"Demo City {uuid.uuid4().hex[:6]}"
         dealer = {
             "name": "Demo Dealer",

@@ -1,8 +1,5 @@
-"""One settings object for the API and the worker, read once from the environment.
-
-Every field maps to an environment variable of the same name in upper case
-(``DATABASE_URL``, ``TEMPORAL_ADDRESS``, ...); a ``.env`` file is read too.
-docs/configuration.md lists them all (a test keeps it complete).
+"""One settings object for the API and the worker, read once from the environment (each
+field from its name in upper case, or a ``.env`` file); docs/configuration.md lists them.
 """
 
 import os
@@ -352,11 +349,8 @@ class Settings(BaseSettings):
         return self
 
     def auth_problem(self) -> str | None:
-        """Why the API must not start with these settings (None: it may).
-
-        Auth is required unless ``AUTH_MODE=dev``, and required auth needs at least one kind
-        of credential: a deployment that forgot them must fail at once, not run open.
-        """
+        """Why the API must not start with these settings (None: it may): auth is required
+        unless ``AUTH_MODE=dev``, and then needs at least one kind of credential."""
         if self.auth_mode == "dev":
             return None
         if self.operator_api_keys or self.customer_token_secrets:

@@ -1,14 +1,10 @@
 """Which build of the saga this code is, and a copy of it to run beside a newer one.
 
-Every worker runs as a Worker Deployment Version: the deployment ``WORKER_DEPLOYMENT_NAME``
-and a build id. A saga is pinned to the build it started on and finishes there, so the build
-id must change whenever the saga's shape can: by default it is a hash of the code that decides
-the shape and the payloads (``workflows/`` and ``domain/``). A change elsewhere (an activity's
-body, a query) keeps the build id, and the workers simply restart with it.
+A saga is pinned to the build it started on, so the build id must change whenever the saga
+can: by default it is a hash of ``workflows/`` and ``domain/``.
 
 ``python -m versions build-id`` prints it; ``python -m versions snapshot DIR`` copies the code a
-worker runs into DIR, so ``make run`` can go on running an older build's workers for the sagas
-pinned to it after the code has changed (docs/changing-the-saga.md).
+worker runs into DIR, to keep an older build's workers running for the sagas pinned to it.
 """
 
 import argparse

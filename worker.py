@@ -8,11 +8,9 @@ set, the choreographed saga's consumers, relay and sweepers.
     python worker.py --check [...]        # exit 0 if what it would run can reach its services
     python worker.py --drain              # an older build's workers, until its sagas end
 
-Each service's activities poll their own task queue, so each can run and scale as its own
-process; the workflow polls ``order-process``. Every Temporal worker runs as the Worker
-Deployment Version of this code's build (``versions.py``): a saga is pinned to the build it
-started on, and its steps run on that build's workers too. The choreographed saga's consumers
-are durable JetStream pull consumers: any number of ``--events`` processes share their work.
+Each service's activities poll their own task queue, so each can scale as its own process.
+Temporal workers run as this build's Worker Deployment Version (``versions.py``): a saga runs
+on the build it started on. Any number of ``--events`` processes share the JetStream consumers.
 """
 
 import argparse
@@ -89,16 +87,9 @@ def service_activities(engine: Engine) -> dict[str, list[Callable[..., Any]]]:
 
 
 def workflow_runner(*workflow_modules: str) -> SandboxedWorkflowRunner:
-    """The sandbox the saga runs in: every call it makes is still checked (no clock, no
-    randomness, no I/O), but its modules are imported once per process, not per run.
-
-    ``domain/`` and ``workflows/`` hold no mutable module state (constants, classes and pure
-    functions; tests/workflows/test_workflow_imports.py keeps I/O libraries out), so sharing
-    them is safe, and re-importing them for every saga the worker starts or rebuilds after a
-    cache eviction cost about a third of its CPU per saga (``make bench``).
-    ``workflow_modules``: more modules of workflows to share so (the bench's baseline worker
-    passes its own, to run its workflows as this worker runs the saga).
-    """
+    """The saga's sandbox, still checking every call, with ``domain``, ``workflows`` and
+    ``workflow_modules`` imported once per process rather than per run: they hold no mutable
+    module state, and re-importing them for every run is costly."""
     return SandboxedWorkflowRunner(
         restrictions=SandboxRestrictions.default.with_passthrough_modules(
             "domain", "pydantic", "workflows", *workflow_modules
@@ -116,12 +107,8 @@ def saga_replayer(workflow: type = OrderProcessWorkflow) -> Replayer:
 
 
 async def replay_failures_at_every_task(history: WorkflowHistory) -> list[str]:
-    """Replay ``history`` cut after each workflow task start, and whole.
-
-    A cut is the history a worker rebuilding the saga gets at that moment (after a crash, an
-    eviction from its cache, or to answer a query), so every cut must replay, not only the
-    closed history. Returns the failures as ``"<events> events: <error>"``; none if it replays.
-    """
+    """Replay ``history`` cut after each workflow task start (what a worker rebuilding the
+    saga gets then), and whole. Returns the failures as ``"<events> events: <error>"``."""
     events = list(history.events)
     cuts = [
         index + 1
@@ -149,8 +136,7 @@ def deployment_version(settings: Settings) -> WorkerDeploymentVersion | None:
 
 def deployment_config(version: WorkerDeploymentVersion | None) -> WorkerDeploymentConfig | None:
     """A worker's deployment options for ``version`` (None: unversioned). Every saga is
-    pinned: it runs on the build it started on until it ends, so the workflow's code holds
-    one shape of the saga, and a change of shape is a new build (docs/changing-the-saga.md)."""
+    pinned to the build it started on, so a change to the saga is a new build."""
     if version is None:
         return None
     return WorkerDeploymentConfig(
@@ -213,10 +199,9 @@ def build_workers(
 async def promote(
     client: Client, version: WorkerDeploymentVersion, policy: str, *, within: float = 60
 ) -> bool:
-    """Make ``version`` its deployment's current version (where new sagas start) as
-    ``policy`` says: ``always``; ``first``, only while the deployment has none; ``never``.
-    Retries until the server knows the version (its workers have polled). Returns whether
-    it is current now by this call."""
+    """Make ``version`` its deployment's current version as ``policy`` says (``always``;
+    ``first``, while there is none; ``never``), retrying until the server knows it. Returns
+    whether this call made it current."""
     if policy == "never":
         return False
     namespace, name = client.namespace, version.deployment_name
@@ -297,11 +282,8 @@ async def run(
     settings: Settings, queues: Sequence[str], *, events: bool, drain: bool = False
 ) -> None:
     """Wire engine, client and workers once, run until SIGINT/SIGTERM, then shut down cleanly.
-
-    ``queues``: the Temporal task queues to poll (none: no Temporal connection at all);
-    ``events``: run the choreographed saga's parts too (needs ``NATS_URL``); ``drain``: an
-    older build's workers, which stop once no saga is pinned to their build (no migrations,
-    no events, no retention: the current build's processes do those).
+    ``queues``: the task queues to poll (none: no Temporal); ``events``: the choreographed
+    saga's parts too; ``drain``: an older build's workers only, until no saga is pinned to it.
     """
     tracer_provider = configure_tracing(settings, "order-saga-worker")
     parts = open_parts(
@@ -351,10 +333,8 @@ async def run(
                     log.info(
                         "Prometheus metrics on http://%s/metrics", settings.metrics_bind_address
                     )
-                # Everything built so far lives as long as the process: leave it out of the
-                # collector's full passes, which otherwise scan it all and, holding the GIL,
-                # stopped the activities (and the SQLite write lock they hold) for ~90 ms
-                # (docs/performance.md). Collect first: garbage frozen would never be freed.
+                # What is built so far lives as long as the process: keep it out of the
+                # collector's full passes. Collect first: frozen garbage is never freed.
                 gc.collect()
                 gc.freeze()
                 if drain and client is not None and version is not None:

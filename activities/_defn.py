@@ -19,14 +19,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 def service_activity(name: str) -> Callable[[F], F]:
     """``@activity.defn(name=name)`` for a step that is one database transaction.
 
-    A :class:`~domain.errors.BusinessError` of the service becomes a non-retryable
-    ``ApplicationError`` of the same type: the saga compensates instead of retrying. Any
-    other exception is an infrastructure failure and is retried.
-
-    A cancellation never interrupts the step half-way: by default the SDK raises
-    ``CancelledError`` inside a cancelled sync activity's thread, at whatever line it runs
-    (for a local activity the moment its saga is cancelled). The step runs to its end
-    instead, and the saga, which waits for it to settle, then compensates what it did.
+    A :class:`~domain.errors.BusinessError` becomes a non-retryable ``ApplicationError`` of
+    its type (the saga compensates); any other exception is retried. A cancellation never
+    interrupts the step half-way: it runs to its end, and the saga compensates what it did.
     """
 
     def decorate(fn: F) -> F:
@@ -43,7 +38,7 @@ def service_activity(name: str) -> Callable[[F], F]:
 
 
 def step_transaction(engine: Engine) -> AbstractContextManager[Session]:
-    """A step's unit of work: one transaction, committed when the block ends, which must end
-    within ``STEP_TRANSACTION_BUDGET``, far inside the attempt's start-to-close timeout, so an
-    attempt Temporal gave up on cannot commit after the compensation that followed it."""
+    """A step's unit of work: one transaction that must commit within
+    ``STEP_TRANSACTION_BUDGET``, so an attempt Temporal gave up on cannot commit after the
+    compensation that followed it."""
     return transaction(engine, budget=STEP_TRANSACTION_BUDGET)

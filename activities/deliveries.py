@@ -25,10 +25,7 @@ class DeliveryActivities:
 
     @service_activity(names.CREATE_DELIVERY)
     def create_delivery(self, params: CreateDeliveryInput) -> DeliverySnapshot:
-        """Create the order's PENDING delivery.
-
-        Idempotent: one delivery per order (unique ``order_id``); the existing one is returned.
-        """
+        """Create the order's PENDING delivery. Idempotent: an existing one is returned."""
         with step_transaction(self._engine) as db:
             delivery, _ = deliveries.create_delivery(
                 db,
@@ -42,14 +39,8 @@ class DeliveryActivities:
 
     @service_activity(names.ASSIGN_DEALER)
     def assign_dealer(self, ref: DeliveryRef) -> DeliverySnapshot:
-        """Assign the least-loaded dealer of the delivery's province and city with free capacity.
-
-        In one transaction: take one unit of the dealer's capacity (guarded UPDATE, so two
-        concurrent assignments never overbook) and move the delivery PENDING -> IN_TRANSIT.
-        Returns the delivery with ``dealer_id`` None when no dealer is free right now (the
-        workflow decides how long to keep trying). Idempotent: an IN_TRANSIT delivery is
-        returned with its dealer. A delivery that is no longer PENDING (the saga's
-        compensation cancelled it) is a non-retryable InvalidStateTransition.
+        """Assign a free dealer, the pivot (:func:`services.deliveries.assign_dealer`);
+        ``dealer_id`` None when none is free. Idempotent: an IN_TRANSIT delivery is returned.
         """
         with step_transaction(self._engine) as db:
             delivery, assigned = deliveries.assign_dealer(db, ref.delivery_id, ref.saga_id)
@@ -61,10 +52,7 @@ class DeliveryActivities:
 
     @service_activity(names.COMPLETE_DELIVERY)
     def complete_delivery(self, ref: DeliveryRef) -> DeliverySnapshot:
-        """IN_TRANSIT -> DELIVERED and release the dealer's capacity, in one transaction.
-
-        Idempotent: a DELIVERED delivery is returned as is and releases nothing again.
-        """
+        """IN_TRANSIT -> DELIVERED, releasing the dealer's capacity. Idempotent."""
         with step_transaction(self._engine) as db:
             delivery, _ = deliveries.complete_delivery(db, ref.delivery_id, ref.saga_id)
         return deliveries.snapshot(delivery)
@@ -72,11 +60,7 @@ class DeliveryActivities:
     @service_activity(names.CANCEL_DELIVERY)
     def cancel_delivery(self, ref: OrderRef) -> CompensationOutcome:
         """Compensation: cancel the order's delivery, releasing its dealer if one was assigned.
-
-        An IN_TRANSIT delivery is cancelled only here: its assignment landed but the saga was
-        cancelled before it saw the result, so the pivot never happened for the saga.
-        Safe when there is nothing to undo (no delivery, already cancelled, another saga's).
-        """
+        Idempotent; safe when there is nothing to undo."""
         with step_transaction(self._engine) as db:
             outcome, changed = deliveries.cancel_delivery(db, ref.order_id, ref.saga_id)
             if changed:

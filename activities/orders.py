@@ -18,10 +18,8 @@ class OrderActivities:
 
     @service_activity(names.CREATE_ORDER)
     def create_order(self, params: CreateOrderInput) -> OrderSnapshot:
-        """Insert the order PENDING with its items and server-computed total.
-
-        Idempotent: the order id is the primary key; if the order exists it is returned as is.
-        """
+        """Insert the order PENDING with its items and total. Idempotent: an existing one is
+        returned as it is."""
         with step_transaction(self._engine) as db:
             order, inserted = orders.create_order(
                 db, params.order_id, params.request, params.saga_id
@@ -46,11 +44,8 @@ class OrderActivities:
 
     @service_activity(names.CANCEL_ORDER)
     def cancel_order(self, ref: OrderRef) -> CompensationOutcome:
-        """Compensation: PENDING or CONFIRMED -> CANCELLED.
-
-        Safe when there is nothing to undo (no order yet, already cancelled, another saga's
-        order); never raises for a state it cannot change, so the unwind never loops on it.
-        """
+        """Compensation: PENDING or CONFIRMED -> CANCELLED. Idempotent; safe when there is
+        nothing to undo, and never raises for a state it cannot change."""
         with step_transaction(self._engine) as db:
             outcome, changed = orders.cancel_order(
                 db, ref.order_id, ref.saga_id, ref.reason, ref.placed

@@ -28,10 +28,8 @@ class PaymentActivities:
 
     @service_activity(names.CREATE_PAYMENT)
     def create_payment(self, params: CreatePaymentInput) -> PaymentSnapshot:
-        """Create the order's PENDING payment.
-
-        Idempotent: one payment per order (unique ``order_id``); the existing one is returned.
-        """
+        """Create the order's PENDING payment, with any decision on record. Idempotent: an
+        existing one is returned."""
         with step_transaction(self._engine) as db:
             payment, inserted = payments.create_payment(
                 db,
@@ -57,9 +55,8 @@ class PaymentActivities:
 
     @service_activity(names.EXPIRE_PAYMENT)
     def expire_payment(self, ref: PaymentRef) -> PaymentSnapshot:
-        """The payment's window has closed: record the decision TIMEOUT unless the customer's
-        decision is already on record (their signal may be late or lost), and return the
-        decision that counts. Idempotent: the decision is taken once."""
+        """The window closed: record TIMEOUT unless a decision is on record (its signal late or
+        lost), and return the payment with the decision that counts. Idempotent."""
         with step_transaction(self._engine) as db:
             taken = payments.take_decision(db, ref.payment_id, Decision.TIMEOUT)
             payment = db.get(PaymentRow, ref.payment_id)
@@ -69,12 +66,8 @@ class PaymentActivities:
 
     @service_activity(names.CANCEL_OR_REFUND_PAYMENT)
     def cancel_or_refund_payment(self, ref: OrderRef) -> CompensationOutcome:
-        """Compensation: cancel the order's payment if PENDING, refund it if COMPLETED.
-
-        Safe when there is nothing to undo (no payment yet, already cancelled or refunded,
-        another saga's payment). A refund is one guarded transition COMPLETED -> REFUNDED
-        with its refund row, in one transaction, so it applies at most once.
-        """
+        """Compensation: cancel the order's payment if PENDING, refund it (at most once) if
+        COMPLETED. Idempotent; safe when there is nothing to undo."""
         with step_transaction(self._engine) as db:
             outcome, changed = payments.cancel_or_refund_payment(db, ref.order_id, ref.saga_id)
             if changed and outcome.status == PaymentStatus.REFUNDED:

@@ -34,13 +34,9 @@ def create_app(
     tracer_provider: "TracerProvider | None" = None,
     temporal_interceptors: Sequence[Interceptor] = (),
 ) -> FastAPI:
-    """Build the app. ``settings`` defaults to the environment's.
-
-    Raises :class:`AuthNotConfiguredError` when auth is required (``AUTH_MODE`` is not
-    ``dev``) and neither operator keys nor customer token secrets are configured.
-
-    Tracing is on with ``OTEL_EXPORTER`` set, or with ``tracer_provider`` given (tests).
-    ``temporal_interceptors`` join the API's Temporal client (tests count its calls).
+    """Build the app (``settings``: the environment's by default). Raises
+    :class:`AuthNotConfiguredError` when auth is required but has no credentials configured.
+    Tracing is on with ``OTEL_EXPORTER`` or ``tracer_provider``.
     """
     settings = settings or Settings()
     problem = settings.auth_problem()
@@ -58,8 +54,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Temporal lazily and NATS in the background: the API starts (and /readyz says why it
-        # is not ready) while either is down; while NATS is, the relay publishes.
+        # Temporal lazily and NATS in the background: the API starts while either is down.
         parts = open_parts(
             settings,
             temporal="lazy",

@@ -6,14 +6,12 @@ from fastapi import Depends, Request
 
 from bootstrap import Parts
 
-# Everything a request may use (``bootstrap.Parts``): settings, engine, the Temporal client,
-# the broker and the door.
+# Everything a request may use (``bootstrap.Parts``).
 Services = Parts
 
 
 async def get_services(request: Request) -> Services:
-    """The process's parts. ``async`` only so FastAPI calls it on the event loop: a plain
-    ``def`` dependency is run in its thread pool, a thread hop on every request for a lookup."""
+    """The process's parts (``async`` so FastAPI does not hop to a thread for a lookup)."""
     services: Services = request.app.state.services
     return services
 

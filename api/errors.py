@@ -94,8 +94,7 @@ MAX_ECHOED_INPUT = 80
 
 def _echoable(value: Any, depth: int = 0) -> bool:
     """Whether ``value`` may be echoed in a 422: text, a number cheap to print, or a small
-    container of them. Anything else is left out before it is encoded, so an error never
-    costs more than the request that caused it."""
+    container of them, so an error never costs more than its request."""
     if value is None or isinstance(value, bool):
         return True
     if isinstance(value, str):
@@ -147,9 +146,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_request: Request, err: RequestValidationError) -> Response:
-        # FastAPI's own 422, made small: a few errors, no large input echoed back (a client
-        # that sent 10,000 bad items gets 5 lines, not its request back). ASCII-escaped: text
-        # with no UTF-8 form (a lone surrogate, "\ud800" in the JSON) must not turn into a 500.
+        # FastAPI's own 422, made small: a few errors, no large input echoed. ASCII-escaped,
+        # so text with no UTF-8 form (a lone surrogate) is no 500.
         errors = err.errors()
         body: dict[str, Any] = {"detail": jsonable_encoder(_small_errors(errors))}
         if len(errors) > MAX_VALIDATION_ERRORS:
@@ -224,10 +222,8 @@ def install_error_handlers(app: FastAPI) -> None:
                 {"detail": "this request conflicts with another one; try again"},
                 status_code=409,
             )
-        # Every other class of database failure: a lost connection, an exhausted pool, a
-        # read-only server after a failover, a corrupt file. The request changed nothing the
-        # client could not safely retry (writes are single transactions; POST /orders answers
-        # 202 itself once its saga has started).
+        # Every other database failure is an outage: writes are single transactions, so the
+        # client may safely retry.
         if isinstance(err, (OperationalError, InterfaceError, PoolTimeoutError)):
             log.warning("Database call failed: %s", err)
         else:

@@ -1,17 +1,11 @@
 """Limits on what a request may carry, checked before any handler runs.
 
-``BodySizeLimitMiddleware`` (pure ASGI): a body larger than the limit is answered **413**
-before the application sees it, so nothing is parsed, validated or started. A declared
-``Content-Length`` over the limit is refused at once without reading the body; a body
-without one (``Transfer-Encoding: chunked``) is read only up to the limit. A body within
-the limit is handed to the application unchanged.
+``BodySizeLimitMiddleware`` (pure ASGI): a body over the limit is answered **413** before the
+application sees it; a chunked body is read only up to the limit.
 
-``StrictJSONRoute``: a JSON object with the same key twice is ambiguous (which ``unit_price``
-did the client mean?), so it is refused with **422** like any other malformed JSON, rather
-than silently keeping the last value; so are ``NaN`` and ``Infinity`` (not JSON), numbers
-longer than ``MAX_NUMBER_CHARS`` or with an exponent beyond it (``1e200000``), bytes that are
-not text and nesting too deep to parse (which FastAPI would answer with an undocumented 400).
-Numbers with a fraction are read as exact decimals.
+``StrictJSONRoute``: **422**, as for malformed JSON, for a repeated key (ambiguous), ``NaN``
+and ``Infinity``, numbers longer than ``MAX_NUMBER_CHARS``, bytes that are not text and nesting
+too deep to parse. Numbers with a fraction are read as exact decimals.
 """
 
 import json
@@ -41,8 +35,7 @@ class BodySizeLimitMiddleware:
         if declared is not None and declared > self.max_body_bytes:
             await self._too_large(send)
             return
-        # Read the body (it is buffered by the framework anyway), counting as it arrives,
-        # so a chunked body is stopped at the limit, not after it has all been received.
+        # Count the body as it arrives, so a chunked body is stopped at the limit.
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -100,9 +93,8 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-# No number in a request needs more digits than this (an amount has at most 12), written out
-# or by its exponent: "1e200000" is 8 characters, but turning it into an int (a range check,
-# or an echo in a 422) costs time quadratic in its exponent, on the event loop.
+# No number in a request needs more digits than this, written out or by its exponent: a
+# huge exponent costs quadratic time to convert, on the event loop.
 MAX_NUMBER_CHARS = 40
 
 
@@ -118,9 +110,8 @@ def _bounded_int(text: str) -> int:
 
 
 def _exact_decimal(text: str) -> Decimal:
-    """A JSON number with a fraction or an exponent, as an exact decimal ("12.50" is 12.50, not
-    the float nearest to it); refused before anything converts it when it is longer, or its
-    magnitude larger or smaller, than :data:`MAX_NUMBER_CHARS` digits."""
+    """A JSON number with a fraction or an exponent, as an exact decimal; refused before any
+    conversion beyond :data:`MAX_NUMBER_CHARS` digits (written or by its exponent)."""
     if len(text) > MAX_NUMBER_CHARS:
         raise ValueError(f"a number of {len(text)} characters is too long")
     value = Decimal(text)
@@ -165,9 +156,7 @@ class _StrictJSONRequest(Request):
             except json.JSONDecodeError:
                 raise
             except (ValueError, RecursionError) as err:
-                # Not JSON either (bytes that are no text, NaN, a number too long to read,
-                # nesting too deep to parse): the same 422 as any other malformed JSON rather
-                # than a bare 400.
+                # Not JSON either: the same 422 as any other malformed JSON, not a bare 400.
                 raise json.JSONDecodeError(f"{type(err).__name__}: {err}", "", 0) from err
         return self._json
 

@@ -1,8 +1,5 @@
-"""The ``Prefer`` request header (RFC 7240), parsed strictly.
-
-A preference the server cannot read is ignored, as the RFC asks: a malformed header never
-turns into an error, and only ASCII digits make a number (``str.isdigit`` also takes "²").
-"""
+"""The ``Prefer`` request header (RFC 7240), parsed strictly: a preference it cannot read is
+ignored, never an error, and only ASCII digits make a number."""
 
 import re
 

@@ -1,15 +1,9 @@
 """An idempotent consumer: each event applied once, in one transaction with its inbox row.
 
-The broker delivers an event at least once. The consumer applies it, records it in its inbox
-and writes the events it emits to the outbox, all in one transaction, then acknowledges it
-(so a crash before the acknowledgement only causes a redelivery, which finds the inbox row
-and has no second effect), then publishes what it emitted. A failure is negatively
-acknowledged with a growing delay. An outage (the database unreachable, a transaction over
-its budget) is retried for as long as it lasts, as Temporal retries a step: waiting is the
-cure. Any other failure (the event cannot be applied: a bug, a missing row) is retried
-``max_deliveries`` times, then kept as a dead letter (a row an operator can see and replay,
-and a message on the dead-letter subject) and acknowledged: never silently dropped, never
-retried forever.
+The event, its inbox row and the events it emits are written in one transaction, then the
+event is acknowledged (a redelivery finds the inbox row) and the emitted events published.
+An outage is retried for as long as it lasts; any other failure ``max_deliveries`` times, with
+a growing delay, then kept as a dead letter for an operator: never dropped, never endless.
 """
 
 import asyncio
@@ -50,9 +44,8 @@ Handler = Callable[[Session, Event], Outcome]
 
 
 def deliveries_of(message: NatsMessage) -> int:
-    """How many times the broker has delivered ``message`` (1: the first time). A message
-    without JetStream metadata (FastStream's in-memory ``TestNatsBroker``) counts as a first
-    delivery."""
+    """How many times the broker has delivered ``message`` (1: the first time, also without
+    JetStream metadata)."""
     try:
         return message.raw_message.metadata.num_delivered or 1
     except NotJSMessageError:

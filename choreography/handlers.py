@@ -1,21 +1,16 @@
 """What each service does with each event it consumes: the choreographed saga, step by step.
 
-Read top to bottom, as the events flow (see ``domain/events.py``). Each handler runs inside
-the consumer's transaction (with its inbox row and the events it emits), calls the same
-business operations as the orchestrated saga's activities (``services/``), and returns the
-events it emits. An event that finds its order where it no longer applies (a confirm racing a
-cancel, say) changes nothing and says so in the event log; the money rules hold either way:
+Read top to bottom, as the events flow (``domain/events.py``). Each handler runs in the
+consumer's transaction, calls ``services/`` as the activities do, and returns the events it
+emits. An event that no longer applies changes nothing and says so; the money rules hold:
 
 - a payment is refunded only when it was COMPLETED, once (a guarded transition);
 - an order is cancelled only by PaymentService's word (its payment cancelled, expired or
   refunded), so no order is ever cancelled with its money kept;
 - after the pivot (a dealer assigned) nothing is cancelled: a cancel then is refused.
 
-The rule where choreography cannot decide as a coordinator does (a cancel racing the dealer
-assignment): DeliveryService, which owns the pivot, decides. A cancel it sees before the
-assignment cancels the delivery (or, when it comes first, the delivery that would have been
-created) and only then is the payment cancelled or refunded; a cancel it sees after is
-refused and the order goes on.
+A cancel racing the dealer assignment is DeliveryService's to decide, as it owns the pivot:
+before it, the delivery is cancelled, then the payment undone; after it, refused.
 """
 
 from sqlmodel import Session
@@ -38,9 +33,8 @@ def event(order_id: str, type: EventType, source: Service, **values: object) -> 
 
 
 def open_payment(db: Session, created: Event) -> Outcome:
-    """order_created: the order's PENDING payment, its window open until a deadline kept
-    in its row (PaymentService's sweeper closes it). A decision the customer took before
-    the payment existed is applied now."""
+    """order_created: the order's PENDING payment, its window's deadline in its row (the
+    sweeper closes it); a decision taken before the payment existed is applied now."""
     order_id = created.order_id
     payment_id = names.payment_id_for(order_id)
     payment, inserted = _create_payment(db, order_id, window=True)
@@ -58,15 +52,9 @@ def refund_payment(db: Session, failed: Event) -> Outcome:
 
 
 def undo_payment(db: Session, stopped: Event) -> Outcome:
-    """delivery_cancelled: the delivery was stopped before the pivot: cancel the payment
-    (refund it if completed). A payment not written yet is written cancelled, so nothing
-    can confirm it any more.
-
-    No payment decision is recorded: the customer cancelled the order, not the payment (a
-    decision says who closed the payment's window, as in the orchestrated saga). A
-    payment no longer PENDING refuses every decision, and its row serializes the racing
-    ones: a confirm that completed it first is refunded below; one that comes after
-    finds it cancelled (and the window's close, ``close_window``, locks it first)."""
+    """delivery_cancelled: cancel the payment, or refund it if completed; one not written yet
+    is written cancelled, so nothing can confirm it. No decision is recorded: the customer
+    cancelled the order, not the payment, and a payment no longer PENDING refuses them all."""
     order_id = stopped.order_id
     if db.get(PaymentRow, names.payment_id_for(order_id)) is None:
         _create_payment(db, order_id, window=False)
@@ -119,9 +107,8 @@ def go_on(db: Session, refused: Event) -> Outcome:
 
 
 def create_delivery(db: Session, confirmed: Event) -> Outcome:
-    """order_confirmed: the order's PENDING delivery, and a first dealer assignment. No
-    dealer free: DeliveryService keeps trying until the order's dealer window, a deadline in
-    the delivery's row, closes (its sweeper)."""
+    """order_confirmed: the order's PENDING delivery and a first dealer assignment; the
+    sweeper keeps trying until the dealer window in the delivery's row closes."""
     order_id = confirmed.order_id
     delivery, inserted = _create_delivery(db, order_id)
     if not inserted:
@@ -138,18 +125,15 @@ def create_delivery(db: Session, confirmed: Event) -> Outcome:
 
 
 def stop_delivery(db: Session, requested: Event) -> Outcome:
-    """order_cancel_requested: DeliveryService, which owns the pivot, decides. Before it
-    (no delivery yet, or one still waiting for a dealer): the delivery is cancelled (or
-    written cancelled, so none is created later) and the payment is undone next. After it:
-    refused."""
+    """order_cancel_requested: before the pivot the delivery is cancelled (or written
+    cancelled, so none is created later) and the payment undone next; after it, refused."""
     order_id = requested.order_id
     reason = requested.reason or names.CANCELLED_ON_REQUEST
     delivery = deliveries.delivery_of(db, order_id)
     inserted = False
     if delivery is None:
         delivery, inserted = _create_delivery(db, order_id)
-    # One guarded update decides: a dealer assigned first (by a sweeper running now, too)
-    # is the pivot, and the cancel is refused.
+    # One guarded update decides: a dealer assigned first is the pivot.
     _, cancelled = deliveries.cancel_delivery(
         db, order_id, names.choreographed_saga_id(order_id), only_before_pivot=True
     )
@@ -180,8 +164,7 @@ FAILURES = {
 
 def apply_decision(db: Session, order_id: str, payment_id: str, decision: Decision) -> Outcome:
     """The recorded decision, applied to the PENDING payment: COMPLETED and confirmed, or
-    CANCELLED (by the customer, or by the window closing). One transaction with the decision
-    when the payment exists (the API's call, the sweeper's), or with the payment's creation."""
+    CANCELLED (by the customer, or the window closing). Does not commit."""
     if decision == Decision.CONFIRM:
         payments.complete_payment(db, payment_id, names.choreographed_saga_id(order_id))
         confirmed = event(order_id, EventType.PAYMENT_CONFIRMED, Service.PAYMENTS)
@@ -257,8 +240,7 @@ def _create_payment(db: Session, order_id: str, *, window: bool) -> tuple[Paymen
 
 
 def _create_delivery(db: Session, order_id: str) -> tuple[DeliveryRow, bool]:
-    """The order's delivery, PENDING, to its address (or the existing one); True if written
-    now."""
+    """The order's delivery, PENDING, to its address (or the existing one); True if new."""
     order = _order(db, order_id)
     return deliveries.create_delivery(
         db,
@@ -270,8 +252,7 @@ def _create_delivery(db: Session, order_id: str) -> tuple[DeliveryRow, bool]:
     )
 
 
-# The choreography in one table: which service reacts to which event, and how. Each pair is
-# one durable consumer, ``<service>-<event>`` (:data:`CONSUMERS`).
+# The choreography in one table; each pair is one durable consumer (:data:`CONSUMERS`).
 ROUTES: dict[tuple[Service, EventType], Handler] = {
     (Service.PAYMENTS, EventType.ORDER_CREATED): open_payment,
     (Service.ORDERS, EventType.PAYMENT_CONFIRMED): confirm_order,

@@ -1,12 +1,8 @@
 """The transactional outbox: events written with the change they report, then published.
 
-``emit`` adds an event to the caller's transaction. After the commit, ``Publisher.publish``
-sends it to JetStream with ``Nats-Msg-Id`` = its message id (the event id, or a replay's own)
-and marks it published; the ``Relay`` publishes every event left unpublished (the process died
-between the commit and the publish, or the broker was down), row by row, so one row that
-cannot be published waits its turn without holding back the others. Publishing twice is
-harmless: JetStream drops a message id it has seen within its deduplication window, and every
-consumer's inbox drops an event it has applied.
+``emit`` adds an event to the caller's transaction; after the commit ``Publisher.publish``
+sends it with ``Nats-Msg-Id`` = its message id and marks it, and the ``Relay`` publishes what
+was left unpublished, row by row. Publishing twice is harmless (deduplication, inboxes).
 """
 
 import asyncio
@@ -32,8 +28,7 @@ from store.models import OutboxRow, utcnow
 log = logging.getLogger("choreography.outbox")
 T = TypeVar("T")
 
-# The broker itself is unreachable or not ready: no row is to blame, the round stops and is
-# tried again (anything else a row's publish raises is that row's own fault).
+# The broker itself is down: no row is to blame, and the round stops.
 BROKER_OUTAGES = (
     OSError,
     TimeoutError,
@@ -126,9 +121,8 @@ class Publisher:
         *,
         budget: timedelta | None = None,
     ) -> T:
-        """Run ``work`` in one transaction (within ``budget``, if given) with the events it
-        returns, written to the outbox; once committed, publish them (left to the relay if
-        the broker does not take them now). Returns ``work``'s result."""
+        """Run ``work`` in one transaction with the events it returns written to the outbox,
+        then publish them (else the relay will). Returns ``work``'s result."""
 
         def in_transaction() -> tuple[T, Sequence[Outgoing]]:
             with session(self._engine, budget=budget) as db:
@@ -144,10 +138,8 @@ class Publisher:
         return result
 
     async def publish_pending(self, *, older_than: timedelta, limit: int = 200) -> int:
-        """Publish rows committed more than ``older_than`` ago and still unpublished, in the
-        order they were written, skipping those waiting out a failure. Returns how many rows
-        it handled: published, or failed and put off (a row that fails for a reason of its
-        own waits, growing, for its next attempt; a broker outage stops the round)."""
+        """Publish rows committed more than ``older_than`` ago and still unpublished, in order,
+        skipping those put off after a failure. Returns how many it published or put off."""
         rows = await asyncio.to_thread(self._pending, older_than, limit)
         published: list[str] = []
         failed: list[tuple[_Pending, Exception]] = []

@@ -1,8 +1,5 @@
-"""The choreographed saga's moving parts in one process: the broker connection, the streams,
-the services' consumers, the relay and the sweepers.
-
-``python worker.py`` runs them all (with the Temporal workers); the API connects a publisher
-only, to publish what it writes to the outbox right after its commit.
+"""The choreographed saga's parts in one process: the broker, the streams, the consumers, the
+relay and the sweepers (the worker runs them all; the API only publishes).
 """
 
 import asyncio
@@ -31,8 +28,7 @@ from settings import Settings
 
 log = logging.getLogger("choreography")
 
-# How long JetStream remembers a message id to drop its duplicates (the outbox's republish
-# after a crash comes within seconds; the inbox catches anything later).
+# How long JetStream drops a repeated message id (the inboxes catch anything later).
 DUPLICATE_WINDOW = timedelta(minutes=10)
 
 
@@ -67,8 +63,7 @@ def connect_broker(settings: Settings) -> NatsBroker:
         servers(settings),
         max_reconnect_attempts=-1,  # a broker restart or failover is waited out, never fatal
         reconnect_time_wait=1,
-        # FastStream logs every message received and processed: at DEBUG, not INFO, since
-        # the order's event log (inbox, outbox, dead letters) is the record that matters.
+        # At DEBUG: the order's event log is the record that matters.
         log_level=logging.DEBUG,
     )
     events, dead = streams(settings.nats_stream_replicas)
@@ -146,8 +141,7 @@ class Choreography:
                 stream=events,
                 durable=name,
                 pull_sub=PullSub(batch_size=16, timeout=1.0),
-                # No max_deliver: an event is redelivered until it is applied or
-                # dead-lettered (consumer.py decides which, from the failure).
+                # No max_deliver: consumer.py decides when to dead-letter.
                 config=ConsumerConfig(ack_wait=settings.event_ack_wait_seconds),
                 ack_policy=AckPolicy.MANUAL,
             )(_subscribed(consumer))
@@ -172,15 +166,13 @@ class Choreography:
         await self.broker.stop()
 
 
-# A message this build cannot read (a newer schema, during a rollback) waits for a build that
-# can: redelivered this much later, never dead-lettered and never dropped.
+# A message this build cannot read waits for a build that can: redelivered this much later.
 UNREADABLE_RETRY_SECONDS = 30.0
 
 
 def _subscribed(consumer: Consumer):  # type: ignore[no-untyped-def]
-    """The consumer as a FastStream handler (a plain function: FastStream reads its
-    parameters to decode the body, here as JSON), reading the event in any schema version
-    still in flight (:func:`domain.events.read_event`)."""
+    """The consumer as a FastStream handler, reading the event in any schema version still
+    in flight."""
 
     async def handle(body: dict[str, Any], message: NatsMessage) -> None:
         try:

@@ -1,18 +1,14 @@
 """Deadlines without Temporal: each service's windows live in its own rows, and its sweeper
 fires them.
 
-- PaymentService: a PENDING payment whose window (``payments.expires_at``) has closed gets
-  the decision TIMEOUT, by the same compare-and-set the customer's decision takes (exactly
-  one of them wins), and is cancelled: ``payment_expired``.
-- DeliveryService: a delivery waiting for a dealer (``deliveries.next_attempt_at``) is tried
-  again, with a growing delay; when its window (``assign_by``) has closed it is cancelled:
-  ``delivery_failed``.
+- PaymentService: a PENDING payment past ``expires_at`` gets the decision TIMEOUT (the same
+  compare-and-set as the customer's) and is cancelled: ``payment_expired``.
+- DeliveryService: a delivery waiting for a dealer is tried again, with a growing delay, and
+  cancelled past ``assign_by``: ``delivery_failed``.
 
-Each due row is handled in its own transaction with the events it emits (the outbox), by a
-guarded update: several sweepers at once, or one restarted after a crash, fire a deadline
-once. Deadlines survive every restart, since they are rows. A row that fails for a reason of
-its own is logged, counted and put off with a growing delay, so it never holds back the rows
-due after it.
+Each due row is handled in its own transaction with the events it emits, by a guarded
+update, so any number of sweepers fire a deadline once. A row that fails on its own is put off
+with a growing delay, never holding back the rows after it.
 """
 
 import asyncio
@@ -67,9 +63,8 @@ class Sweepers:
             await asyncio.sleep(self._interval.total_seconds())
 
     async def sweep(self) -> int:
-        """One round of both sweepers; returns how many due rows it handled. A row that fails
-        for a reason of its own is put off, growing, and the others go on; an outage (the
-        database down) ends the round."""
+        """One round of both sweepers; returns how many due rows it handled. An outage ends
+        the round."""
         expired = await asyncio.to_thread(self._due_payments)
         waiting = await asyncio.to_thread(self._due_deliveries)
         handled = 0
@@ -124,11 +119,8 @@ class Sweepers:
     def close_window(db: Session, payment_id: str) -> Outcome:
         """The payment's window closed: TIMEOUT, unless a decision is on record already (then
         that one is applied: the customer decided in time)."""
-        # One lock order everywhere, the decision row and then the payment row, as a
-        # customer's decision takes them: a confirm meeting the window's close waits for it
-        # instead of deadlocking with it. The payment is locked before it is read, so one an
-        # order cancel is cancelling right now (it records no decision) is seen cancelled and
-        # gets no TIMEOUT.
+        # The decision row, then the payment row: the lock order of a customer's decision, so
+        # they wait rather than deadlock; a payment being cancelled is then seen cancelled.
         db.get(PaymentDecisionRow, payment_id, with_for_update=True)
         payment = db.get(PaymentRow, payment_id, with_for_update=True)
         if payment is None or payment.status != PaymentStatus.PENDING:
@@ -167,8 +159,7 @@ class Sweepers:
                 reason=names.NO_DEALER_AVAILABLE,
             )
             return Outcome((failed,), "no dealer within the window: delivery cancelled")
-        # Back off (the first wait was the order's first), but try once more as the window
-        # closes.
+        # Back off, but try once more as the window closes.
         backoff = orders.timeouts_of(db, order_id).dealer_retry.delay(delivery.assign_attempts + 2)
         deliveries.retry_later(db, delivery_id, min(now + backoff, assign_by))
         return Outcome(note="no dealer free yet")

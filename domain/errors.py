@@ -1,9 +1,7 @@
 """Typed business failures. They are non-retryable: they compensate, they never retry.
 
-The services raise :class:`BusinessError` (no Temporal types, so the choreographed saga uses
-the same services); the activity adapter turns it into a non-retryable ``ApplicationError``
-of the same type, and the workflow raises :func:`business_error` itself for its own
-decisions (a cancelled or timed-out payment).
+The services raise :class:`BusinessError` (no Temporal types); the activities turn it into a
+non-retryable ``ApplicationError`` of its type, as the workflow's own :func:`business_error`.
 """
 
 from temporalio.exceptions import ApplicationError

@@ -1,11 +1,7 @@
 """The choreographed saga's events: what each service tells the others.
 
-The same order saga as the orchestrated one, told as events between the three services
-instead of commands from a coordinator. Each event names its order (the correlation id), is
-emitted by one service in the same database transaction as the change it reports (the
-outbox), and is consumed at most once by each service that reacts to it (the inbox).
-
-The flow, following the original example's names::
+Each event names its order (the correlation id), is written in the same transaction as the
+change it reports (the outbox), and is applied at most once by each consumer (the inbox)::
 
     order_created       OrderService    -> PaymentService: create the payment (its window opens)
     payment_confirmed   PaymentService  -> OrderService: confirm the order
@@ -71,20 +67,15 @@ class Service(StrEnum):
     DELIVERIES = "deliveries"
 
 
-# The schema of the events this code writes. Events outlive a deploy (in the stream, in an
-# outbox, in a dead letter), so a reader takes every version a build may have written while
-# any of its events can still be read: :func:`read_event` upgrades each to this one.
+# The schema of the events this code writes. Events outlive a deploy, so :func:`read_event`
+# upgrades every version still readable to this one.
 EVENT_SCHEMA = 3
 
 
 class Event(BaseModel):
-    """One event: its schema version, its own id (the deduplication key of the broker and of
-    every inbox), the order it belongs to, what happened, when, who said so, and what it
-    carries.
-
-    ``reason`` says why a cancellation or a refund happens (a failure type: PaymentCancelled,
-    PaymentTimedOut, NoDealerAvailable, CancelledOnRequest), so the order records it.
-    ``dealer_id`` names the dealer of a delivery event.
+    """One event. ``event_id`` is the deduplication key of the broker and every inbox;
+    ``reason`` is the failure type behind a cancellation or refund; ``dealer_id`` names a
+    delivery event's dealer.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -104,20 +95,18 @@ class UnreadableEventError(ValueError):
 
 
 def _v1_to_v2(event: dict[str, Any]) -> dict[str, Any]:
-    # Version 1 (every event written before events carried a version) has version 2's fields.
+    # Version 1 (no ``schema_version``) has version 2's fields.
     return {**event, "schema_version": 2}
 
 
 def _v2_to_v3(event: dict[str, Any]) -> dict[str, Any]:
-    # Version 2's order_created carried the payment window; the order's row keeps its windows
-    # now (migration 0007 wrote them for the orders under way).
+    # Version 2's order_created carried the payment window, which the order's row now holds.
     upgraded = {**event, "schema_version": 3}
     upgraded.pop("payment_window_seconds", None)
     return upgraded
 
 
-# How each older version becomes the next one. Retire a version only once no build that
-# writes it runs and none of its events can still be read (docs/changing-the-saga.md).
+# How each older version becomes the next (retire one only when none can still be read).
 UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 READABLE_SCHEMAS = frozenset({*UPGRADES, EVENT_SCHEMA})
 

@@ -1,7 +1,5 @@
-"""What a person may type, as pydantic types: money as exact text or number, names and ids
-free of control and bidirectional characters and normalised to one spelling, phone numbers,
-counts as integers only. The payloads and the views' input models build on these; no I/O, no
-FastAPI (the workflow sandbox loads them with the payloads)."""
+"""What a person may type, as pydantic types: exact money, clean normalised names and ids,
+phone numbers, integer counts. No I/O, no FastAPI: the workflow sandbox loads them."""
 
 import re
 import unicodedata
@@ -53,22 +51,18 @@ Money = Annotated[
         mode="validation",
     ),
 ]
-# Text a person typed holds no control characters (C0, DEL, C1: PostgreSQL text cannot hold
-# NUL, the others only hide data), no bidirectional formatting characters (they make a name
-# display as another: "Tehran" shown for "narheT") and no line or paragraph separators.
-# Ordinary joiners (ZWNJ in Persian, ZWJ in emoji) stay allowed.
+# Typed text holds no control characters, no bidirectional formatting (a name shown as
+# another) and no line separators; ordinary joiners (ZWNJ, ZWJ) stay allowed.
 NO_CONTROL_CHARS = "^[^\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]*$"
 
 
 def _nfc(value: object) -> object:
-    # One spelling per text: "é" typed as e + combining accent is stored, compared and
-    # matched as the single character é.
+    # One spelling per text (NFC): a combining accent is stored as the single character.
     return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
 
 
-# The BeforeValidator comes last: it then wraps the constrained string, so the text is
-# normalised before its length and pattern are checked (listed first, pydantic would check a
-# generic length before stripping, and let "   " through as "").
+# The BeforeValidator comes last, so it wraps the constrained string: the text is normalised
+# before its length and pattern are checked.
 Name = Annotated[
     str,
     StringConstraints(
@@ -93,9 +87,7 @@ Phone = Annotated[
 
 
 def _integral_number(value: object) -> object:
-    # JSON has one number type, and JSON Schema counts 3.0 as the integer 3: take it as 3.
-    # Everything else that is not already an int (true, "3", 3.5) is left for the strict
-    # int check to refuse.
+    # JSON Schema counts 3.0 as the integer 3; anything else not an int is left to refuse.
     if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
         return int(value)
     if isinstance(value, float) and value.is_integer():

@@ -46,11 +46,9 @@ PAYMENT_CANCELLED = "PaymentCancelled"
 PAYMENT_TIMED_OUT = "PaymentTimedOut"
 INVALID_TRANSITION = "InvalidStateTransition"
 ENTITY_NOT_FOUND = "EntityNotFound"
-# A row exists for this order but another saga created it (a saga started again for an order
-# whose first saga is gone, e.g. after Temporal's retention deleted it): touch nothing.
+# A row exists for this order but another saga created it: touch nothing.
 OWNED_BY_ANOTHER_SAGA = "OwnedByAnotherSaga"
-# Not an error: the failure type of a saga cancelled on request (its order's customer, an
-# operator on behalf of the shop, or Cancel in the Temporal Web UI).
+# Not an error: the failure type of a saga cancelled on request (customer, operator, Web UI).
 CANCELLED_ON_REQUEST = "CancelledOnRequest"
 BUSINESS_ERRORS = (
     NO_DEALER_AVAILABLE,
@@ -76,9 +74,8 @@ def choreographed_saga_id(order_id: str) -> str:
 
 
 def order_id_for_idempotency_key(secret: bytes, customer_id: str, key: str) -> str:
-    """The order id of a customer's Idempotency-Key: the same key, the same order, in every
-    process. An HMAC under the server's ``secret``, so nobody without it can tell which id
-    another customer's key stands for."""
+    """The order id of a customer's Idempotency-Key, the same in every process: an HMAC under
+    ``secret``, so no one else can tell which id another customer's key stands for."""
     digest = hmac.new(secret, f"{customer_id}\x00{key}".encode(), hashlib.sha256).digest()
     return str(uuid.UUID(bytes=digest[:16], version=4))
 
@@ -101,8 +98,7 @@ def delivery_id_for(order_id: str) -> str:
     return str(uuid.uuid5(uuid.UUID(order_id), "delivery"))
 
 
-# Activity names: the contract between the workflow and the service workers. The
-# workflow calls activities by name so it never imports their database code.
+# Activity names: the workflow calls activities by name, never importing their database code.
 CREATE_ORDER = "create_order"
 CONFIRM_ORDER = "confirm_order"
 MARK_ORDER_DELIVERED = "mark_order_delivered"
@@ -116,10 +112,8 @@ ASSIGN_DEALER = "assign_dealer"
 COMPLETE_DELIVERY = "complete_delivery"
 CANCEL_DELIVERY = "cancel_delivery"
 
-# The saga's delivered path, step for step, split where it waits for a signal: before the
-# customer's decision (one after the other), from the decision to the pivot (the first three
-# side by side in shape 2, then assign_dealer), after the dealer's report (side by side in
-# shape 2). Tests assert the steps a saga ran against it; the bench's baseline mirrors it.
+# The saga's delivered path, step for step, split where it waits for the customer's decision
+# and for the dealer's report (the steps after each run side by side, then assign_dealer).
 STEPS_BEFORE_DECISION = (CREATE_ORDER, CREATE_PAYMENT)
 STEPS_AFTER_DECISION = (COMPLETE_PAYMENT, CONFIRM_ORDER, CREATE_DELIVERY)
 STEPS_TO_PIVOT = (*STEPS_AFTER_DECISION, ASSIGN_DEALER)

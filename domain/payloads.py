@@ -1,7 +1,5 @@
-"""Payloads: one small pydantic model in and one out for every workflow, activity and signal.
-
-They travel through Temporal with the pydantic data converter and are extended (never
-duplicated) by the API's schemas. Money is an exact ``Decimal`` with two places.
+"""Payloads: one small pydantic model in and one out for every workflow, activity and signal,
+extended (never duplicated) by the API's schemas. Money is an exact two-place ``Decimal``.
 """
 
 import hashlib
@@ -72,10 +70,8 @@ class OrderRequest(_Payload):
     city: Place
 
     def fingerprint(self) -> str:
-        """Digest of what was asked, insensitive to formatting ("12.5" == "12.50").
-
-        Stored with the saga so a reused Idempotency-Key with a different body is refused.
-        """
+        """Digest of what was asked, insensitive to formatting ("12.5" == "12.50"): a reused
+        Idempotency-Key with a different body is refused."""
         canonical = {
             "customer_id": self.customer_id,
             "province": self.province,
@@ -139,13 +135,9 @@ class OrderProcessInput(_Payload):
 
 
 class SagaCall(_Payload):
-    """Base of every activity input: who is acting.
-
-    ``saga_id`` is the acting saga's identity: its workflow's first run id, which stays the
-    same across activity retries, a reset and continue-as-new of that saga, and differs for a
-    saga started again under the same workflow id. Every row a saga creates records it, and a
-    saga acts only on its own rows (``OwnedByAnotherSaga`` otherwise). None only in payloads
-    scheduled before rows recorded their saga: those calls are not checked.
+    """Base of every activity input: ``saga_id``, the acting saga's identity (its workflow's
+    first run id). Every row a saga creates records it, and a saga acts only on its own rows
+    (``OwnedByAnotherSaga`` otherwise); None: not checked.
     """
 
     saga_id: str | None = None
@@ -159,11 +151,8 @@ class CreateOrderInput(SagaCall):
 
 
 class OrderRef(SagaCall):
-    """Names one order (input of the order transitions and of payment/delivery compensations).
-
-    ``reason``: for a compensation, why the saga undoes (its failure type); cancel_order keeps
-    it with the cancelled order. ``placed``: for cancel_order, the order as it was placed, so
-    an order the saga was cancelled before writing is still recorded, as cancelled.
+    """Names one order. For a compensation, ``reason`` is the saga's failure type; for
+    cancel_order, ``placed`` records an order the saga never wrote, as cancelled.
     """
 
     order_id: str
@@ -180,11 +169,8 @@ class OrderSnapshot(_Payload):
 
 
 class CreatePaymentInput(SagaCall):
-    """create_payment: one PENDING payment per order (no-op if it exists).
-
-    ``expires_at``: when the saga's payment window closes (stored with the payment, so the
-    API can refuse a late decision without asking the saga).
-    """
+    """create_payment: one PENDING payment per order (no-op if it exists), with when its
+    window closes (``expires_at``)."""
 
     payment_id: str
     order_id: str
@@ -251,12 +237,8 @@ class PaymentDecision(_Payload):
 
 
 class DeliveredReport(_Payload):
-    """Signal payload of mark_delivered.
-
-    ``dealer_id``: the dealer the database shows carrying the parcel when the report was
-    sent. A saga that has not yet seen its own assignment holds such a report until it does,
-    and takes it if that assignment is the same dealer.
-    """
+    """Signal payload of mark_delivered. ``dealer_id``: the dealer the database shows with the
+    parcel; a saga not yet past its assignment holds the report until it is, then checks it."""
 
     delivery_id: str
     dealer_id: int | None = None
@@ -274,9 +256,8 @@ class StepRecord(BaseModel):
 
 
 class SignalRecord(BaseModel):
-    """A signal the saga received, and whether it changed anything. An ignored signal that
-    comes again for the same reason is counted in ``repeats`` (the last at
-    ``last_received_at``), not recorded anew: a client looping on it never grows the state."""
+    """A signal the saga received, and whether it changed anything. An ignored signal repeated
+    for the same reason is counted in ``repeats``, so it never grows the state."""
 
     name: str
     received_at: datetime

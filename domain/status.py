@@ -24,8 +24,7 @@ class PaymentStatus(StrEnum):
 class DeliveryStatus(StrEnum):
     """Delivery state machine: PENDING -> IN_TRANSIT -> DELIVERED; PENDING -> CANCELLED.
 
-    An IN_TRANSIT delivery is cancelled only by the saga's own compensation, when a
-    dealer assignment landed but the workflow was cancelled before it saw the result.
+    IN_TRANSIT -> CANCELLED only by the saga's compensation of an assignment it never saw.
     """
 
     PENDING = "PENDING"
@@ -80,10 +79,6 @@ class SagaPhase(StrEnum):
     COMPENSATING = "COMPENSATING"
     DELIVERED = "DELIVERED"
     CANCELLED = "CANCELLED"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in (SagaPhase.DELIVERED, SagaPhase.CANCELLED)
 
 
 class RecordStatus(StrEnum):

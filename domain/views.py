@@ -1,7 +1,5 @@
-"""What both saga styles answer with: the read models of orders, payments, deliveries and dealers.
-
-Built from the services' rows (``sagas.views``) and served as they are by the API; pydantic,
-no I/O.
+"""What both saga styles answer with: the read models of orders, payments, deliveries and
+dealers, built from the services' rows (``sagas.views``); no I/O.
 """
 
 from datetime import datetime
@@ -93,9 +91,8 @@ class OrderEvent(BaseModel):
 
 
 class EventLogEntry(OrderEvent):
-    """One event of a choreographed order, as an operator sees it: who emitted it, when it
-    was published (or why it could not be yet: ``publish_attempts``, ``publish_error``), who
-    applied it (with redeliveries) and who could not (dead letters)."""
+    """One event of a choreographed order, as an operator sees it: who emitted it, its
+    publishing, who applied it and who could not (dead letters)."""
 
     event_id: str
     source: str
@@ -108,11 +105,8 @@ class EventLogEntry(OrderEvent):
 
 class OrderView(BaseModel):
     """One order with its payment and delivery, read from the services' rows alone.
-
-    ``phase``: where its saga is, as the rows show it (CREATING until its first steps have
-    written the order and its payment); ``failure_type``: why it is being or was cancelled,
-    once known. ``status`` is None while the order is not written yet. The saga's own full
-    account (steps, compensations, signals) is the operator's ``GET /orders/{id}/saga``.
+    ``phase``: where its saga is as the rows show it (CREATING, ``status`` None, until the
+    order is written); ``failure_type``: why it is (being) cancelled, once known.
     """
 
     order_id: str
@@ -130,8 +124,7 @@ class OrderView(BaseModel):
     items: list[ItemView] = Field(default_factory=list)
     payment: PaymentView | None = None
     delivery: DeliveryView | None = None
-    # Choreography: what happened to the order, event by event (the operator's full log, with
-    # consumers and dead letters, is GET /orders/{id}/saga).
+    # Choreography: what happened to the order, event by event.
     events: list[OrderEvent] | None = None
 
 

@@ -1,8 +1,6 @@
 """Which builds of the saga serve which open sagas: the Worker Deployment, read from Temporal.
 
-Each worker runs as a Worker Deployment Version (a build) and each saga is pinned to the build
-it started on; this is what an operator asks during a deploy: which build is current, which
-are draining, and how many sagas each still has (docs/changing-the-saga.md).
+Which build is current, which are draining, and how many open sagas each still has.
 """
 
 from dataclasses import dataclass

@@ -1,12 +1,6 @@
 """How the choreographed saga starts and is steered: events between the services, on NATS
-JetStream.
-
-Placing an order is OrderService's first step, taken here: the order, its payment's decision
-(opened) and the ``order_created`` event are written in one transaction (the outbox), then
-published; the services take it from there (``choreography/``). A customer's decision, a
-dealer's report and a cancel request are written the same way, by the service that owns
-them. The door (:mod:`sagas.door`) has made every check both styles share; every answer here
-comes from the database, and nothing waits for a consumer.
+JetStream. Each call writes its change and its events in one transaction (the outbox), then
+publishes them; every answer comes from the database, and nothing waits for a consumer.
 """
 
 import asyncio
@@ -84,9 +78,8 @@ class ChoreographedSagas:
         return None
 
     async def decide_payment(self, payment_id: str, decision: Decision) -> DecisionAccepted:
-        """The customer's decision: recorded by the same compare-and-set as the orchestrated
-        saga's, and applied to the payment in the same transaction when the payment exists
-        (otherwise PaymentService applies it when it writes the payment)."""
+        """The customer's decision, recorded by the compare-and-set and applied to the payment
+        in the same transaction if it exists (else when PaymentService writes it)."""
 
         def decide(db: Session) -> tuple[payments.DecisionTaken, list[Event]]:
             # The decision row first (its compare-and-set), then the payment row: the lock
@@ -98,8 +91,7 @@ class ChoreographedSagas:
             if payment is None:
                 return taken, []
             if payment.status != PaymentStatus.PENDING:
-                # An order cancel undid the payment after the compare-and-set read it pending:
-                # the decision comes too late, and is rolled back with this transaction.
+                # An order cancel undid the payment meanwhile: roll the decision back.
                 raise ConflictError(
                     f"payment {payment_id} can no longer be decided: the payment is "
                     f"{payment.status}"
@@ -112,9 +104,8 @@ class ChoreographedSagas:
         return DecisionAccepted(order_id, decision, replayed=not taken.applied)
 
     async def report_delivered(self, delivery_id: str) -> None:
-        """The dealer's report: DeliveryService completes the delivery (and frees its dealer)
-        and emits ``delivery_completed``, in one transaction. The same report again (the
-        delivery DELIVERED meanwhile) changes nothing."""
+        """The dealer's report: complete the delivery and emit ``delivery_completed``, in one
+        transaction. The same report again changes nothing."""
 
         def complete(db: Session) -> tuple[None, list[Event]]:
             delivery = db.get(DeliveryRow, delivery_id)
@@ -138,11 +129,9 @@ class ChoreographedSagas:
         await self._publisher.write(complete)
 
     async def replay_dead_letter(self, dead_letter_id: str) -> None:
-        """Send a dead-lettered event again, for its consumer to apply (the operator has fixed
-        what made it fail): marked replayed and queued in the outbox in one transaction, so
-        it is published now or, if the broker does not take it, by the relay once it does.
-        Its event id is kept, so it still applies at most once. :class:`NotFoundError` for an
-        unknown dead letter; :class:`ConflictError` for one replayed already."""
+        """Send a dead-lettered event again: marked replayed and queued in the outbox in one
+        transaction, with its event id kept (it still applies at most once).
+        :class:`NotFoundError` if unknown; :class:`ConflictError` if replayed already."""
 
         def take(db: Session) -> tuple[None, list[Replay]]:
             row = db.get(DeadLetterRow, dead_letter_id)

@@ -1,9 +1,7 @@
 """The door, for both saga styles: what the API, the CLI and the tools call.
 
-A new order runs in ``SAGA_STYLE`` (orchestration by default); an existing order is steered in
-the style it was placed with, so orders of both styles coexist in one database and the HTTP
-API answers them alike: the same views, the same status codes. The rules both styles share
-are :mod:`sagas.rules`; each style's adapter says only how its saga starts and is steered.
+A new order runs in ``SAGA_STYLE``; an existing one is steered in the style it was placed
+with, and both are answered alike (shared rules: :mod:`sagas.rules`).
 """
 
 import asyncio
@@ -48,8 +46,6 @@ class Sagas:
         # them is refused (429) before it costs a write or a signal.
         self._decisions = Throttle(settings.decisions_per_minute)
         self._reports = Throttle(settings.decisions_per_minute)
-        # Without a Temporal client orchestrated orders cannot be placed or steered, and
-        # without a broker (no NATS_URL) choreographed ones cannot.
         self._orchestrated = (
             OrchestratedSagas(client, engine, settings) if client is not None else None
         )
@@ -95,10 +91,7 @@ class Sagas:
         )
         style = self._settings.saga_style
         if idempotency_key is not None and style == SagaStyle.CHOREOGRAPHY:
-            # A replay keeps its order's style. Only this style needs to look: the
-            # orchestrated adapter answers a replayed choreographed order from its row, while
-            # the choreographed one could not start the saga of an orchestrated order whose
-            # first request failed before starting it.
+            # A replay keeps its order's style (the orchestrated adapter answers either).
             style = await self._style(order.order_id) or style
         if style == SagaStyle.CHOREOGRAPHY:
             return await self._choreography().place(order, wait=wait)
@@ -136,18 +129,15 @@ class Sagas:
         *,
         authorize: Callable[[str], None] = _anyone,
     ) -> DecisionAccepted:
-        """The customer's decision (CONFIRM or CANCEL) on their payment: exactly one of racing
-        decisions wins (:func:`sagas.rules.won_for`).
-
-        ``authorize`` gets the customer the payment belongs to before anything is written,
-        and raises to refuse the decision. :class:`NotFoundError` for an unknown payment;
-        :class:`TooManyRequestsError` beyond ``DECISIONS_PER_MINUTE`` on one payment."""
+        """The customer's decision (CONFIRM or CANCEL): of racing decisions exactly one wins.
+        ``authorize`` gets the payment's customer first and raises to refuse.
+        :class:`NotFoundError` for an unknown payment; :class:`TooManyRequestsError` beyond
+        ``DECISIONS_PER_MINUTE`` on one payment."""
         if decision == Decision.TIMEOUT:
             raise ValueError("TIMEOUT is the window's own close, not a customer's decision")
 
         def look_then_take() -> tuple[views.PaymentParty | None, DecisionTaken | None]:
-            # One trip to a worker thread for the look-up and, for an orchestrated saga, the
-            # compare-and-set: this is the confirm's hot path.
+            # One thread hop for the look-up and the compare-and-set: the confirm's hot path.
             party = views.payment_party(self._engine, payment_id)
             if party is None:
                 return None, None

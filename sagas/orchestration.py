@@ -1,6 +1,5 @@
-"""How the orchestrated saga starts and is steered: one ``OrderProcessWorkflow`` per order,
-on Temporal. The door (:mod:`sagas.door`) has made every check both styles share; what is
-left here costs at most one Temporal RPC and no workflow query.
+"""How the orchestrated saga starts and is steered: one ``OrderProcessWorkflow`` per order, on
+Temporal, at most one RPC and no workflow query a call.
 """
 
 import asyncio
@@ -61,10 +60,8 @@ SagaHandle = WorkflowHandle[OrderProcessWorkflow, SagaState]
 
 
 def saga_start_options(order_id: str, request: OrderRequest, *, task_queue: str) -> dict[str, Any]:
-    """How every saga of an order starts: workflow id ``order-<order_id>``, reject-duplicate
-    (one order never gets a second saga while Temporal remembers the first), the OrderStatus
-    and CustomerId search attributes, a summary for the Web UI and the request's fingerprint
-    in the memo."""
+    """How every saga of an order starts: workflow id ``order-<order_id>``, reject-duplicate,
+    its search attributes, a Web UI summary, and the request's fingerprint in the memo."""
     return {
         "id": names.workflow_id_for(order_id),
         "task_queue": task_queue,
@@ -117,14 +114,10 @@ class OrchestratedSagas:
     # --- placing an order --------------------------------------------------------------
 
     async def place(self, order: NewOrder, *, wait: float = 0) -> Placement:
-        """Accept the order in the database (:func:`sagas.rules.accept`), then start its saga,
-        one RPC; the saga is durably accepted when this returns. ``wait`` > 0: wait up to that
-        long, in the same RPC (update-with-start), for the payment to exist, and return the
-        order's view if it does.
-
-        A replay, however late (long after Temporal dropped the closed saga), answers its
-        order from the database and starts nothing. :class:`ConflictError` when that order's
-        saga ended before it wrote the order.
+        """Accept the order (:func:`sagas.rules.accept`), then start its saga in one RPC; the
+        saga is durable when this returns. ``wait`` > 0: wait up to that long, in the same RPC,
+        for the payment, and return the order's view if it exists. A replay answers from the
+        database and starts nothing; :class:`ConflictError` if its saga ended before writing it.
         """
         accepted = await asyncio.to_thread(self._accept, order)
         if accepted.replayed:
@@ -154,8 +147,7 @@ class OrchestratedSagas:
             replayed |= await self._start(input, options, order.fingerprint)
         key = order.idempotency_key
         if key is not None:
-            # The key's "saga started" mark is a hint for late replays (see
-            # _after_answer_write), written after the answer.
+            # A hint for late replays, written after the answer.
             customer_id = order.request.customer_id
             self._after_answer_write(
                 f"the saga of key {key!r} started",
@@ -183,9 +175,8 @@ class OrchestratedSagas:
     async def _start_and_wait(
         self, input: OrderProcessInput, options: dict[str, Any], fingerprint: str, wait: float
     ) -> bool:
-        """Start the saga (or join it, for a retried request) and wait in the same RPC until
-        its payment exists: update-with-start. Returns whether the payment exists; when the
-        wait runs out, the saga is made sure to exist before the caller answers 202."""
+        """Start (or join) the saga and wait in the same RPC until its payment exists
+        (update-with-start). Returns whether it does; the saga exists either way."""
         start = WithStartWorkflowOperation(
             OrderProcessWorkflow.run,
             input,
@@ -204,8 +195,7 @@ class OrchestratedSagas:
             await self._check_same_request(input.order_id, fingerprint)
             return True
         except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError, WorkflowUpdateFailedError):
-            # No worker took the update in time (busy, or down). Whether the start reached
-            # Temporal before the wait ran out is not known here: make sure it did.
+            # No worker took the update in time, and the start may not have landed: make sure.
             await self._start(input, options, fingerprint)
             return False
         self._log_started(input.order_id, (await start.workflow_handle()).first_execution_run_id)
@@ -242,14 +232,9 @@ class OrchestratedSagas:
             return None
 
     def _after_answer_write(self, what: str, write: Callable[[Session], None]) -> None:
-        """Commit ``write`` after the answer (one write transaction fewer on the caller's
-        wait): only for marks that are hints, each of whose loss is safe.
-
-        The key's "saga started" mark: a replay that finds it, no order row and no saga
-        (Temporal dropped it, closed) knows its saga ended before writing the order: 409; one
-        that finds none starts the saga again (one saga per order id), which is safe. The
-        "signalled" marks of a decision or a report: the same request again finds one and sends
-        nothing; one that finds none signals again, which the saga counts as a repeat.
+        """Commit ``write`` after the answer: only for hints whose loss is safe (without the
+        "saga started" mark a replay starts the saga again, still one per order; without a
+        "signalled" mark the same request signals again, which the saga counts as a repeat).
         """
 
         def commit() -> None:
@@ -302,8 +287,7 @@ class OrchestratedSagas:
         with saga_ended_is_conflict(f"order {order_id} can no longer be cancelled"):
             handle = self.handle(order_id)
             if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
-                # Terminated by an operator: its last state is not final, and Temporal would
-                # accept the cancel and do nothing with it.
+                # Terminated by an operator: Temporal would accept the cancel and do nothing.
                 raise ConflictError(ended)
             await handle.cancel()
 
@@ -317,11 +301,9 @@ class OrchestratedSagas:
     async def deliver_decision(
         self, payment_id: str, decision: Decision, taken: payment_service.DecisionTaken
     ) -> DecisionAccepted:
-        """Signal the saga the decision :meth:`take_decision` recorded (``taken``), if it won
-        (:func:`sagas.rules.won_for`). The same decision again sends nothing once the first
-        one's signal is recorded as sent (before that, it is sent again: the first may have
-        been lost). :class:`ConflictError` when the saga has ended: a decision recorded by
-        this call is then withdrawn, as nothing acted on it."""
+        """Signal the saga the decision ``taken`` recorded, if it won; nothing once its signal
+        is recorded as sent. :class:`ConflictError` when the saga has ended (a decision this
+        call recorded is then withdrawn: nothing acted on it)."""
         order_id = rules.won_for(taken, payment_id, decision)
         if taken.signalled:
             return DecisionAccepted(order_id, decision, replayed=True)
@@ -337,8 +319,7 @@ class OrchestratedSagas:
             if taken.applied:
                 await asyncio.to_thread(self._withdraw_decision, payment_id, decision)
                 raise
-            # The same decision again, after its saga ended: a decision that stays recorded
-            # reached the saga (one that could not is withdrawn), so the answer is the first's.
+            # The same decision again after the saga ended: it had reached the saga.
         else:
             self._after_answer_write(
                 f"the decision on payment {payment_id} reached its saga",
@@ -351,10 +332,8 @@ class OrchestratedSagas:
             payment_service.withdraw_decision(db, payment_id, decision)
 
     async def report_delivered(self, delivery: DeliveryRow) -> None:
-        """Signal the dealer's report of an IN_TRANSIT delivery (``delivery`` as the door read
-        it), unless its first signal is recorded as sent. The report names the dealer the
-        database shows, so a saga that has not yet seen its assignment holds it until it does.
-        """
+        """Signal the dealer's report of an IN_TRANSIT delivery, naming the dealer the database
+        shows, unless its signal is recorded as sent."""
         if delivery.report_signalled_at is not None:
             return
         delivery_id = delivery.id

@@ -1,7 +1,6 @@
 """What the door decides the same way for both saga styles: accepting an order, which of
-racing payment decisions won, whether an order may still be cancelled and a delivery
-reported, and the words each refusal uses. The style adapters (:mod:`sagas.orchestration`,
-:mod:`sagas.choreography`) call these and say only how their style starts and steers a saga.
+racing decisions won, whether an order may be cancelled or a delivery reported, and the words
+of each refusal.
 """
 
 from dataclasses import dataclass
@@ -34,12 +33,8 @@ class NewOrder:
 
 @dataclass(frozen=True)
 class Placement:
-    """What placing an order did.
-
-    ``view``: the order with its payment when the caller waited for it and it exists, or a
-    replayed request's order as the database holds it; None otherwise (the saga is durably
-    started: poll ``GET /orders/{order_id}``). ``replayed``: the request had been made
-    before (same Idempotency-Key), so nothing new was started.
+    """What placing an order did. ``view``: the order, when waited for and its payment exists
+    or when replayed; None otherwise (poll it). ``replayed``: nothing new was started.
     """
 
     order_id: str
@@ -75,11 +70,9 @@ def key_reused() -> IdempotencyKeyReusedError:
 
 
 def accept(db: Session, order: NewOrder) -> Acceptance:
-    """Accept ``order`` in the caller's transaction: its Idempotency-Key (if any) and its
-    payment's decision, opened, so a decision can be taken from this moment on. A request
-    made before (same key, same request) records nothing and is a replay, also once its key
-    has been deleted by retention; the key with another request raises
-    :class:`IdempotencyKeyReusedError`."""
+    """Accept ``order`` in the caller's transaction: record its Idempotency-Key and open its
+    payment's decision. The same request again records nothing and is a replay; the key with
+    another request raises :class:`IdempotencyKeyReusedError`."""
     request, key = order.request, order.idempotency_key
     if key is not None:
         use = orders.use_idempotency_key(

@@ -20,13 +20,9 @@ class TemporalConnectError(RuntimeError):
 async def connect_temporal(
     settings: Settings, *, lazy: bool = False, interceptors: Sequence[Interceptor] = ()
 ) -> Client:
-    """The process's one Temporal client, with the pydantic data converter the payloads need.
-
-    With ``metrics_bind_address`` set, the client (and its workers) run on the process's
-    Prometheus runtime (telemetry.py); ``interceptors`` are e.g. the tracing interceptor.
-
-    Raises TemporalConnectError (unless ``lazy``) when the server cannot be reached, or does
-    not speak the TLS mode configured, rather than retrying in silence.
+    """The process's one Temporal client, with the pydantic data converter (and, with
+    ``metrics_bind_address``, the Prometheus runtime). Raises TemporalConnectError (unless
+    ``lazy``) when the server cannot be reached or does not speak the configured TLS mode.
     """
     tls = settings.tls_config()
     runtime = metrics_runtime(settings.metrics_bind_address)

@@ -11,10 +11,7 @@ from sagas.errors import TooManyRequestsError
 class Throttle:
     """At most ``per_minute`` requests a minute per key, ``per_minute`` of them at once.
 
-    Keys are forgotten least-recently-used beyond ``max_keys`` (a forgotten key starts with a
-    full bucket), so memory stays bounded whatever the keys. Thread-safe. Each process keeps
-    its own buckets: N API processes allow N times the rate, still a bound.
-    """
+    Beyond ``max_keys`` the least recently used are forgotten. Thread-safe; per process."""
 
     def __init__(
         self,

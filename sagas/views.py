@@ -70,9 +70,7 @@ def progress(
     if order.status == OrderStatus.DELIVERED and delivery_done:
         return SagaPhase.DELIVERED, None
     if delivery is not None and delivery.status in PAST_THE_PIVOT:
-        # Until both of its last steps have written their rows (side by side in the
-        # orchestrated saga, the delivery first in the choreographed one), the saga is still
-        # in transit: DELIVERED promises the order and its delivery both delivered.
+        # DELIVERED promises the order and its delivery both delivered: until then, in transit.
         return SagaPhase.IN_TRANSIT, None
     undone = (
         payment.status in (PaymentStatus.CANCELLED, PaymentStatus.REFUNDED)
@@ -87,12 +85,10 @@ def progress(
 
 
 def order_view(engine: Engine, settings: Settings, order_id: str) -> OrderView | None:
-    """The order with its items, payment and delivery, and where its saga is; for a
-    choreographed order its event log too. None if there is no such order (not even
-    accepted)."""
+    """The order with its items, payment, delivery and saga phase (and a choreographed
+    order's event log); None if it was never accepted."""
     with read_session(engine) as db:
-        # Every order is accepted by the door first (its payment's decision opened), and
-        # written by its saga's first step.
+        # An order is accepted (its decision opened) before its saga writes it.
         accepted = db.exec(
             select(PaymentDecisionRow).where(PaymentDecisionRow.order_id == order_id)
         ).first()
@@ -152,8 +148,7 @@ def order_view(engine: Engine, settings: Settings, order_id: str) -> OrderView |
 
 
 def _emitted(db: Session, order_id: str) -> list[OutboxRow]:
-    """The order's events in the order they were written (a dead letter's replay, the same
-    event sent again, is shown by its dead letter, not as an event of its own)."""
+    """The order's events as written (a dead letter's replay is shown by its dead letter)."""
     rows = db.exec(
         select(OutboxRow).where(OutboxRow.order_id == order_id).order_by(col(OutboxRow.id))
     ).all()
@@ -167,8 +162,7 @@ def order_events(db: Session, order_id: str) -> list[OrderEvent]:
 
 
 def event_log(engine: Engine, order_id: str) -> list[EventLogEntry]:
-    """Every event of a choreographed order, in the order they were written, each with who
-    applied it and who could not: the operator's account."""
+    """Every event of a choreographed order, as written, with who applied it and who could not."""
     with read_session(engine) as db:
         emitted = _emitted(db, order_id)
         consumed = db.exec(select(InboxRow).where(InboxRow.order_id == order_id)).all()
@@ -241,24 +235,21 @@ def style_of(engine: Engine, order_id: str) -> SagaStyle | None:
 
 
 def _accepted_style(recorded: str | None) -> SagaStyle:
-    """The style of an order known to be accepted, from its row's ``saga_style`` (None: the
-    row is not written yet, so orchestrated: a choreographed order is written when it is
-    accepted)."""
+    """The style of an accepted order: its row's, or orchestration while it has no row (a
+    choreographed order is written when accepted)."""
     return SagaStyle(recorded) if recorded is not None else SagaStyle.ORCHESTRATION
 
 
 @dataclass(frozen=True)
 class PaymentParty:
-    """Whose payment it is and how its order's saga runs: all a decision needs to know
-    before it is taken, read at once."""
+    """Whose payment it is and how its order's saga runs, as a decision needs it."""
 
     order_id: str
     customer_id: str
     style: SagaStyle
 
 
-# A payment's decision row and its order's style, if the order is written yet: one statement,
-# built once (every confirm and cancel reads it first).
+# A payment's decision row and its order's style: one statement, read by every decision.
 _PARTY = (
     select(
         col(PaymentDecisionRow.order_id),

@@ -1,7 +1,4 @@
-"""Dealers: the delivery people DeliveryService assigns parcels to, as operators add them.
-
-Plain functions over a session that do not commit: the caller owns the transaction.
-"""
+"""Dealers: the delivery people operators add; functions that do not commit."""
 
 from sqlmodel import Session
 
@@ -15,9 +12,8 @@ class DealerExistsError(Exception):
 
 
 def add_dealer(db: Session, dealer: NewDealer) -> DealerRow:
-    """Add ``dealer``, serving its province and city with its capacity: its row, with the id
-    the database gave it. The phone number is unique: :class:`DealerExistsError` when it is
-    taken, by an earlier or a concurrent add (one insert either way), and nothing is added.
+    """Add ``dealer`` and return its row, with its id. :class:`DealerExistsError` when its
+    phone number is taken (also by a concurrent add); nothing is added then.
     """
     row = new_dealer(dealer.name, dealer.phone, dealer.province, dealer.city, dealer.capacity)
     if not insert_new(db, row):

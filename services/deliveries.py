@@ -20,8 +20,7 @@ from services.rows import (
 )
 from store.models import DealerRow, DeliveryRow, place_key, utcnow
 
-# How many times assignment picks again when another transaction took the chosen dealer's
-# last unit between the pick and the guarded update.
+# How often assignment picks again when another transaction took the chosen dealer's last unit.
 MAX_PICKS = 20
 
 
@@ -42,12 +41,9 @@ def delivery_of(db: Session, order_id: str) -> DeliveryRow | None:
 def create_delivery(
     db: Session, delivery_id: str, order_id: str, province: str, city: str, saga_id: str | None
 ) -> tuple[DeliveryRow, bool]:
-    """Create the order's PENDING delivery to ``province``/``city``.
-
-    Idempotent: one delivery per order (unique ``order_id``); the existing one of the same
-    saga is returned. Returns the delivery and whether this call inserted it.
-    ``EntityNotFound`` if the order does not exist; ``OwnedByAnotherSaga`` if another saga
-    created the delivery.
+    """Create the order's PENDING delivery, or return the same saga's existing one; returns
+    it and whether this call inserted it. ``EntityNotFound`` without the order;
+    ``OwnedByAnotherSaga`` if another saga created it.
     """
     delivery = DeliveryRow(
         id=delivery_id,
@@ -68,15 +64,11 @@ def create_delivery(
 
 
 def assign_dealer(db: Session, delivery_id: str, saga_id: str | None) -> tuple[DeliveryRow, bool]:
-    """Assign the least-loaded dealer of the delivery's province and city with free capacity.
+    """Assign the least-loaded dealer of the delivery's place with free capacity: take one
+    unit of it (guarded, never overbooked) and move the delivery PENDING -> IN_TRANSIT.
 
-    Takes one unit of the dealer's capacity (a guarded UPDATE, so two assignments never
-    overbook) and moves the delivery PENDING -> IN_TRANSIT, both in the caller's transaction.
-    Returns the delivery (``dealer_id`` None when no dealer is free right now: the caller
-    decides how long to keep trying) and whether this call assigned it. Idempotent: an
-    IN_TRANSIT delivery is returned with its dealer. A delivery no longer PENDING otherwise
-    (compensated) is ``InvalidStateTransition``. Raises ``RuntimeError`` (retryable) when
-    contention stole every free dealer ``MAX_PICKS`` times in a row.
+    Returns the delivery (``dealer_id`` None: none free; IN_TRANSIT: as it is) and whether this
+    call assigned it. ``InvalidStateTransition`` otherwise; ``RuntimeError`` after lost races.
     """
     delivery = db.get(DeliveryRow, delivery_id)
     if delivery is None:
@@ -108,8 +100,7 @@ def assign_dealer(db: Session, delivery_id: str, saga_id: str | None) -> tuple[D
             attempt.commit()
             db.refresh(delivery)
             return delivery, True
-        # Moved by someone else meanwhile (cancelled, or assigned by a concurrent attempt):
-        # give the capacity back and look at the delivery again.
+        # Moved by someone else meanwhile: give the capacity back and look again.
         attempt.rollback()
         db.refresh(delivery)
     raise RuntimeError(f"dealer assignment for {delivery_id} lost {MAX_PICKS} races")
@@ -118,11 +109,8 @@ def assign_dealer(db: Session, delivery_id: str, saga_id: str | None) -> tuple[D
 def complete_delivery(
     db: Session, delivery_id: str, saga_id: str | None
 ) -> tuple[DeliveryRow, bool]:
-    """IN_TRANSIT -> DELIVERED and release the dealer's capacity.
-
-    Idempotent: a DELIVERED delivery is returned as it is and releases nothing again.
-    Returns the delivery and whether this call delivered it.
-    """
+    """IN_TRANSIT -> DELIVERED, releasing the dealer's capacity once. Idempotent; returns the
+    delivery and whether this call delivered it."""
     changed = transition(
         db,
         DeliveryRow,
@@ -157,15 +145,8 @@ def mark_report_signalled(db: Session, delivery_id: str) -> None:
 def cancel_delivery(
     db: Session, order_id: str, saga_id: str | None, *, only_before_pivot: bool = False
 ) -> tuple[CompensationOutcome, bool]:
-    """Compensation: cancel the order's delivery, releasing its dealer if one was assigned.
-    Returns the outcome and whether it changed the delivery.
-
-    An IN_TRANSIT delivery is cancelled only here: its assignment landed but the saga was
-    cancelled before it saw the result, so the pivot never happened for the saga. With
-    ``only_before_pivot`` it is left alone: DeliveryService deciding for itself (the
-    choreographed saga) takes the assignment, once committed, as the pivot. Safe when there
-    is nothing to undo (no delivery, already cancelled, another saga's delivery).
-    """
+    """Compensation: cancel the order's delivery, releasing a dealer the saga never saw assigned
+    (unless ``only_before_pivot``). Returns the outcome and whether it changed the delivery."""
     delivery = delivery_of(db, order_id)
     if delivery is None:
         return CompensationOutcome(action="nothing to undo"), False
@@ -181,8 +162,7 @@ def cancel_delivery(
         saga_id=saga_id,
     ):
         return CompensationOutcome(action="cancelled", status=DeliveryStatus.CANCELLED), True
-    # No longer PENDING: an assignment may have committed since the read above (under
-    # PostgreSQL's READ COMMITTED), so read the dealer it set, not the stale None.
+    # An assignment may have committed since the read above: read the dealer it set.
     db.refresh(delivery)
     dealer_id = delivery.dealer_id
     if (
@@ -204,8 +184,7 @@ def cancel_delivery(
     return CompensationOutcome(action=f"left as {delivery.status}", status=delivery.status), False
 
 
-# The dealer statements of assign_dealer and of a delivery's end, built once and run with
-# execute_core. Nothing here loads a DealerRow, so the session holds none to keep in step.
+# The dealer statements, built once; no DealerRow is loaded, so the session holds none stale.
 _dealer_table = cast(Table, DealerRow.__table__)  # type: ignore[attr-defined]
 _dealers = _dealer_table.c
 _TAKE_CAPACITY = (

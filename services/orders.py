@@ -42,12 +42,9 @@ def create_order(
     style: SagaStyle = SagaStyle.ORCHESTRATION,
     timeouts: SagaTimeouts | None = None,
 ) -> tuple[OrderRow, bool]:
-    """Insert the order PENDING with its items and the total computed here, in cents, and
-    (a choreographed order) its saga's ``timeouts``.
-
-    Idempotent: the order id is the primary key; an existing order of the same saga is
-    returned as it is (whatever ``request`` says now). Returns the order and whether this call
-    inserted it. ``OwnedByAnotherSaga`` if another saga created the order.
+    """Insert the order PENDING with its items, its total in cents and (choreographed) its
+    saga's ``timeouts``, or return the same saga's existing one as it is. Returns the order and
+    whether this call inserted it; ``OwnedByAnotherSaga`` if another saga created it.
     """
     order = OrderRow(
         id=order_id,
@@ -105,13 +102,9 @@ def cancel_order(
     reason: str | None = None,
     placed: OrderRequest | None = None,
 ) -> tuple[CompensationOutcome, bool]:
-    """Compensation: PENDING or CONFIRMED -> CANCELLED, keeping ``reason``. Returns the
-    outcome and whether it changed the order.
-
-    With ``placed``, an order that was never written (its saga was cancelled before its first
-    step) is written now, cancelled: the id its customer was given names a cancelled order,
-    not nothing. Safe when there is nothing to undo (already cancelled, another saga's order);
-    never raises for a state it cannot change, so an unwind never loops on it.
+    """Compensation: PENDING or CONFIRMED -> CANCELLED, keeping ``reason``; with ``placed``,
+    an order never written is written cancelled, so its id names a cancelled order. Returns
+    the outcome and whether it changed the order; never raises for a state it cannot change.
     """
     if placed is not None and db.get(OrderRow, order_id) is None:
         create_order(db, order_id, placed, saga_id)
@@ -172,10 +165,9 @@ class KeyUse:
 def use_idempotency_key(
     db: Session, customer_id: str, key: str, fingerprint: str, order_id: str
 ) -> KeyUse:
-    """Record that ``customer_id``'s ``key`` stands for ``order_id`` (a request whose
-    :meth:`~domain.payloads.OrderRequest.fingerprint` is ``fingerprint``), or return what the
-    key was recorded for before. Kept forever: a replay years later still finds its order.
-    Does not commit; the caller commits before it starts anything for the order.
+    """Record that ``customer_id``'s ``key`` stands for ``order_id`` (a request of
+    ``fingerprint``), or return what the key was recorded for before. Does not commit; the
+    caller commits before it starts anything for the order.
     """
 
     row = IdempotencyKeyRow(
@@ -194,9 +186,8 @@ def use_idempotency_key(
 
 
 def placed_fingerprint(db: Session, order_id: str) -> str | None:
-    """The :meth:`~domain.payloads.OrderRequest.fingerprint` of the order as it was placed,
-    from its rows; None if it is not written. What a replay is compared with once its
-    Idempotency-Key is no longer on record (retention deleted it)."""
+    """The fingerprint of the order as placed, from its rows (None: not written): what a
+    replay is compared with once retention deleted its Idempotency-Key."""
     order = db.get(OrderRow, order_id)
     if order is None:
         return None

@@ -49,12 +49,9 @@ def create_payment(
     expires_at: datetime | None,
     saga_id: str | None,
 ) -> tuple[PaymentRow, bool]:
-    """Create the order's PENDING payment; ``expires_at``: when its decision window closes.
-
-    Idempotent: one payment per order (unique ``order_id``); the existing one of the same
-    saga is returned. Returns the payment and whether this call inserted it.
-    ``EntityNotFound`` if the order does not exist; ``OwnedByAnotherSaga`` if another saga
-    created the payment.
+    """Create the order's PENDING payment (``expires_at``: its window's close), or return the
+    same saga's existing one; returns it and whether this call inserted it.
+    ``EntityNotFound`` without the order; ``OwnedByAnotherSaga`` if another saga created it.
     """
     payment = PaymentRow(
         id=payment_id,
@@ -75,12 +72,9 @@ def create_payment(
 
 
 def complete_payment(db: Session, payment_id: str, saga_id: str | None) -> tuple[PaymentRow, bool]:
-    """PENDING -> COMPLETED (the customer confirmed). Idempotent: COMPLETED stays COMPLETED.
-
-    Returns the payment and whether this call completed it. The customer's decision must be
-    CONFIRM: one sent past the API (a signal from the Web UI) is recorded as CONFIRM here if
-    none was taken inside the window; a payment decided otherwise, or whose window closed,
-    cannot complete.
+    """PENDING -> COMPLETED, idempotently; returns the payment and whether this call completed
+    it. The decision must be CONFIRM (recorded here if none was taken inside the window, as
+    for a signal sent past the API); otherwise ``InvalidTransition``.
     """
     taken = take_decision(db, payment_id, Decision.CONFIRM)
     if taken.winner != Decision.CONFIRM:
@@ -108,12 +102,9 @@ def complete_payment(db: Session, payment_id: str, saga_id: str | None) -> tuple
 def cancel_or_refund_payment(
     db: Session, order_id: str, saga_id: str | None
 ) -> tuple[CompensationOutcome, bool]:
-    """Compensation: cancel the order's payment if PENDING, refund it if COMPLETED. Returns
-    the outcome and whether it changed the payment.
-
-    Safe when there is nothing to undo (no payment yet, already cancelled or refunded,
-    another saga's payment). A refund is one guarded transition COMPLETED -> REFUNDED and
-    its refund row, in the caller's transaction: it applies at most once.
+    """Compensation: cancel the order's payment if PENDING, refund it (at most once) if
+    COMPLETED. Returns the outcome and whether it changed the payment; safe when there is
+    nothing to undo (no payment, already undone, another saga's payment).
     """
     row = payment_of(db, order_id)
     if row is None:
@@ -135,8 +126,7 @@ def cancel_or_refund_payment(
         saga_id=saga_id,
         refunded_at=utcnow(),
     ):
-        # The refund itself, with the guarded transition: it exists exactly when the payment
-        # is REFUNDED (and is unique per payment).
+        # Written with the guarded transition: a refund row exists exactly when REFUNDED.
         db.add(RefundRow(payment_id=row.id, amount_cents=row.amount_cents))
         db.flush()
         return CompensationOutcome(action="refunded", status=PaymentStatus.REFUNDED), True
@@ -148,21 +138,17 @@ def cancel_or_refund_payment(
 
 
 def open_decision(db: Session, payment_id: str, order_id: str, customer_id: str) -> bool:
-    """Open the order's decision, undecided, when the order is accepted (before the saga writes
-    the payment): a decision can then be taken from the first moment. Idempotent: returns
-    whether it opened it now (False: the order was accepted before). Does not commit."""
+    """Open the order's decision, undecided, when the order is accepted, so a decision can be
+    taken before the payment exists. Returns whether this call opened it. Does not commit."""
     row = PaymentDecisionRow(payment_id=payment_id, order_id=order_id, customer_id=customer_id)
     return insert_new(db, row)
 
 
 @dataclass(frozen=True)
 class DecisionTaken:
-    """What became of one attempt to decide a payment.
-
-    ``winner``: the decision on record (None: none may be taken any more, see ``refusal``);
-    ``applied``: this attempt recorded it (it won the compare-and-set); ``order_id``: the
-    payment's order (None for an unknown payment); ``signalled``: the decision on record has
-    reached the orchestrated saga already (:func:`mark_decision_signalled`).
+    """What became of one attempt to decide a payment: ``winner`` on record (None: see
+    ``refusal``), whether this attempt ``applied`` it, the payment's ``order_id`` (None:
+    unknown payment), and whether the decision was ``signalled`` to its saga already.
     """
 
     order_id: str | None
@@ -175,13 +161,9 @@ class DecisionTaken:
 def take_decision(
     db: Session, payment_id: str, decision: Decision, *, now: datetime | None = None
 ) -> DecisionTaken:
-    """Record ``decision`` for the payment if none is recorded and its window is open (a
-    compare-and-set: of racing decisions exactly one wins). Does not commit.
-
-    The window is open until the payment's ``expires_at`` while it is PENDING, and from the
-    order's acceptance if the payment is not written yet. Losers learn the winner; a refusal
-    with no winner says why (the window closed, the payment is no longer pending). The
-    window's own close is the decision TIMEOUT, taken by the saga the same way.
+    """Record ``decision`` if none is and the window is open (a compare-and-set: of racing
+    decisions exactly one wins); losers learn the winner or the refusal. The window is open
+    from the order's acceptance while the payment is PENDING and unexpired. Does not commit.
     """
     now = now or utcnow()
     order_id = _record_decision(db, payment_id, decision, now)
@@ -227,8 +209,7 @@ def _record_decision_statement(*, window: bool) -> Update:
     now = bindparam("b_now", type_=decisions.decided_at.type)
     undecided = [decisions.payment_id == bindparam("b_payment_id"), decisions.decision.is_(None)]
     if window:
-        # The customer decides only while the window is open: the payment not written yet, or
-        # PENDING before its expiry. (TIMEOUT is the window's own close, taken by the saga.)
+        # The customer decides only inside the window; TIMEOUT is the window's own close.
         undecided.append(
             ~exists().where(
                 payments_.id == decisions.payment_id,
@@ -244,9 +225,8 @@ def _record_decision_statement(*, window: bool) -> Update:
 
 
 def withdraw_decision(db: Session, payment_id: str, decision: Decision) -> bool:
-    """Take back ``decision`` recorded for the payment (compare-and-set to none), when it
-    could not be delivered because the payment's saga had ended: nothing acted on it, and the
-    record must not say otherwise. Returns whether it was withdrawn. Does not commit."""
+    """Take back ``decision`` (compare-and-set to none) when its saga had ended before it could
+    act on it. Returns whether it was withdrawn. Does not commit."""
     result: Any = db.exec(
         update(PaymentDecisionRow)
         .where(
@@ -278,9 +258,8 @@ class _DecisionOnRecord:
 
 
 def _decision_row(db: Session, payment_id: str) -> _DecisionOnRecord | None:
-    """The payment's decision row as the database holds it now, read with one prebuilt Core
-    ``SELECT``: a read the steps make on every saga, where the ORM's get costs four times the
-    statement (make bench's worker CPU per saga)."""
+    """The payment's decision row as the database holds it now (a prebuilt Core ``SELECT``:
+    every saga's steps read it)."""
     found = execute_core(db, _DECISION_ROW, {"b_payment_id": payment_id}).first()
     if found is None:
         return None

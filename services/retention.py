@@ -1,21 +1,10 @@
-"""How long the rows kept only for a while are kept, and their deletion (a job in the worker).
-
-The business records (orders, payments, refunds, deliveries, dealers, decisions) are kept for
-good. These are kept for a time after their order ended (DELIVERED or CANCELLED):
+"""Deletion of the rows kept only for a while after their order ended (business records stay):
 
 - the choreographed saga's event log: the outbox (published rows), the inboxes and the dead
-  letters already replayed, ``event_log`` after the order ended. An inbox row guards against
-  an event applied twice only while the event can still come again (a redelivery comes within
-  ``EVENT_ACK_WAIT_SECONDS`` times ``EVENT_MAX_DELIVERIES``; JetStream's duplicate window is two
-  minutes), so days later it guards nothing. Unpublished rows and pending dead letters are
-  never deleted;
-- Idempotency-Keys, ``idempotency_keys`` after the order ended (or, for a key whose order was
-  never written, after the key was first used). A request replayed later still finds its order:
-  the order id is derived from the key with ``ORDER_ID_SECRET``, and the door answers an
-  existing order instead of placing it again (sagas/).
-
-Each call deletes at most ``batch`` rows of each table, in one transaction; call it until it
-returns 0.
+  letters already replayed, ``event_log`` after the order ended (an inbox row guards only
+  while its event can still be redelivered). Unpublished rows and pending dead letters stay;
+- Idempotency-Keys, ``idempotency_keys`` after the order ended (or the key's first use, if the
+  order was never written). A later replay still finds its order: its id derives from the key.
 """
 
 from datetime import datetime, timedelta

@@ -31,12 +31,8 @@ def transition(
 ) -> bool:
     """Move row ``row_id`` of ``table`` to ``to_state`` if it is in ``from_states``.
 
-    One ``UPDATE ... WHERE id = :id AND status IN (:from)``: it applies at most once however
-    often it runs, and a concurrent transition of the same row loses cleanly. With
-    ``saga_id``, only a row of that saga moves (a row written before rows recorded their saga
-    is claimed by it). Returns whether this call applied the transition. Does not commit.
-
-    The row, if this session holds it, is expired: read again, it shows the new state.
+    One guarded ``UPDATE``, applied at most once; with ``saga_id``, only that saga's row (or an
+    unclaimed one) moves. Returns whether this call applied it. Does not commit.
     """
     by_saga = saga_id is not None
     if by_saga:
@@ -46,8 +42,7 @@ def transition(
     )
     params = {f"set_{name}": value for name, value in values.items()}
     params.update(row_id=row_id, now=utcnow(), saga=saga_id)
-    # A Core statement, built once: the steps' hottest statement skips the ORM's bulk-update
-    # machinery (make bench's worker CPU per saga, docs/performance.md).
+    # A Core statement, built once: the steps' hottest statement skips the ORM's machinery.
     result = execute_core(db, statement, params)
     changed = bool(result.rowcount == 1)
     if changed:
@@ -56,14 +51,9 @@ def transition(
 
 
 def execute_core(db: Session, statement: Executable, params: dict[str, Any]) -> Any:
-    """Run ``statement``, a prebuilt Core statement, on the session's connection, in its
-    transaction, and return its result. What the session holds pending is written first, as
-    the ORM's own statements do (autoflush); the session is not told what the statement
-    changed (expire a row it may hold, as :func:`transition` does).
-
-    The services' statements on every saga's path go this way: the ORM's execution path
-    costs more than such a statement itself (make bench's worker CPU per saga,
-    docs/performance.md)."""
+    """Run ``statement``, a prebuilt Core statement, in the session's transaction (pending
+    rows flushed first) and return its result. The session is not told what it changed:
+    expire a row it may hold, as :func:`transition` does. Cheaper than the ORM's path."""
     db.flush()
     return db.connection().execute(statement, params)
 
@@ -109,15 +99,10 @@ def create_owned(
     what: str,
     parent: str | None = None,
 ) -> tuple[OwnedRow, bool]:
-    """Insert ``row``, an entity a saga creates (an order, its payment, its delivery), unless
-    a row already holds one of its unique keys: then that one (``existing()``), if it is the
-    same saga's.
-
-    Returns the row and whether this call inserted it (the inserted ``row`` joins the
-    session). ``OwnedByAnotherSaga`` when another saga created it, or when its id is held by
-    a row ``existing()`` does not find (another entity's); ``EntityNotFound`` for
-    ``parent`` when a foreign key refuses the insert. Does not commit; after a refused insert
-    the transaction is to be rolled back (PostgreSQL aborts it), as raising does.
+    """Insert ``row``, an entity a saga creates, unless one of its unique keys is taken: then
+    return ``existing()`` if it is the same saga's. Returns the row and whether this call
+    inserted it. ``OwnedByAnotherSaga`` for another saga's row (or an id another entity holds);
+    ``EntityNotFound`` for ``parent`` when a foreign key refuses it. Does not commit.
     """
     try:
         inserted = insert_new(db, row)
@@ -129,27 +114,22 @@ def create_owned(
         return row, True
     found = existing()
     if found is None:
-        # Its id is another entity's (an id not derived from this one's key): no retry can
-        # change that, and the saga compensates instead of trying again.
+        # Its id is another entity's: no retry can change that, so the saga compensates.
         raise BusinessError(names.OWNED_BY_ANOTHER_SAGA, f"{what}: its id is another row's")
     require_owner(found.saga_id, saga_id, what)
     return found, False
 
 
 def insert_new(db: Session, row: SQLModel) -> bool:
-    """``INSERT ... ON CONFLICT DO NOTHING`` of ``row`` (its columns that are not None), in
-    the session's transaction: one statement whether or not a row already holds one of its
-    unique keys, and no savepoint, for a concurrent insert of the same key simply does
-    nothing. Returns whether it inserted; the inserted ``row`` then joins the session as
-    the persistent row it now is, with its primary key (one the database generated too).
-    Other constraints (a foreign key, a check) raise ``IntegrityError``."""
+    """``INSERT ... ON CONFLICT DO NOTHING`` of ``row``'s non-None columns, in the session's
+    transaction (no savepoint needed). Returns whether it inserted; the inserted ``row`` then
+    joins the session with its primary key. Other constraints raise ``IntegrityError``."""
     table = cast(Table, row.__table__)  # type: ignore[attr-defined]
     values = {c.key: v for c in table.columns if (v := getattr(row, c.key)) is not None}
     db.flush()  # pending rows first (a parent added to the session), as autoflush would
     connection = db.connection()
     statement = _insert_new_statement(table, connection.dialect.name)
-    # RETURNING says whether it inserted (the PostgreSQL driver's rowcount does not), and
-    # gives the primary key the database may have generated.
+    # RETURNING says whether it inserted (psycopg's rowcount does not), with the primary key.
     key = connection.execute(statement, values).first()
     if key is None:
         return False
@@ -174,11 +154,8 @@ def _insert_new_statement(table: Table, dialect: str) -> Insert:
 
 
 def require_owner(row_saga_id: str | None, saga_id: str | None, what: str) -> None:
-    """Raise ``OwnedByAnotherSaga`` unless the saga ``saga_id`` may act on ``what``.
-
-    It may when it created the row, when the row predates ownership (``row_saga_id`` None)
-    or when the caller is not a saga that records ownership (``saga_id`` None).
-    """
+    """Raise ``OwnedByAnotherSaga`` unless ``saga_id`` (None: not a saga) may act on ``what``:
+    it created the row, or the row records no saga."""
     if saga_id is None or row_saga_id is None or row_saga_id == saga_id:
         return
     raise BusinessError(

@@ -1,4 +1,4 @@
-"""The database adapter: SQLModel tables, the engine factory and the queries the API reads.
+"""The database adapter: SQLModel tables, the engine and migrations, and the demo seed.
 
 SQLite (an embedded file) by default; PostgreSQL through ``DATABASE_URL``.
 """

@@ -41,14 +41,11 @@ def normalise_url(url: str) -> str:
 def make_engine(
     url: str, *, pool_size: int = 10, pool_timeout: float = 10.0, echo: bool = False
 ) -> Engine:
-    """Create the engine for ``url``: ``pool_size`` connections (and as many again under a
-    burst); a request for one waits at most ``pool_timeout`` seconds, then fails with
-    ``sqlalchemy.exc.TimeoutError`` (the API answers 503).
+    """The engine for ``url``: ``pool_size`` connections (twice that in a burst); waiting
+    longer than ``pool_timeout`` seconds for one raises ``sqlalchemy.exc.TimeoutError``.
 
-    SQLite gets WAL (readers never block the writer), a busy timeout, foreign keys, and
-    ``BEGIN IMMEDIATE`` transactions: a transaction takes the write lock up front, so two
-    read-then-write transactions never deadlock on a lock upgrade, and every guarded
-    read-modify-write (dealer capacity, state transitions) is serialised.
+    SQLite gets WAL, foreign keys and ``BEGIN IMMEDIATE`` (the write lock up front, so
+    read-then-write transactions never deadlock on a lock upgrade).
     """
     url = normalise_url(url)
     parsed = make_url(url)
@@ -64,8 +61,7 @@ def make_engine(
 
         @event.listens_for(engine, "begin")
         def _on_begin_postgresql(connection: Any) -> None:
-            # A budgeted transaction: the database itself cuts off a statement or a lock wait
-            # that would outlast the budget, and the whole session if it idles in between.
+            # The database itself cuts off what would outlast the budget.
             budget = connection.get_execution_options().get(BUDGET_MS)
             if budget:
                 for setting in (
@@ -99,22 +95,19 @@ def make_engine(
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    # One thread of this process at a time tries for the write lock; the others wait here,
-    # without polling: the process's writers queue in turn, and a request's transaction in
-    # the API competes with one of the worker's, not with all of its threads.
+    # This process's writers take turns for the write lock, so an API transaction competes
+    # with one of the worker's, not with all of its threads.
     next_writer = threading.Lock()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # A read-only session (read_session) needs no write lock: a deferred BEGIN reads a WAL
-        # snapshot and neither waits for nor holds up the writers.
+        # A read-only session needs no write lock: a deferred BEGIN reads a WAL snapshot.
         options = connection.get_execution_options()
-        # A budgeted transaction waits for the write lock no longer than its budget (set on
-        # every BEGIN: the connection goes back to the pool and serves other sessions).
+        # Set on every BEGIN: a pooled connection serves sessions of other budgets.
         busy_ms = int(options.get(BUDGET_MS) or SQLITE_BUSY_TIMEOUT_MS)
         if options.get(READ_ONLY):
-            # On the driver's connection, as _begin_immediate does: two statements through
-            # SQLAlchemy's execution machinery cost an API read more than its SELECT.
+            # On the driver's connection, as _begin_immediate does: SQLAlchemy's execution
+            # machinery would cost more than the statements.
             dbapi_connection = connection.connection.dbapi_connection
             try:
                 dbapi_connection.execute(f"PRAGMA busy_timeout={busy_ms}")
@@ -127,21 +120,15 @@ def make_engine(
     return engine
 
 
-# The pauses between two tries for SQLite's write lock: short, because a write transaction
-# here holds it for a few milliseconds.
+# The pauses between two tries for SQLite's write lock: short, as write transactions are.
 LOCK_POLL_FIRST = 0.0002
 LOCK_POLL_MOST = 0.002
 
 
 def _begin_immediate(dbapi_connection: Any, busy_ms: int, turn: threading.Lock) -> None:
-    """``BEGIN IMMEDIATE``, trying again for the write lock every 0.2 to 2 ms, for up to
-    ``busy_ms`` (then SQLite's "database is locked"), once it is this thread's ``turn``.
-
-    SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ... ms between its tries, so a
-    writer that finds the lock taken for 2 ms wakes up to take it 15 to 30 ms later: under
-    load, that is where the API's slowest answers waited (``make bench``, docs/performance.md).
-    The rest of the transaction keeps ``busy_ms`` as its busy timeout. Errors are raised as
-    SQLAlchemy raises them (``sqlalchemy.exc.OperationalError``: retryable for the steps).
+    """``BEGIN IMMEDIATE`` once it is this thread's ``turn``, polling for the write lock for
+    up to ``busy_ms`` (SQLite's own busy handler sleeps long after the lock is free). Raises
+    ``sqlalchemy.exc.OperationalError`` ("database is locked") when the time runs out.
     """
     deadline = time.monotonic() + busy_ms / 1000
     pause = LOCK_POLL_FIRST
@@ -169,13 +156,8 @@ def _begin_immediate(dbapi_connection: Any, busy_ms: int, turn: threading.Lock) 
 
 
 def _enable_wal(cursor: Any, *, patience: float = 30.0) -> None:
-    """Switch the database file to WAL (persistent: later connections find it already set).
-
-    Switching a fresh file needs an exclusive lock, and SQLite answers "database is locked"
-    straight away, without its busy handler, when another process opens the file at the same
-    moment (the API and the worker starting together). Retry until it is set or ``patience``
-    seconds have passed.
-    """
+    """Switch the database file to WAL, retrying for up to ``patience`` seconds: SQLite says
+    "database is locked" at once, without its busy handler, while another process opens it."""
     deadline = time.monotonic() + patience
     delay = 0.01
     while True:
@@ -197,11 +179,8 @@ _migrating_here = threading.Lock()
 
 
 def alembic_config(*, connection: Connection | None = None, url: str | None = None) -> Config:
-    """An Alembic config for ``migrations/`` (found by absolute path, whatever the cwd).
-
-    With ``connection`` the migrations run on it, inside the caller's transaction; with ``url``
-    on a new engine; with neither on ``settings.Settings().database_url``.
-    """
+    """An Alembic config for ``migrations/``, run on ``connection`` (in the caller's
+    transaction), else on ``url``, else on ``settings.Settings().database_url``."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
@@ -212,33 +191,24 @@ def alembic_config(*, connection: Connection | None = None, url: str | None = No
 
 
 def lock_for_migrations(connection: Connection) -> None:
-    """Wait until no other process migrates this database; held until the transaction ends.
-
-    PostgreSQL: a transaction-level advisory lock. SQLite: nothing to do, the engine's
-    ``BEGIN IMMEDIATE`` has already taken the database's write lock.
-    """
+    """Wait until no other process migrates this database; held until the transaction ends
+    (on SQLite, ``BEGIN IMMEDIATE`` already holds the write lock)."""
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
 
 
 @contextmanager
 def migration_config(engine: Engine) -> Iterator[Config]:
-    """An Alembic config bound to one transaction of ``engine`` that holds the migration lock.
-
-    Run any ``alembic.command`` with it; the transaction commits when the block ends (DDL is
-    transactional on PostgreSQL and SQLite, so a failed migration leaves nothing behind).
-    """
+    """An Alembic config bound to one transaction of ``engine`` that holds the migration lock,
+    committed when the block ends (a failed migration leaves nothing behind)."""
     with _migrating_here, engine.begin() as connection:
         lock_for_migrations(connection)
         yield alembic_config(connection=connection)
 
 
 def migrate(target: Engine | str, revision: str = "head") -> None:
-    """``alembic upgrade head`` on ``target`` (an engine, or a URL); a no-op when up to date.
-
-    Safe to run from several processes at once (the API and the worker both call it at
-    startup): the first migrates, the others wait for it and then find nothing to do.
-    """
+    """``alembic upgrade head`` on ``target`` (an engine, or a URL); a no-op when up to date,
+    and safe from several processes at once (the others wait)."""
     engine = make_engine(target) if isinstance(target, str) else target
     try:
         with migration_config(engine) as config:
@@ -257,13 +227,9 @@ def drop_schema(engine: Engine) -> None:
 
 
 def session(engine: Engine, *, budget: timedelta | None = None) -> Session:
-    """A new session; objects stay readable after commit (payloads are built from them).
-
-    With ``budget``, each of its transactions must end within it: on PostgreSQL a statement,
-    a lock wait or an idle moment longer than the budget is aborted by the server
-    (``statement_timeout``, ``lock_timeout``, ``idle_in_transaction_session_timeout``); on
-    SQLite the wait for the write lock is cut to the budget; on both, a commit later than the
-    budget after the session was opened raises :class:`TransactionBudgetExceededError` instead.
+    """A new session whose objects stay readable after commit. With ``budget``, each
+    transaction must end within it: the database cuts off longer waits, and a later commit
+    raises :class:`TransactionBudgetExceededError`.
     """
     if budget is None:
         return Session(engine, expire_on_commit=False)
@@ -284,9 +250,7 @@ class _BudgetedSession(Session):
         self.budget = budget
 
 
-# One listener for the class, rather than one per session: every step opens a session, and a
-# listener on an instance builds that instance an event dispatch of its own (with the Engine
-# copy below, an empty step transaction went from ~97 to ~64 us; docs/performance.md).
+# One listener for the class: a listener per session would build each its own event dispatch.
 @event.listens_for(_BudgetedSession, "before_commit")
 def _refuse_late_commit(db: _BudgetedSession) -> None:
     if time.monotonic() > db.deadline:
@@ -295,17 +259,15 @@ def _refuse_late_commit(db: _BudgetedSession) -> None:
         )
 
 
-# An engine's copies with an execution option, kept on the engine itself: a copy holds its
-# engine, so a cache keyed by engines elsewhere (even weakly) would keep every engine alive;
-# here engine and copies are one cycle the collector frees together.
+# An engine's optioned copies live on the engine: a copy holds its engine, so a cache keyed
+# by engines elsewhere would keep every engine alive.
 _OPTIONED = "_order_saga_optioned"
 _optioned_lock = threading.Lock()
 
 
 def _with_option(engine: Engine, key: str, value: Any) -> Engine:
     """``engine.execution_options(key=value)`` (the ``begin`` events read it), built once per
-    engine and option (an Engine copy per session would cost each step and each API read the
-    copy: make bench's CPU per saga)."""
+    engine and option rather than once per session."""
     with _optioned_lock:
         copies: dict[tuple[str, Any], Engine] = engine.__dict__.setdefault(_OPTIONED, {})
         optioned = copies.get((key, value))

@@ -31,8 +31,7 @@ class OrderRow(SQLModel, table=True):
     city: str = Field(max_length=100)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
-    # Why a CANCELLED order was cancelled (the saga's failure type: PaymentCancelled,
-    # NoDealerAvailable, ...), so the order's view tells it without asking the saga.
+    # Why a CANCELLED order was cancelled (the saga's failure type).
     cancel_reason: str | None = Field(default=None, max_length=64)
     # How its saga runs (SagaStyle), fixed when it was placed; both styles share the tables.
     saga_style: str = Field(
@@ -41,11 +40,9 @@ class OrderRow(SQLModel, table=True):
     )
     # Choreography: when a cancel was asked for (DeliveryService then cancels or refuses it).
     cancel_requested_at: datetime | None = None
-    # Choreography: the saga's windows (SagaTimeouts as JSON), terms of the order fixed when
-    # it was placed, as an orchestrated saga keeps them in its input.
+    # Choreography: the saga's windows (SagaTimeouts as JSON), fixed when it was placed.
     saga_timeouts: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    # The saga that created the row (its workflow's first run id): a saga acts only on its
-    # own rows. None for rows written before migration 0003 (the first saga to move one claims it).
+    # The saga that created it (None: unclaimed): a saga acts only on its own rows.
     saga_id: str | None = Field(default=None, max_length=64)
 
 
@@ -73,11 +70,9 @@ class PaymentRow(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     refunded_at: datetime | None = None
-    # When the saga's payment window closes: the API refuses a decision after it without
-    # asking the saga. None for payments created before this column existed.
+    # When the payment window closes: the API refuses a later decision without the saga.
     expires_at: datetime | None = None
-    # The saga that created the row (its workflow's first run id): a saga acts only on its
-    # own rows. None for rows written before migration 0003 (the first saga to move one claims it).
+    # The saga that created it (None: unclaimed): a saga acts only on its own rows.
     saga_id: str | None = Field(default=None, max_length=64)
 
 
@@ -142,28 +137,21 @@ class DeliveryRow(SQLModel, table=True):
     dealer_id: int | None = Field(default=None, foreign_key="dealers.id", index=True)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
-    # Choreography: the dealer window, a durable deadline in DeliveryService's own row, and
-    # when its sweeper tries the next assignment (none: not waiting for a dealer).
+    # Choreography: the dealer window's deadline and the sweeper's next assignment attempt.
     assign_by: datetime | None = None
     next_attempt_at: datetime | None = Field(default=None, index=True)
     assign_attempts: int = Field(
         default=0, sa_column=Column(Integer, nullable=False, server_default="0")
     )
-    # When the dealer's report reached the orchestrated saga (its signal): the same report
-    # again is then answered without another signal.
+    # When the report's signal reached the orchestrated saga: a repeat sends no other.
     report_signalled_at: datetime | None = None
-    # The saga that created the row (its workflow's first run id): a saga acts only on its
-    # own rows. None for rows written before migration 0003 (the first saga to move one claims it).
+    # The saga that created it (None: unclaimed): a saga acts only on its own rows.
     saga_id: str | None = Field(default=None, max_length=64)
 
 
 class IdempotencyKeyRow(SQLModel, table=True):
-    """A customer's ``Idempotency-Key`` of ``POST /orders`` and the order it stands for.
-
-    Kept for as long as the order: a replay of the request, however late (long after Temporal
-    dropped the closed saga), answers that order from here and starts nothing. Written before
-    the saga starts, so it has no foreign key to the order row the saga writes later.
-    """
+    """A customer's ``Idempotency-Key`` of ``POST /orders`` and the order it stands for (no
+    foreign key: it is written before the saga writes the order)."""
 
     __tablename__ = "idempotency_keys"
 
@@ -173,20 +161,13 @@ class IdempotencyKeyRow(SQLModel, table=True):
     fingerprint: str = Field(max_length=64)
     order_id: str = Field(max_length=36)
     created_at: datetime = Field(default_factory=utcnow)
-    # When the order's saga was known to be started: a replay that finds neither the order
-    # row nor a saga then knows the saga ended before it wrote the order, rather than start
-    # a new one years later.
+    # When its saga was known to be started (a replay then finding no order nor saga: 409).
     saga_started_at: datetime | None = None
 
 
 class PaymentDecisionRow(SQLModel, table=True):
-    """The customer's decision on an order's payment (PaymentService), one per order.
-
-    Opened (``decision`` None) when the order is accepted, before the saga writes the payment
-    itself, so a decision can be taken from the first moment; set exactly once by a
-    compare-and-set: the customer's confirm or cancel, or the window's close, whichever comes
-    first. The saga receives the decision as a signal and reads it back when the window
-    closes, so a decision whose signal was lost is still the one that counts.
+    """The customer's decision on an order's payment, opened undecided when the order is
+    accepted and set exactly once by a compare-and-set (confirm, cancel or the window's close).
     """
 
     __tablename__ = "payment_decisions"
@@ -197,22 +178,14 @@ class PaymentDecisionRow(SQLModel, table=True):
     decision: str | None = Field(default=None, max_length=16)
     decided_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
-    # When the decision reached the orchestrated saga (its signal): the same decision again is
-    # then answered without another signal.
+    # When the decision's signal reached the orchestrated saga: a repeat sends no other.
     signalled_at: datetime | None = None
 
 
 class OutboxRow(SQLModel, table=True):
-    """An event a service emitted, written in the same transaction as the change it reports
-    (the transactional outbox); published to JetStream with ``Nats-Msg-Id`` = ``message_id``,
-    then marked. A crash between publish and mark causes only a duplicate, which JetStream's
-    deduplication window and every consumer's inbox absorb.
-
-    ``message_id`` is the event id, except for an operator's replay of a dead letter: the same
-    event (so every inbox still applies it once) under a message id of its own, which the
-    broker does not drop as a duplicate. A row that fails to publish for a reason of its own is
-    tried again after a growing delay (``attempts``, ``next_attempt_at``, ``last_error``), so it
-    never holds back the rows behind it.
+    """An event a service emitted, written in the same transaction as the change it reports,
+    published with ``Nats-Msg-Id`` = ``message_id`` (the event id, or a replay's own), then
+    marked; a failing row is tried again after a growing delay.
     """
 
     __tablename__ = "outbox"

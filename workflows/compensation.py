@@ -9,16 +9,10 @@ Usage inside a workflow::
     except BusinessError:
         await stack.unwind()          # LIFO, each retried until it succeeds
 
-Contract:
-- compensations run last-in-first-out, one at a time;
-- each is retried until it succeeds, with capped exponential backoff driven by durable
-  workflow timers; every failed attempt is recorded (attempts, last error) and logged,
-  and ``on_retry`` is told, so a compensation that keeps failing is visible, never dropped;
-- :meth:`unwind` is shielded: a cancellation of the workflow arriving while it runs does
-  not interrupt it. The caller decides what to re-raise afterwards.
-
-Compensations must be idempotent and safe when there is nothing to undo: they are pushed
-before their action runs, and an action that timed out may or may not have taken effect.
+Compensations run last-in-first-out, one at a time, each retried on durable timers until it
+succeeds (every failure recorded, never dropped), shielded from the workflow's cancellation.
+They must be idempotent and safe when there is nothing to undo: an action that timed out may
+or may not have taken effect.
 """
 
 import asyncio
@@ -38,12 +32,8 @@ COMPENSATION_BACKOFF = Backoff()
 
 
 async def run_shielded(coro: Awaitable[Any], *, on_cancel: Callable[[], None] | None = None) -> Any:
-    """Await ``coro`` to completion even if the calling workflow task gets cancelled.
-
-    The work runs in its own task; a cancellation delivered to the caller only interrupts
-    the wait, which resumes, so the work is never abandoned half-way. The work itself never
-    sees the cancellation: ``on_cancel`` is told instead (to record it, for instance).
-    """
+    """Await ``coro`` to completion even if the calling workflow is cancelled: the work never
+    sees the cancellation, ``on_cancel`` is told instead."""
     task = asyncio.ensure_future(coro)
     while not task.done():
         try:
@@ -77,9 +67,6 @@ class CompensationStack:
     def clear(self) -> None:
         """Forget every compensation: the saga passed its pivot and will not roll back."""
         self._stack.clear()
-
-    def __len__(self) -> int:
-        return len(self._stack)
 
     async def unwind(self) -> None:
         """Run every pushed compensation in reverse order, shielded from cancellation."""

@@ -1,8 +1,7 @@
 """The saga's metrics, emitted by the workflow through ``workflow.metric_meter()``.
 
-Replay-safe (nothing is recorded while a history replays) and no Temporal command, so they
-never change what the workflow issues. Names: ``domain.names.METRIC_*``; with
-``METRICS_BIND_ADDRESS`` set, telemetry.py serves them with the SDK's own.
+Replay-safe and no Temporal command, so they never change what the workflow issues; served
+by telemetry.py with ``METRICS_BIND_ADDRESS`` set.
 """
 
 from datetime import timedelta

@@ -14,14 +14,9 @@ Read top to bottom, :meth:`OrderProcessWorkflow._until_pivot` and
 6. wait for mark_delivered, then delivery and order DELIVERED, side by side (retried, never
                       compensated)
 
-A business failure (customer cancel, payment timeout, no dealer, an invalid transition)
-unwinds the stack last-in-first-out and the run completes with the order CANCELLED. A
-cancellation of the workflow itself unwinds the same way, shielded, then the run closes as
-CANCELED. Infrastructure failures are retried by Temporal and never compensate.
-
-Every step and compensation is a regular activity on its service's task queue. Each saga is
-pinned to the build it started on (Worker Versioning), so this code holds one shape of the
-saga: a change of shape is a new build (docs/changing-the-saga.md).
+A business failure unwinds the stack and the run completes with the order CANCELLED; a
+cancellation of the workflow unwinds the same way, then closes as CANCELED. Infrastructure
+failures are retried and never compensate.
 """
 
 import asyncio
@@ -76,11 +71,9 @@ from workflows.compensation import (
     run_shielded,
 )
 
-# Forward steps: infrastructure failures retry forever with capped backoff (the saga is
-# durable, it can wait out an outage); business failures are non-retryable by type.
+# Forward steps wait out an outage, retrying forever; business failures are non-retryable.
 STEP_RETRY = Backoff(maximum=timedelta(seconds=30)).retry_policy(names.BUSINESS_ERRORS)
-# Compensations: one attempt per call; CompensationStack drives the retries so every
-# failed attempt is recorded in the saga state instead of hiding inside the server.
+# Compensations: one attempt per call; CompensationStack retries, recording every failure.
 COMPENSATION_RETRY = RetryPolicy(maximum_attempts=1)
 ACTIVITY_TIMEOUT = STEP_START_TO_CLOSE
 
@@ -91,11 +84,9 @@ R = TypeVar("R")
 class OrderProcessWorkflow:
     """The order saga. Input: :class:`OrderProcessInput`; result: the final :class:`SagaState`.
 
-    Signals: ``confirm_payment`` and ``cancel_payment`` (:class:`PaymentDecision`), taken once,
-    only while the payment window is open; ``mark_delivered`` (:class:`DeliveredReport`),
-    only after the pivot. Every other signal is recorded as ignored. Query ``state``: the
-    saga state. Update ``wait_for_payment``: returns once the payment exists or the saga
-    ended, so the API can answer ``POST /orders`` with the payment id in one round trip.
+    Signals ``confirm_payment`` and ``cancel_payment`` are taken once, inside the payment
+    window; ``mark_delivered`` only after the pivot; any other is recorded as ignored. Query
+    ``state``; update ``wait_for_payment`` returns once the payment exists or the saga ended.
     """
 
     @workflow.init
@@ -105,9 +96,8 @@ class OrderProcessWorkflow:
         # Deterministic ids: a retried step, and the API, name the same payment and delivery.
         self._payment_id = names.payment_id_for(order_id)
         self._delivery_id = names.delivery_id_for(order_id)
-        # Who this saga is, for the rows it creates and the only rows it may touch: the first
-        # run id of its workflow, kept by Temporal across a reset and continue-as-new, and
-        # new for a saga started again under the same workflow id (SagaCall says why).
+        # The saga's identity on its rows: kept across a reset and continue-as-new, new for
+        # a saga started again under the same workflow id.
         self._saga_id = workflow.info().first_execution_run_id
         self._state = SagaState(
             order_id=order_id,
@@ -153,8 +143,7 @@ class OrderProcessWorkflow:
         queues = self._params.queues
         state = self._state
 
-        # 1. The order. Each compensation is pushed, before its step, with what its outcome
-        # means for the saga's state.
+        # 1. The order. Each compensation is pushed before its step.
         self._compensations.push(
             names.CANCEL_ORDER,
             self._compensation(
@@ -196,8 +185,7 @@ class OrderProcessWorkflow:
         )
         state.payment_status = payment.status
         if payment.decision is not None:
-            # The customer decided before the payment was written (the API records decisions
-            # from the order's acceptance): take it, whether or not its signal has come.
+            # The customer decided before the payment was written: take it, signal or not.
             self._take_recorded_decision(payment.decision)
 
         # 3. The customer's decision.
@@ -253,9 +241,8 @@ class OrderProcessWorkflow:
             self.mark_delivered(self._early_report)  # now in transit: taken if it is true
 
     async def _together(self, *steps: Coroutine[Any, Any, Any]) -> list[Any]:
-        """Run ``steps`` side by side (scheduled in one workflow task) and return their
-        results in order once every one has settled; then raise the first failure, in order,
-        so the unwind that follows sees everything they did."""
+        """Run ``steps`` side by side and return their results once all have settled, or raise
+        the first failure then, so the unwind sees everything they did."""
         results = await asyncio.gather(*steps, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
@@ -307,12 +294,8 @@ class OrderProcessWorkflow:
             self._decision = payment.decision or Decision.TIMEOUT
 
     async def _assign_dealer(self) -> DeliverySnapshot:
-        """Try to assign a dealer until one is free or the assignment window closes.
-
-        The window is a durable timer, never clock arithmetic: every decision here follows
-        from events in the history (activity results, timers fired), so a replay decides
-        exactly as the original run did, whatever the task timestamps say.
-        """
+        """Try to assign a dealer until one is free or the assignment window closes. The window
+        is a durable timer, never clock arithmetic, so a replay decides as the run did."""
         timeouts = self._params.timeouts
         ref = DeliveryRef(delivery_id=self._delivery_id, saga_id=self._saga_id)
         window_open = True
@@ -322,14 +305,11 @@ class OrderProcessWorkflow:
             await workflow.sleep(timeouts.dealer_assignment_window)
             window_open = False
 
-        # The window's timer starts only when a first attempt finds no dealer (usually one
-        # does, and no timer is ever started).
+        # The window's timer starts only when a first attempt finds no dealer.
         window: asyncio.Task[None] | None = None
         record = self._start_record(names.ASSIGN_DEALER)
         try:
             while True:
-                # Its result and the window's timer race as two history events, which every
-                # replay sees in the same order.
                 delivery = await self._activity(
                     names.ASSIGN_DEALER, ref, self._params.queues.deliveries, DeliverySnapshot
                 )
@@ -417,8 +397,7 @@ class OrderProcessWorkflow:
         elif self._delivered:
             note = "already reported delivered"
         elif state.phase == SagaPhase.ASSIGNING_DEALER and report.dealer_id is not None:
-            # The database shows the parcel with its dealer a moment before the saga sees its
-            # assignment: hold the report until then, and take it if the dealers match.
+            # The database shows the dealer before the saga does: hold the report until then.
             self._early_report = report
             self._record_signal(
                 names.SIGNAL_MARK_DELIVERED,
@@ -476,8 +455,7 @@ class OrderProcessWorkflow:
     async def _activity(self, name: str, arg: Any, task_queue: str, result_type: type[R]) -> R:
         """Run forward step ``name`` as an activity on ``task_queue``."""
         # On cancel, wait for a running step to settle, so the compensation that follows
-        # sees what it did (never a row committed after its undo said "nothing to undo").
-        # The step itself is never interrupted (see activities/_defn.py).
+        # sees what it did (the step itself is never interrupted: activities/_defn.py).
         result: R = await workflow.execute_activity(
             name,
             arg,
@@ -488,8 +466,7 @@ class OrderProcessWorkflow:
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         if not self._past_pivot and workflow.cancellation_reason() is not None:
-            # The step completed although the saga was cancelled while it ran: honour the
-            # cancel now, before the next step (its compensation was pushed before it ran).
+            # Cancelled while the step ran: honour it before the next step.
             raise asyncio.CancelledError("the saga was cancelled while a step ran")
         return result
 
@@ -512,10 +489,8 @@ class OrderProcessWorkflow:
         *,
         placed: OrderRequest | None = None,
     ) -> Compensation:
-        """Compensation ``name`` of this saga's order, as the stack runs it: one attempt of the
-        activity on ``task_queue``, then ``reflect`` of the status it left its entity in
-        (not called when there was no entity of this saga's to undo). ``placed``: the order
-        as placed, for cancel_order (see OrderRef)."""
+        """Compensation ``name``: one attempt of the activity on ``task_queue``, then ``reflect``
+        of the status it left its entity in, if any. ``placed``: for cancel_order (OrderRef)."""
 
         async def compensate() -> None:
             # Why it undoes: the saga's failure, recorded with the cancelled order.

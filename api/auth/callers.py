@@ -1,6 +1,5 @@
-"""Who the caller is, and what the route asks of them: the FastAPI dependencies that read
-the one credential of a request (:mod:`api.auth` says who may do what) and the route class
-that asks before the body is parsed."""
+"""Who the caller is: the dependencies that read a request's one credential, and the route
+class that asks before the body is parsed (:mod:`api.auth` says who may do what)."""
 
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -18,8 +17,7 @@ from settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
 
-# Documentation only: the schemes each route needs, in its OpenAPI security requirement.
-# The credentials are read by ``authenticate`` itself, from the request's headers.
+# Documentation only (OpenAPI security): ``authenticate`` reads the headers itself.
 operator_key = APIKeyHeader(
     name=API_KEY_HEADER,
     scheme_name="OperatorKey",
@@ -82,10 +80,8 @@ def forbidden(detail: str) -> HTTPException:
 
 
 async def authenticate(request: Request, services: ServicesDep) -> Caller:
-    """The caller of ``request``, from its one credential; 401 when it has none valid.
-
-    Decided once per request (kept in its state): :class:`AuthenticatedJSONRoute` asks first.
-    """
+    """The caller of ``request``, from its one credential, once per request; 401 when it has
+    none valid."""
     known: Caller | None = getattr(request.state, "caller", None)
     if known is not None:
         return known
@@ -124,9 +120,8 @@ CallerDep = Annotated[Caller, Depends(authenticate)]
 
 
 class AuthenticatedJSONRoute(StrictJSONRoute):
-    """A route whose caller is authenticated before its body is even parsed: without a valid
-    credential the answer is 401, whatever the body holds (malformed JSON included), so
-    nothing about the request is looked at for a caller who is nobody."""
+    """A route whose caller is authenticated before its body is parsed: without a valid
+    credential the answer is 401, whatever the body holds."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

@@ -30,10 +30,8 @@ def issue_customer_token(
 
 
 def verify_customer_token(secrets: Sequence[SecretStr], token: str) -> str:
-    """The customer id of ``token`` if one of ``secrets`` signed it and it has not expired.
-
-    Raises :class:`InvalidTokenError` otherwise. Only HS256 is accepted (never ``none``).
-    """
+    """The customer id of ``token`` if one of ``secrets`` signed it (HS256 only) and it has
+    not expired; :class:`InvalidTokenError` otherwise."""
     for secret in secrets:
         try:
             claims = jwt.decode(

@@ -46,9 +46,7 @@ async def replay_dead_letter(
     services: ServicesDep,
     _caller: Operator,
 ) -> Problem:
-    """Deliver the event again to its consumer (once what made it fail is fixed): queued with
-    the replay's mark in one transaction, published now or, while the broker is down, as soon
-    as it is back. It still applies at most once. 404 unknown, 409 replayed already or no
-    broker configured."""
+    """Deliver the event again to its consumer, once what made it fail is fixed; it still
+    applies at most once. 404 unknown, 409 replayed already or no broker configured."""
     await services.sagas.replay_dead_letter(str(dead_letter_id))
     return Problem(detail=f"dead letter {dead_letter_id} queued for replay")

@@ -125,13 +125,11 @@ async def create_order(
     idempotency_key: IdempotencyKey = None,
     prefer: Prefer = None,
 ) -> Response:
-    """Place the order: **202** with ``Location``, the order id and its payment id (known at
-    once) as soon as Temporal has durably accepted its saga; the payment can be confirmed
-    from then on. ``Prefer: wait=<seconds>``: **201** with the order once its payment exists
-    (202 when the wait runs out). ``Idempotency-Key``: a retried request answers the same
-    order (``Idempotent-Replayed: true``; **200** with the order once it is written) and
-    starts nothing, even long after its saga ended. 409 if that order's saga ended before it
-    wrote the order (it was cancelled at once).
+    """Place the order: **202** with ``Location``, the order id and its payment id once its
+    saga is durably started. ``Prefer: wait=<seconds>``: **201** with the order once its
+    payment exists. ``Idempotency-Key``: a retry answers the same order
+    (``Idempotent-Replayed: true``; **200** once it is written) and starts nothing; 409 if that
+    order's saga ended before writing it.
     """
     require_customer_of(caller, body.customer_id, "order's customer_id")
     wait = preferred_wait(prefer, services.settings.order_create_wait_seconds)
@@ -157,7 +155,7 @@ def _json(body: BaseModel, status_code: int, headers: dict[str, str]) -> Respons
     )
 
 
-# Seed-compatible alias of POST /orders (the original example's route name).
+# An alias of POST /orders, for clients that use this route name.
 router.add_api_route(
     "/create_order",
     create_order,
@@ -224,10 +222,8 @@ async def get_order(order_id: uuid.UUID, services: ServicesDep, caller: AnyCalle
 async def get_saga(
     order_id: uuid.UUID, services: ServicesDep, _caller: Operator
 ) -> SagaState | list[EventLogEntry]:
-    """The saga's full account for an operator. Orchestration: its state (steps,
-    compensations, signals, failure; a workflow query), 404 when the order has no saga (any
-    more: Temporal keeps a closed saga for the namespace's retention period). Choreography:
-    the order's event log."""
+    """The saga's full account for an operator: an orchestrated saga's state (a workflow query;
+    404 once Temporal no longer keeps it), or a choreographed order's event log."""
     key = str(order_id)
     saga = await services.sagas.saga_state(key)
     if saga is None:

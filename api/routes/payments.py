@@ -41,10 +41,9 @@ async def _decide(
 async def confirm_payment(
     payment_id: uuid.UUID, services: ServicesDep, caller: Customer
 ) -> Accepted:
-    """The customer confirms their payment. Of a confirm and a cancel racing, exactly one
-    wins: the other gets 409 naming the winner. The same decision again: the same 202, and
-    nothing sent to the saga again. 404 unknown, 409 after the payment window, 429 when one
-    payment is decided too often. Taken from the order's acceptance on."""
+    """The customer confirms their payment. Of racing decisions exactly one wins (409 for the
+    other, naming the winner); the same decision again: the same 202. 404 unknown, 409 after
+    the payment window, 429 when one payment is decided too often."""
     return await _decide(services, caller, payment_id, Decision.CONFIRM)
 
 
