@@ -37,6 +37,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from domain import names
 from domain.status import SagaStyle
+from sagas.door import Sagas
 from sagas.temporal import COMPRESSION
 from settings import Settings
 from store.db import drop_schema, make_engine, migrate, normalise_url, read_session, session
@@ -161,6 +162,19 @@ def read_rows(engine: Engine, sql: str) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in db.connection().exec_driver_sql(sql).fetchall()]
 
 
+def door_settings(url: str) -> Settings:
+    """The bench's own door: orchestrated sagas in the run's database, no credentials (order
+    ids need ``AUTH_MODE=dev`` or an ORDER_ID_SECRET), no NATS."""
+    return Settings(
+        database_url=url,
+        auth_mode="dev",
+        saga_style=SagaStyle.ORCHESTRATION,
+        nats_url=None,
+        # The bench decides each payment once; the limit is there for looping clients.
+        decisions_per_minute=100_000,
+    )
+
+
 @dataclass
 class BenchStack:
     """The running processes, a Temporal client, the database engine and the resource monitor.
@@ -174,6 +188,7 @@ class BenchStack:
     baseline: Proc | None
     client: Client
     engine: Engine
+    sagas: Sagas  # the door, orchestrated style: the bench places and steers sagas only here
     monitor: ResourceMonitor
     choreography_api: Proc | None = None
     choreography_api_url: str | None = None
@@ -231,6 +246,7 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
     if stack.broker is not None:
         _started.append(stack.broker)
     monitor: ResourceMonitor | None = None
+    sagas: Sagas | None = None
     if options.db_file is not None:
         options.db_file.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -242,7 +258,8 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
             data_converter=pydantic_data_converter,
             grpc_compression=COMPRESSION[Settings().temporal_grpc_compression],
         )
-        bench = BenchStack(run_dir, stack, baseline, client, engine, ResourceMonitor({}))
+        sagas = Sagas(engine, door_settings(url), client=client)
+        bench = BenchStack(run_dir, stack, baseline, client, engine, sagas, ResourceMonitor({}))
         if choreography_api is not None:
             bench.choreography_api = choreography_api
             bench.choreography_api_url = f"http://127.0.0.1:{choreography_port}"
@@ -255,6 +272,8 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
     finally:
         if monitor is not None:
             await monitor.stop()
+        if sagas is not None:
+            await sagas.aclose()
         await _stop_all(stack, extras)
         engine.dispose()
 

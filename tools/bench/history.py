@@ -19,13 +19,12 @@ from typing import Any, TypeVar
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
-from domain import names
-from domain.payloads import PaymentDecision, SagaTimeouts
+from domain.payloads import SagaTimeouts
 from domain.status import OrderStatus, SagaPhase
-from tools.bench.baseline import BASELINE_TASK_QUEUE, STEPS, BaselineWorkflow
-from tools.bench.driver import order_request, start_saga
+from tools.bench.baseline import STEPS, start_baseline
+from tools.bench.driver import place_and_confirm, saga_handle
+from tools.bench.environment import BenchStack
 from tools.bench.report import HistoryCounts
-from workflows import OrderProcessWorkflow
 
 COUNTED = {
     "workflow_tasks": EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
@@ -42,22 +41,19 @@ T = TypeVar("T")
 
 
 async def history_counts(
-    client: Client, timeouts: SagaTimeouts, within: float
+    bench: BenchStack, timeouts: SagaTimeouts, within: float
 ) -> list[HistoryCounts]:
     """A delivered saga, then the baseline; each with its history's counts."""
-    return [await _saga(client, timeouts, within), await _baseline(client, within)]
+    return [await _saga(bench, timeouts, within), await _baseline(bench.client, within)]
 
 
-async def _saga(client: Client, timeouts: SagaTimeouts, within: float) -> HistoryCounts:
-    order_id = str(uuid.uuid4())
+async def _saga(bench: BenchStack, timeouts: SagaTimeouts, within: float) -> HistoryCounts:
+    order_id = "?"
     label = "saga"
     started = time.perf_counter()
     try:
-        handle = await start_saga(client, order_id, order_request(0), timeouts)
-        await handle.signal(
-            OrderProcessWorkflow.confirm_payment,
-            PaymentDecision(payment_id=names.payment_id_for(order_id)),
-        )
+        order_id = await place_and_confirm(bench.sagas, 0, timeouts)
+        handle = saga_handle(bench, order_id)
         state = await _result(handle, within)
     except Exception as err:  # counted as the phase's failure, not fatal to the run
         return HistoryCounts(name=label, problem=f"order {order_id}: {err!r}")
@@ -72,13 +68,7 @@ async def _baseline(client: Client, within: float) -> HistoryCounts:
     label = "baseline"
     started = time.perf_counter()
     try:
-        handle = await client.start_workflow(
-            BaselineWorkflow.run,
-            id=f"bench-baseline-history-{uuid.uuid4()}",
-            task_queue=BASELINE_TASK_QUEUE,
-        )
-        await handle.signal(BaselineWorkflow.confirm)
-        await handle.signal(BaselineWorkflow.delivered)
+        handle = await start_baseline(client, f"bench-baseline-history-{uuid.uuid4()}")
         result = await _result(handle, within)
     except Exception as err:
         return HistoryCounts(name=label, problem=repr(err))

@@ -19,7 +19,6 @@ import asyncio
 import math
 import random
 import time
-import uuid
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -34,7 +33,7 @@ from domain import names
 from domain.payloads import SagaTimeouts
 from domain.status import DeliveryStatus, PaymentStatus
 from store.models import DeliveryRow, PaymentRow
-from tools.bench.driver import door_accepts, guarded, order_request, start_saga
+from tools.bench.driver import guarded, order_request
 from tools.bench.environment import (
     DEALER_WINDOW_SECONDS,
     BenchError,
@@ -176,16 +175,13 @@ class Scale:
         async def slot(bar: Progress) -> None:
             nonlocal failed
             for index in indices:
-                order_id = str(uuid.uuid4())
                 request = order_request(self.opened + index)
                 try:
-                    engine = self.bench.engine
-                    await asyncio.to_thread(door_accepts, engine, order_id, request.customer_id)
-                    await start_saga(self.bench.client, order_id, request, self.timeouts)
-                    self.waiting.append(order_id)
+                    placed = await self.bench.sagas.place(request, None, timeouts=self.timeouts)
+                    self.waiting.append(placed.order_id)
                 except Exception as err:  # counted; the run goes on with the others
                     failed += 1
-                    self.failures.append(f"start of order {order_id}: {err}")
+                    self.failures.append(f"placing order {index}: {err}")
                 bar.advance()
 
         label = f"opening to {self.opened + count}"

@@ -27,7 +27,6 @@ import httpx
 from domain.payloads import SagaTimeouts
 from domain.status import SagaStyle
 from tools.bench.api_load import ApiCalls, HttpLoad, http_load
-from tools.bench.decision import compare_decisions
 from tools.bench.driver import Dealer, Outcome, closed_loop, drive_baseline, drive_saga, guarded
 from tools.bench.environment import (
     CHOREOGRAPHY_API,
@@ -67,7 +66,6 @@ PHASES = (
     *CLIENT_PHASES,
     "history",
     "http-unloaded",
-    "decision",
     "saturation",
     "http",
     "choreography",
@@ -150,7 +148,7 @@ async def _run_phases(
         api_client(bench) as http,
     ):
         log(args, f"stack up: Temporal {bench.stack.temporal_address}, API {bench.stack.api_url}")
-        dealer = Dealer(bench.client, bench.engine, http)
+        dealer = Dealer(bench)
         dealer_task = asyncio.create_task(dealer.run())
         try:
             for group in _phase_groups(args.phases):
@@ -178,9 +176,6 @@ async def _phase(
     """Run the phase ``name``, keep its result in ``collected`` and log its headline numbers."""
     if name == "history":
         collected.history = await _history_phase(bench, dealer, args)
-        return
-    if name == "decision":
-        collected.decision = await _decision_phase(bench, http, dealer, args)
         return
     if name == "choreography":
         await _choreography_phase(bench, http, dealer, args, collected.phases)
@@ -262,13 +257,13 @@ async def _client_phases(
     seconds, CPU seconds; its peak RSS is the highest of its rounds.
     """
     timeouts = SagaTimeouts(dealer_assignment_window=timedelta(seconds=DEALER_WINDOW_SECONDS))
-    dealer.via = "signal"
+    dealer.http = None  # through the door
     runs = {name: _Rounds() for name in names}
 
     def driver(name: str) -> Callable[[int], Awaitable[Outcome]]:
         if name == "saga":
-            return lambda i: drive_saga(bench.client, bench.engine, i, timeouts, args.saga_timeout)
-        return lambda i: drive_baseline(bench.client, args.saga_timeout)
+            return lambda i: drive_saga(bench, i, timeouts, args.saga_timeout)
+        return lambda i: drive_baseline(bench, i, args.saga_timeout)
 
     async def loop(name: str, count: int, label: str) -> list[Outcome]:
         async with Progress(label, count, enabled=not args.quiet) as bar:
@@ -408,7 +403,7 @@ def _dealer_through(dealer: Dealer, http: httpx.AsyncClient) -> Iterator[None]:
     """The dealer reports over HTTP, through ``http`` (the API being measured, whose CPU is
     counted), for the block; then through the client it had before."""
     before = dealer.http
-    dealer.via, dealer.http = "http", http
+    dealer.http = http
     try:
         yield
     finally:
@@ -644,9 +639,9 @@ async def _history_phase(
     bench: BenchStack, dealer: Dealer, args: argparse.Namespace
 ) -> list[HistoryCounts]:
     """One delivered saga, and the baseline, with their histories' counts."""
-    dealer.via = "signal"
+    dealer.http = None  # through the door
     timeouts = SagaTimeouts(dealer_assignment_window=timedelta(seconds=DEALER_WINDOW_SECONDS))
-    counted = await guarded(bench, history_counts(bench.client, timeouts, args.saga_timeout))
+    counted = await guarded(bench, history_counts(bench, timeouts, args.saga_timeout))
     for h in counted:
         log(
             args,
@@ -654,43 +649,6 @@ async def _history_phase(
             + (f"; FAILED {h.problem}" if h.problem else ""),
         )
     return counted
-
-
-async def _decision_phase(
-    bench: BenchStack, http: httpx.AsyncClient, dealer: Dealer, args: argparse.Namespace
-) -> DecisionResult:
-    """The API's confirm against a Temporal update (``tools/bench/decision.py``)."""
-    dealer.via = "http"
-    async with Progress("decision", args.decisions, enabled=not args.quiet) as bar:
-        measured = await guarded(
-            bench,
-            compare_decisions(
-                bench,
-                http,
-                samples=args.decisions,
-                tag=f"bench-{bench.run_dir.name}-decision",
-                within=args.saga_timeout,
-                on_sample=bar.advance,
-            ),
-        )
-    confirm, update = Latency.of(measured.confirm_seconds), Latency.of(measured.update_seconds)
-    result = DecisionResult(
-        samples=args.decisions,
-        api_confirm=confirm,
-        temporal_update=update,
-        temporal_update_fresh=Latency.of(measured.fresh_update_seconds),
-        workflow_start=Latency.of(measured.start_seconds),
-        update_over_confirm_p50=_ratio(update.p50_ms, confirm.p50_ms),
-        update_over_confirm_p99=_ratio(update.p99_ms, confirm.p99_ms),
-        failures=len(measured.problems),
-        failure_samples=measured.problems[:MAX_SAMPLES],
-    )
-    log(
-        args,
-        f"decision: API confirm p50 {confirm.p50_ms:.1f} ms, update p50 {update.p50_ms:.1f} ms, "
-        f"{result.failures} failed",
-    )
-    return result
 
 
 def _ratio(a: float, b: float) -> float:
@@ -762,7 +720,7 @@ class _DealerCounts:
 
     @classmethod
     def of(cls, dealer: Dealer) -> "_DealerCounts":
-        return cls(dealer.queries, dealer.not_yet, dealer.resends)
+        return cls(0, dealer.not_yet, 0)
 
     def __add__(self, other: "_DealerCounts") -> "_DealerCounts":
         return _DealerCounts(

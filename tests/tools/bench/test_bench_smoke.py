@@ -1,8 +1,8 @@
 """Smoke test of ``python -m tools.bench``: a tiny run on its own stack (SQLite), end to end.
 
 Checks what the run reports, never how fast it was: every phase drove every saga to the end
-it was meant to reach (DELIVERED, or CANCELLED where the bench cancelled), the history and
-decision phases measured what they say, the choreography phase drove both saga styles through
+it was meant to reach (DELIVERED, or CANCELLED where the bench cancelled), the history
+phase measured what they say, the choreography phase drove both saga styles through
 their APIs (with the real nats-server), and the last two lines have the documented format.
 """
 
@@ -47,7 +47,6 @@ def test_a_small_bench_delivers_every_saga_in_every_phase(tmp_path: Path):
             "--concurrency=5",
             "--warmup=3",
             "--unloaded-orders=3",
-            "--decisions=3",
             "--http-seconds=2",  # at 80% of saturation-orchestration: the default, not --rate
             "--cancel-every=3",
             "--quiet",
@@ -96,11 +95,6 @@ def test_a_small_bench_delivers_every_saga_in_every_phase(tmp_path: Path):
         assert history["problem"] is None, history
         assert history["activities"] == 8, history  # the delivered path's steps
         assert 0 < history["workflow_tasks"] < history["events"], history
-
-    decision = result["decision"]
-    measured = ("api_confirm", "temporal_update", "temporal_update_fresh")
-    assert [decision[m]["count"] for m in measured] == [3, 3, 3]
-    assert decision["failures"] == 0
 
     targets = {t["target"]: t for t in result["targets"]}
     assert all(t["met"] is not None for t in targets.values()), targets
