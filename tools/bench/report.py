@@ -206,8 +206,7 @@ def _targets_note(config: dict[str, Any]) -> str:
     return (
         "samples: the answers a latency is taken from (nearest rank: a p99 of fewer than 100 is "
         "their slowest); the IN_TRANSIT target is make run's, whose dev server polls its queues "
-        f"at 500/s (this stack: {polls}/s, --poll-rps): measure it there with "
-        "python -m tools.bench.live"
+        f"at 500/s (this stack: {polls}/s, --poll-rps)"
     )
 
 
