@@ -85,9 +85,9 @@ chaos-ci: install
 	done; \
 	exit $$status
 
-## Benchmark on a fresh local stack: the saga against a no-database baseline workflow, with
-## remote and local steps, the API unloaded and at 80 % of the saga's saturation rate, then the
-## choreographed saga against the orchestrated one; .bench/latest.json (BENCH_ARGS=...).
+## Benchmark on a fresh local stack: the saga against a no-database baseline workflow, then the
+## choreographed saga against the orchestrated one through the API; .bench/latest.json
+## (BENCH_ARGS=..., docs/performance.md).
 bench: install
 	$(BIN)/python -m tools.bench $(BENCH_ARGS)
 

@@ -46,7 +46,7 @@ STEERING_CALLS = {
 # Who else may: the service that owns the decisions, the saga itself closing the payment's
 # window (its activity, its sweeper), and the bench's baseline, a workflow of its own.
 STEERING_ALLOWED = {"sagas", "services", "workflows", "activities", "choreography"}
-STEERING_EXEMPT = {"tools.bench.baseline", "tools.bench.driver"}
+STEERING_EXEMPT = {"tools.bench.baseline"}
 
 
 def product_modules() -> dict[str, Path]:

@@ -17,10 +17,11 @@ import asyncio
 from dataclasses import dataclass
 
 from temporalio import activity, workflow
+from temporalio.client import Client, WorkflowHandle
 
 with workflow.unsafe.imports_passed_through():
     from domain import names
-    from workflows.order_process import ACTIVITY_TIMEOUT
+    from domain.timeouts import STEP_START_TO_CLOSE
 
 BASELINE_TASK_QUEUE = "bench-baseline"
 # The steps go to a queue of their own, as the saga's go to its services' queues.
@@ -96,6 +97,19 @@ class BaselineWorkflow:
             noop,
             step,
             task_queue=BASELINE_ACTIVITY_TASK_QUEUE,
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            start_to_close_timeout=STEP_START_TO_CLOSE,
         )
         self._steps += 1
+
+
+async def start_baseline(
+    client: Client, workflow_id: str
+) -> WorkflowHandle[BaselineWorkflow, BaselineResult]:
+    """Start a baseline workflow and send both its signals at once (as the bench confirms a
+    saga right after placing it)."""
+    handle = await client.start_workflow(
+        BaselineWorkflow.run, id=workflow_id, task_queue=BASELINE_TASK_QUEUE
+    )
+    await handle.signal(BaselineWorkflow.confirm)
+    await handle.signal(BaselineWorkflow.delivered)
+    return handle

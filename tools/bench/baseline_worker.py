@@ -1,7 +1,6 @@
 """``python -m tools.bench.baseline_worker``: the worker process of the baseline workflow.
 
-Polls ``bench-baseline`` (the workflow, and the decision probe of
-``tools/bench/decision_probe.py``) and ``bench-baseline-activities`` (the no-op activities),
+Polls ``bench-baseline`` (the workflow) and ``bench-baseline-activities`` (the no-op activities),
 on the Temporal server named by ``TEMPORAL_ADDRESS``, until SIGTERM or SIGINT. It runs
 workflows in the same sandbox configuration as the saga's worker, so the two compare like for
 like: its workflows' modules (``tools.bench``) are imported once per process, as the saga
@@ -25,7 +24,6 @@ from tools.bench.baseline import (
     BaselineWorkflow,
     noop,
 )
-from tools.bench.decision_probe import DecisionProbeWorkflow
 from worker import workflow_runner
 
 
@@ -45,7 +43,7 @@ async def serve(settings: Settings) -> None:
                 Worker(
                     client,
                     task_queue=BASELINE_TASK_QUEUE,
-                    workflows=[BaselineWorkflow, DecisionProbeWorkflow],
+                    workflows=[BaselineWorkflow],
                     workflow_runner=workflow_runner("tools.bench"),
                 )
             )

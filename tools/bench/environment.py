@@ -1,16 +1,9 @@
 """The stack of one bench run: Temporal (in memory), saga worker, API, baseline worker, and
 for the choreographed saga a NATS server and a second API.
 
-Built on :class:`tools.chaos.stack.Stack` (the chaos run's processes) with the benchmark's options:
-Temporal without a data file unless one is asked for, its history queues polled at
-``StackOptions.poll_rps`` (see :data:`DEFAULT_POLL_RPS`), no fault points, no worker
-supervision (a worker that dies fails the run instead of hiding in the numbers).
-
-With ``StackOptions.choreography`` the stack also runs ``nats-server`` with JetStream (so the
-worker runs the choreographed saga's consumers, relay and sweepers too) and a second API with
-``SAGA_STYLE=choreography`` on its own port: each API places new orders in its own style, and
-the door steers every existing order in the style it was placed with, so reports and reads go
-through either API.
+Built on :class:`tools.chaos.stack.Stack` (the chaos run's processes) with no fault points and
+no worker supervision (a worker that dies fails the run instead of hiding in the numbers).
+The second API has ``SAGA_STYLE=choreography``: each API places new orders in its own style.
 """
 
 import asyncio
@@ -24,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,6 +29,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from domain import names
 from domain.status import SagaStyle
+from sagas.door import Sagas
 from sagas.temporal import COMPRESSION
 from settings import Settings
 from store.db import drop_schema, make_engine, migrate, normalise_url, read_session, session
@@ -56,18 +49,11 @@ READY_SECONDS = 60.0
 NATS = "nats"
 CHOREOGRAPHY_API = "api-choreography"
 
-# The dev server runs a single history shard, and by default each of its queues (transfer:
-# workflow and activity tasks to the task queues; timer; visibility) polls at most 20 times a
-# second: under load every task of the whole stack waits for the next of those polls and goes
-# out with the others, so the stack works in waves 50 ms apart and an answer's time depends on
-# where in a wave it arrives. A cluster (docker-compose.yml: 512 shards) has no such wave: its
-# shards poll apart, each with few workflows. At 100 polls a second the waves are gone for
-# 4-13 % more server CPU per saga (docs/performance.md, "The dev server's waves"); make run
-# polls at 500, for the fastest single saga.
+# The dev server's single history shard polls each queue 20 times a second by default, so
+# under load the whole stack moves in waves 50 ms apart; a cluster's many shards do not
+# (docs/performance.md#the-dev-servers-waves).
 POLLED_QUEUES = ("transfer", "timer", "visibility")
 DEFAULT_POLL_RPS = 100
-# The dev server's own default, for a run that measures it (``--poll-rps 20``).
-DEV_SERVER_POLL_RPS = 20
 
 
 def poll_rate_args(rps: int) -> list[str]:
@@ -100,22 +86,10 @@ class StackOptions:
     """What the command line chooses about the stack."""
 
     database_url: str | None = None
-    db_file: Path | None = None
-    server_args: Sequence[str] = ()
     poll_rps: int = DEFAULT_POLL_RPS
     payment_window_seconds: float = 1800.0
     baseline: bool = True
     choreography: bool = False  # also a NATS server and an API placing choreographed orders
-
-
-def api_client(bench: "BenchStack", base_url: str | None = None) -> httpx.AsyncClient:
-    """An HTTP client for the stack's API (or the API at ``base_url``) that never queues
-    requests behind its own pool (an open loop must measure the API, not the client)."""
-    return httpx.AsyncClient(
-        base_url=base_url or bench.stack.api_url,
-        timeout=httpx.Timeout(60, connect=5),
-        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-    )
 
 
 def new_run_dir(out: Path, suffix: str = "") -> Path:
@@ -131,10 +105,8 @@ def new_run_dir(out: Path, suffix: str = "") -> Path:
 
 
 def prepare_database(url: str) -> Engine:
-    """Empty schema at the latest migration, plus dealers with capacity to spare.
-
-    Returns an engine for the bench's own reads (see :func:`read_rows`).
-    """
+    """Empty schema at the latest migration, plus dealers with capacity to spare; returns
+    the bench's engine."""
     engine = make_engine(url)
     drop_schema(engine)  # a PostgreSQL database may hold an earlier run
     migrate(engine)
@@ -155,25 +127,35 @@ def compile_query(engine: Engine, statement: ClauseElement) -> str:
 
 
 def read_rows(engine: Engine, sql: str) -> list[tuple[Any, ...]]:
-    """Run a read-only query in a ``read_session`` (on SQLite it takes no write lock, so the
-    bench's polls, several a second, never hold up the worker)."""
+    """Run a read-only query in a ``read_session`` (on SQLite: no write lock taken)."""
     with read_session(engine) as db:
         return [tuple(row) for row in db.connection().exec_driver_sql(sql).fetchall()]
 
 
+def door_settings(url: str) -> Settings:
+    """The bench's own door: orchestrated sagas in the run's database, no credentials (order
+    ids need ``AUTH_MODE=dev`` or an ORDER_ID_SECRET), no NATS."""
+    return Settings(
+        database_url=url,
+        auth_mode="dev",
+        saga_style=SagaStyle.ORCHESTRATION,
+        nats_url=None,
+        # The bench decides each payment once; the limit is there for looping clients.
+        decisions_per_minute=100_000,
+    )
+
+
 @dataclass
 class BenchStack:
-    """The running processes, a Temporal client, the database engine and the resource monitor.
-
-    ``choreography_api`` (with ``choreography_api_url``) is the API that places choreographed
-    orders; None unless the stack was started with ``StackOptions.choreography``.
-    """
+    """The running processes, a Temporal client, the engine, the door, the resource monitor;
+    ``choreography_api`` only with ``StackOptions.choreography``."""
 
     run_dir: Path
     stack: Stack
     baseline: Proc | None
     client: Client
     engine: Engine
+    sagas: Sagas  # the door, orchestrated style: the bench places and steers sagas only here
     monitor: ResourceMonitor
     choreography_api: Proc | None = None
     choreography_api_url: str | None = None
@@ -202,9 +184,8 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
         database_url=url,
         payment_window=options.payment_window_seconds,
         dealer_window=DEALER_WINDOW_SECONDS,
-        temporal_in_memory=options.db_file is None,
-        temporal_db_file=options.db_file,
-        server_args=[*poll_rate_args(options.poll_rps), *options.server_args],
+        temporal_in_memory=True,
+        server_args=poll_rate_args(options.poll_rps),
         # Without a NATS server of its own, a NATS_URL inherited from the shell (a system NATS)
         # is blanked: the worker would otherwise run the choreography against it.
         extra_env={"LOG_LEVEL": "WARNING", **({} if options.choreography else {"NATS_URL": ""})},
@@ -231,18 +212,17 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
     if stack.broker is not None:
         _started.append(stack.broker)
     monitor: ResourceMonitor | None = None
-    if options.db_file is not None:
-        options.db_file.parent.mkdir(parents=True, exist_ok=True)
+    sagas: Sagas | None = None
     try:
         await _start(stack, extras)
-        # Compressed or not as the stack's own processes call Temporal: they read the same
-        # environment (settings.py).
+        # Compressed or not as the stack's own processes (they read the same environment).
         client = await Client.connect(
             stack.temporal_address,
             data_converter=pydantic_data_converter,
             grpc_compression=COMPRESSION[Settings().temporal_grpc_compression],
         )
-        bench = BenchStack(run_dir, stack, baseline, client, engine, ResourceMonitor({}))
+        sagas = Sagas(engine, door_settings(url), client=client)
+        bench = BenchStack(run_dir, stack, baseline, client, engine, sagas, ResourceMonitor({}))
         if choreography_api is not None:
             bench.choreography_api = choreography_api
             bench.choreography_api_url = f"http://127.0.0.1:{choreography_port}"
@@ -255,6 +235,8 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
     finally:
         if monitor is not None:
             await monitor.stop()
+        if sagas is not None:
+            await sagas.aclose()
         await _stop_all(stack, extras)
         engine.dispose()
 

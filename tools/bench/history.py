@@ -1,31 +1,25 @@
-"""The ``history`` phase: what one delivered saga writes to Temporal's history.
+"""The ``history`` phase: what one delivered saga, and one baseline, write to Temporal's history.
 
-One saga, driven as the closed loops drive theirs (started through the Temporal client as the
-door starts it, confirmed right after the start, reported delivered by the Dealer), then the
-baseline workflow for the round trips it mirrors; each one's history counted: events,
-workflow tasks (completed), activity tasks, timers, search-attribute upserts, signals, and
-how long a task waited on average from scheduled to started (the hop through the server's
-queues). One of each, in this run: a signal that reaches a saga while a workflow task runs
-can add or save a task, so the counts may move by one or two between runs.
+The saga is placed and confirmed through the door and delivered by the Dealer, the baseline
+signalled right after its start; then each history is counted. A signal that reaches a
+workflow while a task runs can add or save a task, so counts may move by one between runs.
 """
 
 import asyncio
 import math
-import time
 import uuid
 from collections import Counter
-from typing import Any, TypeVar
+from typing import Any
 
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import WorkflowHandle
 
-from domain import names
-from domain.payloads import PaymentDecision, SagaTimeouts
+from domain.payloads import SagaTimeouts
 from domain.status import OrderStatus, SagaPhase
-from tools.bench.baseline import BASELINE_TASK_QUEUE, STEPS, BaselineWorkflow
-from tools.bench.driver import order_request, start_saga
+from tools.bench.baseline import STEPS, start_baseline
+from tools.bench.driver import place_and_confirm, saga_handle
+from tools.bench.environment import BenchStack
 from tools.bench.report import HistoryCounts
-from workflows import OrderProcessWorkflow
 
 COUNTED = {
     "workflow_tasks": EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
@@ -34,93 +28,63 @@ COUNTED = {
     "upserts": EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES,
     "signals": EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED,
 }
-WORKFLOW_TASK_SCHEDULED = EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED
+SCHEDULED = (
+    EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+    EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED,
+)
 WORKFLOW_TASK_STARTED = EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED
-ACTIVITY_SCHEDULED = EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
 ACTIVITY_STARTED = EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-T = TypeVar("T")
 
 
 async def history_counts(
-    client: Client, timeouts: SagaTimeouts, within: float
+    bench: BenchStack, timeouts: SagaTimeouts, within: float
 ) -> list[HistoryCounts]:
     """A delivered saga, then the baseline; each with its history's counts."""
-    return [await _saga(client, timeouts, within), await _baseline(client, within)]
-
-
-async def _saga(client: Client, timeouts: SagaTimeouts, within: float) -> HistoryCounts:
-    order_id = str(uuid.uuid4())
-    label = "saga"
-    started = time.perf_counter()
+    counted = []
     try:
-        handle = await start_saga(client, order_id, order_request(0), timeouts)
-        await handle.signal(
-            OrderProcessWorkflow.confirm_payment,
-            PaymentDecision(payment_id=names.payment_id_for(order_id)),
-        )
-        state = await _result(handle, within)
+        async with asyncio.timeout(within):
+            order_id = await place_and_confirm(bench.sagas, 0, timeouts)
+            handle = saga_handle(bench, order_id)
+            state = await handle.result()
+        ended = state.phase == SagaPhase.DELIVERED and state.order_status == OrderStatus.DELIVERED
+        problem = None if ended else f"order {order_id} ended {state.phase}"
+        counted.append(await _counted(handle, "saga", problem))
     except Exception as err:  # counted as the phase's failure, not fatal to the run
-        return HistoryCounts(name=label, problem=f"order {order_id}: {err!r}")
-    seconds = time.perf_counter() - started
-    problem = None
-    if state.phase != SagaPhase.DELIVERED or state.order_status != OrderStatus.DELIVERED:
-        problem = f"order {order_id} ended {state.phase}: {state.failure_type}"
-    return await _counted(handle, label, seconds, problem)
-
-
-async def _baseline(client: Client, within: float) -> HistoryCounts:
-    label = "baseline"
-    started = time.perf_counter()
+        counted.append(HistoryCounts(name="saga", problem=repr(err)))
     try:
-        handle = await client.start_workflow(
-            BaselineWorkflow.run,
-            id=f"bench-baseline-history-{uuid.uuid4()}",
-            task_queue=BASELINE_TASK_QUEUE,
-        )
-        await handle.signal(BaselineWorkflow.confirm)
-        await handle.signal(BaselineWorkflow.delivered)
-        result = await _result(handle, within)
+        async with asyncio.timeout(within):
+            baseline = await start_baseline(bench.client, f"bench-history-{uuid.uuid4()}")
+            steps = (await baseline.result()).steps
+        problem = None if steps == STEPS else f"ran {steps} steps, not {STEPS}"
+        counted.append(await _counted(baseline, "baseline", problem))
     except Exception as err:
-        return HistoryCounts(name=label, problem=repr(err))
-    seconds = time.perf_counter() - started
-    problem = None if result.steps == STEPS else f"ran {result.steps} steps, not {STEPS}"
-    return await _counted(handle, label, seconds, problem)
-
-
-async def _result(handle: WorkflowHandle[Any, T], within: float) -> T:
-    async with asyncio.timeout(within):
-        return await handle.result()
+        counted.append(HistoryCounts(name="baseline", problem=repr(err)))
+    return counted
 
 
 async def _counted(
-    handle: WorkflowHandle[Any, Any],
-    label: str,
-    seconds: float,
-    problem: str | None,
+    handle: WorkflowHandle[Any, Any], name: str, problem: str | None
 ) -> HistoryCounts:
     types: Counter[int] = Counter()
-    scheduled: dict[int, float] = {}  # event id -> time, of task scheduled events
-    waits: dict[str, list[float]] = {"workflow": [], "activity": []}
-    events = 0
+    scheduled: dict[int, float] = {}  # event id -> time (ms) of a task's scheduled event
+    waits: dict[int, list[float]] = {WORKFLOW_TASK_STARTED: [], ACTIVITY_STARTED: []}
     async for event in handle.fetch_history_events():
-        events += 1
         types[event.event_type] += 1
         at = event.event_time.ToMicroseconds() / 1000
-        if event.event_type in (WORKFLOW_TASK_SCHEDULED, ACTIVITY_SCHEDULED):
+        if event.event_type in SCHEDULED:
             scheduled[event.event_id] = at
         elif event.event_type == WORKFLOW_TASK_STARTED:
             since = event.workflow_task_started_event_attributes.scheduled_event_id
-            waits["workflow"].append(at - scheduled.get(since, at))
+            waits[WORKFLOW_TASK_STARTED].append(at - scheduled.get(since, at))
         elif event.event_type == ACTIVITY_STARTED:
             since = event.activity_task_started_event_attributes.scheduled_event_id
-            waits["activity"].append(at - scheduled.get(since, at))
+            waits[ACTIVITY_STARTED].append(at - scheduled.get(since, at))
     return HistoryCounts(
-        name=label,
-        seconds=seconds,
-        events=events,
+        name=name,
+        events=sum(types.values()),
         **{field: types[event_type] for field, event_type in COUNTED.items()},
-        workflow_task_wait_ms=_mean(waits["workflow"]),
-        activity_wait_ms=_mean(waits["activity"]),
+        workflow_task_wait_ms=_mean(waits[WORKFLOW_TASK_STARTED]),
+        activity_wait_ms=_mean(waits[ACTIVITY_STARTED]),
         problem=problem,
     )
 

@@ -6,7 +6,7 @@ from sqlalchemy import Engine
 from domain.status import OrderStatus
 from store.db import session
 from store.models import OrderRow
-from tools.bench.api_load import ended_among
+from tools.bench.api import ended_among
 from tools.bench.environment import read_rows
 
 
