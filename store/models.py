@@ -202,6 +202,9 @@ class OutboxRow(SQLModel, table=True):
     attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     next_attempt_at: datetime | None = None
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # The W3C trace context of the transaction that wrote it (null with tracing off), sent as
+    # the message's traceparent header so its consumers continue that trace.
+    traceparent: str | None = Field(default=None, max_length=55)
 
 
 class InboxRow(SQLModel, table=True):
