@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from faststream.nats import NatsBroker
 from sqlalchemy import Engine
@@ -18,6 +18,10 @@ from sagas.door import Sagas
 from sagas.temporal import connect_temporal
 from settings import Settings
 from store.db import make_engine, migrate
+from telemetry import tracer
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 # How to reach Temporal: connect now (fail if it is down), lazily (the API starts while it is
 # down), or not at all.
@@ -47,9 +51,11 @@ async def open_parts(
     nats: NatsUse = "publish",
     migrate_schema: bool = False,
     interceptors: Sequence[Interceptor] = (),
+    tracer_provider: "TracerProvider | None" = None,
 ) -> AsyncIterator[Parts]:
     """Build the parts ``settings`` describe (``migrate_schema``: the schema brought up to date
-    first), and close them on exit. Raises ``TemporalConnectError`` (``temporal="now"``) or
+    first; ``tracer_provider``: the choreographed saga's events traced), and close them on
+    exit. Raises ``TemporalConnectError`` (``temporal="now"``) or
     the broker's error (``nats="publish"`` or ``"consume"``) when one cannot be reached."""
     async with AsyncExitStack() as stack:
         engine = make_engine(settings.database_url_value, **settings.engine_options())
@@ -65,7 +71,9 @@ async def open_parts(
         if nats != "none" and settings.nats_url is not None:
             broker = connect_broker(settings)
             if nats == "consume":
-                choreography = Choreography(engine, settings, broker)
+                choreography = Choreography(
+                    engine, settings, broker, tracer=tracer(tracer_provider)
+                )
                 await choreography.start()
                 stack.push_async_callback(choreography.stop)
                 publisher = choreography.publisher
@@ -76,7 +84,7 @@ async def open_parts(
                 else:
                     connecting = asyncio.create_task(keep_connecting(broker))
                     stack.callback(connecting.cancel)
-                publisher = Publisher(engine, broker)
+                publisher = Publisher(engine, broker, tracer=tracer(tracer_provider))
         sagas = Sagas(engine, settings, client=client, publisher=publisher)
         stack.push_async_callback(sagas.aclose)
         yield Parts(settings, engine, client, broker, sagas)

@@ -9,7 +9,10 @@ built once per process (:func:`metrics_runtime` caches it).
 Tracing (off by default; needs the ``otel`` extra): with ``OTEL_EXPORTER=console|otlp`` the
 Temporal client carries ``TracingInterceptor`` (StartWorkflow, RunWorkflow, StartActivity,
 RunActivity spans, propagated through Temporal headers) and the API wraps every request in a
-server span, so one trace runs from the HTTP request through the saga's activities.
+server span, so one trace runs from the HTTP request through the saga's activities. The
+choreographed saga carries the trace in W3C ``traceparent`` form: an outbox row keeps the
+context of the transaction that wrote it, its message sends it as a header, and each consumer
+continues it (:func:`current_traceparent`, :func:`context_of`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from temporalio.client import Interceptor
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
@@ -30,6 +36,11 @@ if TYPE_CHECKING:
     from settings import Settings
 
 TRACER_NAME = "order-saga"
+# The W3C trace context header: an event's message carries its outbox row's value.
+TRACEPARENT = "traceparent"
+_W3C = TraceContextTextMapPropagator()
+# The order a span of the choreographed saga works on (its events' spans carry it).
+ORDER_ID_ATTRIBUTE = "order_saga.order_id"
 # order_saga_payment_wait (ms) spans up to the 30-minute payment window, and beyond.
 PAYMENT_WAIT_BUCKETS_MS = [1e3, 1e4, 6e4, 3e5, 9e5, 1.8e6, 3.6e6, 8.64e7]
 
@@ -119,3 +130,25 @@ def add_tracing_middleware(app: FastAPI, provider: TracerProvider | None) -> Non
 
     kwargs: dict[str, Any] = {"tracer_provider": provider, "exclude_spans": ["receive", "send"]}
     app.add_middleware(OpenTelemetryMiddleware, **kwargs)
+
+
+def tracer(provider: TracerProvider | None) -> trace.Tracer | None:
+    """``provider``'s tracer for the saga's own spans; None when tracing is off."""
+    return provider.get_tracer(TRACER_NAME) if provider is not None else None
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the current span; None when there is none (tracing off)."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier)
+    return carrier.get(TRACEPARENT)
+
+
+def context_of(traceparent: str | None) -> Context | None:
+    """The context whose span a ``traceparent`` names; None for none or a malformed one."""
+    if not traceparent:
+        return None
+    context = _W3C.extract({TRACEPARENT: traceparent})
+    return context if trace.get_current_span(context).get_span_context().is_valid else None

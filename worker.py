@@ -292,6 +292,7 @@ async def run(
         nats="consume" if events and not drain else "none",
         migrate_schema=not drain,  # waits if the API is migrating too
         interceptors=tracing_interceptors(tracer_provider),
+        tracer_provider=tracer_provider,
     )
     version = deployment_version(settings)
     stop = asyncio.Event()

@@ -61,6 +61,7 @@ def create_app(
             nats="background",
             migrate_schema=True,
             interceptors=[*tracing_interceptors(tracer_provider), *temporal_interceptors],
+            tracer_provider=tracer_provider,
         )
         try:
             async with parts as app.state.services:

@@ -4,16 +4,20 @@ The event, its inbox row and the events it emits are written in one transaction,
 event is acknowledged (a redelivery finds the inbox row) and the emitted events published.
 An outage is retried for as long as it lasts; any other failure ``max_deliveries`` times, with
 a growing delay, then kept as a dead letter for an operator: never dropped, never endless.
+With tracing on, each delivery runs in a consumer span continuing the message's
+``traceparent``: the effect and the events it emits belong to the order's trace.
 """
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
 from faststream.nats import NatsBroker, NatsMessage
 from nats.errors import NotJSMessageError
+from opentelemetry import trace
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -26,6 +30,7 @@ from domain.events import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, Event
 from domain.timeouts import STEP_TRANSACTION_BUDGET
 from store.db import TransactionBudgetExceededError, session
 from store.models import DeadLetterRow, InboxRow
+from telemetry import ORDER_ID_ATTRIBUTE, TRACEPARENT, context_of
 
 log = logging.getLogger("choreography.consumer")
 
@@ -81,10 +86,38 @@ class Consumer:
         self._max_deliveries = max_deliveries
 
     async def __call__(self, event: Event, message: NatsMessage) -> None:
+        with self._span(event, message) as span:
+            await self._consume(event, message, span)
+
+    @contextmanager
+    def _span(self, event: Event, message: NatsMessage) -> Iterator[trace.Span]:
+        """The delivery's consumer span, a child of the message's ``traceparent``; a
+        non-recording span when tracing is off."""
+        tracer = self._publisher.tracer
+        if tracer is None:
+            yield trace.INVALID_SPAN
+            return
+        with tracer.start_as_current_span(
+            f"HandleEvent:{self.name}",
+            context=context_of(message.headers.get(TRACEPARENT)),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": event.type.subject,
+                "messaging.consumer.group.name": self.name,
+                "messaging.message.id": event.event_id,
+                ORDER_ID_ATTRIBUTE: event.order_id,
+            },
+        ) as span:
+            yield span
+
+    async def _consume(self, event: Event, message: NatsMessage, span: trace.Span) -> None:
         delivered = deliveries_of(message)
         try:
             emitted = await asyncio.to_thread(self._apply, event, delivered)
         except Exception as err:
+            span.record_exception(err)
+            span.set_status(trace.StatusCode.ERROR, f"{type(err).__name__}: {err}")
             if isinstance(err, OUTAGES) or delivered < self._max_deliveries:
                 log.warning(
                     "%s: %s of order %s failed (delivery %d), retrying: %s",

@@ -3,11 +3,16 @@
 ``emit`` adds an event to the caller's transaction; after the commit ``Publisher.publish``
 sends it with ``Nats-Msg-Id`` = its message id and marks it, and the ``Relay`` publishes what
 was left unpublished, row by row. Publishing twice is harmless (deduplication, inboxes).
+
+With tracing on, a row keeps the W3C trace context of the transaction that wrote it and its
+message carries it as the ``traceparent`` header, so the consumers continue the order's trace;
+a customer's later call joins it through :meth:`Publisher.in_order_trace`.
 """
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -16,6 +21,7 @@ import nats.errors
 import nats.js.errors
 from faststream.exceptions import IncorrectState
 from faststream.nats import NatsBroker
+from opentelemetry import trace
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, or_, select
 
@@ -24,6 +30,7 @@ from domain.backoff import Backoff
 from domain.events import STREAM, Event, read_event
 from store.db import session
 from store.models import OutboxRow, utcnow
+from telemetry import ORDER_ID_ATTRIBUTE, TRACEPARENT, context_of, current_traceparent
 
 log = logging.getLogger("choreography.outbox")
 T = TypeVar("T")
@@ -70,7 +77,8 @@ def _message(outgoing: Outgoing) -> tuple[Event, str]:
 
 
 def emit(db: Session, outgoing: Outgoing) -> None:
-    """Write ``outgoing`` in the caller's transaction (published once it commits)."""
+    """Write ``outgoing`` in the caller's transaction (published once it commits), with the
+    current span's trace context."""
     event, message_id = _message(outgoing)
     db.add(
         OutboxRow(
@@ -80,8 +88,19 @@ def emit(db: Session, outgoing: Outgoing) -> None:
             type=event.type,
             source=event.source,
             body=event.model_dump_json(),
+            traceparent=current_traceparent(),
         )
     )
+
+
+def order_traceparent(db: Session, order_id: str) -> str | None:
+    """The trace an order's saga runs in: that of its first event written with one."""
+    return db.exec(
+        select(OutboxRow.traceparent)
+        .where(col(OutboxRow.order_id) == order_id, col(OutboxRow.traceparent).is_not(None))
+        .order_by(col(OutboxRow.id))
+        .limit(1)
+    ).first()
 
 
 @dataclass(frozen=True)
@@ -90,14 +109,19 @@ class _Pending:
     message_id: str
     body: str
     attempts: int
+    traceparent: str | None
 
 
 class Publisher:
     """Publishes outbox events to JetStream and marks them published."""
 
-    def __init__(self, engine: Engine, broker: NatsBroker) -> None:
+    def __init__(
+        self, engine: Engine, broker: NatsBroker, *, tracer: trace.Tracer | None = None
+    ) -> None:
         self._engine = engine
         self._broker = broker
+        # None: tracing off, and every tracing step here a no-op.
+        self.tracer = tracer
         # Rows the relay could not publish for a reason of their own, since the start.
         self.failed_rows = 0
 
@@ -105,10 +129,11 @@ class Publisher:
         """Publish ``events`` (just committed) now; a failure leaves them to the relay."""
         # Committed, not published: only the relay (after a restart) can publish them now.
         faults.point("outbox.after_commit")
+        traceparent = current_traceparent()  # the context they were written in
         try:
             for outgoing in events:
                 event, message_id = _message(outgoing)
-                await self._send(event, message_id=message_id)
+                await self._send(event, message_id=message_id, traceparent=traceparent)
         except Exception as err:  # the broker is down or slow: the relay will publish them
             log.warning("publishing %d event(s) failed, left to the relay: %s", len(events), err)
             return
@@ -137,6 +162,31 @@ class Publisher:
             await self.publish(emitted)
         return result
 
+    @asynccontextmanager
+    async def in_order_trace(self, name: str, order_id: str) -> AsyncIterator[None]:
+        """Run the block in a span ``name`` of the order's trace, linked to the current span
+        (a customer's or a dealer's request), so the events it writes continue the saga's
+        trace. An order with no trace on record keeps the current one; a no-op when off."""
+        if self.tracer is None:
+            yield
+            return
+        order = context_of(await asyncio.to_thread(self._order_traceparent, order_id))
+        if order is None:
+            yield
+            return
+        caller = trace.get_current_span().get_span_context()
+        with self.tracer.start_as_current_span(
+            name,
+            context=order,
+            links=[trace.Link(caller)] if caller.is_valid else [],
+            attributes={ORDER_ID_ATTRIBUTE: order_id},
+        ):
+            yield
+
+    def _order_traceparent(self, order_id: str) -> str | None:
+        with session(self._engine) as db:
+            return order_traceparent(db, order_id)
+
     async def publish_pending(self, *, older_than: timedelta, limit: int = 200) -> int:
         """Publish rows committed more than ``older_than`` ago and still unpublished, in order,
         skipping those put off after a failure. Returns how many it published or put off."""
@@ -147,7 +197,7 @@ class Publisher:
             for row in rows:
                 try:
                     event = read_event(row.body)
-                    await self._send(event, message_id=row.message_id)
+                    await self._send(event, message_id=row.message_id, traceparent=row.traceparent)
                 except BROKER_OUTAGES:
                     raise
                 except Exception as err:
@@ -162,14 +212,16 @@ class Publisher:
                 await asyncio.to_thread(self._put_off, failed)
         return len(published) + len(failed)
 
-    async def _send(self, event: Event, *, message_id: str | None = None) -> None:
+    async def _send(
+        self, event: Event, *, message_id: str | None = None, traceparent: str | None = None
+    ) -> None:
+        headers = {"Nats-Msg-Id": message_id or event.event_id, "content-type": "application/json"}
+        if traceparent is not None:
+            headers[TRACEPARENT] = traceparent
         await self._broker.publish(
             event.model_dump_json().encode(),
             event.type.subject,
-            headers={
-                "Nats-Msg-Id": message_id or event.event_id,
-                "content-type": "application/json",
-            },
+            headers=headers,
             stream=STREAM,
             timeout=5,
         )
@@ -190,7 +242,9 @@ class Publisher:
                 .order_by(col(OutboxRow.id))
                 .limit(limit)
             ).all()
-            return [_Pending(r.id or 0, r.message_id, r.body, r.attempts) for r in rows]
+            return [
+                _Pending(r.id or 0, r.message_id, r.body, r.attempts, r.traceparent) for r in rows
+            ]
 
     def _mark(self, message_ids: list[str]) -> None:
         with session(self._engine) as db:

@@ -11,6 +11,7 @@ from typing import Any
 import nats
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
+from opentelemetry.trace import Tracer
 from sqlalchemy import Engine
 
 from choreography.consumer import Consumer
@@ -121,10 +122,17 @@ def is_connected(broker: NatsBroker) -> bool:
 class Choreography:
     """Every consumer, the relay and the sweepers, on one broker connection."""
 
-    def __init__(self, engine: Engine, settings: Settings, broker: NatsBroker) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        broker: NatsBroker,
+        *,
+        tracer: Tracer | None = None,
+    ) -> None:
         self._engine = engine
         self.broker = broker
-        self.publisher = Publisher(engine, broker)
+        self.publisher = Publisher(engine, broker, tracer=tracer)
         self._tasks: list[asyncio.Task[None]] = []
         events, _dead = streams(settings.nats_stream_replicas)
         for (service, type), name in CONSUMERS.items():

@@ -1,6 +1,8 @@
 """How the choreographed saga starts and is steered: events between the services, on NATS
 JetStream. Each call writes its change and its events in one transaction (the outbox), then
 publishes them; every answer comes from the database, and nothing waits for a consumer.
+With tracing on, a decision, a report or a cancel writes its events in the order's trace,
+linked to the request's (``Publisher.in_order_trace``).
 """
 
 import asyncio
@@ -77,9 +79,12 @@ class ChoreographedSagas:
             await asyncio.sleep(POLL)
         return None
 
-    async def decide_payment(self, payment_id: str, decision: Decision) -> DecisionAccepted:
-        """The customer's decision, recorded by the compare-and-set and applied to the payment
-        in the same transaction if it exists (else when PaymentService writes it)."""
+    async def decide_payment(
+        self, payment_id: str, decision: Decision, *, order_id: str
+    ) -> DecisionAccepted:
+        """The customer's decision on ``order_id``'s payment, recorded by the compare-and-set
+        and applied to the payment in the same transaction if it exists (else when
+        PaymentService writes it)."""
 
         def decide(db: Session) -> tuple[payments.DecisionTaken, list[Event]]:
             # The decision row first (its compare-and-set), then the payment row: the lock
@@ -99,13 +104,14 @@ class ChoreographedSagas:
             outcome = apply_decision(db, taken.order_id, payment_id, decision)
             return taken, list(outcome.emitted)
 
-        taken = await self._publisher.write(decide)
-        order_id = rules.won_for(taken, payment_id, decision)
-        return DecisionAccepted(order_id, decision, replayed=not taken.applied)
+        async with self._publisher.in_order_trace("DecidePayment", order_id):
+            taken = await self._publisher.write(decide)
+        won = rules.won_for(taken, payment_id, decision)
+        return DecisionAccepted(won, decision, replayed=not taken.applied)
 
-    async def report_delivered(self, delivery_id: str) -> None:
-        """The dealer's report: complete the delivery and emit ``delivery_completed``, in one
-        transaction. The same report again changes nothing."""
+    async def report_delivered(self, delivery_id: str, *, order_id: str) -> None:
+        """The dealer's report on ``order_id``'s delivery: complete it and emit
+        ``delivery_completed``, in one transaction. The same report again changes nothing."""
 
         def complete(db: Session) -> tuple[None, list[Event]]:
             delivery = db.get(DeliveryRow, delivery_id)
@@ -126,7 +132,8 @@ class ChoreographedSagas:
             )
             return None, [completed]
 
-        await self._publisher.write(complete)
+        async with self._publisher.in_order_trace("ReportDelivered", order_id):
+            await self._publisher.write(complete)
 
     async def replay_dead_letter(self, dead_letter_id: str) -> None:
         """Send a dead-lettered event again: marked replayed and queued in the outbox in one
@@ -166,4 +173,5 @@ class ChoreographedSagas:
             )
             return None, [requested]
 
-        await self._publisher.write(request)
+        async with self._publisher.in_order_trace("CancelOrder", order_id):
+            await self._publisher.write(request)

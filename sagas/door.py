@@ -151,7 +151,9 @@ class Sagas:
         if party is None:
             raise NotFoundError(f"payment {payment_id} does not exist")
         if taken is None:
-            return await self._choreography().decide_payment(payment_id, decision)
+            return await self._choreography().decide_payment(
+                payment_id, decision, order_id=party.order_id
+            )
         return await self._orchestration().deliver_decision(payment_id, decision, taken)
 
     async def report_delivered(self, delivery_id: str) -> str:
@@ -166,7 +168,7 @@ class Sagas:
         delivery, style = found
         if rules.to_report(delivery_id, delivery.status):
             if style == SagaStyle.CHOREOGRAPHY:
-                await self._choreography().report_delivered(delivery_id)
+                await self._choreography().report_delivered(delivery_id, order_id=delivery.order_id)
             else:
                 await self._orchestration().report_delivered(delivery)
         return delivery.order_id

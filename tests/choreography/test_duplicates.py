@@ -52,10 +52,12 @@ class PublishingTwice(Publisher):
     """Publishes every event twice: the second copy under a message id of its own, which
     JetStream's deduplication does not recognise, so every consumer gets the event twice."""
 
-    async def _send(self, event: Event, *, message_id: str | None = None) -> None:
+    async def _send(
+        self, event: Event, *, message_id: str | None = None, traceparent: str | None = None
+    ) -> None:
         first = message_id or event.event_id
-        await super()._send(event, message_id=first)
-        await super()._send(event, message_id=f"{first}:twice")
+        await super()._send(event, message_id=first, traceparent=traceparent)
+        await super()._send(event, message_id=f"{first}:twice", traceparent=traceparent)
 
 
 @asynccontextmanager
