@@ -163,11 +163,11 @@ class Publisher:
         return result
 
     @asynccontextmanager
-    async def in_order_trace(self, name: str, order_id: str) -> AsyncIterator[None]:
+    async def in_order_trace(self, name: str, order_id: str | None) -> AsyncIterator[None]:
         """Run the block in a span ``name`` of the order's trace, linked to the current span
         (a customer's or a dealer's request), so the events it writes continue the saga's
         trace. An order with no trace on record keeps the current one; a no-op when off."""
-        if self.tracer is None:
+        if self.tracer is None or order_id is None:
             yield
             return
         order = context_of(await asyncio.to_thread(self._order_traceparent, order_id))

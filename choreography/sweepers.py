@@ -8,7 +8,8 @@ fires them.
 
 Each due row is handled in its own transaction with the events it emits, by a guarded
 update, so any number of sweepers fire a deadline once. A row that fails on its own is put off
-with a growing delay, never holding back the rows after it.
+with a growing delay, never holding back the rows after it. With tracing on, each firing runs
+in a span of its order's trace, so the events it emits continue that trace.
 """
 
 import asyncio
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from choreography.consumer import OUTAGES, Outcome
 from choreography.handlers import apply_decision, try_assignment
@@ -28,11 +29,15 @@ from domain.events import Event, EventType, Service
 from domain.status import Decision, PaymentStatus, SagaStyle
 from domain.timeouts import STEP_TRANSACTION_BUDGET
 from services import deliveries, orders, payments
-from store.db import session
+from store.db import read_session, session
 from store.models import DeliveryRow, PaymentDecisionRow, PaymentRow, as_utc, utcnow
 
 log = logging.getLogger("choreography.sweepers")
 BATCH = 50
+
+# What a sweeper does with one due row, and the table of the rows it sweeps.
+Step = Callable[[Session, str], Outcome]
+Owner = type[PaymentRow] | type[DeliveryRow]
 
 
 class Sweepers:
@@ -68,12 +73,16 @@ class Sweepers:
         expired = await asyncio.to_thread(self._due_payments)
         waiting = await asyncio.to_thread(self._due_deliveries)
         handled = 0
-        for step, due in ((self.close_window, expired), (self.try_dealer, waiting)):
+        rounds: tuple[tuple[Step, Owner, list[str]], ...] = (
+            (self.close_window, PaymentRow, expired),
+            (self.try_dealer, DeliveryRow, waiting),
+        )
+        for step, owner, due in rounds:
             for row_id in due:
                 if self._put_off_until.get(row_id, 0.0) > time.monotonic():
                     continue
                 try:
-                    await self._handle(step, row_id)
+                    await self._handle(step, owner, row_id)
                 except OUTAGES:
                     raise
                 except Exception as err:
@@ -107,11 +116,20 @@ class Sweepers:
         with session(self._engine) as db:
             return deliveries.due_for_a_dealer(db, utcnow(), BATCH + len(self._put_off_until))
 
-    async def _handle(self, step: Callable[[Session, str], Outcome], row_id: str) -> None:
-        """``step`` on one due row, in one transaction with the events it emits."""
-        await self._publisher.write(
-            lambda db: (None, step(db, row_id).emitted), budget=STEP_TRANSACTION_BUDGET
-        )
+    async def _handle(self, step: Step, owner: Owner, row_id: str) -> None:
+        """``step`` on one due row, in one transaction with the events it emits (with tracing
+        on, in its order's trace)."""
+        order_id = None
+        if self._publisher.tracer is not None:
+            order_id = await asyncio.to_thread(self._order_of, owner, row_id)
+        async with self._publisher.in_order_trace(f"Sweep:{step.__name__}", order_id):
+            await self._publisher.write(
+                lambda db: (None, step(db, row_id).emitted), budget=STEP_TRANSACTION_BUDGET
+            )
+
+    def _order_of(self, owner: Owner, row_id: str) -> str | None:
+        with read_session(self._engine) as db:
+            return db.exec(select(owner.order_id).where(owner.id == row_id)).first()
 
     # --- PaymentService -----------------------------------------------------------------
 

@@ -321,3 +321,34 @@ async def test_the_relay_sends_a_rows_trace_context_to_its_consumer(engine, tmp_
     assert consumed.parent is not None
     assert consumed.parent.span_id == writer.get_span_context().span_id
     assert consumed.context.trace_id == writer.get_span_context().trace_id
+
+
+async def test_a_closed_payment_window_continues_the_orders_trace(engine, tmp_path):
+    """The sweeper fires the window in the order's trace: its event and the cancellation it
+    brings are part of the order's trace too."""
+    provider, exporter = in_memory_provider()
+    nats_server = NatsServer(tmp_path / "nats")
+    nats_server.start()
+    settings = choreography_settings(engine, nats_server.url, payment_window_seconds=1)
+    choreography = Choreography(engine, settings, connect_broker(settings), tracer=tracer(provider))
+    expired = f"HandleEvent:{CONSUMERS[Service.ORDERS, EventType.PAYMENT_EXPIRED]}"
+
+    def spans_named(name: str) -> list[ReadableSpan]:
+        return [s for s in exporter.get_finished_spans() if s.name == name]
+
+    try:
+        await choreography.start()
+        door = choreographed_door(engine, settings, choreography.publisher)
+        with provider.get_tracer("test").start_as_current_span("POST /orders") as root:
+            placed = await door.place(order_request(), None, wait=10)
+        await eventually(lambda: spans_named(expired), what="the expiry handled", within=30)
+    finally:
+        await choreography.stop()
+        nats_server.stop()
+    assert db_statuses(engine, placed.order_id)["order"] == OrderStatus.CANCELLED
+    swept = spans_named("Sweep:close_window")
+    (handled,) = spans_named(expired)
+    trace_id = root.get_span_context().trace_id
+    assert {s.context.trace_id for s in [*swept, handled]} == {trace_id}
+    assert handled.parent is not None
+    assert handled.parent.span_id in {s.context.span_id for s in swept}
