@@ -55,8 +55,8 @@ async def open_parts(
 ) -> AsyncIterator[Parts]:
     """Build the parts ``settings`` describe (``migrate_schema``: the schema brought up to date
     first; ``tracer_provider``: the choreographed saga's events traced), and close them on
-    exit. Raises ``TemporalConnectError`` (``temporal="now"``) or
-    the broker's error (``nats="publish"`` or ``"consume"``) when one cannot be reached."""
+    exit. Raises ``TemporalConnectError`` (``temporal="now"``) or the broker's error
+    (``nats="publish"`` or ``"consume"``) when one cannot be reached."""
     async with AsyncExitStack() as stack:
         engine = make_engine(settings.database_url_value, **settings.engine_options())
         stack.callback(engine.dispose)

@@ -28,7 +28,7 @@ from sqlmodel import Session, col, or_, select
 import faults
 from domain.backoff import Backoff
 from domain.events import STREAM, Event, read_event
-from store.db import session
+from store.db import read_session, session
 from store.models import OutboxRow, utcnow
 from telemetry import ORDER_ID_ATTRIBUTE, TRACEPARENT, context_of, current_traceparent
 
@@ -184,7 +184,7 @@ class Publisher:
             yield
 
     def _order_traceparent(self, order_id: str) -> str | None:
-        with session(self._engine) as db:
+        with read_session(self._engine) as db:
             return order_traceparent(db, order_id)
 
     async def publish_pending(self, *, older_than: timedelta, limit: int = 200) -> int:
