@@ -20,6 +20,7 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, col, or_, select
 
 import faults
+from choreography.metrics import SagaCounters
 from domain.backoff import Backoff
 from domain.events import STREAM, Event, read_event
 from store.db import session
@@ -95,14 +96,19 @@ class _Pending:
 class Publisher:
     """Publishes outbox events to JetStream and marks them published."""
 
-    def __init__(self, engine: Engine, broker: NatsBroker) -> None:
+    def __init__(
+        self, engine: Engine, broker: NatsBroker, counters: SagaCounters | None = None
+    ) -> None:
         self._engine = engine
         self._broker = broker
+        self._counters = counters
         # Rows the relay could not publish for a reason of their own, since the start.
         self.failed_rows = 0
 
     async def publish(self, events: Sequence[Outgoing]) -> None:
         """Publish ``events`` (just committed) now; a failure leaves them to the relay."""
+        if self._counters is not None:
+            self._counters.committed(events)
         # Committed, not published: only the relay (after a restart) can publish them now.
         faults.point("outbox.after_commit")
         try:

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from choreography.consumer import Consumer
 from choreography.handlers import CONSUMERS, ROUTES
+from choreography.metrics import SagaCounters
 from choreography.outbox import Publisher, Relay
 from choreography.sweepers import Sweepers
 from domain.events import (
@@ -121,10 +122,16 @@ def is_connected(broker: NatsBroker) -> bool:
 class Choreography:
     """Every consumer, the relay and the sweepers, on one broker connection."""
 
-    def __init__(self, engine: Engine, settings: Settings, broker: NatsBroker) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        broker: NatsBroker,
+        counters: SagaCounters | None = None,
+    ) -> None:
         self._engine = engine
         self.broker = broker
-        self.publisher = Publisher(engine, broker)
+        self.publisher = Publisher(engine, broker, counters)
         self._tasks: list[asyncio.Task[None]] = []
         events, _dead = streams(settings.nats_stream_replicas)
         for (service, type), name in CONSUMERS.items():
