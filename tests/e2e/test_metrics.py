@@ -4,6 +4,7 @@ dead letters and JetStream (docs/operations.md#metrics)."""
 
 import asyncio
 import re
+from pathlib import Path
 
 from choreography.runtime import connect_broker
 from domain.status import SagaStyle
@@ -14,6 +15,9 @@ from tests.e2e.test_both_styles import a_city, place
 from tests.e2e.test_races import poll
 
 SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
+MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
+DASHBOARD = MONITORING / "grafana" / "dashboards" / "order-saga.json"
+ALERTS = MONITORING / "prometheus" / "alerts.yml"
 
 
 async def scrape(stack: Stack) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -135,3 +139,42 @@ async def test_the_choreography_gauges_read_dead_letters_outbox_and_consumer_lag
         "payment_window",
         "dealer_retry",
     }
+
+
+def queried(path: Path) -> set[str]:
+    """The saga's and the SDK's metric names a dashboard or rule file queries."""
+    names = set(re.findall(r"\b((?:order_saga|temporal)_\w+)", path.read_text()))
+    # A histogram is queried through its series; the name it is served under is the same.
+    return {re.sub(r"_(bucket|sum|count)$", "", name) for name in names}
+
+
+def served(samples: dict[str, list[tuple[dict[str, str], float]]]) -> set[str]:
+    return {re.sub(r"_(bucket|sum|count)$", "", name) for name in samples}
+
+
+# Served once a compensation has failed: tests/test_telemetry.py makes one fail.
+ONLY_AFTER_A_FAILURE = {"order_saga_compensation_retries_total"}
+
+
+async def test_the_dashboard_and_the_alerts_query_only_metrics_that_are_served(
+    stack: Stack,
+) -> None:
+    for style in SagaStyle:  # a saga down the longest path of each style: every phase
+        styled = stack.in_style(style)
+        placed = await place(styled, city=a_city())
+        await styled.http.post(f"/payments/{placed['payment']['payment_id']}/confirm")
+        await poll(styled.http, placed["order_id"], lambda o: o["phase"] == "CANCELLED")
+    runtime = metrics_runtime(stack.settings.metrics_bind_address)
+    assert runtime is not None
+    broker = connect_broker(stack.settings)
+    await broker.start()
+    try:
+        await SagaGauges(stack.engine, runtime.metric_meter, broker=broker).collect()
+    finally:
+        await broker.stop()
+    # The workflow's phase time is recorded as it leaves the phase: wait for the last one.
+    await until_moved(stack, "order_saga_ended_total", 0, {"style": "orchestration"})
+    samples = await scrape(stack)
+    for path in (DASHBOARD, ALERTS):
+        missing = queried(path) - served(samples) - ONLY_AFTER_A_FAILURE
+        assert sorted(missing) == [], path.name
