@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run worker api test test-db test-e2e lint format typecheck audit fuzz check clean chaos chaos-ci demo screenshot histories migration compose-check bench bench-scale
+.PHONY: install lock run worker api test test-db test-e2e lint format typecheck audit fuzz check clean chaos chaos-ci demo screenshot histories migration compose-check alerts-check bench bench-scale
 
 ## The dependencies from the dev lock (hash-checked), then the project itself without them.
 install: $(STAMP)
@@ -131,6 +131,14 @@ compose-check:
 	if env $(addprefix -u ,$(COMPOSE_SECRETS)) $(COMPOSE) --env-file "$$no_env" config -q 2>/dev/null; \
 	then rm -f "$$no_env"; echo "docker-compose.yml renders without its required secrets" >&2; exit 1; \
 	else rm -f "$$no_env"; echo "docker-compose.yml refuses to render without its required secrets"; fi
+
+## The alert rules (monitoring/prometheus/alerts.yml) checked, then run against their recorded
+## series (alerts.test.yml), with promtool (`apt-get install prometheus`).
+PROMTOOL ?= promtool
+alerts-check:
+	$(PROMTOOL) check rules monitoring/prometheus/alerts.yml
+	$(PROMTOOL) check config monitoring/prometheus/prometheus.yml
+	$(PROMTOOL) test rules monitoring/prometheus/alerts.test.yml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

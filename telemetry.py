@@ -1,10 +1,12 @@
 """Observability of the API and the worker: Prometheus metrics, OpenTelemetry tracing.
 
-Metrics: with ``METRICS_BIND_ADDRESS`` set, the process's Temporal client runs on a
+Metrics: with ``METRICS_BIND_ADDRESS`` set, the process's Temporal client (if any) runs on a
 ``temporalio.runtime.Runtime`` that serves Prometheus ``/metrics`` there: the SDK's own
-``temporal_*`` metrics plus the saga's (``order_saga_*``, emitted replay-safe by the workflow
-through ``workflow.metric_meter()``). The SDK allows one such runtime per bind address, so it is
-built once per process (:func:`metrics_runtime` caches it).
+``temporal_*`` metrics plus the saga's (``order_saga_*``: the workflow's, emitted replay-safe
+through ``workflow.metric_meter()``, the choreography's and the gauges read from the rows),
+named as Prometheus names them (counters ``_total``, durations in ``_seconds``). The SDK
+allows one such runtime per bind address, so it is built once per process
+(:func:`metrics_runtime` caches it).
 
 Tracing (off by default; needs the ``otel`` extra): with ``OTEL_EXPORTER=console|otlp`` the
 Temporal client carries ``TracingInterceptor`` (StartWorkflow, RunWorkflow, StartActivity,
@@ -41,8 +43,9 @@ TRACEPARENT = "traceparent"
 _W3C = TraceContextTextMapPropagator()
 # The order a span of the choreographed saga works on (its events' spans carry it).
 ORDER_ID_ATTRIBUTE = "order_saga.order_id"
-# order_saga_payment_wait (ms) spans up to the 30-minute payment window, and beyond.
-PAYMENT_WAIT_BUCKETS_MS = [1e3, 1e4, 6e4, 3e5, 9e5, 1.8e6, 3.6e6, 8.64e7]
+# A phase (and the payment wait) lasts seconds to the 30-minute payment window, or days in
+# transit: the SDK's default buckets stop at seconds.
+SAGA_DURATION_BUCKETS_SECONDS = [1, 10, 60, 300, 900, 1800, 3600, 6 * 3600, 86400, 7 * 86400]
 
 _lock = threading.Lock()
 _runtimes: dict[str, Runtime] = {}
@@ -64,8 +67,13 @@ def metrics_runtime(bind_address: str | None) -> Runtime | None:
                 telemetry=TelemetryConfig(
                     metrics=PrometheusConfig(
                         bind_address=bind_address,
+                        # Prometheus's own conventions: foo_total, foo_seconds.
+                        counters_total_suffix=True,
+                        unit_suffix=True,
+                        durations_as_seconds=True,
                         histogram_bucket_overrides={
-                            names.METRIC_PAYMENT_WAIT: PAYMENT_WAIT_BUCKETS_MS
+                            names.METRIC_PAYMENT_WAIT: SAGA_DURATION_BUCKETS_SECONDS,
+                            names.METRIC_PHASE: SAGA_DURATION_BUCKETS_SECONDS,
                         },
                     )
                 )

@@ -60,6 +60,7 @@ def create_app(
             temporal="lazy",
             nats="background",
             migrate_schema=True,
+            row_gauges=True,  # one process per deployment reads them: the API
             interceptors=[*tracing_interceptors(tracer_provider), *temporal_interceptors],
             tracer_provider=tracer_provider,
         )

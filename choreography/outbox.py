@@ -26,6 +26,7 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, col, or_, select
 
 import faults
+from choreography.metrics import SagaCounters
 from domain.backoff import Backoff
 from domain.events import STREAM, Event, read_event
 from store.db import read_session, session
@@ -116,10 +117,16 @@ class Publisher:
     """Publishes outbox events to JetStream and marks them published."""
 
     def __init__(
-        self, engine: Engine, broker: NatsBroker, *, tracer: trace.Tracer | None = None
+        self,
+        engine: Engine,
+        broker: NatsBroker,
+        counters: SagaCounters | None = None,
+        *,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._engine = engine
         self._broker = broker
+        self._counters = counters
         # None: tracing off, and every tracing step here a no-op.
         self.tracer = tracer
         # Rows the relay could not publish for a reason of their own, since the start.
@@ -127,6 +134,8 @@ class Publisher:
 
     async def publish(self, events: Sequence[Outgoing]) -> None:
         """Publish ``events`` (just committed) now; a failure leaves them to the relay."""
+        if self._counters is not None:
+            self._counters.committed(events)
         # Committed, not published: only the relay (after a restart) can publish them now.
         faults.point("outbox.after_commit")
         traceparent = current_traceparent()  # the context they were written in

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 
 from choreography.consumer import Consumer
 from choreography.handlers import CONSUMERS, ROUTES
+from choreography.metrics import SagaCounters
 from choreography.outbox import Publisher, Relay
 from choreography.sweepers import Sweepers
 from domain.events import (
@@ -127,12 +128,13 @@ class Choreography:
         engine: Engine,
         settings: Settings,
         broker: NatsBroker,
+        counters: SagaCounters | None = None,
         *,
         tracer: Tracer | None = None,
     ) -> None:
         self._engine = engine
         self.broker = broker
-        self.publisher = Publisher(engine, broker, tracer=tracer)
+        self.publisher = Publisher(engine, broker, counters, tracer=tracer)
         self._tasks: list[asyncio.Task[None]] = []
         events, _dead = streams(settings.nats_stream_replicas)
         for (service, type), name in CONSUMERS.items():

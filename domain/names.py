@@ -26,12 +26,15 @@ ORDER_STATUS = SearchAttributeKey.for_keyword(ORDER_STATUS_SEARCH_ATTRIBUTE)
 CUSTOMER_ID = SearchAttributeKey.for_keyword(CUSTOMER_ID_SEARCH_ATTRIBUTE)
 SEARCH_ATTRIBUTES = (ORDER_STATUS, CUSTOMER_ID)
 
-# The saga's metrics (workflows/metrics.py emits them; telemetry.py serves them).
+# The saga's metrics, each with ``style`` (a SagaStyle): workflows/metrics.py emits the
+# orchestrated saga's, choreography/metrics.py the choreographed one's; telemetry.py serves
+# counters with ``_total`` and durations in seconds (``_seconds``), as Prometheus names them.
 METRIC_STARTED = "order_saga_started"
-METRIC_COMPLETED = "order_saga_completed"  # outcome: delivered | cancelled
-METRIC_COMPENSATED = "order_saga_compensated"  # reason: the failure type
+METRIC_ENDED = "order_saga_ended"  # outcome: delivered | cancelled; reason: the failure type
+METRIC_REFUNDED = "order_saga_refunded"  # a cancelled saga that gave the money back
 METRIC_COMPENSATION_RETRIES = "order_saga_compensation_retries"  # compensation: its name
-METRIC_PAYMENT_WAIT = "order_saga_payment_wait"  # ms, decision: a Decision
+METRIC_PHASE = "order_saga_phase"  # time spent in a phase; phase: a SagaPhase
+METRIC_PAYMENT_WAIT = "order_saga_payment_wait"  # decision: a Decision
 
 # Signals and queries of OrderProcessWorkflow.
 SIGNAL_CONFIRM_PAYMENT = "confirm_payment"

@@ -348,3 +348,66 @@ def test_the_image_and_the_wheel_hold_every_room_of_the_product() -> None:
     packaged |= set(re.findall(r'"(\w+)"', pyproject.split("py-modules = ", 1)[1].split("\n")[0]))
     assert [room for room in rooms if room not in copied] == []
     assert [room for room in rooms if room not in packaged] == []
+
+
+# ---------------------------------------------------------------- monitoring
+
+MONITORING = COMPOSE_FILE.parent / "monitoring"
+SCRAPE = yaml.safe_load((MONITORING / "prometheus" / "prometheus.yml").read_text())
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """A service's bind mounts and volumes: target path -> source."""
+    found = {}
+    for mount in service.get("volumes") or []:
+        source, target, *_ = str(mount).split(":")
+        found[target] = source
+    return found
+
+
+def scrape_targets(job: str) -> set[str]:
+    """The hosts a Prometheus job scrapes: its DNS names and static targets."""
+    (config,) = [c for c in SCRAPE["scrape_configs"] if c["job_name"] == job]
+    hosts = {name for sd in config.get("dns_sd_configs", []) for name in sd["names"]}
+    static = [t for sc in config.get("static_configs", []) for t in sc["targets"]]
+    return hosts | {target.rsplit(":", 1)[0] for target in static}
+
+
+def test_the_monitoring_images_are_pinned_by_tag_in_their_anchors() -> None:
+    for anchor, repository in (
+        ("prometheus-image", "prom/prometheus"),
+        ("grafana-image", "grafana/grafana"),
+        ("nats-exporter-image", "natsio/prometheus-nats-exporter"),
+    ):
+        found = re.search(rf"&{anchor}\s+(\S+)", RAW)
+        assert found, f"no &{anchor} anchor under x-images"
+        assert re.fullmatch(rf"{re.escape(repository)}:v?\d+\.\d+\.\d+", found.group(1))
+
+
+def test_prometheus_loads_the_rules_and_scrapes_every_app_process_and_nats_node() -> None:
+    prometheus = SERVICES["prometheus"]
+    assert mounts(prometheus)["/etc/prometheus"] == "./monitoring/prometheus"
+    assert "alerts.yml" in SCRAPE["rule_files"]
+    assert scrape_targets("order-saga-api") == {"api"}
+    assert scrape_targets("order-saga-workers") == set(WORKERS)
+    exporters = scrape_targets("nats")
+    assert exporters == {f"{node}-exporter" for node in NATS_SERVICES}
+    for exporter in exporters:
+        node = exporter.removesuffix("-exporter")
+        assert SERVICES[exporter]["command"][-1] == f"http://{node}:8222", exporter
+    # Every process it scrapes serves /metrics on the port it scrapes.
+    (port,) = {sd["port"] for c in SCRAPE["scrape_configs"] for sd in c.get("dns_sd_configs", [])}
+    for name in SAGA_SERVICES:
+        assert environment(SERVICES[name]).get("METRICS_BIND_ADDRESS") == f"0.0.0.0:{port}", name
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
+    grafana = mounts(SERVICES["grafana"])
+    assert grafana["/etc/grafana/provisioning"] == "./monitoring/grafana/provisioning"
+    provisioning = MONITORING / "grafana" / "provisioning"
+    sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    assert [s["url"] for s in sources["datasources"]] == ["http://prometheus:9090"]
+    providers = yaml.safe_load((provisioning / "dashboards" / "order-saga.yml").read_text())
+    (path,) = [p["options"]["path"] for p in providers["providers"]]
+    assert grafana[path] == "./monitoring/grafana/dashboards"
+    assert (MONITORING / "grafana" / "dashboards" / "order-saga.json").exists()

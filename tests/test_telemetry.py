@@ -25,9 +25,9 @@ from workflows import OrderProcessWorkflow as Saga
 
 
 def samples(text: str, metric: str) -> list[tuple[dict[str, str], float]]:
-    """Every sample of ``metric`` (with or without a ``_total`` suffix): labels and value."""
+    """Every sample of ``metric`` (its name as served): labels and value."""
     found = []
-    pattern = re.compile(rf"^{metric}(?:_total)?\{{(.*)\}} (\S+)$")
+    pattern = re.compile(rf"^{metric}\{{(.*)\}} (\S+)$")
     for line in text.splitlines():
         match = pattern.match(line)
         if match:
@@ -83,28 +83,38 @@ async def test_saga_metrics_are_scraped_from_prometheus(
         assert (await delivered.result()).phase == SagaPhase.DELIVERED
 
     queue = names.WORKFLOW_TASK_QUEUE + task_queue_suffix
+    style = {"style": "orchestration"}
     expected = {
-        ("order_saga_started", ()): 2,
-        ("order_saga_completed", (("outcome", "cancelled"),)): 1,
-        ("order_saga_completed", (("outcome", "delivered"),)): 1,
-        ("order_saga_compensated", (("reason", names.PAYMENT_CANCELLED),)): 1,
+        ("order_saga_started_total", ()): 2,
+        ("order_saga_ended_total", (("outcome", "delivered"),)): 1,
         (
-            "order_saga_compensation_retries",
+            "order_saga_ended_total",
+            (("outcome", "cancelled"), ("reason", names.PAYMENT_CANCELLED)),
+        ): 1,
+        ("order_saga_refunded_total", ()): 0,  # cancelled before the payment was taken
+        (
+            "order_saga_compensation_retries_total",
             (("compensation", names.CANCEL_OR_REFUND_PAYMENT),),
         ): 1,
-        ("order_saga_payment_wait_count", (("decision", "CANCEL"),)): 1,
-        ("order_saga_payment_wait_count", (("decision", "CONFIRM"),)): 1,
+        ("order_saga_payment_wait_seconds_count", (("decision", "CANCEL"),)): 1,
+        ("order_saga_payment_wait_seconds_count", (("decision", "CONFIRM"),)): 1,
+        ("order_saga_phase_seconds_count", (("phase", "AWAITING_PAYMENT"),)): 2,
+        ("order_saga_phase_seconds_count", (("phase", "COMPENSATING"),)): 1,
+        ("order_saga_phase_seconds_count", (("phase", "IN_TRANSIT"),)): 1,
     }
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
         for _ in range(50):
             text = (await http.get("/metrics")).text
-            seen = {key: total(text, key[0], task_queue=queue, **dict(key[1])) for key in expected}
+            seen = {
+                key: total(text, key[0], task_queue=queue, **style, **dict(key[1]))
+                for key in expected
+            }
             if seen == expected:
                 break
             await asyncio.sleep(0.1)
     assert seen == expected, text
     # The saga's metrics carry the workflow's labels; the SDK's own are prefixed temporal_.
-    labels, _ = samples(text, "order_saga_started")[0]
+    labels, _ = samples(text, "order_saga_started_total")[0]
     assert labels["workflow_type"] == "OrderProcessWorkflow"
     assert labels["namespace"] == time_skipping_env.client.namespace
-    assert "temporal_workflow_completed" in text or "temporal_request" in text
+    assert "temporal_workflow_completed_total" in text or "temporal_request_total" in text

@@ -112,6 +112,8 @@ class OrderProcessWorkflow:
         # The OrderStatus search attribute as it stands (the start sets it to PENDING).
         self._search_status = workflow.info().typed_search_attributes.get(names.ORDER_STATUS)
         self._delivered = False
+        # When the saga entered its phase: the time spent there is recorded as it leaves.
+        self._phase_since = workflow.info().start_time
         self._compensations = CompensationStack(
             self._state.compensations, on_retry=self._on_compensation_retry
         )
@@ -126,15 +128,17 @@ class OrderProcessWorkflow:
         except (ApplicationError, ActivityError, asyncio.CancelledError) as err:
             cancelled = is_cancelled_exception(err)
             self._record_failure(err, cancelled=cancelled)
-            metrics.count(names.METRIC_COMPENSATED, reason=self._state.failure_type or "unknown")
             await self._unwind()
-            metrics.count(names.METRIC_COMPLETED, outcome="cancelled")
+            reason = self._state.failure_type or "unknown"
+            metrics.count(names.METRIC_ENDED, outcome="cancelled", reason=reason)
+            if self._state.payment_status == PaymentStatus.REFUNDED:
+                metrics.count(names.METRIC_REFUNDED)
             if cancelled:
                 raise  # the run closes as CANCELED, after its compensations ran
             return self._state
         # Past the pivot: a cancel request cannot undo a parcel already with its dealer.
         await run_shielded(self._deliver(), on_cancel=self._record_ignored_cancel)
-        metrics.count(names.METRIC_COMPLETED, outcome="delivered")
+        metrics.count(names.METRIC_ENDED, outcome="delivered")
         return self._state
 
     async def _until_pivot(self) -> None:
@@ -586,5 +590,9 @@ class OrderProcessWorkflow:
         workflow.upsert_search_attributes([names.ORDER_STATUS.value_set(value)])
 
     def _set_phase(self, phase: SagaPhase, details: str) -> None:
+        now = workflow.now()
+        if phase != self._state.phase:
+            metrics.record_phase(self._state.phase, now - self._phase_since)
+            self._phase_since = now
         self._state.phase = phase
         workflow.set_current_details(details)

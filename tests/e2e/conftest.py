@@ -25,6 +25,7 @@ from temporalio.worker import Worker
 from api.app import create_app
 from api.auth.callers import API_KEY_HEADER
 from api.auth.tokens import issue_customer_token
+from choreography.metrics import SagaCounters
 from choreography.outbox import Publisher
 from choreography.runtime import Choreography, connect_broker
 from domain.events import Event, EventType, Service
@@ -33,6 +34,7 @@ from domain.status import SagaStyle
 from settings import Settings
 from store.db import make_engine, session
 from store.models import DeadLetterRow
+from telemetry import metrics_runtime
 from tests.conftest import database_url, reset_schema, temporal_binary
 from tests.nats_server import NatsServer
 from tools.chaos.stack import free_port
@@ -56,6 +58,8 @@ class Stack:
     settings: Settings
     nats: NatsServer
     apis: dict[SagaStyle, httpx.AsyncClient]
+    # The process's Prometheus /metrics: the workflows', the choreography's and the APIs'.
+    metrics: httpx.AsyncClient
     style: SagaStyle = SagaStyle.ORCHESTRATION
 
     def in_style(self, style: SagaStyle) -> "Stack":
@@ -70,7 +74,11 @@ class Stack:
 
 @pytest.fixture(scope="session")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    metrics_address = f"127.0.0.1:{free_port()}"
+    runtime = metrics_runtime(metrics_address)
+    assert runtime is not None
     env = await WorkflowEnvironment.start_local(
+        runtime=runtime,  # the workers' client: the workflow's metrics
         data_converter=pydantic_data_converter,
         port=free_port(),  # not the SDK's pick: see tools.chaos.stack.free_port
         dev_server_existing_path=temporal_binary("temporal"),
@@ -100,6 +108,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         event_max_deliveries=3,
         # The open API of most tests; tests/e2e/test_auth.py runs a secured one beside it.
         auth_mode="dev",
+        metrics_bind_address=metrics_address,
     )
     engine = make_engine(settings.database_url_value)
     reset_schema(engine)
@@ -109,7 +118,8 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         executor = stack.enter_context(ThreadPoolExecutor(16))
         for worker in build_workers(env.client, engine, executor):
             await stack.enter_async_context(worker)
-        choreography = Choreography(engine, settings, connect_broker(settings))
+        counters = SagaCounters(runtime.metric_meter)
+        choreography = Choreography(engine, settings, connect_broker(settings), counters)
         await choreography.start()
         stack.push_async_callback(choreography.stop)
         apis = {
@@ -118,6 +128,9 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
             )
             for style in SagaStyle
         }
+        metrics = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=f"http://{metrics_address}", timeout=30)
+        )
         yield Stack(
             http=apis[SagaStyle.ORCHESTRATION],
             client=env.client,
@@ -125,6 +138,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
             settings=settings,
             nats=nats,
             apis=apis,
+            metrics=metrics,
         )
     engine.dispose()
 
