@@ -128,6 +128,32 @@ class OrderView(BaseModel):
     events: list[OrderEvent] | None = None
 
 
+class StuckOrder(BaseModel):
+    """An order whose saga waits longer than expected, and why (``GET /orders/stuck``).
+
+    ``waiting_for`` names what the saga waits for: a signal (the customer's decision, the
+    dealer's report), a step (an activity, its attempt and last failure), a timer (the next
+    dealer attempt), an event its consumer has not applied, a dead letter's replay, or a
+    workflow that is no longer running."""
+
+    order_id: str
+    style: SagaStyle
+    phase: SagaPhase
+    # Its last progress: the latest change to its rows (or its dead letter's failure).
+    since: datetime
+    waiting_for: str
+    why: str
+    # The step's or the consumer's last error, when one is failing.
+    error: str | None = None
+    attempts: int | None = None
+    # Choreography: the consumer that has not applied the event, and its dead letter.
+    consumer: str | None = None
+    dead_letter_id: str | None = None
+    # Orchestration: the saga's workflow, and its page in the Temporal Web UI.
+    workflow_id: str | None = None
+    workflow_url: str | None = None
+
+
 class OrderPage(BaseModel):
     """A page of orders."""
 
