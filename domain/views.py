@@ -2,11 +2,12 @@
 dealers, built from the services' rows (``sagas.views``); no I/O.
 """
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from domain.events import EventType, Service
 from domain.input import Count, Name, Phone, Place
 from domain.status import (
     Decision,
@@ -152,6 +153,50 @@ class StuckOrder(BaseModel):
     # Orchestration: the saga's workflow, and its page in the Temporal Web UI.
     workflow_id: str | None = None
     workflow_url: str | None = None
+
+
+class ReplayFilter(BaseModel):
+    """Which pending dead letters a bulk replay takes (``POST /dead-letters/replay``): every
+    filter given must match; none given takes them all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A consumer is named ``<service>-<event type>`` (``payments-order_created``).
+    consumer: str | None = Field(default=None, max_length=64)
+    type: EventType | None = None
+    # Failed at or after ``since``, and before ``until``.
+    since: datetime | None = None
+    until: datetime | None = None
+
+    @field_validator("consumer")
+    @classmethod
+    def _a_consumer(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        service, _, type = value.partition("-")
+        if service not in set(Service) or type not in set(EventType):
+            raise ValueError("not a consumer's name: <service>-<event type>")
+        return value
+
+    @field_validator("since", "until")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # A time without an offset is read as UTC, the zone the rows are written in.
+        if value is None or value.tzinfo is not None:
+            return value
+        return value.replace(tzinfo=UTC)
+
+    @model_validator(mode="after")
+    def _in_order(self) -> "ReplayFilter":
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise ValueError("since must be before until")
+        return self
+
+
+class ReplayQueued(BaseModel):
+    """How many dead letters a bulk replay queued in the outbox (0: none was pending)."""
+
+    queued: int
 
 
 class OrderPage(BaseModel):

@@ -15,7 +15,7 @@ from choreography.outbox import Publisher
 from domain import names
 from domain.payloads import OrderRequest, SagaState, SagaTimeouts
 from domain.status import Decision, SagaStyle
-from domain.views import EventLogEntry, OrderView, StuckOrder
+from domain.views import EventLogEntry, OrderView, ReplayFilter, StuckOrder
 from sagas import rules, views
 from sagas.choreography import ChoreographedSagas
 from sagas.errors import ConflictError, NotFoundError
@@ -178,6 +178,11 @@ class Sagas:
     async def replay_dead_letter(self, dead_letter_id: str) -> None:
         """Deliver a dead-lettered event again (its cause fixed)."""
         await self._choreography().replay_dead_letter(dead_letter_id)
+
+    async def replay_dead_letters(self, chosen: ReplayFilter) -> int:
+        """Deliver again every pending dead letter ``chosen`` matches (their cause fixed), each
+        as :meth:`replay_dead_letter` does; returns how many were queued."""
+        return await self._choreography().replay_dead_letters(chosen)
 
     async def stuck_orders(
         self, *, older_than: timedelta | None = None, limit: int = 100, offset: int = 0
