@@ -354,12 +354,15 @@ class OrchestratedSagas:
     async def explain_stuck(self, entry: StuckOrder) -> None:
         """Say in ``entry`` what the saga's workflow waits for, as Temporal describes it: no
         running workflow, a workflow task no worker completes, a step (its attempt and last
-        failure), or else the signal or timer of its phase (left as the rows said it)."""
+        failure), or else the signal or timer of its phase (left as the rows said it, as when
+        Temporal does not answer)."""
         try:
             described = await self.handle(entry.order_id).describe()
         except RPCError as err:
             if not is_saga_missing(err):
-                raise
+                # Temporal down: the rows' account still helps an operator in an outage.
+                entry.why += f" (Temporal did not answer: {err.message})"
+                return
             entry.waiting_for = "its workflow"
             entry.why = "Temporal has no workflow for this order (never started, or deleted)"
             return
