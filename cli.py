@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -319,12 +319,22 @@ async def cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _utc_unless_offset(text: str) -> str:
+    """An ISO 8601 time, read as UTC when it has no offset (the API needs one); anything
+    else as typed, for the API to refuse."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
 async def replay_dead_letters(args: argparse.Namespace) -> int:
     """Replay one dead letter by id, or every pending one the filters match."""
-    chosen = {
-        name: getattr(args, name)
+    chosen: dict[str, Any] = {
+        name: _utc_unless_offset(getattr(args, name)) if name in ("since", "until") else value
         for name in ("consumer", "type", "since", "until")
-        if getattr(args, name) is not None
+        if (value := getattr(args, name)) is not None
     }
     if args.dead_letter_id is not None and (chosen or args.all):
         print("give a dead letter's id, or filters, not both", file=sys.stderr)
@@ -336,7 +346,7 @@ async def replay_dead_letters(args: argparse.Namespace) -> int:
         if args.dead_letter_id is not None:
             response = await http.post(f"/dead-letters/{args.dead_letter_id}/replay")
         else:
-            response = await http.post("/dead-letters/replay", json=chosen)
+            response = await http.post("/dead-letters/replay", json=chosen or {"all": True})
     if response.status_code != 202:
         return _refused(response)
     body = response.json()

@@ -2,10 +2,13 @@
 dealers, built from the services' rows (``sagas.views``); no I/O.
 """
 
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from domain.events import EventType, Service
 from domain.input import Count, Name, Phone, Place
@@ -155,41 +158,55 @@ class StuckOrder(BaseModel):
     workflow_url: str | None = None
 
 
+# A date-time as RFC 3339 writes it, its offset required.
+RFC_3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)\Z")
+# A consumer's name: ``<service>-<event type>`` (``payments-order_created``).
+CONSUMER_NAME = rf"^({'|'.join(Service)})-({'|'.join(EventType)})$"
+
+
 class ReplayFilter(BaseModel):
-    """Which pending dead letters a bulk replay takes (``POST /dead-letters/replay``): every
-    filter given must match; none given takes them all."""
+    """Which pending dead letters a bulk replay takes (``POST /dead-letters/replay``): those
+    every filter given matches; ``all: true`` stands for no filter. At least one field is
+    given, so an empty body replays nothing by accident; none is ever null."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
-    # A consumer is named ``<service>-<event type>`` (``payments-order_created``).
-    consumer: str | None = Field(default=None, max_length=64)
-    type: EventType | None = None
-    # Failed at or after ``since``, and before ``until``.
-    since: datetime | None = None
-    until: datetime | None = None
+    consumer: Annotated[str, Field(pattern=CONSUMER_NAME)] | SkipJsonSchema[None] = None
+    type: EventType | SkipJsonSchema[None] = None
+    # Failed at or after ``since``, and before ``until`` (times with their offset).
+    since: AwareDatetime | SkipJsonSchema[None] = None
+    until: AwareDatetime | SkipJsonSchema[None] = None
+    all: Literal[True] | SkipJsonSchema[None] = None
 
-    @field_validator("consumer")
+    @field_validator("consumer", "type", "since", "until", "all", mode="before")
     @classmethod
-    def _a_consumer(cls, value: str | None) -> str | None:
+    def _given(cls, value: object) -> object:
+        # The schema has no null: a filter left out is left out, never null.
         if value is None:
-            return value
-        service, _, type = value.partition("-")
-        if service not in set(Service) or type not in set(EventType):
-            raise ValueError("not a consumer's name: <service>-<event type>")
+            raise ValueError("leave a filter out rather than null")
         return value
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _a_time(cls, value: object) -> object:
+        # RFC 3339 text (the schema's date-time), never a number read as a Unix timestamp.
+        if isinstance(value, datetime) or (isinstance(value, str) and RFC_3339.match(value)):
+            return value
+        raise ValueError("a time is RFC 3339 text with its offset: 2026-12-07T10:00:00Z")
 
     @field_validator("since", "until")
     @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        # A time without an offset is read as UTC, the zone the rows are written in.
-        if value is None or value.tzinfo is not None:
-            return value
-        return value.replace(tzinfo=UTC)
+    def _utc(cls, value: datetime) -> datetime:
+        # The rows' times are UTC, and SQLite compares them as text.
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # past year 1 or 9999 in UTC: as far as a filter goes
+            return (datetime.min if value.year == 1 else datetime.max).replace(tzinfo=UTC)
 
     @model_validator(mode="after")
-    def _in_order(self) -> "ReplayFilter":
-        if self.since is not None and self.until is not None and self.since >= self.until:
-            raise ValueError("since must be before until")
+    def _something_chosen(self) -> "ReplayFilter":
+        if not self.model_fields_set:
+            raise ValueError("give a filter (consumer, type, since, until), or all: true")
         return self
 
 

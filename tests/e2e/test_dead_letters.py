@@ -17,7 +17,6 @@ from decimal import Decimal
 from typing import Any
 
 import nats
-import pytest
 from nats.js.errors import NotFoundError
 from sqlalchemy import Engine
 from sqlmodel import col, func, select
@@ -332,23 +331,27 @@ async def test_a_hundred_dead_letters_are_replayed_in_bulk_each_applied_once(
         assert order["status"] == "DELIVERED", order
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"consumer": "nobody"},
-        {"type": "order_exploded"},
-        {"since": "yesterday"},
-        {"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"},
-        {"limit": 5},
-        [],
-    ],
-    ids=str,
-)
-async def test_a_bulk_replay_with_bad_filters_is_a_422_and_replays_nothing(
-    stack: Stack, body: Any
-) -> None:
-    response = await stack.http.post("/dead-letters/replay", json=body)
-    assert response.status_code == 422, response.text
+# Bodies a bulk replay refuses: no filter, an unknown consumer or type, a time without its
+# offset or unreadable, a null filter, an unknown field, not an object.
+BAD_FILTERS: list[Any] = [
+    {},
+    {"consumer": "nobody"},
+    {"type": "order_exploded"},
+    {"since": "yesterday"},
+    {"since": "2026-01-02T00:00:00"},
+    {"consumer": None},
+    {"all": False},
+    {"limit": 5},
+    [],
+]
+
+
+async def test_a_bulk_replay_with_bad_filters_is_a_422_and_replays_nothing(stack: Stack) -> None:
+    dead = await poison_event(stack)
+    for body in BAD_FILTERS:
+        response = await stack.http.post("/dead-letters/replay", json=body)
+        assert response.status_code == 422, (body, response.text)
+    assert dead.id in await listed(stack)
 
 
 async def test_only_an_operator_replays_in_bulk(secured: SecuredApi) -> None:
