@@ -4,8 +4,12 @@
     ordersaga demo                     # four orders: delivered, cancelled, timed out, no dealer
     ordersaga orders [--status S]      # list orders
     ordersaga order ID [--follow]      # one order, and its saga: steps or events
+    ordersaga stuck [--older-than S]   # orders waiting longer than expected, and why
+    ordersaga cancel ID                # cancel an order before its pivot (it compensates)
     ordersaga dealers list|add ...     # list or add delivery people
-    ordersaga dead-letters list|replay # events no consumer could apply (choreography)
+    ordersaga dead-letters list|replay # events no consumer could apply (choreography);
+                                       # replay one by id, or in bulk by --consumer,
+                                       # --type, --since, --until (or --all)
     ordersaga builds                   # the saga's builds, and the open sagas on each
 
 Talks to the API at ``--api`` (default http://127.0.0.1:8000). ``demo`` places its orders
@@ -19,7 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -280,14 +284,80 @@ async def order(args: argparse.Namespace) -> int:
             await asyncio.sleep(0.5)
 
 
-async def dead_letters(args: argparse.Namespace) -> int:
+async def stuck(args: argparse.Namespace) -> int:
+    """The orders whose saga waits longer than expected, longest first, and why."""
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.older_than is not None:
+        params["older_than_seconds"] = args.older_than
     async with _client(args) as http:
-        if args.action == "replay":
+        response = await http.get("/orders/stuck", params=params)
+    if response.status_code != 200:
+        return _refused(response)
+    found = response.json()
+    rows = [
+        (o["order_id"], o["style"], o["phase"], o["since"][:19], o["waiting_for"]) for o in found
+    ]
+    print(_table(rows, ("order", "style", "phase", "since (UTC)", "waiting for")))
+    for o in found:
+        print(f"\n{o['order_id']}: {o['why']}")
+        if o.get("error"):
+            attempts = f" (attempt {o['attempts']})" if o.get("attempts") else ""
+            print(f"  last error{attempts}: {o['error']}")
+        if o.get("workflow_url"):
+            print(f"  Temporal Web UI: {o['workflow_url']}")
+    print(f"{len(found)} stuck order(s)")
+    return 0
+
+
+async def cancel(args: argparse.Namespace) -> int:
+    """Cancel an order before its pivot: its saga compensates (409 after the pivot)."""
+    async with _client(args) as http:
+        response = await http.post(f"/orders/{args.order_id}/cancel")
+    if response.status_code != 202:
+        return _refused(response)
+    print(f"order {args.order_id}: cancel requested; its saga compensates")
+    return 0
+
+
+def _utc_unless_offset(text: str) -> str:
+    """An ISO 8601 time, read as UTC when it has no offset (the API needs one); anything
+    else as typed, for the API to refuse."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
+async def replay_dead_letters(args: argparse.Namespace) -> int:
+    """Replay one dead letter by id, or every pending one the filters match."""
+    chosen: dict[str, Any] = {
+        name: _utc_unless_offset(getattr(args, name)) if name in ("since", "until") else value
+        for name in ("consumer", "type", "since", "until")
+        if (value := getattr(args, name)) is not None
+    }
+    if args.dead_letter_id is not None and (chosen or args.all):
+        print("give a dead letter's id, or filters, not both", file=sys.stderr)
+        return 2
+    if args.dead_letter_id is None and not chosen and not args.all:
+        print("give a dead letter's id, filters, or --all", file=sys.stderr)
+        return 2
+    async with _client(args) as http:
+        if args.dead_letter_id is not None:
             response = await http.post(f"/dead-letters/{args.dead_letter_id}/replay")
-            if response.status_code != 202:
-                return _refused(response)
-            print(response.json()["detail"])
-            return 0
+        else:
+            response = await http.post("/dead-letters/replay", json=chosen or {"all": True})
+    if response.status_code != 202:
+        return _refused(response)
+    body = response.json()
+    print(body["detail"] if "detail" in body else f"{body['queued']} dead letter(s) queued")
+    return 0
+
+
+async def dead_letters(args: argparse.Namespace) -> int:
+    if args.action == "replay":
+        return await replay_dead_letters(args)
+    async with _client(args) as http:
         response = await http.get("/dead-letters", params={"pending": not args.all})
     if response.status_code != 200:
         return _refused(response)
@@ -399,8 +469,22 @@ def parser() -> argparse.ArgumentParser:
     dead_actions = dead.add_subparsers(dest="action", required=True)
     dead_list = dead_actions.add_parser("list")
     dead_list.add_argument("--all", action="store_true", help="the replayed ones too")
-    replay = dead_actions.add_parser("replay", help="deliver one again, its cause fixed")
-    replay.add_argument("dead_letter_id")
+    replay = dead_actions.add_parser(
+        "replay", help="deliver one again (by id), or every pending one the filters match"
+    )
+    replay.add_argument("dead_letter_id", nargs="?")
+    replay.add_argument("--consumer", help="its consumer, e.g. payments-order_created")
+    replay.add_argument("--type", help="its event's type, e.g. order_created")
+    replay.add_argument("--since", help="failed at or after (ISO 8601; UTC if no offset)")
+    replay.add_argument("--until", help="failed before (ISO 8601; UTC if no offset)")
+    replay.add_argument("--all", action="store_true", help="every pending dead letter")
+    stuck_orders = commands.add_parser("stuck", help="orders waiting longer than expected, why")
+    stuck_orders.add_argument(
+        "--older-than", type=int, metavar="SECONDS", help="every unfinished order this idle"
+    )
+    stuck_orders.add_argument("--limit", type=int, default=100)
+    cancelling = commands.add_parser("cancel", help="cancel an order before its pivot")
+    cancelling.add_argument("order_id")
     commands.add_parser("builds", help="the saga's builds and the open sagas pinned to each")
     dealer = commands.add_parser("dealers", help="list or add dealers")
     actions = dealer.add_subparsers(dest="action", required=True)
@@ -424,6 +508,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "order": order,
         "dealers": dealers,
         "dead-letters": dead_letters,
+        "stuck": stuck,
+        "cancel": cancel,
         "builds": show_builds,
     }[args.command]
     from nats.errors import Error as NatsError

@@ -9,7 +9,7 @@ import asyncio
 import time
 from typing import Any
 
-from sqlalchemy import Engine, update
+from sqlalchemy import ColumnElement, Engine, select, update
 from sqlmodel import Session, col
 
 from choreography.handlers import apply_decision
@@ -17,7 +17,7 @@ from choreography.outbox import Publisher, Replay
 from domain import names
 from domain.events import Event, EventType, Service, read_event
 from domain.status import Decision, PaymentStatus, SagaStyle
-from domain.views import OrderView
+from domain.views import OrderView, ReplayFilter
 from sagas import rules, views
 from sagas.errors import ConflictError, NotFoundError
 from sagas.rules import Acceptance, DecisionAccepted, NewOrder, Placement
@@ -27,6 +27,8 @@ from store.models import DeadLetterRow, DeliveryRow, PaymentRow, utcnow
 
 # How often a waiting ``place`` reads the order back (``Prefer: wait``).
 POLL = 0.02
+# Dead letters a bulk replay marks and queues in one transaction (a few hundred outbox rows).
+REPLAY_BATCH = 200
 
 
 class ChoreographedSagas:
@@ -157,6 +159,50 @@ class ChoreographedSagas:
             return None, [Replay(read_event(row.body), dead_letter_id)]
 
         await self._publisher.write(take)
+
+    async def replay_dead_letters(self, chosen: ReplayFilter) -> int:
+        """Replay every pending dead letter ``chosen`` matches, oldest first, as
+        :meth:`replay_dead_letter` does each (marked and queued in one transaction, a batch at
+        a time); returns how many this call queued. Racing calls queue each one once."""
+        pending: list[ColumnElement[bool]] = [col(DeadLetterRow.replayed_at).is_(None)]
+        if chosen.consumer is not None:
+            pending.append(col(DeadLetterRow.consumer) == chosen.consumer)
+        if chosen.type is not None:
+            pending.append(col(DeadLetterRow.type) == chosen.type)
+        if chosen.since is not None:
+            pending.append(col(DeadLetterRow.failed_at) >= chosen.since)
+        if chosen.until is not None:
+            pending.append(col(DeadLetterRow.failed_at) < chosen.until)
+        batch = (
+            select(col(DeadLetterRow.id))
+            .where(*pending)
+            .order_by(col(DeadLetterRow.failed_at), col(DeadLetterRow.id))
+            .limit(REPLAY_BATCH)
+        )
+
+        def take(db: Session) -> tuple[int, list[Replay]]:
+            # RETURNING names the rows this transaction marked: a racing replay marks others.
+            rows = (
+                db.connection()
+                .execute(
+                    update(DeadLetterRow)
+                    .where(col(DeadLetterRow.id).in_(batch.scalar_subquery()), *pending)
+                    .values(replayed_at=utcnow())
+                    .returning(
+                        col(DeadLetterRow.id), col(DeadLetterRow.body), col(DeadLetterRow.failed_at)
+                    )
+                )
+                .all()
+            )
+            marked = sorted(rows, key=lambda row: (row.failed_at, row.id))
+            return len(marked), [Replay(read_event(row.body), row.id) for row in marked]
+
+        queued = 0
+        while True:
+            taken = await self._publisher.write(take)
+            queued += taken
+            if taken < REPLAY_BATCH:
+                return queued
 
     async def cancel(self, order_id: str) -> None:
         """Ask for the order's cancellation: recorded once, with ``order_cancel_requested``;

@@ -6,6 +6,7 @@ with, and both are answered alike (shared rules: :mod:`sagas.rules`).
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 from temporalio.client import Client
@@ -14,7 +15,7 @@ from choreography.outbox import Publisher
 from domain import names
 from domain.payloads import OrderRequest, SagaState, SagaTimeouts
 from domain.status import Decision, SagaStyle
-from domain.views import EventLogEntry, OrderView
+from domain.views import EventLogEntry, OrderView, ReplayFilter, StuckOrder
 from sagas import rules, views
 from sagas.choreography import ChoreographedSagas
 from sagas.errors import ConflictError, NotFoundError
@@ -23,6 +24,9 @@ from sagas.rules import DecisionAccepted, NewOrder, Placement
 from sagas.throttle import Throttle
 from services.payments import DecisionTaken
 from settings import Settings
+
+# Temporal descriptions a listing of stuck orders asks for at once.
+DESCRIBES_AT_ONCE = 16
 
 
 def _anyone(_customer_id: str) -> None:
@@ -176,6 +180,37 @@ class Sagas:
     async def replay_dead_letter(self, dead_letter_id: str) -> None:
         """Deliver a dead-lettered event again (its cause fixed)."""
         await self._choreography().replay_dead_letter(dead_letter_id)
+
+    async def replay_dead_letters(self, chosen: ReplayFilter) -> int:
+        """Deliver again every pending dead letter ``chosen`` matches (their cause fixed), each
+        as :meth:`replay_dead_letter` does; returns how many were queued."""
+        return await self._choreography().replay_dead_letters(chosen)
+
+    async def stuck_orders(
+        self, *, older_than: timedelta | None = None, limit: int = 100, offset: int = 0
+    ) -> list[StuckOrder]:
+        """Orders whose saga waits longer than expected, longest first, each with why
+        (:func:`sagas.views.stuck_orders`; an orchestrated saga's why from Temporal too).
+        ``older_than``: every unfinished order without progress for that long."""
+        found = await asyncio.to_thread(
+            views.stuck_orders,
+            self._engine,
+            self._settings,
+            now=datetime.now(UTC),
+            older_than=older_than,
+            limit=limit,
+            offset=offset,
+        )
+        orchestrated = self._orchestrated
+        if orchestrated is not None:
+            gate = asyncio.Semaphore(DESCRIBES_AT_ONCE)
+
+            async def explain(entry: StuckOrder) -> None:
+                async with gate:
+                    await orchestrated.explain_stuck(entry)
+
+            await asyncio.gather(*(explain(e) for e in found if e.style == SagaStyle.ORCHESTRATION))
+        return found
 
     async def _style(self, order_id: str) -> SagaStyle | None:
         return await asyncio.to_thread(views.style_of, self._engine, order_id)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
@@ -39,7 +39,7 @@ from domain.payloads import (
     SagaState,
 )
 from domain.status import Decision, OrderStatus
-from domain.views import OrderView
+from domain.views import OrderView, StuckOrder
 from sagas import rules, views
 from sagas.errors import ConflictError
 from sagas.rules import Acceptance, DecisionAccepted, NewOrder, Placement
@@ -55,6 +55,8 @@ from workflows import OrderProcessWorkflow
 log = logging.getLogger("sagas")
 
 REQUEST_FINGERPRINT = "request_fingerprint"
+# A workflow task no worker has taken for this long: no worker polls the saga's queue.
+UNTAKEN_TASK = timedelta(seconds=30)
 
 SagaHandle = WorkflowHandle[OrderProcessWorkflow, SagaState]
 
@@ -346,3 +348,57 @@ class OrchestratedSagas:
             f"the report of delivery {delivery_id} reached its saga",
             lambda db: delivery_service.mark_report_signalled(db, delivery_id),
         )
+
+    # --- why a saga waits ------------------------------------------------------------------
+
+    async def explain_stuck(self, entry: StuckOrder) -> None:
+        """Say in ``entry`` what the saga's workflow waits for, as Temporal describes it: no
+        running workflow, a workflow task no worker completes, a step (its attempt and last
+        failure), or else the signal or timer of its phase (left as the rows said it, as when
+        Temporal does not answer)."""
+        try:
+            described = await self.handle(entry.order_id).describe()
+        except RPCError as err:
+            if not is_saga_missing(err):
+                # Temporal down: the rows' account still helps an operator in an outage.
+                entry.why += f" (Temporal did not answer: {err.message})"
+                return
+            entry.waiting_for = "its workflow"
+            entry.why = "Temporal has no workflow for this order (never started, or deleted)"
+            return
+        if described.status != WorkflowExecutionStatus.RUNNING:
+            status = described.status.name if described.status else "unknown"
+            entry.waiting_for = "its workflow, which is closed"
+            entry.why = (
+                f"its workflow is {status} while the order is {entry.phase}: find out why, "
+                "then reset it to its last workflow task"
+            )
+            return
+        raw = described.raw_description
+        task = raw.pending_workflow_task if raw.HasField("pending_workflow_task") else None
+        # A task scheduled a moment ago is the saga at work; one failing or untaken is not.
+        if task is not None and (
+            task.attempt > 1
+            or datetime.now(UTC) - task.scheduled_time.ToDatetime(tzinfo=UTC) > UNTAKEN_TASK
+        ):
+            entry.waiting_for = "a workflow task"
+            entry.attempts = task.attempt
+            entry.why = (
+                f"the workflow task has failed {task.attempt - 1} time(s): see its history"
+                if task.attempt > 1
+                else f"no worker has taken its workflow task (task queue {described.task_queue})"
+            )
+            return
+        for pending in raw.pending_activities:
+            step = pending.activity_type.name
+            entry.waiting_for = f"activity {step}"
+            entry.attempts = pending.attempt
+            if pending.HasField("last_failure"):
+                entry.error = pending.last_failure.message
+                entry.why = f"step {step} has failed {pending.attempt - 1} time(s); retrying"
+                if pending.HasField("next_attempt_schedule_time"):
+                    next_try = pending.next_attempt_schedule_time.ToDatetime(tzinfo=UTC)
+                    entry.why += f", next at {next_try.isoformat()}"
+            else:
+                entry.why = f"step {step} is running or waits for a worker to take it"
+            return

@@ -1,11 +1,14 @@
 """The read side: orders, payments, deliveries and dealers as the views show them, read from
 the services' rows (sync: callers in an event loop run them in a thread)."""
 
+from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, bindparam, func
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, or_, select
 
+from choreography.handlers import CONSUMERS
 from domain import names
 from domain.events import read_event
 from domain.names import workflow_id_for
@@ -29,6 +32,7 @@ from domain.views import (
     OrderSummary,
     OrderView,
     PaymentView,
+    StuckOrder,
 )
 from settings import Settings
 from store.db import read_session
@@ -42,6 +46,7 @@ from store.models import (
     OutboxRow,
     PaymentDecisionRow,
     PaymentRow,
+    as_utc,
     place_key,
 )
 
@@ -378,3 +383,205 @@ def ping(engine: Engine) -> None:
     """A read of the orders table: the database answers and its schema is in place."""
     with read_session(engine) as db:
         db.exec(select(OrderRow.id).limit(1)).first()
+
+
+# Past its window by this much, an order waits longer than it should (a sweeper or a timer
+# fires within a second of a window's close).
+WINDOW_GRACE = timedelta(minutes=1)
+# A step, an event or a compensation not done in this long is stuck.
+NO_PROGRESS = timedelta(minutes=10)
+# A parcel with its dealer waits for a person's report: expected to take longer.
+IN_TRANSIT_EXPECTED = timedelta(days=1)
+UNFINISHED = (OrderStatus.PENDING, OrderStatus.CONFIRMED)
+
+
+def stuck_orders(
+    engine: Engine,
+    settings: Settings,
+    *,
+    now: datetime,
+    older_than: timedelta | None,
+    limit: int,
+    offset: int = 0,
+) -> list[StuckOrder]:
+    """Unfinished orders that wait longer than expected, longest first, with why as their
+    rows tell it. ``older_than``: every unfinished order without progress for that long;
+    None: past its window, or without progress for longer than its phase should take. A
+    choreographed order with a pending dead letter is always listed. An orchestrated saga's
+    why is the phase's wait here; the door asks Temporal for the rest."""
+    with read_session(engine) as db:
+        accepted = db.exec(
+            select(PaymentDecisionRow, OrderRow, PaymentRow, DeliveryRow)
+            .outerjoin(OrderRow, col(OrderRow.id) == col(PaymentDecisionRow.order_id))
+            .outerjoin(PaymentRow, col(PaymentRow.order_id) == col(PaymentDecisionRow.order_id))
+            .outerjoin(DeliveryRow, col(DeliveryRow.order_id) == col(PaymentDecisionRow.order_id))
+            .where(or_(col(OrderRow.id).is_(None), col(OrderRow.status).in_(UNFINISHED)))
+        ).all()
+        dead: dict[str, list[DeadLetterRow]] = defaultdict(list)
+        for letter in db.exec(
+            select(DeadLetterRow)
+            .where(col(DeadLetterRow.replayed_at).is_(None))
+            .order_by(col(DeadLetterRow.failed_at))
+        ).all():
+            dead[letter.order_id].append(letter)
+        waiting = []
+        for decision, order, payment, delivery in accepted:
+            since = _last_progress(decision, order, payment, delivery)
+            taken = Decision(decision.decision) if decision.decision else None
+            phase, _ = progress(order, payment, taken, delivery)
+            if decision.order_id in dead or _waits_too_long(
+                phase, since, payment, delivery, now=now, older_than=older_than
+            ):
+                waiting.append((since, phase, decision.order_id, order, payment, delivery))
+        # Why, for the page asked for only: a choreographed order's costs two reads.
+        waiting.sort(key=lambda found: (found[0], found[2]))
+        page = []
+        for since, phase, order_id, order, payment, delivery in waiting[offset : offset + limit]:
+            style = _accepted_style(order.saga_style if order else None)
+            entry = StuckOrder(
+                order_id=order_id,
+                style=style,
+                phase=phase,
+                since=since,
+                **_phase_wait(phase, style, payment, delivery, now),
+            )
+            if style == SagaStyle.ORCHESTRATION:
+                entry.workflow_id = workflow_id_for(order_id)
+                entry.workflow_url = settings.workflow_url(entry.workflow_id)
+            elif order_id in dead:
+                _dead_letter_wait(entry, dead[order_id][0])
+            else:
+                _event_wait(db, entry)
+            page.append(entry)
+    return page
+
+
+def _last_progress(
+    decision: PaymentDecisionRow,
+    order: OrderRow | None,
+    payment: PaymentRow | None,
+    delivery: DeliveryRow | None,
+) -> datetime:
+    """When the order's rows last changed: each step of either style writes one of them."""
+    times = [decision.created_at, decision.decided_at]
+    times += [row.updated_at for row in (order, payment, delivery) if row is not None]
+    return max(as_utc(t) for t in times if t is not None)
+
+
+def _waits_too_long(
+    phase: SagaPhase,
+    since: datetime,
+    payment: PaymentRow | None,
+    delivery: DeliveryRow | None,
+    *,
+    now: datetime,
+    older_than: timedelta | None,
+) -> bool:
+    if older_than is not None:
+        return now - since >= older_than
+    if phase == SagaPhase.AWAITING_PAYMENT and payment is not None and payment.expires_at:
+        # The customer has until the window closes: only its close left unacted is stuck.
+        return now - as_utc(payment.expires_at) >= WINDOW_GRACE
+    dealer_window = delivery.assign_by if delivery is not None else None
+    past_dealer_window = dealer_window is not None and now - as_utc(dealer_window) >= WINDOW_GRACE
+    if phase == SagaPhase.ASSIGNING_DEALER and past_dealer_window:
+        return True
+    expected = IN_TRANSIT_EXPECTED if phase == SagaPhase.IN_TRANSIT else NO_PROGRESS
+    return now - since >= expected
+
+
+def _phase_wait(
+    phase: SagaPhase,
+    style: SagaStyle,
+    payment: PaymentRow | None,
+    delivery: DeliveryRow | None,
+    now: datetime,
+) -> dict[str, str]:
+    """What a saga in ``phase`` waits for, as its rows tell it."""
+    orchestrated = style == SagaStyle.ORCHESTRATION
+    if phase == SagaPhase.AWAITING_PAYMENT and payment is not None:
+        closes = as_utc(payment.expires_at) if payment.expires_at else None
+        if closes is not None and closes <= now:
+            closer = "its workflow's timer" if orchestrated else "the payments sweeper"
+            return {
+                "waiting_for": "the payment window's close",
+                "why": f"the payment window closed at {closes.isoformat()}, and {closer} has "
+                "not expired the payment yet: is the worker running?",
+            }
+        return {
+            "waiting_for": (
+                f"signal {names.SIGNAL_CONFIRM_PAYMENT} or {names.SIGNAL_CANCEL_PAYMENT}"
+                if orchestrated
+                else "the customer's decision"
+            ),
+            "why": f"waiting for the customer to confirm or cancel payment {payment.id}"
+            + (f" until {closes.isoformat()}" if closes else ""),
+        }
+    if phase == SagaPhase.ASSIGNING_DEALER and delivery is not None:
+        where = f"{delivery.city}, {delivery.province}"
+        if orchestrated:
+            return {
+                "waiting_for": f"the next {names.ASSIGN_DEALER} attempt",
+                "why": f"no dealer with free capacity in {where} yet; the saga tries again "
+                "until its dealer window closes",
+            }
+        window = f" until {as_utc(delivery.assign_by).isoformat()}" if delivery.assign_by else ""
+        next_try = (
+            f", next at {as_utc(delivery.next_attempt_at).isoformat()}"
+            if delivery.next_attempt_at
+            else ""
+        )
+        return {
+            "waiting_for": "a free dealer",
+            "why": f"no dealer with free capacity in {where} after "
+            f"{delivery.assign_attempts} attempt(s){next_try}; the deliveries sweeper tries "
+            f"again{window}",
+        }
+    if phase == SagaPhase.IN_TRANSIT and delivery is not None:
+        return {
+            "waiting_for": f"signal {names.SIGNAL_MARK_DELIVERED}"
+            if orchestrated
+            else "the dealer's report",
+            "why": f"in transit with dealer {delivery.dealer_id}: waiting for the report "
+            f"POST /deliveries/{delivery.id}/delivered",
+        }
+    return {"waiting_for": "the saga's next step", "why": f"the saga is {phase}"}
+
+
+def _dead_letter_wait(entry: StuckOrder, letter: DeadLetterRow) -> None:
+    assert letter.id is not None
+    entry.waiting_for = f"the replay of dead letter {letter.id}"
+    entry.why = (
+        f"{letter.consumer} could not apply {letter.type} on any of its {letter.deliveries} "
+        "deliveries: fix the cause, then replay it"
+    )
+    entry.error, entry.attempts = letter.error, letter.deliveries
+    entry.consumer, entry.dead_letter_id = letter.consumer, letter.id
+
+
+def _event_wait(db: Session, entry: StuckOrder) -> None:
+    """An event of the order not yet published, or not yet applied by a consumer of its
+    type, if any: what the choreographed saga waits for then."""
+    emitted = _emitted(db, entry.order_id)
+    applied = {
+        (row.consumer, row.event_id)
+        for row in db.exec(select(InboxRow).where(InboxRow.order_id == entry.order_id)).all()
+    }
+    for row in emitted:
+        if row.published_at is None:
+            entry.waiting_for = f"the publishing of {row.type}"
+            entry.why = (
+                f"{row.type} is in the outbox, not published yet: the relay publishes it "
+                "once the broker takes it"
+            )
+            entry.error, entry.attempts = row.last_error, row.attempts
+            return
+        for (_, kind), consumer in CONSUMERS.items():
+            if kind == row.type and (consumer, row.event_id) not in applied:
+                entry.waiting_for = f"{consumer} to apply {row.type}"
+                entry.why = (
+                    f"{row.type} was published at {as_utc(row.published_at).isoformat()}; "
+                    f"{consumer} has not applied it: is its consumer running?"
+                )
+                entry.consumer = consumer
+                return

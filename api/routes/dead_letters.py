@@ -6,14 +6,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from starlette.concurrency import run_in_threadpool
 
-from api.auth.callers import Operator
+from api.auth.callers import AuthenticatedJSONRoute, Operator
 from api.deps import ServicesDep
 from api.errors import responses
 from api.schemas import Problem
-from domain.views import DeadLetterView
+from domain.views import DeadLetterView, ReplayFilter, ReplayQueued
 from sagas import views
 
-router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
+router = APIRouter(
+    prefix="/dead-letters", tags=["dead letters"], route_class=AuthenticatedJSONRoute
+)
 
 
 @router.get(
@@ -32,6 +34,25 @@ async def list_dead_letters(
     return await run_in_threadpool(
         views.dead_letters, services.engine, pending_only=pending, limit=limit
     )
+
+
+@router.post(
+    "/replay",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ReplayQueued,
+    operation_id="replayDeadLetters",
+    responses=responses(401, 403, 409, 413, 503),
+)
+async def replay_dead_letters(
+    chosen: ReplayFilter,
+    services: ServicesDep,
+    _caller: Operator,
+) -> ReplayQueued:
+    """Deliver again every pending dead letter the filters match (every one for
+    ``{"all": true}``), once what made them fail is fixed; each still applies at most once.
+    Answers how many were queued: 0 when none was pending. 422 without a filter; 409 when no
+    broker is configured."""
+    return ReplayQueued(queued=await services.sagas.replay_dead_letters(chosen))
 
 
 @router.post(

@@ -1,6 +1,7 @@
 """/orders: start sagas, read them, cancel them."""
 
 import uuid
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
@@ -22,7 +23,7 @@ from api.schemas import Accepted, OrderAccepted, order_path
 from domain.input import NO_CONTROL_CHARS
 from domain.payloads import OrderRequest, SagaState
 from domain.status import OrderStatus
-from domain.views import EventLogEntry, OrderPage, OrderView
+from domain.views import EventLogEntry, OrderPage, OrderView, StuckOrder
 from sagas import views
 from sagas.errors import NotFoundError
 
@@ -193,6 +194,35 @@ def list_orders(
         offset=offset,
     )
     return OrderPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get(
+    "/stuck",
+    response_model=list[StuckOrder],
+    operation_id="listStuckOrders",
+    responses=responses(401, 403, 503),
+)
+async def list_stuck_orders(
+    services: ServicesDep,
+    _caller: Operator,
+    older_than_seconds: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=10 * 365 * 24 * 3600,
+            description=(
+                "every unfinished order without progress for this long; by default, those "
+                "past their window or without progress for longer than their phase takes"
+            ),
+        ),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> list[StuckOrder]:
+    """Orders whose saga waits longer than expected, longest first, each with what it waits
+    for and why: a signal, a failing step, an event not applied, a dead letter."""
+    older_than = timedelta(seconds=older_than_seconds) if older_than_seconds is not None else None
+    return await services.sagas.stuck_orders(older_than=older_than, limit=limit, offset=offset)
 
 
 @router.get(

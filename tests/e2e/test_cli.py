@@ -2,7 +2,8 @@
 
 It lists orders of both styles; shows one order with its saga's account (an orchestrated
 saga's steps, a choreographed order's event log with who applied each event); follows an
-order until it ends; lists and replays dead letters (a second replay fails, saying 409);
+order until it ends; lists and replays dead letters, one by id (a second replay fails, saying
+409) or in bulk by filters; lists stuck orders with why; cancels an order before its pivot;
 says why the API refused a call (401, 404, 422) instead of failing with a traceback; and its
 ``demo`` drives one order down each of the four paths in either style, ending each as the
 saga says it must.
@@ -13,6 +14,7 @@ import os
 import re
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +229,51 @@ async def test_the_demo_ends_each_path_as_the_saga_says(stack: Stack, style: Sag
             assert where.startswith(stack.settings.temporal_ui_url), out
         else:
             assert where.startswith("ordersaga order "), out
+
+
+async def test_dead_letters_are_replayed_in_bulk_by_filters(stack: Stack) -> None:
+    since = datetime.now(UTC).isoformat()
+    dead = await poison_event(stack)
+    fix_the_missing_order(stack.engine, dead.order_id)
+    code, out, err = await cli(stack, "dead-letters", "replay")
+    assert (code, err.strip()) == (2, "give a dead letter's id, filters, or --all"), err
+    code, out, err = await cli(stack, "dead-letters", "replay", "--since", "last tuesday")
+    assert (code, err.split(":")[0]) == (1, "422"), err
+    filters = ["--consumer", dead.consumer, "--type", dead.type, "--since", since]
+    code, out, err = await cli(stack, "dead-letters", "replay", *filters)
+    assert (code, out.strip()) == (0, "1 dead letter(s) queued"), err
+    await poll(stack.http, dead.order_id, lambda o: o["payment"] is not None)
+    code, out, err = await cli(stack, "dead-letters", "replay", *filters)
+    assert (code, out.strip()) == (0, "0 dead letter(s) queued"), err
+
+
+async def test_stuck_lists_an_order_waiting_on_a_dead_letter_with_its_error(
+    stack: Stack,
+) -> None:
+    dead = await poison_event(stack)
+    fix_the_missing_order(stack.engine, dead.order_id)
+    code, out, err = await cli(stack, "stuck")
+    assert code == 0, err
+    rows = {row[0]: row for row in table(out.split("\n\n")[0])}
+    # Its order written, its payment not: the saga waits at its first event.
+    assert rows[dead.order_id][1:3] == ["choreography", "CREATING"], out
+    assert rows[dead.order_id][-1] == f"the replay of dead letter {dead.id}", out
+    assert f"{dead.order_id}: {dead.consumer} could not apply order_created" in out, out
+    assert re.search(r"last error \(attempt 3\): .*does not exist", out), out
+    replay = await stack.http.post(f"/dead-letters/{dead.id}/replay")
+    assert replay.status_code == 202, replay.text
+
+
+@pytest.mark.parametrize("style", list(SagaStyle), ids=str)
+async def test_cancel_cancels_an_order_before_its_pivot(stack: Stack, style: SagaStyle) -> None:
+    styled = stack.in_style(style)
+    placed = await place(styled)
+    code, out, err = await cli(stack, "cancel", placed["order_id"])
+    assert (code, out.strip()) == (
+        0,
+        f"order {placed['order_id']}: cancel requested; its saga compensates",
+    ), err
+    body = await poll(stack.http, placed["order_id"], lambda o: o["phase"] == "CANCELLED")
+    assert (body["status"], body["payment"]["status"]) == ("CANCELLED", "CANCELLED"), body
+    code, out, err = await cli(stack, "cancel", placed["order_id"])
+    assert (code, err.split(":")[0]) == (1, "409"), err

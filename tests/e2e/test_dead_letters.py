@@ -12,13 +12,14 @@ import asyncio
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import nats
 from nats.js.errors import NotFoundError
 from sqlalchemy import Engine
-from sqlmodel import func, select
+from sqlmodel import col, func, select
 
 from choreography.outbox import Publisher, emit
 from choreography.runtime import connect_broker
@@ -31,7 +32,7 @@ from sagas.rules import NewOrder
 from services import orders
 from store.db import session, transaction
 from store.models import DeadLetterRow, InboxRow, PaymentRow
-from tests.e2e.conftest import Stack, poison_event
+from tests.e2e.conftest import SecuredApi, Stack, poison_event
 
 # The consumer that fails on an order_created whose order does not exist.
 CONSUMER = "payments-order_created"
@@ -207,3 +208,155 @@ async def test_a_dead_letter_shows_in_its_orders_event_log_with_its_replay(stack
     assert [e["event_id"] for e in account] == [event.event_id], account
     assert [c["consumer"] for c in account[0]["consumed"]] == [CONSUMER]
     assert account[0]["dead_letters"][0]["replayed_at"] is not None
+
+
+# --- bulk replay -------------------------------------------------------------------------
+
+# The consumer that fails on a delivery_completed whose order does not exist.
+DELIVERIES_CONSUMER = "orders-delivery_completed"
+
+
+async def dead_lettered(stack: Stack, events: list[Event], within: float = 180) -> None:
+    """Publish ``events`` (none applicable: their orders do not exist) at once, and wait
+    until every one has its dead letter."""
+    broker = connect_broker(stack.settings)
+    await broker.start()
+    try:
+        await Publisher(stack.engine, broker).publish(events)
+    finally:
+        await broker.stop()
+    ids = [e.event_id for e in events]
+    deadline = time.monotonic() + within
+    while True:
+        with session(stack.engine) as db:
+            dead = db.exec(
+                select(func.count())
+                .select_from(DeadLetterRow)
+                .where(col(DeadLetterRow.event_id).in_(ids))
+            ).one()
+        if dead == len(events):
+            return
+        assert time.monotonic() < deadline, f"only {dead} of {len(events)} were dead-lettered"
+        await asyncio.sleep(0.2)
+
+
+def poison(type: EventType, count: int) -> list[Event]:
+    source = Service.ORDERS if type == EventType.ORDER_CREATED else Service.DELIVERIES
+    return [Event(order_id=str(uuid.uuid4()), type=type, source=source) for _ in range(count)]
+
+
+def fix_the_missing_confirmed_order(engine: Engine, order_id: str) -> None:
+    """The fix a delivery_completed needs: its order, CONFIRMED."""
+    fix_the_missing_order(engine, order_id)
+    with transaction(engine) as db:
+        orders.confirm_order(db, order_id, names.choreographed_saga_id(order_id))
+
+
+def inbox_rows(stack: Stack, events: list[Event]) -> dict[str, int]:
+    """How many inbox rows each event has (every consumer's)."""
+    with session(stack.engine) as db:
+        rows = db.exec(
+            select(InboxRow.event_id).where(
+                col(InboxRow.event_id).in_([e.event_id for e in events])
+            )
+        ).all()
+    return {e.event_id: rows.count(e.event_id) for e in events}
+
+
+async def until_each_applied(stack: Stack, events: list[Event], within: float = 120) -> None:
+    deadline = time.monotonic() + within
+    while (applied := inbox_rows(stack, events)) and 0 in applied.values():
+        missing = sum(1 for n in applied.values() if n == 0)
+        assert time.monotonic() < deadline, f"{missing} replayed event(s) never applied"
+        await asyncio.sleep(0.2)
+
+
+async def bulk_replay(stack: Stack, **filters: str) -> int:
+    response = await stack.http.post("/dead-letters/replay", json=filters)
+    assert response.status_code == 202, response.text
+    queued: int = response.json()["queued"]
+    return queued
+
+
+async def test_a_hundred_dead_letters_are_replayed_in_bulk_each_applied_once(
+    stack: Stack,
+) -> None:
+    """100 dead letters of two consumers, in two waves; their cause fixed, replays by
+    consumer, by type and time, then all that are left: each event applied exactly once, and
+    a bulk replay after that queues nothing."""
+    start = datetime.now(UTC).isoformat()
+    first = poison(EventType.ORDER_CREATED, 40)
+    await dead_lettered(stack, first)
+    between = datetime.now(UTC).isoformat()
+    second = poison(EventType.ORDER_CREATED, 40)
+    delivered = poison(EventType.DELIVERY_COMPLETED, 20)
+    await dead_lettered(stack, [*second, *delivered])
+    everything = [*first, *second, *delivered]
+    for event in [*first, *second]:
+        fix_the_missing_order(stack.engine, event.order_id)
+    for event in delivered:
+        fix_the_missing_confirmed_order(stack.engine, event.order_id)
+
+    # By consumer: the 20 delivery_completed only.
+    assert await bulk_replay(stack, consumer=DELIVERIES_CONSUMER, since=start) == 20
+    await until_each_applied(stack, delivered)
+    assert set(inbox_rows(stack, [*first, *second]).values()) == {0}
+    # By type and time: the first wave's 40 (failed before ``between``).
+    assert await bulk_replay(stack, type="order_created", since=start, until=between) == 40
+    await until_each_applied(stack, first)
+    assert set(inbox_rows(stack, second).values()) == {0}
+    # All that are left: the second wave's 40; then nothing.
+    assert await bulk_replay(stack, since=start) == 40
+    await until_each_applied(stack, everything)
+    assert await bulk_replay(stack, since=start) == 0
+
+    assert set(inbox_rows(stack, everything).values()) == {1}
+    with session(stack.engine) as db:
+        payments = db.exec(
+            select(func.count())
+            .select_from(PaymentRow)
+            .where(col(PaymentRow.order_id).in_([e.order_id for e in [*first, *second]]))
+        ).one()
+        left = db.exec(
+            select(func.count())
+            .select_from(DeadLetterRow)
+            .where(
+                col(DeadLetterRow.event_id).in_([e.event_id for e in everything]),
+                col(DeadLetterRow.replayed_at).is_(None),
+            )
+        ).one()
+    assert (payments, left) == (80, 0)
+    for event in delivered:
+        order = (await stack.http.get(f"/orders/{event.order_id}")).json()
+        assert order["status"] == "DELIVERED", order
+
+
+# Bodies a bulk replay refuses: no filter, an unknown consumer or type, a time without its
+# offset or unreadable, a null filter, an unknown field, not an object.
+BAD_FILTERS: list[Any] = [
+    {},
+    {"consumer": "nobody"},
+    {"type": "order_exploded"},
+    {"since": "yesterday"},
+    {"since": "2026-01-02T00:00:00"},
+    {"consumer": None},
+    {"all": False},
+    {"limit": 5},
+    [],
+]
+
+
+async def test_a_bulk_replay_with_bad_filters_is_a_422_and_replays_nothing(stack: Stack) -> None:
+    dead = await poison_event(stack)
+    for body in BAD_FILTERS:
+        response = await stack.http.post("/dead-letters/replay", json=body)
+        assert response.status_code == 422, (body, response.text)
+    assert dead.id in await listed(stack)
+
+
+async def test_only_an_operator_replays_in_bulk(secured: SecuredApi) -> None:
+    assert (await secured.http.post("/dead-letters/replay", json={})).status_code == 401
+    customer = await secured.http.post(
+        "/dead-letters/replay", json={}, headers=secured.customer("someone")
+    )
+    assert customer.status_code == 403, customer.text
