@@ -17,7 +17,7 @@ from api.errors import install_error_handlers
 from api.limits import BodySizeLimitMiddleware
 from api.routes import dead_letters, dealers, deliveries, health, orders, payments
 from bootstrap import open_parts
-from settings import Settings
+from settings import Settings, load_settings
 from telemetry import add_tracing_middleware, configure_tracing, tracing_interceptors
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def create_app(
     :class:`AuthNotConfiguredError` when auth is required but has no credentials configured.
     Tracing is on with ``OTEL_EXPORTER`` or ``tracer_provider``.
     """
-    settings = settings or Settings()
+    settings = settings or load_settings("api")
     problem = settings.auth_problem()
     if problem is not None:
         # Fail at start, loudly: an API that forgot its credentials must not run open.
