@@ -135,7 +135,7 @@ run_temporal() {
     --ip "$HOST" --port "$TEMPORAL_PORT" --ui-port "$TEMPORAL_UI_PORT" \
     --db-filename "$DATA_DIR/temporal.db" \
     --sqlite-pragma journal_mode=wal --sqlite-pragma synchronous=normal \
-    --search-attribute OrderStatus=Keyword --search-attribute CustomerId=Keyword \
+    --search-attribute OrderStatus=Keyword \
     "${POLL_RATES[@]}" --log-level warn
 }
 run_nats() {
