@@ -43,6 +43,8 @@ ACCESS: dict[str, Access] = {
     "POST /dealers": Access.OPERATOR,
     "GET /dead-letters": Access.OPERATOR,
     "POST /dead-letters/{dead_letter_id}/replay": Access.OPERATOR,
+    "POST /codec/decode": Access.OPERATOR,
+    "POST /codec/encode": Access.OPERATOR,
     "GET /healthz": Access.PUBLIC,
     "GET /readyz": Access.PUBLIC,
     "GET /openapi.json": Access.PUBLIC,
