@@ -69,6 +69,8 @@ class EncryptionCodec(PayloadCodec):
             )
         nonce, sealed = payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:]
         try:
+            if len(nonce) != NONCE_BYTES:
+                raise InvalidTag
             plain = cipher.decrypt(nonce, sealed, key_id.encode())
         except InvalidTag:
             raise PayloadDecryptError(

@@ -54,6 +54,15 @@ async def test_an_altered_payload_fails_authentication() -> None:
         await codec.decode([sealed])
 
 
+async def test_a_truncated_payload_fails_authentication() -> None:
+    codec = EncryptionCodec([KEY_A])
+    [sealed] = await codec.encode([plain()])
+    for length in (0, 5, 20):
+        sealed.data = sealed.data[:length]
+        with pytest.raises(PayloadDecryptError, match="failed authentication"):
+            await codec.decode([sealed])
+
+
 async def test_a_payload_relabelled_with_another_listed_key_fails() -> None:
     [sealed] = await EncryptionCodec([KEY_A]).encode([plain()])
     sealed.metadata[KEY_ID] = b"b"
