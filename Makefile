@@ -118,15 +118,16 @@ fuzz: install
 check: lint typecheck audit test
 
 ## Validate docker-compose.yml (the production topology) without a Docker engine: it renders
-## with its five required secrets (dummy values here) and refuses to without them (even next
+## with its six required secrets (dummy values here) and refuses to without them (even next
 ## to a .env: an empty one instead). COMPOSE="docker compose" uses Compose v2.
 COMPOSE ?= docker-compose
 COMPOSE_SECRETS := ORDERS_DB_PASSWORD TEMPORAL_DB_PASSWORD OPERATOR_API_KEYS CUSTOMER_TOKEN_SECRETS \
-	ORDER_ID_SECRET
+	ORDER_ID_SECRET PAYLOAD_KEYS
 compose-check:
 	ORDERS_DB_PASSWORD=ci TEMPORAL_DB_PASSWORD=ci OPERATOR_API_KEYS=ci-operator-key-0123456789 \
 	  CUSTOMER_TOKEN_SECRETS=ci-customer-token-secret-0123456789abcdef \
-	  ORDER_ID_SECRET=ci-order-id-secret-0123456789abcdef0123 $(COMPOSE) config -q
+	  ORDER_ID_SECRET=ci-order-id-secret-0123456789abcdef0123 \
+	  PAYLOAD_KEYS=ci:Y2ktcGF5bG9hZC1rZXktMDEyMzQ1Njc4OWFiY2RlZiE= $(COMPOSE) config -q
 	@no_env=$$(mktemp); \
 	if env $(addprefix -u ,$(COMPOSE_SECRETS)) $(COMPOSE) --env-file "$$no_env" config -q 2>/dev/null; \
 	then rm -f "$$no_env"; echo "docker-compose.yml renders without its required secrets" >&2; exit 1; \

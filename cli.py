@@ -105,19 +105,10 @@ def _phase(body: dict[str, Any]) -> str | None:
 def _settings(args: argparse.Namespace) -> Any:
     """The running system's settings: the environment's, then ``--system``'s file; a wrong
     setting ends the command with one line saying which."""
-    from pydantic import ValidationError
-
-    from settings import Settings
+    from settings import load_settings
 
     system = Path(args.system)
-    try:
-        return Settings(_env_file=(".env", system) if system.exists() else ".env")
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])).upper() or 'settings'}: {e['msg']}"
-            for e in err.errors()
-        )
-        raise SystemExit(f"ordersaga: the settings are wrong: {problems}") from None
+    return load_settings("ordersaga", (system,) if system.exists() else ())
 
 
 async def _demo_path(

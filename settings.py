@@ -2,12 +2,16 @@
 field from its name in upper case, or a ``.env`` file); docs/configuration.md lists them.
 """
 
+import base64
+import binascii
 import os
+import re
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from temporalio.service import TLSConfig
 
@@ -24,6 +28,10 @@ MIN_SECRET_LENGTH = 32  # HMAC-SHA256 secrets: at least the hash's 32 bytes
 MIN_OPERATOR_KEY_LENGTH = 16
 # The order-id key of a development run (AUTH_MODE=dev), where no secret is configured.
 DEV_ORDER_ID_KEY = b"order-saga development only: not a secret"
+# The payload key of a development run (AUTH_MODE=dev) without PAYLOAD_KEYS: histories are
+# encrypted as in production, but with a key anyone can read here.
+DEV_PAYLOAD_KEY = ("dev", b"order-saga dev key: not a secret")
+PAYLOAD_KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Settings of earlier versions, refused loudly rather than silently ignored.
 RETIRED_AUTH_SETTINGS = ("API_KEYS", "CUSTOMER_TOKEN_SECRET")
 
@@ -37,6 +45,25 @@ def _check_lengths(values: list[SecretStr], minimum: int) -> list[SecretStr]:
                 "(make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
             )
     return values
+
+
+def _payload_key(index: int, entry: str) -> tuple[str, bytes]:
+    # The message names the entry by position and id, never its key.
+    key_id, sep, encoded = entry.partition(":")
+    if not sep or not PAYLOAD_KEY_ID.match(key_id):
+        raise ValueError(
+            f"item {index + 1} is not id:base64key (an id of letters, digits, '-' or '_')"
+        )
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise ValueError(
+            f"key {key_id!r} is not 32 bytes in base64 (make one with: "
+            "python -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())')"
+        )
+    return key_id, key
 
 
 def _days(days: float | None) -> timedelta | None:
@@ -253,6 +280,14 @@ class Settings(BaseSettings):
             "key's retention finds its order by it."
         ),
     )
+    payload_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Comma-separated id:base64key AES-256 keys of the payloads sent to Temporal, "
+            "newest first: the first encrypts, all decrypt. Required unless AUTH_MODE=dev "
+            "(then a public development key)."
+        ),
+    )
     customer_token_ttl_seconds: int = Field(
         default=3600,
         gt=0,
@@ -292,7 +327,7 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("operator_api_keys", "customer_token_secrets", mode="before")
+    @field_validator("operator_api_keys", "customer_token_secrets", "payload_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         # OPERATOR_API_KEYS=k1,k2 (NoDecode: the environment's string reaches us as it is).
@@ -309,6 +344,14 @@ class Settings(BaseSettings):
     @classmethod
     def _long_enough_secrets(cls, secrets: list[SecretStr]) -> list[SecretStr]:
         return _check_lengths(secrets, MIN_SECRET_LENGTH)
+
+    @field_validator("payload_keys")
+    @classmethod
+    def _well_formed_payload_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        ids = [_payload_key(i, key.get_secret_value())[0] for i, key in enumerate(keys)]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a key id is listed twice")
+        return keys
 
     @field_validator("order_id_secret")
     @classmethod
@@ -383,6 +426,26 @@ class Settings(BaseSettings):
             return DEV_ORDER_ID_KEY
         raise ValueError("ORDER_ID_SECRET is not set (it is required unless AUTH_MODE=dev)")
 
+    def payload_keys_problem(self) -> str | None:
+        """Why no process may start with these settings' payload keys (None: it may)."""
+        if self.payload_keys or self.auth_mode == "dev":
+            return None
+        return (
+            "PAYLOAD_KEYS is not set (required unless AUTH_MODE=dev): Temporal would keep "
+            "customer data in plain text (docs/configuration.md)"
+        )
+
+    @property
+    def payload_key_ring(self) -> list[tuple[str, bytes]]:
+        """``(key_id, key)`` of ``PAYLOAD_KEYS``, newest first, or in ``AUTH_MODE=dev`` the
+        public development key. ValueError without either."""
+        if self.payload_keys:
+            return [_payload_key(i, k.get_secret_value()) for i, k in enumerate(self.payload_keys)]
+        problem = self.payload_keys_problem()
+        if problem is not None:
+            raise ValueError(problem)
+        return [DEV_PAYLOAD_KEY]
+
     @property
     def event_log_retention(self) -> timedelta | None:
         """How long the event log is kept after its order ended (None: for good)."""
@@ -429,3 +492,20 @@ class Settings(BaseSettings):
             if self.temporal_tls_key
             else None,
         )
+
+
+def load_settings(program: str, env_files: tuple[Path, ...] = ()) -> Settings:
+    """The environment's settings (then ``.env`` and ``env_files``), or the process ends with
+    one line saying which setting is wrong (a process's start, not a traceback)."""
+    try:
+        settings = Settings(_env_file=(Path(".env"), *env_files))
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])).upper() or 'settings'}: {e['msg']}"
+            for e in err.errors()
+        )
+        sys.exit(f"{program}: the settings are wrong: {problems}")
+    problem = settings.payload_keys_problem()
+    if problem is not None:
+        sys.exit(f"{program}: {problem}")
+    return settings

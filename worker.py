@@ -35,6 +35,7 @@ from temporalio.api.workflowservice.v1 import (
 from temporalio.client import Client, WorkflowHistory
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, Worker, WorkerDeploymentConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -48,7 +49,7 @@ from domain import names
 from sagas import builds
 from sagas.temporal import check_namespace, connect_temporal, temporal_misconfiguration
 from services import retention
-from settings import Settings
+from settings import Settings, load_settings
 from store.db import make_engine, transaction
 from store.models import utcnow
 from telemetry import configure_tracing, tracing_interceptors
@@ -97,16 +98,21 @@ def workflow_runner(*workflow_modules: str) -> SandboxedWorkflowRunner:
     )
 
 
-def saga_replayer(workflow: type = OrderProcessWorkflow) -> Replayer:
-    """Replays saga histories as a worker rebuilding a saga does (same converter, sandbox)."""
+def saga_replayer(
+    workflow: type = OrderProcessWorkflow, converter: DataConverter = pydantic_data_converter
+) -> Replayer:
+    """Replays saga histories as a worker rebuilding a saga does (same sandbox; ``converter``:
+    the one that wrote them, a client's ``data_converter`` for a server's histories)."""
     return Replayer(
         workflows=[workflow],
-        data_converter=pydantic_data_converter,
+        data_converter=converter,
         workflow_runner=workflow_runner(),
     )
 
 
-async def replay_failures_at_every_task(history: WorkflowHistory) -> list[str]:
+async def replay_failures_at_every_task(
+    history: WorkflowHistory, converter: DataConverter = pydantic_data_converter
+) -> list[str]:
     """Replay ``history`` cut after each workflow task start (what a worker rebuilding the
     saga gets then), and whole. Returns the failures as ``"<events> events: <error>"``."""
     events = list(history.events)
@@ -115,7 +121,7 @@ async def replay_failures_at_every_task(history: WorkflowHistory) -> list[str]:
         for index, event in enumerate(events)
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED
     ]
-    replayer = saga_replayer()
+    replayer = saga_replayer(converter=converter)
     failures = []
     for cut in dict.fromkeys([*cuts, len(events)]):
         replay = await replayer.replay_workflow(
@@ -412,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="check that the services this worker needs answer, then exit (0: they all do)",
     )
     args = parser.parse_args(argv)
-    settings = Settings()
+    settings = load_settings("worker")
     if args.events and settings.nats_url is None:
         parser.error("--events needs NATS_URL (the NATS JetStream server)")
     if args.events and args.queue:

@@ -10,14 +10,16 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.client import Interceptor
 
 from api.auth.openapi import document_security
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimitMiddleware
-from api.routes import dead_letters, dealers, deliveries, health, orders, payments
+from api.routes import codec, dead_letters, dealers, deliveries, health, orders, payments
 from bootstrap import open_parts
-from settings import Settings
+from settings import Settings, load_settings
 from telemetry import add_tracing_middleware, configure_tracing, tracing_interceptors
 
 if TYPE_CHECKING:
@@ -26,6 +28,27 @@ if TYPE_CHECKING:
 
 class AuthNotConfiguredError(RuntimeError):
     """Auth is required (the default) but no credential is configured."""
+
+
+class CodecCORS:
+    """CORS for the codec server's paths alone: the Temporal Web UI (``TEMPORAL_UI_URL``)
+    calls them from the browser; every other route stays same-origin."""
+
+    def __init__(self, app: ASGIApp, ui_url: str) -> None:
+        self._app = app
+        self._cors = CORSMiddleware(
+            app,
+            allow_origins=[ui_url.rstrip("/")],
+            allow_methods=["POST"],
+            allow_headers=["Content-Type", "X-Namespace", "Authorization", "X-API-Key"],
+            allow_credentials=True,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/codec/"):
+            await self._cors(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)
 
 
 def create_app(
@@ -38,7 +61,7 @@ def create_app(
     :class:`AuthNotConfiguredError` when auth is required but has no credentials configured.
     Tracing is on with ``OTEL_EXPORTER`` or ``tracer_provider``.
     """
-    settings = settings or Settings()
+    settings = settings or load_settings("api")
     problem = settings.auth_problem()
     if problem is not None:
         # Fail at start, loudly: an API that forgot its credentials must not run open.
@@ -86,6 +109,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(CodecCORS, ui_url=settings.temporal_ui_url)
     add_tracing_middleware(app, tracer_provider)  # added last: the outermost middleware
     for router in (
         orders.router,
@@ -93,6 +117,7 @@ def create_app(
         deliveries.router,
         dealers.router,
         dead_letters.router,
+        codec.router,
         health.router,
     ):
         app.include_router(router)

@@ -18,13 +18,11 @@ ALL_TASK_QUEUES = (
     DELIVERIES_TASK_QUEUE,
 )
 
-# Keyword search attribute upserted at every status change (Web UI filter).
+# Keyword search attribute upserted at every status change (Web UI filter). Search attributes
+# are stored in clear (the codec cannot reach them): none carries customer data.
 ORDER_STATUS_SEARCH_ATTRIBUTE = "OrderStatus"
-# Keyword search attribute set at start: find a customer's orders in the Web UI.
-CUSTOMER_ID_SEARCH_ATTRIBUTE = "CustomerId"
 ORDER_STATUS = SearchAttributeKey.for_keyword(ORDER_STATUS_SEARCH_ATTRIBUTE)
-CUSTOMER_ID = SearchAttributeKey.for_keyword(CUSTOMER_ID_SEARCH_ATTRIBUTE)
-SEARCH_ATTRIBUTES = (ORDER_STATUS, CUSTOMER_ID)
+SEARCH_ATTRIBUTES = (ORDER_STATUS,)
 
 # The saga's metrics, each with ``style`` (a SagaStyle): workflows/metrics.py emits the
 # orchestrated saga's, choreography/metrics.py the choreographed one's; telemetry.py serves

@@ -71,7 +71,6 @@ def saga_start_options(order_id: str, request: OrderRequest, *, task_queue: str)
         "search_attributes": TypedSearchAttributes(
             [
                 SearchAttributePair(names.ORDER_STATUS, OrderStatus.PENDING.value),
-                SearchAttributePair(names.CUSTOMER_ID, request.customer_id),
             ]
         ),
         "static_summary": (

@@ -1,12 +1,15 @@
 """Temporal, as the door sees it: the connection, and what Temporal's errors mean."""
 
+import dataclasses
 from collections.abc import Sequence
 
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, Interceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.service import GrpcCompression, RPCError, RPCStatusCode
 
+from sagas.codec import EncryptionCodec
 from settings import Settings
 from telemetry import metrics_runtime
 
@@ -17,10 +20,21 @@ class TemporalConnectError(RuntimeError):
     """Temporal could not be reached with these settings (says where, and with or without TLS)."""
 
 
+def data_converter(settings: Settings) -> DataConverter:
+    """The converter of every client and worker of the project: pydantic payloads, encrypted
+    with ``PAYLOAD_KEYS`` (ValueError when the settings have no payload key). Failure messages
+    are encrypted too: a saga's failure names the order's city."""
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=EncryptionCodec(settings.payload_key_ring),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
 async def connect_temporal(
     settings: Settings, *, lazy: bool = False, interceptors: Sequence[Interceptor] = ()
 ) -> Client:
-    """The process's one Temporal client, with the pydantic data converter (and, with
+    """The process's one Temporal client, with :func:`data_converter` (and, with
     ``metrics_bind_address``, the Prometheus runtime). Raises TemporalConnectError (unless
     ``lazy``) when the server cannot be reached or does not speak the configured TLS mode.
     """
@@ -34,7 +48,7 @@ async def connect_temporal(
                 settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
             ),
             tls=tls,
-            data_converter=pydantic_data_converter,
+            data_converter=data_converter(settings),
             interceptors=interceptors,
             lazy=lazy,
             runtime=runtime,

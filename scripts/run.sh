@@ -135,7 +135,8 @@ run_temporal() {
     --ip "$HOST" --port "$TEMPORAL_PORT" --ui-port "$TEMPORAL_UI_PORT" \
     --db-filename "$DATA_DIR/temporal.db" \
     --sqlite-pragma journal_mode=wal --sqlite-pragma synchronous=normal \
-    --search-attribute OrderStatus=Keyword --search-attribute CustomerId=Keyword \
+    --search-attribute OrderStatus=Keyword \
+    --ui-codec-endpoint "http://$HOST:$API_PORT/codec" \
     "${POLL_RATES[@]}" --log-level warn
 }
 run_nats() {
@@ -298,6 +299,7 @@ done
 
 if [[ $AUTH_MODE == dev ]]; then
   say "auth is off (AUTH_MODE=dev): a development run on $HOST; production needs OPERATOR_API_KEYS and/or CUSTOMER_TOKEN_SECRETS, and ORDER_ID_SECRET (docs/configuration.md)"
+  [[ -n ${PAYLOAD_KEYS:-} ]] || say "Temporal payloads are encrypted with the public development key; production needs PAYLOAD_KEYS"
 fi
 say "starting the API"
 start api
@@ -321,7 +323,8 @@ cat <<MSG
 
   Order saga is running.
     API docs        http://$HOST:$API_PORT/docs
-    Temporal Web UI $TEMPORAL_UI_URL/namespaces/default/workflows
+    Temporal Web UI $TEMPORAL_UI_URL/namespaces/default/workflows (payloads in clear through
+                    the API's codec server, http://$HOST:$API_PORT/codec)
     NATS JetStream  $NATS_URL
     Saga style      $SAGA_STYLE (of new orders; GET /orders/<order_id> shows each one's)
     Logs            $DATA_DIR/logs/{temporal,nats,worker,api}.log

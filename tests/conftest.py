@@ -88,7 +88,6 @@ async def register_search_attributes(client: Client) -> None:
             namespace=client.namespace,
             search_attributes={
                 names.ORDER_STATUS_SEARCH_ATTRIBUTE: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-                names.CUSTOMER_ID_SEARCH_ATTRIBUTE: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
             },
         )
     )

@@ -34,6 +34,7 @@ SECRETS = {
     "OPERATOR_API_KEYS": "ci-operator-key-0123456789",
     "CUSTOMER_TOKEN_SECRETS": "ci-customer-token-secret-0123456789abcdef",
     "ORDER_ID_SECRET": "ci-order-id-secret-0123456789abcdef0123",
+    "PAYLOAD_KEYS": "ci:Y2ktcGF5bG9hZC1rZXktMDEyMzQ1Njc4OWFiY2RlZiE=",
 }
 REMOVED_SETTINGS = ("API_KEYS", "CUSTOMER_TOKEN_SECRET")
 TEMPORAL_PASS_THROUGH = (

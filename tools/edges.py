@@ -119,13 +119,14 @@ async def repeats(http: httpx.AsyncClient, count: int) -> int:
     """One order to IN_TRANSIT, then ``count`` confirms of it: the saga's history before and
     after, the answers, and whether the order is then delivered."""
     from temporalio.client import Client
-    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    from sagas.temporal import data_converter
 
     settings = Settings()
     client = await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),
     )
     city = f"Edges {uuid.uuid4().hex[:6]}"
     await _dealer(http, city, 1)

@@ -188,7 +188,7 @@ FORGERIES: dict[str, Callable[[str], str]] = {
         t.rsplit(".", 1)[0] + "." + issue_customer_token(SECRET, "c2", TTL).rsplit(".", 1)[1]
     ),
     "alg none": alg_none,
-    "alg none (PyJWT)": lambda t: jwt.encode(valid_claims(), None, algorithm="none"),
+    "alg none (PyJWT)": lambda t: jwt.encode(valid_claims(), "", algorithm="none"),
     "HS512 with the right secret": hs512_with_the_right_secret,
     "wrong audience": lambda t: signed(valid_claims(aud="another-service")),
     "no audience": lambda t: signed({k: v for k, v in valid_claims().items() if k != "aud"}),

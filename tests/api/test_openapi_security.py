@@ -45,6 +45,8 @@ ACCESS: dict[str, Access] = {
     "GET /dead-letters": Access.OPERATOR,
     "POST /dead-letters/{dead_letter_id}/replay": Access.OPERATOR,
     "POST /dead-letters/replay": Access.OPERATOR,
+    "POST /codec/decode": Access.OPERATOR,
+    "POST /codec/encode": Access.OPERATOR,
     "GET /healthz": Access.PUBLIC,
     "GET /readyz": Access.PUBLIC,
     "GET /openapi.json": Access.PUBLIC,

@@ -5,6 +5,7 @@ Misconfiguration fails when the settings load, naming the setting and never show
 value, or, for missing credentials, when the API is built (``Settings.auth_problem``).
 """
 
+import base64
 import uuid
 from pathlib import Path
 
@@ -13,7 +14,13 @@ from pydantic import SecretStr, ValidationError
 from temporalio.service import TLSConfig
 
 from domain import names
-from settings import MIN_OPERATOR_KEY_LENGTH, MIN_SECRET_LENGTH, Settings
+from settings import (
+    DEV_PAYLOAD_KEY,
+    MIN_OPERATOR_KEY_LENGTH,
+    MIN_SECRET_LENGTH,
+    Settings,
+    load_settings,
+)
 
 # TLSConfig only carries the bytes to the SDK's core, so PEM-looking bytes are enough here;
 # the e2e tests connect for real.
@@ -286,6 +293,50 @@ def test_an_empty_temporal_api_key_means_none(monkeypatch: pytest.MonkeyPatch, e
     assert settings.temporal_api_key is None
     assert settings.tls_config() is False  # and so no TLS implied by it
     assert Settings(temporal_api_key=empty).temporal_api_key is None
+
+
+# --- payload keys (Temporal payload encryption) -----------------------------------------------
+
+PAYLOAD_KEY = base64.b64encode(bytes(range(32))).decode()
+
+
+def test_payload_keys_are_read_newest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    other = base64.b64encode(bytes(32)).decode()
+    monkeypatch.setenv("PAYLOAD_KEYS", f"2026-12:{PAYLOAD_KEY}, 2026-01:{other}")
+    ring = Settings().payload_key_ring
+    assert ring == [("2026-12", bytes(range(32))), ("2026-01", bytes(32))]
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (PAYLOAD_KEY, "item 1 is not id:base64key"),
+        (f"k1:{PAYLOAD_KEY[:-4]}", "key 'k1' is not 32 bytes in base64"),
+        ("k1:not base64!", "key 'k1' is not 32 bytes in base64"),
+        (f"k1:{PAYLOAD_KEY},k1:{PAYLOAD_KEY}", "a key id is listed twice"),
+        (f"bad id:{PAYLOAD_KEY}", "item 1 is not id:base64key"),
+    ],
+)
+def test_a_malformed_payload_key_ends_the_start_in_one_line_without_the_key(
+    monkeypatch: pytest.MonkeyPatch, value: str, says: str
+) -> None:
+    monkeypatch.setenv("PAYLOAD_KEYS", value)
+    with pytest.raises(SystemExit) as raised:
+        load_settings("worker")
+    message = str(raised.value.code)
+    assert message.startswith("worker: the settings are wrong: PAYLOAD_KEYS: ")
+    assert says in message
+    assert "\n" not in message
+    assert PAYLOAD_KEY[:16] not in message
+
+
+def test_payload_keys_are_required_unless_auth_mode_dev(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SystemExit, match="api: PAYLOAD_KEYS is not set"):
+        load_settings("api")
+    with pytest.raises(ValueError, match="PAYLOAD_KEYS is not set"):
+        _ = Settings().payload_key_ring
+    monkeypatch.setenv("AUTH_MODE", "dev")
+    assert load_settings("api").payload_key_ring == [DEV_PAYLOAD_KEY]
 
 
 # --- TLS to Temporal -------------------------------------------------------------------------

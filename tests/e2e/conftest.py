@@ -2,6 +2,7 @@
 database, the workers of both saga styles, and the API over HTTP, once per style."""
 
 import asyncio
+import base64
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
@@ -18,7 +19,6 @@ from pydantic import SecretStr
 from sqlalchemy import Engine
 from sqlmodel import select
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -31,6 +31,7 @@ from choreography.runtime import Choreography, connect_broker
 from domain.events import Event, EventType, Service
 from domain.names import SEARCH_ATTRIBUTES
 from domain.status import SagaStyle
+from sagas.temporal import data_converter
 from settings import Settings
 from store.db import make_engine, session
 from store.models import DeadLetterRow
@@ -72,6 +73,10 @@ class Stack:
         )
 
 
+# The stack's payload key (PAYLOAD_KEYS): every client and worker encrypts as in production.
+PAYLOAD_KEYS = [SecretStr("e2e:" + base64.b64encode(b"e2e payload key, not a secret!!!").decode())]
+
+
 @pytest.fixture(scope="session")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     metrics_address = f"127.0.0.1:{free_port()}"
@@ -79,7 +84,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     assert runtime is not None
     env = await WorkflowEnvironment.start_local(
         runtime=runtime,  # the workers' client: the workflow's metrics
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(Settings(payload_keys=PAYLOAD_KEYS)),
         port=free_port(),  # not the SDK's pick: see tools.chaos.stack.free_port
         dev_server_existing_path=temporal_binary("temporal"),
         search_attributes=list(SEARCH_ATTRIBUTES),
@@ -109,6 +114,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         # The open API of most tests; tests/e2e/test_auth.py runs a secured one beside it.
         auth_mode="dev",
         metrics_bind_address=metrics_address,
+        payload_keys=PAYLOAD_KEYS,
     )
     engine = make_engine(settings.database_url_value)
     reset_schema(engine)

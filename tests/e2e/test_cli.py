@@ -45,6 +45,8 @@ def cli_env(stack: Stack, **changes: str) -> dict[str, str]:
         "NATS_URL": stack.nats.url,
         "TEMPORAL_ADDRESS": stack.settings.temporal_address,
         "AUTH_MODE": "dev",
+        # The CLI talks to the stack's Temporal: it needs the stack's payload keys.
+        "PAYLOAD_KEYS": ",".join(key.get_secret_value() for key in stack.settings.payload_keys),
         "PYTHONUNBUFFERED": "1",  # --follow's output is read as it is printed
         **changes,
     }

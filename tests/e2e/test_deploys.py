@@ -35,7 +35,6 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkerDeploymentVersion
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -145,7 +144,8 @@ class Drill:
         ]
         assert failed == [], failed
         if build == A.build_id:
-            assert await replay_failures_at_every_task(history) == []
+            converter = self.client.data_converter
+            assert await replay_failures_at_every_task(history, converter) == []
         return [
             e.activity_task_scheduled_event_attributes.activity_type.name
             for e in history.events
@@ -190,7 +190,7 @@ async def until(probe: Callable[[], Awaitable[T | None]], what: str, within: flo
 @pytest.fixture
 async def drill(stack: Stack) -> AsyncIterator[Drill]:
     env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        data_converter=stack.client.data_converter,
         port=free_port(),
         dev_server_existing_path=temporal_binary("temporal"),
         search_attributes=list(SEARCH_ATTRIBUTES),

@@ -548,6 +548,15 @@ async def test_the_readme_walk_through_answers_the_same_in_both_styles(tmp_path:
             )
             assert_the_readme_s_answers(orchestration)
             assert choreography == orchestration
+            # The dev server's Web UI shows the encrypted payloads through the API's codec server.
+            ui = f"http://127.0.0.1:{orchestrated.env['TEMPORAL_UI_PORT']}"
+            ui_settings = (await orchestration_http.get(f"{ui}/api/v1/settings")).json()
+            assert ui_settings["Codec"]["Endpoint"] == f"{orchestrated.api}/codec"
+            preflight = await orchestration_http.options(
+                "/codec/decode",
+                headers={"Origin": ui, "Access-Control-Request-Method": "POST"},
+            )
+            assert preflight.headers.get("access-control-allow-origin") == ui, preflight.text
             await orchestrated.stop(signal.SIGTERM)
 
             # An order waits for its payment; NATS dies; the decision comes while it is down.

@@ -407,7 +407,8 @@ async def test_decisions_racing_the_end_of_the_saga_are_never_a_5xx_and_replay(
     failures = {}
     for order_id in order_ids:
         handle = stack.client.get_workflow_handle(names.workflow_id_for(order_id))
-        if found := await replay_failures_at_every_task(await handle.fetch_history()):
+        history = await handle.fetch_history()
+        if found := await replay_failures_at_every_task(history, stack.client.data_converter):
             failures[order_id] = found
     assert not failures, failures
 

@@ -145,10 +145,10 @@ def operations() -> dict[str, bool]:
     whether it takes any input (an operation without one has no invalid request)."""
     from fastapi import FastAPI
 
-    from api.routes import dead_letters, dealers, deliveries, health, orders, payments
+    from api.routes import codec, dead_letters, dealers, deliveries, health, orders, payments
 
     app = FastAPI()
-    for module in (orders, payments, deliveries, dealers, dead_letters, health):
+    for module in (orders, payments, deliveries, dealers, dead_letters, codec, health):
         app.include_router(module.router)
     paths: dict[str, Any] = app.openapi()["paths"]
     return {

@@ -14,11 +14,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from api.app import create_app
 from domain import names
+from sagas.temporal import data_converter
 from telemetry import tracing_interceptors
 from tests.e2e.conftest import Stack
 from tests.e2e.test_api_saga import ORDER, eventually
@@ -39,7 +39,7 @@ async def test_one_trace_runs_from_the_http_request_into_the_saga(
     client = await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),
         interceptors=tracing_interceptors(provider),
     )
     worker = Worker(

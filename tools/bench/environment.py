@@ -25,12 +25,11 @@ from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from domain import names
 from domain.status import SagaStyle
 from sagas.door import Sagas
-from sagas.temporal import COMPRESSION
+from sagas.temporal import COMPRESSION, data_converter
 from settings import Settings
 from store.db import drop_schema, make_engine, migrate, normalise_url, read_session, session
 from store.models import new_dealer
@@ -218,7 +217,7 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
         # Compressed or not as the stack's own processes (they read the same environment).
         client = await Client.connect(
             stack.temporal_address,
-            data_converter=pydantic_data_converter,
+            data_converter=data_converter(door_settings(url)),
             grpc_compression=COMPRESSION[Settings().temporal_grpc_compression],
         )
         sagas = Sagas(engine, door_settings(url), client=client)

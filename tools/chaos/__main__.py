@@ -29,8 +29,9 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, text
 from sqlmodel import select
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
+from sagas.temporal import data_converter
+from settings import Settings
 from store.db import drop_schema, make_engine, migrate, normalise_url, session
 from store.models import OrderRow, new_dealer
 from tools.chaos.checks import (
@@ -346,7 +347,9 @@ def _check_both_styles(engine: Engine, api: Api, sagas: list[Saga], style: str) 
 
 async def _check_orchestration(stack: Stack, sagas: list[Saga]) -> tuple[list[str], str]:
     """No workflow failed, the running ones wait legitimately, every history replays."""
-    client = await Client.connect(stack.temporal_address, data_converter=pydantic_data_converter)
+    # The stack's processes run with AUTH_MODE=dev and this environment's PAYLOAD_KEYS, if any.
+    converter = data_converter(Settings(auth_mode="dev"))
+    client = await Client.connect(stack.temporal_address, data_converter=converter)
     violations, statuses = await check_temporal(client, sagas)
     return violations, f"workflow runs: {dict(statuses)}"
 

@@ -193,7 +193,8 @@ async def check_temporal(client: Client, sagas: list[Saga]) -> tuple[list[str], 
                 violations.append(f"workflow {handle.id} still running in {state.phase}")
         # Open or closed, the saga must replay at every workflow task: what a worker
         # rebuilding it at that moment (crash, eviction, query) would replay.
-        for failure in await replay_failures_at_every_task(await handle.fetch_history()):
+        history = await handle.fetch_history()
+        for failure in await replay_failures_at_every_task(history, client.data_converter):
             violations.append(f"workflow {handle.id} does not replay at {failure}")
     return violations, statuses
 

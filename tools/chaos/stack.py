@@ -234,8 +234,6 @@ class Stack:
             *persistence,
             "--search-attribute",
             "OrderStatus=Keyword",
-            "--search-attribute",
-            "CustomerId=Keyword",
             "--log-level",
             "error",
             *self.server_args,
