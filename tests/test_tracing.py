@@ -28,6 +28,7 @@ from domain import names
 from domain.events import EventType, Service
 from domain.payloads import DeliveredReport
 from domain.status import Decision, DeliveryStatus, OrderStatus, SagaPhase
+from sagas.temporal import data_converter
 from settings import Settings
 from telemetry import (
     ORDER_ID_ATTRIBUTE,
@@ -176,7 +177,7 @@ async def test_an_orchestrated_order_is_one_trace_from_post_to_delivered(
     client = await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),  # the API's: its payloads are encrypted
         interceptors=tracing_interceptors(provider),
     )
     # The API starts sagas on the test's own workflow queue; their steps go to the service
