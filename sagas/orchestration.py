@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
+from temporalio.api.failure.v1 import Failure
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -27,7 +28,7 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from domain import names
@@ -393,7 +394,7 @@ class OrchestratedSagas:
             entry.waiting_for = f"activity {step}"
             entry.attempts = pending.attempt
             if pending.HasField("last_failure"):
-                entry.error = pending.last_failure.message
+                entry.error = await self._failure_message(pending.last_failure)
                 entry.why = f"step {step} has failed {pending.attempt - 1} time(s); retrying"
                 if pending.HasField("next_attempt_schedule_time"):
                     next_try = pending.next_attempt_schedule_time.ToDatetime(tzinfo=UTC)
@@ -401,3 +402,12 @@ class OrchestratedSagas:
             else:
                 entry.why = f"step {step} is running or waits for a worker to take it"
             return
+
+    async def _failure_message(self, failure: Failure) -> str:
+        """A step's last failure in clear: its message is encrypted with the payloads (it may
+        name the order's city); as stored when this process cannot decrypt it."""
+        try:
+            decoded = await self._client.data_converter.decode_failure(failure)
+        except Exception:  # an unknown key id, say: the operator still sees what is there
+            return failure.message
+        return decoded.message if isinstance(decoded, FailureError) else str(decoded)
