@@ -17,7 +17,7 @@ from temporalio.service import TLSConfig
 
 from domain.names import WORKFLOW_TASK_QUEUE
 from domain.payloads import SagaTimeouts
-from domain.status import SagaStyle
+from domain.status import ActivityRouting, SagaStyle
 
 # The saga's windows unless set: their defaults are SagaTimeouts'.
 WINDOWS = SagaTimeouts()
@@ -152,6 +152,15 @@ class Settings(BaseSettings):
     )
     workflow_task_queue: str = Field(
         default=WORKFLOW_TASK_QUEUE, description="Task queue the API starts sagas on."
+    )
+    activity_routing: ActivityRouting = Field(
+        default=ActivityRouting.WORKFLOW,
+        description=(
+            "Where new orchestrated sagas run their steps: 'workflow' (on the saga's own task "
+            "queue, served by the saga's worker, dispatched eagerly by Temporal) or 'service' "
+            "(each service's own queue, for services scaled apart). Each saga keeps the "
+            "routing it started with (docs/sizing.md)."
+        ),
     )
     saga_style: SagaStyle = Field(
         default=SagaStyle.ORCHESTRATION,

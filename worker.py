@@ -8,7 +8,8 @@ set, the choreographed saga's consumers, relay and sweepers.
     python worker.py --check [...]        # exit 0 if what it would run can reach its services
     python worker.py --drain              # an older build's workers, until its sagas end
 
-Each service's activities poll their own task queue, so each can scale as its own process.
+Each service's activities poll their own task queue, so each can scale as its own process;
+the saga's worker serves them too, on its own queue, for sagas routed there (ACTIVITY_ROUTING).
 Temporal workers run as this build's Worker Deployment Version (``versions.py``): a saga runs
 on the build it started on. Any number of ``--events`` processes share the JetStream consumers.
 """
@@ -154,10 +155,15 @@ def workflow_worker(
     client: Client,
     task_queue: str,
     *,
+    activities: Sequence[Callable[..., Any]] = (),
+    executor: ThreadPoolExecutor | None = None,
+    max_concurrent_activities: int = 16,
     cache_size: int = 1000,
     version: WorkerDeploymentVersion | None = None,
 ) -> Worker:
-    """The saga's workflow worker (its steps run on the service workers' queues)."""
+    """The saga's workflow worker. With ``activities`` (run on ``executor``) it also serves
+    the steps of sagas routed to its own queue (``ActivityRouting.WORKFLOW``): Temporal then
+    hands each step to this worker in its reply to the workflow task that scheduled it."""
     return Worker(
         client,
         task_queue=task_queue,
@@ -165,6 +171,10 @@ def workflow_worker(
         workflow_runner=workflow_runner(),
         max_cached_workflows=cache_size,
         deployment_config=deployment_config(version),
+        activities=list(activities),
+        activity_executor=executor if activities else None,
+        max_concurrent_activities=max_concurrent_activities,
+        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
     )
 
 
@@ -179,12 +189,23 @@ def build_workers(
     version: WorkerDeploymentVersion | None = None,
 ) -> list[Worker]:
     """One worker per requested task queue, each as ``version`` (None: unversioned);
-    activities run on ``executor``'s threads."""
+    activities run on ``executor``'s threads. The saga's worker serves every step too, so a
+    saga runs whichever routing it started with."""
     activities = service_activities(engine)
     workers = []
     for queue in queues:
         if queue == names.WORKFLOW_TASK_QUEUE:
-            workers.append(workflow_worker(client, queue, cache_size=cache_size, version=version))
+            workers.append(
+                workflow_worker(
+                    client,
+                    queue,
+                    activities=[fn for fns in activities.values() for fn in fns],
+                    executor=executor,
+                    max_concurrent_activities=max_concurrent_activities,
+                    cache_size=cache_size,
+                    version=version,
+                )
+            )
         else:
             workers.append(
                 Worker(

@@ -13,6 +13,7 @@ from domain.backoff import Backoff
 from domain.input import Count, Identifier, Money, Place
 from domain.names import DELIVERIES_TASK_QUEUE, ORDERS_TASK_QUEUE, PAYMENTS_TASK_QUEUE
 from domain.status import (
+    ActivityRouting,
     Decision,
     DeliveryStatus,
     OrderStatus,
@@ -111,6 +112,17 @@ class ServiceQueues(_Payload):
     orders: str = ORDERS_TASK_QUEUE
     payments: str = PAYMENTS_TASK_QUEUE
     deliveries: str = DELIVERIES_TASK_QUEUE
+
+    @classmethod
+    def routed(cls, routing: ActivityRouting, workflow_task_queue: str) -> "ServiceQueues":
+        """The queues of a saga on ``workflow_task_queue`` under ``routing``."""
+        if routing == ActivityRouting.WORKFLOW:
+            return cls(
+                orders=workflow_task_queue,
+                payments=workflow_task_queue,
+                deliveries=workflow_task_queue,
+            )
+        return cls()
 
     @classmethod
     def with_suffix(cls, suffix: str) -> "ServiceQueues":

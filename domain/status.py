@@ -41,6 +41,16 @@ class SagaStyle(StrEnum):
     CHOREOGRAPHY = "choreography"
 
 
+class ActivityRouting(StrEnum):
+    """Where an orchestrated saga's steps run: on each service's own task queue (services
+    scaled apart), or on the saga's own queue, served by the saga's worker, so Temporal hands
+    each step to that worker in its reply to the workflow task (eager dispatch). Fixed per
+    saga when it starts."""
+
+    SERVICE = "service"
+    WORKFLOW = "workflow"
+
+
 class Decision(StrEnum):
     """What became of a payment's decision window: the customer confirmed or cancelled, or the
     window closed first. Exactly one of them is recorded, once (a compare-and-set)."""

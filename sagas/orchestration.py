@@ -38,6 +38,7 @@ from domain.payloads import (
     OrderRequest,
     PaymentDecision,
     SagaState,
+    ServiceQueues,
 )
 from domain.status import Decision, OrderStatus
 from domain.views import OrderView, StuckOrder
@@ -136,7 +137,12 @@ class OrchestratedSagas:
             # starting it: starting again is safe (one saga per order).
             order = replace(order, order_id=order_id)
         input = OrderProcessInput(
-            order_id=order.order_id, request=order.request, timeouts=order.timeouts
+            order_id=order.order_id,
+            request=order.request,
+            timeouts=order.timeouts,
+            queues=ServiceQueues.routed(
+                self._settings.activity_routing, self._settings.workflow_task_queue
+            ),
         )
         options = saga_start_options(
             order.order_id, order.request, task_queue=self._settings.workflow_task_queue
