@@ -21,6 +21,9 @@ from domain.status import ActivityRouting, SagaStyle
 
 # The saga's windows unless set: their defaults are SagaTimeouts'.
 WINDOWS = SagaTimeouts()
+# A worker's sticky cache holds this many sagas (the Go SDK's default): at 10,000 open sagas a
+# smaller cache replays a saga's history at most of its moves.
+WORKFLOW_CACHE_SIZE = 10_000
 
 # A deployment name or build id: the server joins them as "name.build" and "name:build".
 VERSION_PART = r"^[A-Za-z0-9_-]+$"
@@ -247,11 +250,12 @@ class Settings(BaseSettings):
     )
     activity_threads: int = Field(default=16, ge=1, description="Worker threads for activities.")
     workflow_cache_size: int = Field(
-        default=1000,
+        default=WORKFLOW_CACHE_SIZE,
         ge=0,
         description=(
-            "Sagas a workflow worker keeps in memory between tasks (sticky cache); beyond it "
-            "the least recently used is evicted and replayed from history when needed."
+            "Sagas a workflow worker keeps in memory between tasks (sticky cache, ~90 KB "
+            "each); beyond it the least recently used is evicted and replayed from history "
+            "when it next moves (docs/performance.md#many-open-sagas)."
         ),
     )
     max_body_bytes: int = Field(

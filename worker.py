@@ -50,7 +50,7 @@ from domain import names
 from sagas import builds
 from sagas.temporal import check_namespace, connect_temporal, temporal_misconfiguration
 from services import retention
-from settings import Settings, load_settings
+from settings import WORKFLOW_CACHE_SIZE, Settings, load_settings
 from store.db import make_engine, transaction
 from store.models import utcnow
 from telemetry import configure_tracing, tracing_interceptors
@@ -158,7 +158,7 @@ def workflow_worker(
     activities: Sequence[Callable[..., Any]] = (),
     executor: ThreadPoolExecutor | None = None,
     max_concurrent_activities: int = 16,
-    cache_size: int = 1000,
+    cache_size: int = WORKFLOW_CACHE_SIZE,
     version: WorkerDeploymentVersion | None = None,
 ) -> Worker:
     """The saga's workflow worker. With ``activities`` (run on ``executor``) it also serves
@@ -185,7 +185,7 @@ def build_workers(
     queues: Sequence[str] = names.ALL_TASK_QUEUES,
     *,
     max_concurrent_activities: int = 16,
-    cache_size: int = 1000,
+    cache_size: int = WORKFLOW_CACHE_SIZE,
     version: WorkerDeploymentVersion | None = None,
 ) -> list[Worker]:
     """One worker per requested task queue, each as ``version`` (None: unversioned);
