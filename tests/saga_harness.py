@@ -151,9 +151,11 @@ async def start_saga(
     timeouts: SagaTimeouts = FAST_DEALER_RETRY,
     *,
     order_id: str | None = None,
+    queues: ServiceQueues | None = None,
 ) -> SagaHandle:
     """Start a saga on the suffixed task queues, its order accepted first as the door accepts
-    it (its payment's decision opened); a fresh order id unless one is given."""
+    it (its payment's decision opened); a fresh order id unless one is given. ``queues``: its
+    steps' task queues (default: the suffixed service queues)."""
     order_id = order_id or str(uuid.uuid4())
     request = request or order_request()
     with transaction(engine) as db:
@@ -164,7 +166,7 @@ async def start_saga(
             order_id=order_id,
             request=request,
             timeouts=timeouts,
-            queues=ServiceQueues.with_suffix(suffix),
+            queues=queues or ServiceQueues.with_suffix(suffix),
         ),
         id=names.workflow_id_for(order_id),
         task_queue=names.WORKFLOW_TASK_QUEUE + suffix,

@@ -27,7 +27,7 @@ from choreography.runtime import Choreography, connect_broker
 from domain import names
 from domain.events import EventType, Service
 from domain.payloads import DeliveredReport
-from domain.status import Decision, DeliveryStatus, OrderStatus, SagaPhase
+from domain.status import ActivityRouting, Decision, DeliveryStatus, OrderStatus, SagaPhase
 from sagas.temporal import data_converter
 from settings import Settings
 from telemetry import (
@@ -172,6 +172,7 @@ async def test_an_orchestrated_order_is_one_trace_from_post_to_delivered(
         temporal_address=env_client.service_client.config.target_host,
         temporal_namespace=env_client.namespace,
         workflow_task_queue=queue,
+        activity_routing=ActivityRouting.SERVICE,
         auth_mode="dev",
     )
     client = await Client.connect(

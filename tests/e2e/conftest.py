@@ -1,5 +1,6 @@
 """The real stack for end-to-end tests: Temporal dev server, nats-server with JetStream, the
-database, the workers of both saga styles, and the API over HTTP, once per style."""
+database, the workers of both saga styles, and the API over HTTP, once per style (the
+orchestrated one once per activity routing)."""
 
 import asyncio
 import base64
@@ -28,9 +29,11 @@ from api.auth.tokens import issue_customer_token
 from choreography.metrics import SagaCounters
 from choreography.outbox import Publisher
 from choreography.runtime import Choreography, connect_broker
+from domain import names
 from domain.events import Event, EventType, Service
 from domain.names import SEARCH_ATTRIBUTES
-from domain.status import SagaStyle
+from domain.payloads import ServiceQueues
+from domain.status import ActivityRouting, SagaStyle
 from sagas.temporal import data_converter
 from settings import Settings
 from store.db import make_engine, session
@@ -38,8 +41,10 @@ from store.models import DeadLetterRow
 from telemetry import metrics_runtime
 from tests.conftest import database_url, reset_schema, temporal_binary
 from tests.nats_server import NatsServer
+from tests.saga_harness import activity_name
+from tools.chaos.checks import steps_scheduled
 from tools.chaos.stack import free_port
-from worker import build_workers, workflow_runner
+from worker import build_workers, service_activities, workflow_runner
 from workflows import OrderProcessWorkflow
 
 # uvicorn closes an idle keep-alive connection after 5 s, and httpx keeps one for 5 s too: a
@@ -47,11 +52,17 @@ from workflows import OrderProcessWorkflow
 # client lets its idle connections go first.
 LIMITS = httpx.Limits(keepalive_expiry=2)
 
+# The routing a shop gets without choosing (settings.py): the stack's own API's, whatever the
+# shell says.
+DEFAULT_ROUTING = ActivityRouting(Settings.model_fields["activity_routing"].default)
+
 
 @dataclass
 class Stack:
     """Handles on every running part. ``http`` and ``settings`` are the API placing new
-    orders in ``style``; ``apis`` holds one API per style (same Temporal, broker, database)."""
+    orders in ``style`` (orchestrated ones routed by ``routing``, None for choreography);
+    ``apis`` holds one API per style, ``routed_apis`` one orchestrated API per routing (same
+    Temporal, broker, database, workers)."""
 
     http: httpx.AsyncClient
     client: Client
@@ -59,18 +70,39 @@ class Stack:
     settings: Settings
     nats: NatsServer
     apis: dict[SagaStyle, httpx.AsyncClient]
+    routed_apis: dict[ActivityRouting, httpx.AsyncClient]
     # The process's Prometheus /metrics: the workflows', the choreography's and the APIs'.
     metrics: httpx.AsyncClient
     style: SagaStyle = SagaStyle.ORCHESTRATION
+    routing: ActivityRouting | None = DEFAULT_ROUTING
 
-    def in_style(self, style: SagaStyle) -> "Stack":
-        """The same stack, placing new orders in ``style``."""
+    def in_style(self, style: SagaStyle, routing: ActivityRouting | None = None) -> "Stack":
+        """The same stack, placing new orders in ``style``; orchestrated ones routed by
+        ``routing`` (None: the default routing). A choreographed saga has no routing."""
+        if style == SagaStyle.CHOREOGRAPHY:
+            if routing is not None:
+                raise ValueError("a choreographed saga has no activity routing")
+            http = self.apis[style]
+            update: dict[str, object] = {"saga_style": style}
+        else:
+            routing = routing or DEFAULT_ROUTING
+            http = self.routed_apis[routing]
+            update = {"saga_style": style, "activity_routing": routing}
         return dataclasses.replace(
             self,
-            http=self.apis[style],
-            settings=self.settings.model_copy(update={"saga_style": style}),
+            http=http,
+            settings=self.settings.model_copy(update=update),
             style=style,
+            routing=routing,
         )
+
+
+# What the shared scenarios run in: each saga style, the orchestrated one in each routing.
+VARIANTS: list[tuple[SagaStyle, ActivityRouting | None]] = [
+    (SagaStyle.ORCHESTRATION, ActivityRouting.WORKFLOW),
+    (SagaStyle.ORCHESTRATION, ActivityRouting.SERVICE),
+    (SagaStyle.CHOREOGRAPHY, None),
+]
 
 
 # The stack's payload key (PAYLOAD_KEYS): every client and worker encrypts as in production.
@@ -113,6 +145,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         event_max_deliveries=3,
         # The open API of most tests; tests/e2e/test_auth.py runs a secured one beside it.
         auth_mode="dev",
+        activity_routing=DEFAULT_ROUTING,
         metrics_bind_address=metrics_address,
         payload_keys=PAYLOAD_KEYS,
     )
@@ -134,6 +167,23 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
             )
             for style in SagaStyle
         }
+        # The other routings' orchestrated APIs, served by the same workers: the saga's
+        # worker serves every step too.
+        routed_apis = {DEFAULT_ROUTING: apis[SagaStyle.ORCHESTRATION]}
+        for routing in ActivityRouting:
+            if routing not in routed_apis:
+                routed_apis[routing] = await stack.enter_async_context(
+                    serve(
+                        create_app(
+                            settings.model_copy(
+                                update={
+                                    "saga_style": SagaStyle.ORCHESTRATION,
+                                    "activity_routing": routing,
+                                }
+                            )
+                        )
+                    )
+                )
         metrics = await stack.enter_async_context(
             httpx.AsyncClient(base_url=f"http://{metrics_address}", timeout=30)
         )
@@ -144,6 +194,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
             settings=settings,
             nats=nats,
             apis=apis,
+            routed_apis=routed_apis,
             metrics=metrics,
         )
     engine.dispose()
@@ -170,11 +221,44 @@ async def poison_event(stack: Stack, within: float = 20) -> DeadLetterRow:
         await asyncio.sleep(0.1)
 
 
-@pytest.fixture(params=list(SagaStyle), ids=str)
+async def scheduled_steps(client: Client, order_id: str) -> list[tuple[str, str]]:
+    """Each step the order's saga has scheduled so far, in order: its name and task queue."""
+    history = await client.get_workflow_handle(names.workflow_id_for(order_id)).fetch_history()
+    return steps_scheduled(history)
+
+
+async def assert_routed(stack: Stack, order_id: str) -> None:
+    """The order's saga (placed through ``stack``) has scheduled steps, each on the queue
+    ``stack.routing`` says: the saga's own (workflow), or its service's (service). Nothing for
+    a choreographed order."""
+    if stack.routing is None:
+        return
+    queues = ServiceQueues.routed(stack.routing, stack.settings.workflow_task_queue)
+    queue_of_service = {
+        names.ORDERS_TASK_QUEUE: queues.orders,
+        names.PAYMENTS_TASK_QUEUE: queues.payments,
+        names.DELIVERIES_TASK_QUEUE: queues.deliveries,
+    }
+    expected = {
+        activity_name(fn): queue_of_service[service]
+        for service, fns in service_activities(stack.engine).items()
+        for fn in fns
+    }
+    scheduled = await scheduled_steps(stack.client, order_id)
+    assert scheduled, f"the saga of {order_id} has scheduled no step"
+    routed = [(step, expected[step]) for step, _ in scheduled]
+    assert scheduled == routed, f"routing {stack.routing}: {scheduled}"
+
+
+@pytest.fixture(
+    params=VARIANTS,
+    ids=lambda variant: "-".join(str(part) for part in variant if part is not None),
+)
 def styled(request: pytest.FixtureRequest, stack: Stack) -> Stack:
-    """The stack, once per saga style: a shared scenario runs against both."""
-    style: SagaStyle = request.param
-    return stack.in_style(style)
+    """The stack, once per saga style, the orchestrated one once per activity routing: a
+    shared scenario runs against each."""
+    style, routing = request.param
+    return stack.in_style(style, routing)
 
 
 @asynccontextmanager
@@ -199,19 +283,24 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 @asynccontextmanager
 async def saga_worker(stack: Stack, task_queue: str) -> AsyncIterator[Worker]:
-    """The saga's workflow worker on a task queue of the test's own, for as long as the
-    context lasts: sagas started there (an API with ``workflow_task_queue=task_queue``) do
-    nothing until it runs. Their steps run on the stack's service workers. A saga it had
-    cached goes back to the queue within a second of its stop (the sticky queue's timeout), so
-    another worker on the queue carries on at once."""
-    async with Worker(
-        stack.client,
-        task_queue=task_queue,
-        workflows=[OrderProcessWorkflow],
-        workflow_runner=workflow_runner(),
-        sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
-    ) as worker:
-        yield worker
+    """The saga's worker on a task queue of the test's own, for as long as the context lasts:
+    sagas started there (an API with ``workflow_task_queue=task_queue``) do nothing until it
+    runs. It serves their steps too when they are routed to its queue (as the saga's worker
+    does); otherwise they run on the stack's service workers. A saga it had cached goes back
+    to the queue within a second of its stop (the sticky queue's timeout), so another worker
+    on the queue carries on at once."""
+    steps = [fn for fns in service_activities(stack.engine).values() for fn in fns]
+    with ThreadPoolExecutor(16, thread_name_prefix="saga-worker") as executor:
+        async with Worker(
+            stack.client,
+            task_queue=task_queue,
+            workflows=[OrderProcessWorkflow],
+            workflow_runner=workflow_runner(),
+            activities=steps,
+            activity_executor=executor,
+            sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
+        ) as worker:
+            yield worker
 
 
 OPERATOR_KEY = "e2e-operator-key-0123456789"

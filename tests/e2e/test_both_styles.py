@@ -1,10 +1,12 @@
 """The shared scenarios, once per saga style: the same HTTP calls get the same answers and
-leave the same rows whether the order runs as a Temporal workflow (orchestration) or as events
-between the services on NATS JetStream (choreography).
+leave the same rows whether the order runs as a Temporal workflow (orchestration, its steps
+routed to the saga's own worker or to each service's) or as events between the services on
+NATS JetStream (choreography).
 
 Each scenario asserts what a customer and the shop see (status codes, the order view, the
-rows), then what the style's own account says (the workflow's state, or the order's event
-log), so a style that reached the right rows the wrong way still fails.
+rows), then what the style's own account says (the workflow's state and the queues of its
+steps, or the order's event log), so a style that reached the right rows the wrong way still
+fails.
 """
 
 import asyncio
@@ -20,7 +22,7 @@ from api.app import create_app
 from domain.status import SagaStyle
 from store.db import session
 from store.models import InboxRow, OutboxRow
-from tests.e2e.conftest import Stack, serve
+from tests.e2e.conftest import Stack, assert_routed, serve
 from tests.e2e.test_api_saga import ORDER, WAIT, add_dealer
 from tests.e2e.test_races import poll
 from tests.saga_harness import db_statuses, dealer_load
@@ -36,7 +38,7 @@ def a_city() -> str:
 
 async def place(stack: Stack, **changes: Any) -> dict[str, Any]:
     """POST /orders with ``Prefer: wait``: 201, the order PENDING with its PENDING payment, in
-    the stack's style."""
+    the stack's style (an orchestrated saga's steps so far on its routing's queues)."""
     response = await stack.http.post("/orders", json=order(**changes), headers=WAIT)
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
@@ -46,6 +48,7 @@ async def place(stack: Stack, **changes: Any) -> dict[str, Any]:
         stack.style,
     )
     assert (body["payment"]["status"], body["payment"]["decision"]) == ("PENDING", None)
+    await assert_routed(stack, body["order_id"])
     return body
 
 
@@ -58,8 +61,10 @@ async def account(stack: Stack, order_id: str) -> Any:
 
 async def assert_events(stack: Stack, order_id: str, *expected: str) -> None:
     """A choreographed order's event log names ``expected`` in that order (each applied by
-    every service that consumes it, none dead-lettered); nothing for an orchestrated one."""
+    every service that consumes it, none dead-lettered); an orchestrated order's saga
+    scheduled every step on the queues of its routing."""
     if stack.style != SagaStyle.CHOREOGRAPHY:
+        await assert_routed(stack, order_id)
         return
     log: list[dict[str, Any]] = await account(stack, order_id)
     assert [e["type"] for e in log] == list(expected), log
@@ -137,32 +142,20 @@ async def test_the_customer_cancels_the_payment_and_the_order_is_cancelled(
     )
 
 
-@pytest.fixture(scope="module")
-async def short_windows(stack: Stack) -> AsyncIterator[dict[SagaStyle, httpx.AsyncClient]]:
-    """An API per style whose orders give the customer 1 s to decide."""
-    async with (
-        serve(
-            create_app(
-                stack.settings.model_copy(
-                    update={"payment_window_seconds": 1, "saga_style": SagaStyle.ORCHESTRATION}
-                )
-            )
-        ) as orchestrated,
-        serve(
-            create_app(
-                stack.settings.model_copy(
-                    update={"payment_window_seconds": 1, "saga_style": SagaStyle.CHOREOGRAPHY}
-                )
-            )
-        ) as choreographed,
-    ):
-        yield {SagaStyle.ORCHESTRATION: orchestrated, SagaStyle.CHOREOGRAPHY: choreographed}
+@pytest.fixture
+async def short_window(styled: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    """An API placing orders as ``styled`` does, whose orders give the customer 1 s to
+    decide."""
+    async with serve(
+        create_app(styled.settings.model_copy(update={"payment_window_seconds": 1}))
+    ) as http:
+        yield http
 
 
 async def test_no_decision_within_the_window_cancels_and_a_late_one_is_409(
-    styled: Stack, short_windows: dict[SagaStyle, httpx.AsyncClient]
+    styled: Stack, short_window: httpx.AsyncClient
 ) -> None:
-    response = await short_windows[styled.style].post("/orders", json=order(), headers=WAIT)
+    response = await short_window.post("/orders", json=order(), headers=WAIT)
     assert response.status_code == 201, response.text
     placed = response.json()
     assert placed["style"] == styled.style
@@ -339,6 +332,7 @@ async def test_one_idempotency_key_is_one_order_and_one_saga(styled: Stack) -> N
     other = await styled.http.post("/orders", json={**body, "city": "Isfahan"}, headers=key)
     assert other.status_code == 422, other.text
     assert db_statuses(styled.engine, order_id)["payments"] == 1
+    await assert_routed(styled, order_id)
     if styled.style == SagaStyle.CHOREOGRAPHY:
         with session(styled.engine) as db:
             created = db.exec(

@@ -18,6 +18,7 @@ from temporalio.worker import Worker
 
 from api.app import create_app
 from domain import names
+from domain.status import ActivityRouting
 from sagas.temporal import data_converter
 from telemetry import tracing_interceptors
 from tests.e2e.conftest import Stack
@@ -34,7 +35,9 @@ async def test_one_trace_runs_from_the_http_request_into_the_saga(
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     queue = f"order-process-traced-{uuid.uuid4()}"
     # The steps run on the stack's service workers: the trace must cross into them.
-    settings = stack.settings.model_copy(update={"workflow_task_queue": queue})
+    settings = stack.settings.model_copy(
+        update={"workflow_task_queue": queue, "activity_routing": ActivityRouting.SERVICE}
+    )
     app = create_app(settings, tracer_provider=provider)
     client = await Client.connect(
         settings.temporal_address,
