@@ -71,17 +71,22 @@ screenshot: install
 
 ## Fault injection on the real stack: 300 sagas, 20 worker kills, 4 Temporal restarts,
 ## 2 database outages, then every invariant checked (PostgreSQL; CHAOS_ARGS=--database sqlite;
+## CHAOS_ARGS="--routing service": the saga's steps on each service's queue;
 ## CHAOS_ARGS="--style choreography": the choreographed saga, with NATS restarts instead).
 chaos: install
 	$(BIN)/python -m tools.chaos $(CHAOS_ARGS)
 
-## The small chaos run CI does on PostgreSQL, of each saga style in turn: both always run, and
-## it fails if either finds a violation.
+## The small chaos run CI does on PostgreSQL, three in turn: the orchestrated saga with its steps
+## on the saga's own worker (routing workflow), then on each service's queue (routing service),
+## then the choreographed saga. All three always run, and it fails if any finds a violation.
 CHAOS_CI_SIZE = --sagas 40 --kills 3 --restarts 1 --outages 1
+CHAOS_CI_RUNS = "--style orchestration --routing workflow" \
+	"--style orchestration --routing service" \
+	"--style choreography"
 chaos-ci: install
 	@status=0; \
-	for style in orchestration choreography; do \
-	  $(BIN)/python -m tools.chaos --style $$style $(CHAOS_CI_SIZE) $(CHAOS_ARGS) || status=1; \
+	for run in $(CHAOS_CI_RUNS); do \
+	  $(BIN)/python -m tools.chaos $$run $(CHAOS_CI_SIZE) $(CHAOS_ARGS) || status=1; \
 	done; \
 	exit $$status
 

@@ -1,6 +1,7 @@
 """``python -m tools.chaos``: drive sagas through the real stack while breaking it, then check.
 
     python -m tools.chaos                             # default size, PostgreSQL, orchestration
+    python -m tools.chaos --routing service           # its steps on each service's task queue
     python -m tools.chaos --style choreography        # the choreographed saga (NATS JetStream)
     python -m tools.chaos --sagas 40 --kills 3 --restarts 1 --outages 1   # the CI size
     python -m tools.chaos --database sqlite
@@ -9,9 +10,10 @@ Orchestration: the worker is killed at the workflow's fault points, the Temporal
 restarted. Choreography: the worker is killed at the outbox's and the consumers' fault
 points, the API once after it commits an event, and the NATS server is restarted. Both: the
 database is taken away. Prints a table of outcomes and ends with one line:
-``chaos: <style>, seed <S>, <N> sagas, <K> worker kills, [<A> API kills,] <M> Temporal|broker
-restarts, <D> db outages, <V> violations, <T> s``. Exits non-zero when any invariant is
-violated.
+``chaos: <style>, [routing <R>,] seed <S>, <N> sagas, <K> worker kills, [<A> API kills,] <M>
+Temporal|broker restarts, <D> db outages, <V> violations, <T> s`` (the routing of the
+orchestrated saga's steps: ``--routing``, or the default the processes read). Exits non-zero
+when any invariant is violated.
 """
 
 import argparse
@@ -30,6 +32,8 @@ from sqlalchemy import Engine, create_engine, text
 from sqlmodel import select
 from temporalio.client import Client
 
+from domain.payloads import ServiceQueues
+from domain.status import ActivityRouting
 from sagas.temporal import data_converter
 from settings import Settings
 from store.db import drop_schema, make_engine, migrate, normalise_url, session
@@ -238,7 +242,7 @@ async def main(args: argparse.Namespace) -> int:
     sagas = _plan_sagas(args, rng)
     try:
         await _drive(api, chaos, sagas, rng, args)
-        violations, summary = await _check(database, stack, api, sagas, args.style)
+        violations, summary = await _check(database, stack, api, sagas, args)
     finally:
         await api.close()
         await stack.stop()
@@ -272,11 +276,24 @@ def _set_up(args: argparse.Namespace) -> tuple[Database, Stack]:
         dealer_window=args.dealer_window,
         nats=choreography,
         saga_style=args.style,
+        activity_routing=args.routing,
         api_fault_dir=data_dir / "faults" / "api" if choreography else None,
         supervise_api=choreography,
     )
-    log(f"data in {data_dir}; database {database.kind}; saga style {args.style}")
+    routing = _routing(args)
+    style = args.style if routing is None else f"{args.style}, routing {routing}"
+    log(f"data in {data_dir}; database {database.kind}; saga style {style}")
     return database, stack
+
+
+def _routing(args: argparse.Namespace) -> ActivityRouting | None:
+    """The routing of the run's orchestrated sagas: ``--routing``, else the one the stack's
+    processes read (``ACTIVITY_ROUTING`` or the settings' default). None for choreography."""
+    if args.style == CHOREOGRAPHY:
+        return None
+    if args.routing is not None:
+        return ActivityRouting(args.routing)
+    return Settings(auth_mode="dev").activity_routing
 
 
 def _plan_sagas(args: argparse.Namespace, rng: random.Random) -> list[Saga]:
@@ -316,10 +333,11 @@ async def _settle(
 
 
 async def _check(
-    database: Database, stack: Stack, api: Api, sagas: list[Saga], style: str
+    database: Database, stack: Stack, api: Api, sagas: list[Saga], args: argparse.Namespace
 ) -> tuple[list[str], str]:
     """Every invariant: those of both styles in SQL and over HTTP, then the style's own.
     Returns the violations and a one-line summary of the style's records."""
+    style = args.style
     engine = make_engine(database.url)
     try:
         if style == CHOREOGRAPHY:
@@ -328,7 +346,9 @@ async def _check(
         if style == CHOREOGRAPHY:
             style_violations, summary = await _check_choreography(engine, stack)
         else:
-            style_violations, summary = await _check_orchestration(stack, sagas)
+            routing = _routing(args)
+            assert routing is not None
+            style_violations, summary = await _check_orchestration(stack, sagas, routing)
     finally:
         engine.dispose()
     return violations + style_violations, summary
@@ -345,12 +365,18 @@ def _check_both_styles(engine: Engine, api: Api, sagas: list[Saga], style: str) 
     return violations
 
 
-async def _check_orchestration(stack: Stack, sagas: list[Saga]) -> tuple[list[str], str]:
-    """No workflow failed, the running ones wait legitimately, every history replays."""
+async def _check_orchestration(
+    stack: Stack, sagas: list[Saga], routing: ActivityRouting
+) -> tuple[list[str], str]:
+    """No workflow failed, the running ones wait legitimately, every history replays and
+    scheduled its steps only on the queues of ``routing``."""
     # The stack's processes run with AUTH_MODE=dev and this environment's PAYLOAD_KEYS, if any.
-    converter = data_converter(Settings(auth_mode="dev"))
+    settings = Settings(auth_mode="dev")
+    converter = data_converter(settings)
     client = await Client.connect(stack.temporal_address, data_converter=converter)
-    violations, statuses = await check_temporal(client, sagas)
+    routed = ServiceQueues.routed(routing, settings.workflow_task_queue)
+    step_queues = {routed.orders, routed.payments, routed.deliveries}
+    violations, statuses = await check_temporal(client, sagas, step_queues)
     return violations, f"workflow runs: {dict(statuses)}"
 
 
@@ -383,11 +409,13 @@ def _report(
 def _result_line(args: argparse.Namespace, chaos: Chaos, violations: int, seconds: float) -> str:
     """The run's last line: its style and seed, what was done, what broke, how long it took."""
     if args.style == CHOREOGRAPHY:
+        style = args.style
         blows = f"{chaos.api_kills} API kills, {chaos.restarts} broker restarts"
     else:
+        style = f"{args.style}, routing {_routing(args)}"
         blows = f"{chaos.restarts} Temporal restarts"
     return (
-        f"chaos: {args.style}, seed {args.seed}, {args.sagas} sagas, {chaos.kills} worker kills, "
+        f"chaos: {style}, seed {args.seed}, {args.sagas} sagas, {chaos.kills} worker kills, "
         f"{blows}, {chaos.outages} db outages, {violations} violations, {seconds:.0f} s"
     )
 
@@ -403,6 +431,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         choices=[ORCHESTRATION, CHOREOGRAPHY],
         default=ORCHESTRATION,
         help="the saga style the API places orders in (choreography: with a NATS server)",
+    )
+    parser.add_argument(
+        "--routing",
+        choices=[routing.value for routing in ActivityRouting],
+        default=None,
+        help="where the orchestrated saga's steps run: 'workflow' (the saga's own worker) or "
+        "'service' (each service's task queue); default: ACTIVITY_ROUTING or the settings'",
     )
     parser.add_argument("--sagas", type=int, default=300)
     parser.add_argument("--in-flight", type=int, default=50)
@@ -420,6 +455,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--data-dir", help="default: a new temporary folder")
     args = parser.parse_args(argv)
+    if args.routing is not None and args.style == CHOREOGRAPHY:
+        parser.error("--routing is the orchestrated saga's: drop it with --style choreography")
     if args.seed is None:
         args.seed = random.randrange(10**6)
     return args

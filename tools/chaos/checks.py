@@ -5,13 +5,15 @@ the choreographed one."""
 import asyncio
 import time
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from typing import Any
 
 import nats
 from nats.js.errors import NotFoundError
 from sqlalchemy import Engine, func
 from sqlmodel import col, select
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.api.enums.v1 import EventType as HistoryEventType
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
 
 from choreography.handlers import CONSUMERS
 from domain import names
@@ -174,8 +176,11 @@ def check_intent(sagas: list[Saga], orders_in_db: set[str]) -> list[str]:
     return violations
 
 
-async def check_temporal(client: Client, sagas: list[Saga]) -> tuple[list[str], Counter[str]]:
-    """No run failed or was terminated; running ones legitimately wait; histories replay."""
+async def check_temporal(
+    client: Client, sagas: list[Saga], step_queues: Collection[str]
+) -> tuple[list[str], Counter[str]]:
+    """No run failed or was terminated; running ones legitimately wait; histories replay;
+    every step was scheduled on one of ``step_queues`` (the run's routing)."""
     violations: list[str] = []
     statuses: Counter[str] = Counter()
     for saga in sagas:
@@ -196,7 +201,20 @@ async def check_temporal(client: Client, sagas: list[Saga]) -> tuple[list[str], 
         history = await handle.fetch_history()
         for failure in await replay_failures_at_every_task(history, client.data_converter):
             violations.append(f"workflow {handle.id} does not replay at {failure}")
+        for step, queue in steps_scheduled(history):
+            if queue not in step_queues:
+                violations.append(f"workflow {handle.id} scheduled {step} on task queue {queue}")
     return violations, statuses
+
+
+def steps_scheduled(history: WorkflowHistory) -> list[tuple[str, str]]:
+    """Each step the saga of ``history`` scheduled, in order: its name and task queue."""
+    scheduled = [
+        event.activity_task_scheduled_event_attributes
+        for event in history.events
+        if event.event_type == HistoryEventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    return [(step.activity_type.name, step.task_queue.name) for step in scheduled]
 
 
 def check_style(engine: Engine, style: str) -> list[str]:

@@ -112,6 +112,11 @@ class Stack:
     - ``fault_injection``: False leaves ``CHAOS_FAULT_DIR`` unset, so fault points are no-ops.
     - ``supervise_worker``: False does not restart a worker that died.
 
+    Optional knob of the orchestration run (unset by default):
+
+    - ``activity_routing``: exported as ``ACTIVITY_ROUTING`` (where new orchestrated sagas
+      run their steps); unset, the processes read the environment's or the settings' default.
+
     Optional knobs of the choreography run (off by default):
 
     - ``nats``: also run ``nats-server`` with JetStream on ``nats_port``, its store in
@@ -137,6 +142,7 @@ class Stack:
     nats: bool = False
     nats_port: int = field(default_factory=free_port)
     saga_style: str | None = None
+    activity_routing: str | None = None
     api_fault_dir: Path | None = None
     supervise_api: bool = False
     fault_dir: Path = field(init=False)
@@ -194,6 +200,8 @@ class Stack:
             env["NATS_URL"] = self.nats_url
         if self.saga_style is not None:
             env["SAGA_STYLE"] = self.saga_style
+        if self.activity_routing is not None:
+            env["ACTIVITY_ROUTING"] = self.activity_routing
         env.update(self.extra_env)
         return env
 
