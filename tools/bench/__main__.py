@@ -68,6 +68,13 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Command]:
         default=DEFAULT_POLL_RPS,
         help="polls a second of each history queue of the dev server (its own default: 20)",
     )
+    parser.add_argument(
+        "--server-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more dynamic config of the dev server (repeatable), e.g. history.cacheMaxSize=20000",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.add_argument(
         "--out", type=lambda p: Path(p).resolve(), default=BENCH_DIR, help="run folders' folder"

@@ -1,4 +1,4 @@
-"""Sagas through the HTTP API, the same way for either saga style.
+"""Sagas through the HTTP API, the same way for either saga style (and either routing).
 
 Each saga is the customer's calls: ``POST /orders`` (with an Idempotency-Key), its confirm as
 soon as the answer is in; the :class:`~tools.bench.driver.Dealer` reports the delivery over
@@ -17,13 +17,16 @@ import httpx
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from domain.status import OrderStatus
-from store.models import OrderRow
+from domain import names
+from domain.status import DeliveryStatus, OrderStatus
+from store.models import DeliveryRow, OrderRow
 from tools.bench.driver import Outcome, describe, order_request
 from tools.bench.environment import BenchStack, compile_query, read_rows
 
 # An order's end is seen at most this late (the dealer polls as often).
 POLL_SECONDS = 0.05
+# An unloaded saga's IN_TRANSIT is seen at most this late.
+IN_TRANSIT_POLL_SECONDS = 0.002
 ENDED = (OrderStatus.DELIVERED.value, OrderStatus.CANCELLED.value)
 
 
@@ -104,6 +107,45 @@ async def order_to_delivered(
     if status != OrderStatus.DELIVERED.value:
         return Outcome(seen_at - started, f"order {key} ended {status}")
     return Outcome(seen_at - started)
+
+
+async def order_to_in_transit(
+    http: httpx.AsyncClient, ends: OrderEnds, index: int, within: float
+) -> Outcome:
+    """One saga through the API, alone: placed, confirmed at once; timed from its POST until
+    its delivery is seen IN_TRANSIT in the database. Returns once the order has ended (the
+    :class:`~tools.bench.driver.Dealer` delivers it), so the next one runs alone too."""
+    key = f"bench-{uuid.uuid4()}"
+    engine = ends.bench.engine
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(within):
+            body = order_request(index).model_dump(mode="json")
+            placed = await http.post("/orders", json=body, headers={"Idempotency-Key": key})
+            placed.raise_for_status()
+            answer = placed.json()
+            order_id = answer["order_id"]
+            sql = compile_query(
+                engine,
+                select(DeliveryRow.status).where(
+                    col(DeliveryRow.id) == names.delivery_id_for(order_id),
+                    col(DeliveryRow.status) == DeliveryStatus.IN_TRANSIT.value,
+                ),
+            )
+            payment_id = answer.get("payment_id") or answer["payment"]["payment_id"]
+            confirmed = await http.post(f"/payments/{payment_id}/confirm")
+            confirmed.raise_for_status()
+            while True:
+                if await asyncio.to_thread(read_rows, engine, sql):
+                    break
+                await asyncio.sleep(IN_TRANSIT_POLL_SECONDS)
+            in_transit = time.perf_counter() - started
+            _, status = await ends.ended(order_id)
+    except Exception as err:  # any failure of one saga is counted, not fatal to the run
+        return Outcome(time.perf_counter() - started, f"order {key}: {describe(err)}")
+    if status != OrderStatus.DELIVERED.value:
+        return Outcome(in_transit, f"order {key} ended {status}")
+    return Outcome(in_transit)
 
 
 def api_client(base_url: str) -> httpx.AsyncClient:

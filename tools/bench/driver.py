@@ -62,15 +62,15 @@ def saga_handle(bench: BenchStack, order_id: str) -> WorkflowHandle[Any, SagaSta
 
 
 async def drive_saga(
-    bench: BenchStack, index: int, timeouts: SagaTimeouts, within: float
+    bench: BenchStack, door: Sagas, index: int, timeouts: SagaTimeouts, within: float
 ) -> Outcome:
-    """Place, confirm, wait for the result (the :class:`Dealer` delivers it meanwhile); a
-    problem unless it ends DELIVERED within ``within`` seconds."""
+    """Place through ``door``, confirm, wait for the result (the :class:`Dealer` delivers it
+    meanwhile); a problem unless it ends DELIVERED within ``within`` seconds."""
     started = time.perf_counter()
     order_id = f"#{index}"
     try:
         async with asyncio.timeout(within):
-            order_id = await place_and_confirm(bench.sagas, index, timeouts)
+            order_id = await place_and_confirm(door, index, timeouts)
             state = await saga_handle(bench, order_id).result()
     except Exception as err:  # any failure of one saga is counted, not fatal to the run
         return Outcome(time.perf_counter() - started, f"order {order_id}: {describe(err)}")

@@ -27,7 +27,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from domain import names
-from domain.status import SagaStyle
+from domain.status import ActivityRouting, SagaStyle
 from sagas.door import Sagas
 from sagas.temporal import COMPRESSION, data_converter
 from settings import Settings
@@ -47,6 +47,14 @@ READY_SECONDS = 60.0
 # The names the resource monitor gives the choreography's processes (CPU and RSS by name).
 NATS = "nats"
 CHOREOGRAPHY_API = "api-choreography"
+# A local PostgreSQL server, measured as one more process when the bench runs on it.
+DATABASE = "database"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", None)
+# The routing a shop gets without choosing (settings.py), whatever the shell says: the stack's
+# API places orchestrated orders so; a second API (OTHER_ROUTING_API) routes them the other way.
+DEFAULT_ROUTING = ActivityRouting(Settings.model_fields["activity_routing"].default)
+OTHER_ROUTING = next(r for r in ActivityRouting if r != DEFAULT_ROUTING)
+OTHER_ROUTING_API = f"api-{OTHER_ROUTING}"
 
 # The dev server's single history shard polls each queue 20 times a second by default, so
 # under load the whole stack moves in waves 50 ms apart; a cluster's many shards do not
@@ -86,9 +94,11 @@ class StackOptions:
 
     database_url: str | None = None
     poll_rps: int = DEFAULT_POLL_RPS
+    server_config: tuple[str, ...] = ()  # more dynamic config of the dev server, KEY=VALUE
     payment_window_seconds: float = 1800.0
     baseline: bool = True
     choreography: bool = False  # also a NATS server and an API placing choreographed orders
+    other_routing_api: bool = False  # also an API placing orchestrated orders OTHER_ROUTING
 
 
 def new_run_dir(out: Path, suffix: str = "") -> Path:
@@ -131,13 +141,14 @@ def read_rows(engine: Engine, sql: str) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in db.connection().exec_driver_sql(sql).fetchall()]
 
 
-def door_settings(url: str) -> Settings:
-    """The bench's own door: orchestrated sagas in the run's database, no credentials (order
-    ids need ``AUTH_MODE=dev`` or an ORDER_ID_SECRET), no NATS."""
+def door_settings(url: str, routing: ActivityRouting = ActivityRouting.WORKFLOW) -> Settings:
+    """The bench's own door: orchestrated sagas in the run's database routed by ``routing``,
+    no credentials (order ids need ``AUTH_MODE=dev`` or an ORDER_ID_SECRET), no NATS."""
     return Settings(
         database_url=url,
         auth_mode="dev",
         saga_style=SagaStyle.ORCHESTRATION,
+        activity_routing=routing,
         nats_url=None,
         # The bench decides each payment once; the limit is there for looping clients.
         decisions_per_minute=100_000,
@@ -146,24 +157,34 @@ def door_settings(url: str) -> Settings:
 
 @dataclass
 class BenchStack:
-    """The running processes, a Temporal client, the engine, the door, the resource monitor;
-    ``choreography_api`` only with ``StackOptions.choreography``."""
+    """The running processes, a Temporal client, the engine, the doors, the resource monitor;
+    ``choreography_api`` only with ``StackOptions.choreography``, ``other_routing_api`` only with
+    ``StackOptions.other_routing_api``."""
 
     run_dir: Path
     stack: Stack
     baseline: Proc | None
     client: Client
     engine: Engine
-    sagas: Sagas  # the door, orchestrated style: the bench places and steers sagas only here
+    # The doors, orchestrated style, one per routing: the bench places and steers sagas here.
+    doors: dict[ActivityRouting, Sagas]
     monitor: ResourceMonitor
     choreography_api: Proc | None = None
     choreography_api_url: str | None = None
+    other_routing_api: Proc | None = None
+    other_routing_api_url: str | None = None
+    server_metrics_url: str | None = None  # the Temporal server's Prometheus endpoint
+
+    @property
+    def sagas(self) -> Sagas:
+        """The door of the default routing."""
+        return self.doors[DEFAULT_ROUTING]
 
     def check_alive(self) -> None:
         """Raise BenchError if any process of the stack has exited."""
-        procs = [self.stack.temporal, self.stack.worker, self.stack.api]
-        procs += [p for p in (self.stack.broker, self.choreography_api, self.baseline) if p]
-        for proc in procs:
+        procs: list[Proc | None] = [self.stack.temporal, self.stack.worker, self.stack.api]
+        procs += [self.stack.broker, self.choreography_api, self.other_routing_api, self.baseline]
+        for proc in filter(None, procs):
             if not proc.alive:
                 raise BenchError(f"the {proc.name} process exited; see {proc.log}")
 
@@ -178,16 +199,27 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
     except SQLAlchemyError as err:
         shown = make_url(url).render_as_string(hide_password=True)
         raise BenchError(f"cannot prepare the database {shown}: {err}") from err
+    metrics_port = free_port()
     stack = Stack(
         data_dir=run_dir,
         database_url=url,
         payment_window=options.payment_window_seconds,
         dealer_window=DEALER_WINDOW_SECONDS,
         temporal_in_memory=True,
-        server_args=poll_rate_args(options.poll_rps),
+        server_args=[
+            *poll_rate_args(options.poll_rps),
+            *(arg for kv in options.server_config for arg in ("--dynamic-config-value", kv)),
+            "--metrics-port",
+            str(metrics_port),
+        ],
         # Without a NATS server of its own, a NATS_URL inherited from the shell (a system NATS)
         # is blanked: the worker would otherwise run the choreography against it.
-        extra_env={"LOG_LEVEL": "WARNING", **({} if options.choreography else {"NATS_URL": ""})},
+        extra_env={
+            "LOG_LEVEL": "WARNING",
+            # The stack's API routes the default way, whatever the shell says.
+            "ACTIVITY_ROUTING": DEFAULT_ROUTING.value,
+            **({} if options.choreography else {"NATS_URL": ""}),
+        },
         fault_injection=False,
         supervise_worker=False,
         nats=options.choreography,
@@ -204,14 +236,27 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
         if options.baseline
         else None
     )
-    choreography_port = free_port()
-    choreography_api = _choreography_api(stack, choreography_port) if options.choreography else None
-    extras = [p for p in (baseline, choreography_api) if p is not None]
+    choreography_port, other_routing_port = free_port(), free_port()
+    choreography_api = (
+        _second_api(
+            stack, CHOREOGRAPHY_API, choreography_port, SAGA_STYLE=SagaStyle.CHOREOGRAPHY.value
+        )
+        if options.choreography
+        else None
+    )
+    other_routing_api = (
+        _second_api(
+            stack, OTHER_ROUTING_API, other_routing_port, ACTIVITY_ROUTING=OTHER_ROUTING.value
+        )
+        if options.other_routing_api
+        else None
+    )
+    extras = [p for p in (baseline, choreography_api, other_routing_api) if p is not None]
     _started.extend([stack.temporal, stack.worker, stack.api, *extras])
     if stack.broker is not None:
         _started.append(stack.broker)
     monitor: ResourceMonitor | None = None
-    sagas: Sagas | None = None
+    doors: dict[ActivityRouting, Sagas] = {}
     try:
         await _start(stack, extras)
         # Compressed or not as the stack's own processes (they read the same environment).
@@ -220,12 +265,18 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
             data_converter=data_converter(door_settings(url)),
             grpc_compression=COMPRESSION[Settings().temporal_grpc_compression],
         )
-        sagas = Sagas(engine, door_settings(url), client=client)
-        bench = BenchStack(run_dir, stack, baseline, client, engine, sagas, ResourceMonitor({}))
+        for routing in ActivityRouting:
+            doors[routing] = Sagas(engine, door_settings(url, routing), client=client)
+        bench = BenchStack(run_dir, stack, baseline, client, engine, doors, ResourceMonitor({}))
+        bench.server_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         if choreography_api is not None:
             bench.choreography_api = choreography_api
             bench.choreography_api_url = f"http://127.0.0.1:{choreography_port}"
             await _wait_healthy(bench, bench.choreography_api_url)
+        if other_routing_api is not None:
+            bench.other_routing_api = other_routing_api
+            bench.other_routing_api_url = f"http://127.0.0.1:{other_routing_port}"
+            await _wait_healthy(bench, bench.other_routing_api_url)
         queues = SAGA_QUEUES + (BASELINE_QUEUES if baseline is not None else ())
         await _wait_for_pollers(bench, queues)
         monitor = bench.monitor = ResourceMonitor(_leaders(bench))
@@ -234,36 +285,49 @@ async def running_stack(run_dir: Path, options: StackOptions) -> AsyncIterator[B
     finally:
         if monitor is not None:
             await monitor.stop()
-        if sagas is not None:
-            await sagas.aclose()
+        for door in doors.values():
+            await door.aclose()
         await _stop_all(stack, extras)
         engine.dispose()
 
 
-def _choreography_api(stack: Stack, port: int) -> Proc:
-    """A second API (not started), placing new orders in the choreographed style: the stack's
-    API command line and environment, on ``port``, with ``SAGA_STYLE=choreography``."""
+def _second_api(stack: Stack, name: str, port: int, **env: str) -> Proc:
+    """Another API (not started) named ``name``: the stack's API command line and environment,
+    on ``port``, with ``env`` on top (e.g. ``SAGA_STYLE=choreography``)."""
     argv = list(stack.api.argv)
     argv[argv.index("--port") + 1] = str(port)
-    return Proc(
-        CHOREOGRAPHY_API,
-        argv,
-        {**stack.env, "SAGA_STYLE": SagaStyle.CHOREOGRAPHY.value},
-        stack.data_dir / "logs" / f"{CHOREOGRAPHY_API}.log",
-    )
+    return Proc(name, argv, {**stack.env, **env}, stack.data_dir / "logs" / f"{name}.log")
 
 
 def _leaders(bench: BenchStack) -> dict[str, int]:
     """The session leader of each process the monitor measures, by the name it reports."""
     stack = bench.stack
     leaders = {"worker": _pid(stack.worker), "server": _pid(stack.temporal), "api": _pid(stack.api)}
+    postmaster = _local_postmaster(bench.engine)
+    if postmaster is not None:
+        leaders[DATABASE] = postmaster
     if bench.baseline is not None:
         leaders["baseline"] = _pid(bench.baseline)
     if stack.broker is not None:
         leaders[NATS] = _pid(stack.broker)
     if bench.choreography_api is not None:
         leaders[CHOREOGRAPHY_API] = _pid(bench.choreography_api)
+    if bench.other_routing_api is not None:
+        leaders[OTHER_ROUTING_API] = _pid(bench.other_routing_api)
     return leaders
+
+
+def _local_postmaster(engine: Engine) -> int | None:
+    """The pid of the PostgreSQL server of ``engine`` when it runs on this machine and this
+    user may read its data directory (a superuser); None otherwise (SQLite: in-process)."""
+    if engine.dialect.name != "postgresql" or engine.url.host not in LOCAL_HOSTS:
+        return None
+    try:
+        with engine.connect() as db:
+            data_dir = db.exec_driver_sql("SHOW data_directory").scalar_one()
+        return int((Path(data_dir) / "postmaster.pid").read_text().split()[0])
+    except (SQLAlchemyError, OSError, ValueError, IndexError):
+        return None
 
 
 async def _wait_healthy(bench: BenchStack, url: str) -> None:

@@ -1,16 +1,24 @@
-"""The ``history`` phase: what one delivered saga, and one baseline, write to Temporal's history.
+"""The ``history`` phase: what one delivered saga in each routing, and one baseline, write to
+Temporal's history, and what the server asked of its database meanwhile.
 
 The saga is placed and confirmed through the door and delivered by the Dealer, the baseline
 signalled right after its start; then each history is counted. A signal that reaches a
 workflow while a task runs can add or save a task, so counts may move by one between runs.
+The server's persistence requests are read from its Prometheus endpoint before and after
+each workflow (nothing else runs in this phase): ``UpdateWorkflowExecution`` and
+``CreateWorkflowExecution`` are its state transitions.
 """
 
 import asyncio
 import math
+import re
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
@@ -36,30 +44,81 @@ WORKFLOW_TASK_STARTED = EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED
 ACTIVITY_STARTED = EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
 
 
+# How long after a workflow's result its server's last writes (its close, visibility) land.
+SETTLE_SECONDS = 1.0
+PERSISTENCE = re.compile(
+    r'^persistence_requests\{[^}]*namespace="default",operation="(\w+)"[^}]*\} (\d+)', re.M
+)
+TRANSITIONS = ("CreateWorkflowExecution", "UpdateWorkflowExecution")
+
+
 async def history_counts(
     bench: BenchStack, timeouts: SagaTimeouts, within: float
 ) -> list[HistoryCounts]:
-    """A delivered saga, then the baseline; each with its history's counts."""
+    """A delivered saga in each routing, then the baseline; each with its history's counts."""
     counted = []
-    try:
-        async with asyncio.timeout(within):
-            order_id = await place_and_confirm(bench.sagas, 0, timeouts)
+    for routing, door in bench.doors.items():
+
+        async def saga(door: Any = door) -> tuple[WorkflowHandle[Any, Any], str | None]:
+            order_id = await place_and_confirm(door, 0, timeouts)
             handle = saga_handle(bench, order_id)
             state = await handle.result()
-        ended = state.phase == SagaPhase.DELIVERED and state.order_status == OrderStatus.DELIVERED
-        problem = None if ended else f"order {order_id} ended {state.phase}"
-        counted.append(await _counted(handle, "saga", problem))
-    except Exception as err:  # counted as the phase's failure, not fatal to the run
-        counted.append(HistoryCounts(name="saga", problem=repr(err)))
-    try:
-        async with asyncio.timeout(within):
-            baseline = await start_baseline(bench.client, f"bench-history-{uuid.uuid4()}")
-            steps = (await baseline.result()).steps
-        problem = None if steps == STEPS else f"ran {steps} steps, not {STEPS}"
-        counted.append(await _counted(baseline, "baseline", problem))
-    except Exception as err:
-        counted.append(HistoryCounts(name="baseline", problem=repr(err)))
+            ended = (state.phase, state.order_status)
+            delivered = ended == (SagaPhase.DELIVERED, OrderStatus.DELIVERED)
+            return handle, None if delivered else f"order {order_id} ended {state.phase}"
+
+        counted.append(await _one(bench, f"saga-{routing}", saga, within))
+
+    async def baseline() -> tuple[WorkflowHandle[Any, Any], str | None]:
+        handle = await start_baseline(bench.client, f"bench-history-{uuid.uuid4()}")
+        steps = (await handle.result()).steps
+        return handle, None if steps == STEPS else f"ran {steps} steps, not {STEPS}"
+
+    counted.append(await _one(bench, "baseline", baseline, within))
     return counted
+
+
+Run = Callable[[], Awaitable[tuple[WorkflowHandle[Any, Any], str | None]]]
+
+
+async def _one(bench: BenchStack, name: str, run: Run, within: float) -> HistoryCounts:
+    """Run one workflow to its end and count its history and its server's requests."""
+    try:
+        async with _persistence(bench) as requests:
+            async with asyncio.timeout(within):
+                handle, problem = await run()
+        counts = await _counted(handle, name, problem)
+    except Exception as err:  # counted as the phase's failure, not fatal to the run
+        return HistoryCounts(name=name, problem=repr(err))
+    counts.persistence_requests = requests
+    counts.state_transitions = sum(requests.get(op, 0) for op in TRANSITIONS)
+    return counts
+
+
+@asynccontextmanager
+async def _persistence(bench: BenchStack) -> AsyncIterator[dict[str, int]]:
+    """The server's persistence requests of the namespace, by operation, made during the
+    block (and SETTLE_SECONDS after it); empty if the server has no metrics endpoint."""
+    requests: dict[str, int] = {}
+    url = bench.server_metrics_url
+    if url is None:
+        yield requests
+        return
+    async with httpx.AsyncClient(timeout=10) as http:
+        before = _requests((await http.get(url)).text)
+        yield requests
+        await asyncio.sleep(SETTLE_SECONDS)
+        after = _requests((await http.get(url)).text)
+    for operation, count in after.items():
+        if count > before.get(operation, 0):
+            requests[operation] = count - before.get(operation, 0)
+
+
+def _requests(exposition: str) -> dict[str, int]:
+    totals: Counter[str] = Counter()
+    for operation, count in PERSISTENCE.findall(exposition):
+        totals[operation] += int(count)
+    return dict(totals)
 
 
 async def _counted(
@@ -68,8 +127,10 @@ async def _counted(
     types: Counter[int] = Counter()
     scheduled: dict[int, float] = {}  # event id -> time (ms) of a task's scheduled event
     waits: dict[int, list[float]] = {WORKFLOW_TASK_STARTED: [], ACTIVITY_STARTED: []}
+    size = 0
     async for event in handle.fetch_history_events():
         types[event.event_type] += 1
+        size += event.ByteSize()
         at = event.event_time.ToMicroseconds() / 1000
         if event.event_type in SCHEDULED:
             scheduled[event.event_id] = at
@@ -82,6 +143,7 @@ async def _counted(
     return HistoryCounts(
         name=name,
         events=sum(types.values()),
+        bytes=size,
         **{field: types[event_type] for field, event_type in COUNTED.items()},
         workflow_task_wait_ms=_mean(waits[WORKFLOW_TASK_STARTED]),
         activity_wait_ms=_mean(waits[ACTIVITY_STARTED]),

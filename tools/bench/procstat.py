@@ -29,17 +29,18 @@ def _stat(pid: int) -> list[str] | None:
 
 
 # Indices into _stat() (field number - 3; see proc(5)).
-_SESSION, _UTIME, _STIME, _CUTIME, _CSTIME = 3, 11, 12, 13, 14
+_PARENT, _SESSION, _UTIME, _STIME, _CUTIME, _CSTIME = 1, 3, 11, 12, 13, 14
 
 
 def session_members(leader: int) -> list[int]:
-    """Pids of the live processes in ``leader``'s session (the leader first)."""
+    """Pids of the live processes in ``leader``'s session, and its children in sessions of
+    their own (a PostgreSQL server's backends), the leader first."""
     members = [leader]
     for entry in PROC.iterdir():
         if not entry.name.isdigit() or int(entry.name) == leader:
             continue
         fields = _stat(int(entry.name))
-        if fields is not None and int(fields[_SESSION]) == leader:
+        if fields is not None and leader in (int(fields[_SESSION]), int(fields[_PARENT])):
             members.append(int(entry.name))
     return members
 

@@ -12,8 +12,9 @@ from domain.status import SagaStyle
 from tools.bench.stats import Latency
 
 # Roles whose CPU is reported per saga (``worker``: the process running the phase's
-# workflows; ``api``: the API the phase went through; ``stack``: every process but the bench).
-CPU_ROLES = ("worker", "server", "api", "nats", "stack", "bench")
+# workflows; ``api``: the API the phase went through; ``database``: a local PostgreSQL;
+# ``stack``: every process but the bench).
+CPU_ROLES = ("worker", "server", "api", "nats", "database", "stack", "bench")
 
 
 class PhaseResult(BaseModel):
@@ -47,11 +48,13 @@ class Ratio(BaseModel):
 
 
 class HistoryCounts(BaseModel):
-    """One delivered workflow's history: events, workflow tasks completed, activities
-    scheduled, timers, search-attribute upserts, signals, mean scheduled-to-started waits."""
+    """One delivered workflow's history: events, their size (protobuf bytes, payloads as
+    stored: encrypted), workflow tasks completed, activities scheduled, timers,
+    search-attribute upserts, signals, mean scheduled-to-started waits."""
 
     name: str
     events: int = 0
+    bytes: int = 0
     workflow_tasks: int = 0
     activities: int = 0
     timers: int = 0
@@ -59,7 +62,21 @@ class HistoryCounts(BaseModel):
     signals: int = 0
     workflow_task_wait_ms: float = math.nan
     activity_wait_ms: float = math.nan
+    # The server's persistence requests meanwhile, by operation; its state transitions (the
+    # workflow's creation and every update of its mutable state).
+    persistence_requests: dict[str, int] = {}
+    state_transitions: int = 0
     problem: str | None = None
+
+
+class UnloadedResult(BaseModel):
+    """Sagas through one API, one at a time: from the POST to the delivery IN_TRANSIT."""
+
+    name: str
+    style: SagaStyle
+    to_in_transit: Latency
+    failures: int
+    failure_samples: list[str]
 
 
 class BenchResult(BaseModel):
@@ -72,14 +89,23 @@ class BenchResult(BaseModel):
     phases: list[PhaseResult]
     ratios: list[Ratio]
     history: list[HistoryCounts]
+    unloaded: list[UnloadedResult]
     rss_run_max_mb: dict[str, float]
     dealer_errors: list[str]  # the first few failed report attempts (each was retried)
     failures: int
-    summary: str  # bench: ... (the saga against the baseline)
+    summary: str  # bench: ... (the saga, default routing, against the baseline)
+    summary_routing: str | None  # bench-routing: ... (the default routing against the other)
     summary_choreography: str | None  # bench-choreography: ... (when the styles phase ran)
 
 
-RATIOS = (("saga", "baseline"), ("choreography", "orchestration"))
+RATIOS = (
+    ("saga-workflow", "baseline"),
+    ("saga-service", "baseline"),
+    ("saga-workflow", "saga-service"),
+    ("orchestration-workflow", "orchestration-service"),
+    ("choreography", "orchestration-workflow"),
+    ("choreography", "orchestration-service"),
+)
 
 
 def ratios(phases: dict[str, PhaseResult]) -> list[Ratio]:
@@ -153,14 +179,24 @@ def render(result: BenchResult) -> str:
         ]
         out += ["", table(headers, rows)]
     if result.history:
-        headers = ["history", "events", "wf tasks", "activities", "timers", "upserts", "signals"]
+        headers = ["history", "events", "bytes", "wf tasks", "activities", "timers", "upserts"]
+        headers += ["signals", "transitions"]
         headers += ["wf task wait ms", "activity wait ms"]
         rows = [
             [h.name]
-            + [str(n) for n in (h.events, h.workflow_tasks, h.activities, h.timers)]
-            + [str(h.upserts), str(h.signals)]
+            + [str(n) for n in (h.events, h.bytes, h.workflow_tasks, h.activities, h.timers)]
+            + [str(h.upserts), str(h.signals), str(h.state_transitions)]
             + [num(h.workflow_task_wait_ms), num(h.activity_wait_ms)]
             for h in result.history
+        ]
+        out += ["", table(headers, rows)]
+    if result.unloaded:
+        headers = ["unloaded (POST to IN_TRANSIT)", "sagas", "failed", "p50 ms", "p95 ms", "max ms"]
+        rows = [
+            [u.name, str(u.to_in_transit.count), str(u.failures)]
+            + [num(v, 0) for v in (u.to_in_transit.p50_ms, u.to_in_transit.p95_ms)]
+            + [num(u.to_in_transit.max_ms, 0)]
+            for u in result.unloaded
         ]
         out += ["", table(headers, rows)]
     peak = ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(result.rss_run_max_mb.items()))
@@ -168,6 +204,7 @@ def render(result: BenchResult) -> str:
     out += [f"dealer error (retried): {error}" for error in result.dealer_errors]
     out += [f"FAILED {p.name}: {sample}" for p in result.phases for sample in p.failure_samples]
     out += [f"FAILED history {h.name}: {h.problem}" for h in result.history if h.problem]
+    out += [f"FAILED unloaded {u.name}: {s}" for u in result.unloaded for s in u.failure_samples]
     return "\n".join(out).lstrip("\n")
 
 

@@ -247,6 +247,7 @@ async def run(args: argparse.Namespace) -> int:
     options = StackOptions(
         database_url=args.database_url,
         poll_rps=args.poll_rps,
+        server_config=tuple(args.server_config),
         payment_window_seconds=PAYMENT_WINDOW.total_seconds(),
         baseline=False,
     )

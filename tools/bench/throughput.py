@@ -1,17 +1,20 @@
-"""``python -m tools.bench``: the saga against its baseline, and the two saga styles.
+"""``python -m tools.bench``: the saga against its baseline, its two routings, the two styles.
 
 Phases, on one stack: ``baseline`` and ``saga`` (closed loops: the baseline workflow through
-the Temporal client, the orchestrated saga through the door), ``history`` (one of each, its
-history counted), ``styles`` (closed loops through each style's API: ``orchestration`` and
-``choreography``). Two loops compared run in ``--rounds`` rounds, alternating which goes
-first, so a machine that drifts during the run weighs on both alike.
+the Temporal client, the orchestrated saga through the door in each routing, ``saga-workflow``
+and ``saga-service``), ``history`` (one of each, its history counted), ``styles`` (closed
+loops through each API: ``orchestration-workflow``, ``orchestration-service``,
+``choreography``), ``unloaded`` (one saga at a time through each API, POST to IN_TRANSIT).
+Loops compared run in ``--rounds`` rounds, alternating their order, so a machine that drifts
+during the run weighs on all alike.
 """
 
 import argparse
 import asyncio
+import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -19,13 +22,23 @@ from pathlib import Path
 import httpx
 
 from domain.payloads import SagaTimeouts
-from domain.status import SagaStyle
-from tools.bench.api import api_client, order_to_delivered, watching
+from domain.status import ActivityRouting, SagaStyle
+from tools.bench.api import (
+    OrderEnds,
+    api_client,
+    order_to_delivered,
+    order_to_in_transit,
+    watching,
+)
 from tools.bench.driver import Dealer, Outcome, closed_loop, drive_baseline, drive_saga, guarded
 from tools.bench.environment import (
     CHOREOGRAPHY_API,
+    DATABASE,
     DEALER_WINDOW_SECONDS,
+    DEFAULT_ROUTING,
     NATS,
+    OTHER_ROUTING,
+    OTHER_ROUTING_API,
     BenchStack,
     StackOptions,
     new_run_dir,
@@ -38,6 +51,7 @@ from tools.bench.report import (
     BenchResult,
     HistoryCounts,
     PhaseResult,
+    UnloadedResult,
     ratios,
     render,
     summary,
@@ -45,7 +59,7 @@ from tools.bench.report import (
 )
 from tools.bench.stats import Latency
 
-PHASES = ("baseline", "saga", "history", "styles")
+PHASES = ("baseline", "saga", "history", "styles", "unloaded")
 TIMEOUTS = SagaTimeouts(dealer_assignment_window=timedelta(seconds=DEALER_WINDOW_SECONDS))
 MAX_SAMPLES = 5  # failure messages kept per phase
 
@@ -80,6 +94,7 @@ class Loop:
         ok = [o.seconds for o in self.outcomes if o.problem is None]
         problems = [o.problem for o in self.warmup + self.outcomes if o.problem is not None]
         by_role = {"worker": self.worker, "server": "server", "api": self.api, "nats": NATS}
+        by_role[DATABASE] = DATABASE
         per_saga = {
             role: 1000 * self.cpu_s[process] / sagas
             for role, process in (*by_role.items(), ("bench", "bench"))
@@ -137,43 +152,111 @@ async def measure(
     return results
 
 
-async def _styles(bench: BenchStack, dealer: Dealer, args: argparse.Namespace) -> list[PhaseResult]:
-    """The closed loop through each style's API, the dealer reporting through the same API."""
+# Each API of the stack: (loop name, HTTP client, style, the monitor's name of its process).
+ApiClients = list[tuple[str, httpx.AsyncClient, SagaStyle, str]]
+
+
+def _api_loops(ends: OrderEnds, args: argparse.Namespace, clients: ApiClients) -> list[Loop]:
+    """One closed loop through each API the stack runs, the dealer reporting through it."""
+
+    def through(http: httpx.AsyncClient) -> Callable[[int], Awaitable[Outcome]]:
+        return lambda i: order_to_delivered(http, ends, i, args.saga_timeout)
+
+    return [
+        Loop(name, through(http), style, "api", api=api, dealer_http=http)
+        for name, http, style, api in clients
+    ]
+
+
+@contextlib.asynccontextmanager
+async def api_clients(bench: BenchStack) -> AsyncIterator[ApiClients]:
+    """A client for each API of the stack: (loop name, client, style, process name)."""
     assert bench.choreography_api_url is not None, "the stack runs the choreography API"
-    async with (
-        api_client(bench.stack.api_url) as orchestration,
-        api_client(bench.choreography_api_url) as choreography,
-        watching(bench) as ends,
-    ):
-
-        def through(http: httpx.AsyncClient) -> Callable[[int], Awaitable[Outcome]]:
-            return lambda i: order_to_delivered(http, ends, i, args.saga_timeout)
-
-        loops = [
-            Loop("orchestration", through(orchestration), SagaStyle.ORCHESTRATION, "api"),
-            Loop("choreography", through(choreography), SagaStyle.CHOREOGRAPHY, "api"),
+    assert bench.other_routing_api_url is not None, "the stack runs the other routing's API"
+    apis = [
+        (f"orchestration-{DEFAULT_ROUTING}", bench.stack.api_url, SagaStyle.ORCHESTRATION, "api"),
+        (
+            f"orchestration-{OTHER_ROUTING}",
+            bench.other_routing_api_url,
+            SagaStyle.ORCHESTRATION,
+            OTHER_ROUTING_API,
+        ),
+        ("choreography", bench.choreography_api_url, SagaStyle.CHOREOGRAPHY, CHOREOGRAPHY_API),
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            (name, await stack.enter_async_context(api_client(url)), style, process)
+            for name, url, style, process in apis
         ]
-        loops[0].dealer_http, loops[1].dealer_http = orchestration, choreography
-        loops[1].api = CHOREOGRAPHY_API
+
+
+async def _styles(bench: BenchStack, dealer: Dealer, args: argparse.Namespace) -> list[PhaseResult]:
+    """The closed loop through each API, the dealer reporting through the same API."""
+    async with api_clients(bench) as clients, watching(bench) as ends:
+        loops = _api_loops(ends, args, clients)
         return await measure(bench, dealer, args, loops, args.style_sagas)
+
+
+async def _unloaded(
+    bench: BenchStack, dealer: Dealer, args: argparse.Namespace
+) -> list[UnloadedResult]:
+    """One saga at a time through each API in turn (after one uncounted each): from its POST
+    to its delivery IN_TRANSIT, with nothing else in flight."""
+    async with api_clients(bench) as clients, watching(bench) as ends:
+        seen: dict[str, list[Outcome]] = {name: [] for name, *_ in clients}
+        async with Progress(
+            "unloaded", (args.unloaded + 1) * len(clients), enabled=not args.quiet
+        ) as bar:
+            for index in range(args.unloaded + 1):
+                for name, http, _, _ in clients if index % 2 else clients[::-1]:
+                    dealer.http = http
+                    outcome = await guarded(
+                        bench, order_to_in_transit(http, ends, index, args.saga_timeout)
+                    )
+                    if index:  # the first of each warms its path up
+                        seen[name].append(outcome)
+                    bar.advance()
+    results = []
+    for name, _, style, _ in clients:
+        ok = [o.seconds for o in seen[name] if o.problem is None]
+        problems = [o.problem for o in seen[name] if o.problem is not None]
+        results.append(
+            UnloadedResult(
+                name=name,
+                style=style,
+                to_in_transit=Latency.of(ok),
+                failures=len(problems),
+                failure_samples=problems[:MAX_SAMPLES],
+            )
+        )
+        log(
+            args,
+            f"{name} unloaded: POST to IN_TRANSIT p50 {results[-1].to_in_transit.p50_ms:.0f} ms",
+        )
+    return results
 
 
 async def _run_phases(
     bench: BenchStack, dealer: Dealer, args: argparse.Namespace
-) -> tuple[list[PhaseResult], list[HistoryCounts]]:
+) -> tuple[list[PhaseResult], list[HistoryCounts], list[UnloadedResult]]:
     within = args.saga_timeout
-    loops = {
-        "baseline": Loop(
-            "baseline", lambda i: drive_baseline(bench, i, within), None, "client", "baseline"
-        ),
-        "saga": Loop(
-            "saga",
-            lambda i: drive_saga(bench, i, TIMEOUTS, within),
+
+    def saga_loop(routing: ActivityRouting) -> Loop:
+        door = bench.doors[routing]
+        return Loop(
+            f"saga-{routing}",
+            lambda i: drive_saga(bench, door, i, TIMEOUTS, within),
             SagaStyle.ORCHESTRATION,
             "door",
-        ),
-    }
-    chosen = [loop for name, loop in loops.items() if name in args.phases]
+        )
+
+    chosen = []
+    if "baseline" in args.phases:
+        chosen.append(
+            Loop("baseline", lambda i: drive_baseline(bench, i, within), None, "client", "baseline")
+        )
+    if "saga" in args.phases:
+        chosen += [saga_loop(DEFAULT_ROUTING), saga_loop(OTHER_ROUTING)]
     phases = await measure(bench, dealer, args, chosen, args.sagas) if chosen else []
     history = []
     if "history" in args.phases:
@@ -181,7 +264,8 @@ async def _run_phases(
         history = await guarded(bench, history_counts(bench, TIMEOUTS, within))
     if "styles" in args.phases:
         phases += await _styles(bench, dealer, args)
-    return phases, history
+    unloaded = await _unloaded(bench, dealer, args) if "unloaded" in args.phases else []
+    return phases, history, unloaded
 
 
 def log(args: argparse.Namespace, message: str) -> None:
@@ -196,22 +280,25 @@ async def run(args: argparse.Namespace) -> int:
     options = StackOptions(
         database_url=args.database_url,
         poll_rps=args.poll_rps,
+        server_config=tuple(args.server_config),
         baseline="baseline" in args.phases or "history" in args.phases,
         # NATS and the second API only when measured: otherwise the worker would also run
         # the choreography's (idle) consumers, relay and sweepers in every other phase.
-        choreography="styles" in args.phases,
+        choreography=bool({"styles", "unloaded"} & set(args.phases)),
+        other_routing_api=bool({"styles", "unloaded"} & set(args.phases)),
     )
     async with running_stack(run_dir, options) as bench:
         dealer = Dealer(bench)
         dealer_task = asyncio.create_task(dealer.run())
         try:
-            phases, history = await _run_phases(bench, dealer, args)
+            phases, history, unloaded = await _run_phases(bench, dealer, args)
         finally:
             dealer_task.cancel()
             await asyncio.gather(dealer_task, return_exceptions=True)
         rss_run_max = dict(bench.monitor.run_max_mb)
     by_name = {p.name: p for p in phases}
-    failures = sum(p.failures for p in phases) + sum(h.problem is not None for h in history)
+    failures = sum(p.failures for p in phases) + sum(u.failures for u in unloaded)
+    failures += sum(h.problem is not None for h in history)
     result = BenchResult(
         started_at=started_at,
         wall_seconds=time.perf_counter() - started,
@@ -220,12 +307,23 @@ async def run(args: argparse.Namespace) -> int:
         phases=phases,
         ratios=ratios(by_name),
         history=history,
+        unloaded=unloaded,
         rss_run_max_mb=rss_run_max,
         dealer_errors=dealer.errors[:MAX_SAMPLES],
         failures=failures,
-        summary=summary(by_name, "saga", "baseline", "bench"),
+        summary=summary(by_name, f"saga-{DEFAULT_ROUTING}", "baseline", "bench"),
+        summary_routing=(
+            summary(by_name, f"saga-{DEFAULT_ROUTING}", f"saga-{OTHER_ROUTING}", "bench-routing")
+            if "saga" in args.phases
+            else None
+        ),
         summary_choreography=(
-            summary(by_name, "choreography", "orchestration", "bench-choreography")
+            summary(
+                by_name,
+                "choreography",
+                f"orchestration-{DEFAULT_ROUTING}",
+                "bench-choreography",
+            )
             if "styles" in args.phases
             else None
         ),
@@ -233,8 +331,9 @@ async def run(args: argparse.Namespace) -> int:
     write_json(result, run_dir / "result.json", args.out / "latest.json")
     print(render(result))
     print(f"\nrun folder {run_dir}; result {args.out / 'latest.json'}; {result.wall_seconds:.0f} s")
-    if result.summary_choreography is not None:
-        print(result.summary_choreography)
+    for line in (result.summary_choreography, result.summary_routing):
+        if line is not None:
+            print(line)
     print(result.summary, flush=True)
     return 1 if failures else 0
 
@@ -248,7 +347,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=50, help="sagas in flight (<= 500)")
     parser.add_argument("--warmup", type=int, default=20, help="uncounted sagas per loop")
     parser.add_argument(
-        "--rounds", type=int, default=2, help="rounds of two loops compared (a, b, b, a, ...)"
+        "--rounds", type=int, default=2, help="rounds of loops compared (a, b, b, a, ...)"
+    )
+    parser.add_argument(
+        "--unloaded", type=int, default=20, help="sagas through each API one at a time (unloaded)"
     )
     parser.add_argument(
         "--phases",
@@ -273,5 +375,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     # Each saga in flight holds one result long poll; the namespace allows ~1,200.
     if not 1 <= args.concurrency <= 500:
         parser.error("--concurrency must be between 1 and 500")
-    if min(args.sagas, args.style_sagas, args.rounds) < 1 or args.warmup < 0:
-        parser.error("--sagas, --style-sagas and --rounds must be positive, --warmup >= 0")
+    if min(args.sagas, args.style_sagas, args.rounds, args.unloaded) < 1 or args.warmup < 0:
+        parser.error(
+            "--sagas, --style-sagas, --rounds and --unloaded must be positive, --warmup >= 0"
+        )

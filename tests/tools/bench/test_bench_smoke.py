@@ -21,7 +21,11 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[3]
 LAST_LINE = re.compile(r"bench: \d+\.\d sagas/s, ratio \d+\.\d\d to baseline, p99 \d+ ms")
 CHOREOGRAPHY_LINE = re.compile(
-    r"bench-choreography: \d+\.\d sagas/s, ratio \d+\.\d\d to orchestration, p99 \d+ ms"
+    r"bench-choreography: \d+\.\d sagas/s, ratio \d+\.\d\d to orchestration-workflow, "
+    r"p99 \d+ ms"
+)
+ROUTING_LINE = re.compile(
+    r"bench-routing: \d+\.\d sagas/s, ratio \d+\.\d\d to saga-service, p99 \d+ ms"
 )
 SCALE_LINE = re.compile(
     r"bench-scale: 20 open sagas, worker RSS \d+ MB, confirm p99 \d+ ms at 10 and \d+ ms at 20 "
@@ -49,34 +53,44 @@ def bench(tmp_path: Path, *args: str) -> tuple[list[str], dict[str, Any]]:
 
 def test_a_small_bench_delivers_every_saga_in_every_phase(tmp_path: Path):
     lines, result = bench(
-        tmp_path, "--sagas=10", "--style-sagas=6", "--concurrency=5", "--warmup=2"
+        tmp_path, "--sagas=10", "--style-sagas=6", "--concurrency=5", "--warmup=2", "--unloaded=2"
     )
 
     phases = {p["name"]: p for p in result["phases"]}
-    assert list(phases) == ["baseline", "saga", "orchestration", "choreography"]
+    apis = ["orchestration-workflow", "orchestration-service", "choreography"]
+    assert list(phases) == ["baseline", "saga-workflow", "saga-service", *apis]
     for phase in phases.values():
         assert phase["failures"] == 0, phase
         assert phase["delivered"] == phase["sagas"], phase["name"]
-        assert phase["rounds"] == 2, phase["name"]  # each loop with its partner, alternating
-    assert [phases[n]["through"] for n in phases] == ["client", "door", "api", "api"]
+        assert phase["rounds"] == 2, phase["name"]  # each loop with its partners, alternating
+    assert [phases[n]["through"] for n in phases] == ["client", "door", "door", "api", "api", "api"]
     assert {"nats", "api-choreography"} <= set(phases["choreography"]["cpu_s"])
     assert phases["choreography"]["cpu_ms_per_saga"]["nats"] > 0
+    assert "api-service" in phases["orchestration-service"]["cpu_s"]
     ratios = {(r["numerator"], r["denominator"]) for r in result["ratios"]}
-    assert ratios == {("saga", "baseline"), ("choreography", "orchestration")}
+    assert ("saga-workflow", "saga-service") in ratios
+    assert ("choreography", "orchestration-workflow") in ratios
 
     histories = {h["name"]: h for h in result["history"]}
-    assert list(histories) == ["saga", "baseline"]
+    assert sorted(histories) == ["baseline", "saga-service", "saga-workflow"]
     for history in histories.values():
         assert history["problem"] is None, history
         assert history["activities"] == 8, history  # the delivered path's steps
         assert history["signals"] == 2, history
         assert 0 < history["workflow_tasks"] < history["events"], history
+        assert history["bytes"] > 20 * history["events"], history
+
+    unloaded = {u["name"]: u for u in result["unloaded"]}
+    assert list(unloaded) == apis
+    for one in unloaded.values():
+        assert (one["failures"], one["to_in_transit"]["count"]) == (0, 2), one
 
     assert result["failures"] == 0
     assert (Path(result["run_dir"]) / "result.json").is_file()
-    *_, choreography_line, last_line = lines
+    *_, choreography_line, routing_line, last_line = lines
     assert CHOREOGRAPHY_LINE.fullmatch(choreography_line), choreography_line
     assert choreography_line == result["summary_choreography"]
+    assert ROUTING_LINE.fullmatch(routing_line), routing_line
     assert LAST_LINE.fullmatch(last_line), last_line
 
 
