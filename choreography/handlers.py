@@ -37,10 +37,11 @@ def open_payment(db: Session, created: Event) -> Outcome:
     sweeper closes it); a decision taken before the payment existed is applied now."""
     order_id = created.order_id
     payment_id = names.payment_id_for(order_id)
+    # A confirm committing now either sees this payment or is seen here: never neither.
+    decision = payments.hold_decision(db, payment_id)
     payment, inserted = _create_payment(db, order_id, window=True)
     if not inserted:
         return Outcome(note=f"payment already {payment.status}")
-    decision = payments.decision_of(db, payment_id)
     if decision is None:
         return Outcome(note="payment opened, waiting for the customer's decision")
     return apply_decision(db, order_id, payment_id, decision)

@@ -244,6 +244,15 @@ def decision_of(db: Session, payment_id: str) -> Decision | None:
     return None if row is None or row.decision is None else Decision(row.decision)
 
 
+def hold_decision(db: Session, payment_id: str) -> Decision | None:
+    """:func:`decision_of`, its row locked until the transaction ends (``FOR UPDATE``): taken
+    before writing the payment, so a decision being recorded meanwhile is waited for and
+    seen, never missed by both (the decision row first: the one lock order). Does not commit."""
+    found = execute_core(db, _DECISION_ROW.with_for_update(), {"b_payment_id": payment_id})
+    row = found.first()
+    return None if row is None or row[1] is None else Decision(row[1])
+
+
 _decisions = cast(Table, PaymentDecisionRow.__table__).c  # type: ignore[attr-defined]
 _DECISION_ROW = sql_select(
     _decisions.order_id, _decisions.decision, _decisions.signalled_at.is_not(None)

@@ -25,6 +25,8 @@ import pytest
 from faststream.nats import NatsBroker, TestNatsBroker
 from sqlalchemy import Engine
 
+from choreography.consumer import Outcome
+from choreography.handlers import open_payment
 from choreography.outbox import Publisher
 from choreography.runtime import Choreography, connect_broker
 from choreography.sweepers import Sweepers
@@ -34,8 +36,10 @@ from domain.status import Decision, DeliveryStatus, OrderStatus, PaymentStatus
 from sagas.choreography import ChoreographedSagas
 from sagas.door import Sagas
 from sagas.errors import ConflictError
+from services import payments
 from settings import Settings
-from store.models import InboxRow, as_utc, utcnow
+from store.db import session, transaction
+from store.models import InboxRow, PaymentRow, as_utc, utcnow
 from tests.choreography.observe import (
     a_city,
     choreographed_door,
@@ -53,6 +57,7 @@ from tests.choreography.observe import (
     the_event,
     types,
 )
+from tests.choreography.test_sweepers import lock_waiters
 from tests.saga_harness import add_dealer, order_request
 
 pytestmark = pytest.mark.db
@@ -205,6 +210,41 @@ async def test_order_created_opens_the_pending_payment_with_the_orders_window(
     assert log(shop.engine, order_id) == CREATED  # nothing emitted
     assert order_of(shop.engine, order_id).status == OrderStatus.PENDING
     await shop.delivered_again_changes_nothing(created)
+
+
+async def test_a_confirm_racing_the_payments_creation_is_applied_not_stranded(
+    shop: Shop,
+) -> None:
+    """The customer's confirm records its decision and finds no payment yet (PaymentService
+    is writing it, not committed): PaymentService waits for the decision's row and applies
+    the confirm. (Each used to miss the other's uncommitted row: the order waited, PENDING
+    with its confirm on record, until its window closed.)"""
+    engine = shop.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite runs write transactions one at a time: they cannot interleave")
+    order_id = await shop.place(door=shop.held)
+    created = the_event(engine, order_id, EventType.ORDER_CREATED)
+    payment_id = names.payment_id_for(order_id)
+
+    def open_the_payment() -> Outcome:
+        with transaction(engine) as db:
+            return open_payment(db, created)
+
+    with session(engine) as deciding:
+        # The confirm's transaction: its decision recorded, the payment not there to apply.
+        assert payments.take_decision(deciding, payment_id, Decision.CONFIRM).applied
+        assert deciding.get(PaymentRow, payment_id) is None
+        opening = asyncio.create_task(asyncio.to_thread(open_the_payment), name="opening")
+        await lock_waiters(engine, 1, opening)
+        deciding.commit()
+    opened = await opening
+    assert (opened.note, types(list(opened.emitted))) == (
+        "payment confirmed",
+        [EventType.PAYMENT_CONFIRMED],
+    )
+    payment = payment_of(engine, order_id)
+    assert payment is not None
+    assert payment.status == PaymentStatus.COMPLETED
 
 
 @pytest.mark.parametrize(
