@@ -26,7 +26,7 @@ from domain.payloads import SagaTimeouts
 from domain.status import OrderStatus, SagaPhase
 from tools.bench.baseline import STEPS, start_baseline
 from tools.bench.driver import place_and_confirm, saga_handle
-from tools.bench.environment import BenchStack
+from tools.bench.environment import DEFAULT_ROUTING, OTHER_ROUTING, BenchStack
 from tools.bench.report import HistoryCounts
 
 COUNTED = {
@@ -46,6 +46,7 @@ ACTIVITY_STARTED = EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
 
 # How long after a workflow's result its server's last writes (its close, visibility) land.
 SETTLE_SECONDS = 1.0
+QUIET_WITHIN = 30.0
 PERSISTENCE = re.compile(
     r'^persistence_requests\{[^}]*namespace="default",operation="(\w+)"[^}]*\} (\d+)', re.M
 )
@@ -57,7 +58,8 @@ async def history_counts(
 ) -> list[HistoryCounts]:
     """A delivered saga in each routing, then the baseline; each with its history's counts."""
     counted = []
-    for routing, door in bench.doors.items():
+    for routing in (DEFAULT_ROUTING, OTHER_ROUTING):
+        door = bench.doors[routing]
 
         async def saga(door: Any = door) -> tuple[WorkflowHandle[Any, Any], str | None]:
             order_id = await place_and_confirm(door, 0, timeouts)
@@ -105,13 +107,27 @@ async def _persistence(bench: BenchStack) -> AsyncIterator[dict[str, int]]:
         yield requests
         return
     async with httpx.AsyncClient(timeout=10) as http:
-        before = _requests((await http.get(url)).text)
+        before = await _quiet(http, url)
         yield requests
         await asyncio.sleep(SETTLE_SECONDS)
         after = _requests((await http.get(url)).text)
     for operation, count in after.items():
         if count > before.get(operation, 0):
             requests[operation] = count - before.get(operation, 0)
+
+
+async def _quiet(http: httpx.AsyncClient, url: str) -> dict[str, int]:
+    """The server's requests once it has stopped making any (what the phase before left it
+    to do, closing and indexing its workflows, done), or after QUIET_WITHIN seconds."""
+    deadline = asyncio.get_running_loop().time() + QUIET_WITHIN
+    last = _requests((await http.get(url)).text)
+    while asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(SETTLE_SECONDS)
+        now = _requests((await http.get(url)).text)
+        if now == last:
+            break
+        last = now
+    return last
 
 
 def _requests(exposition: str) -> dict[str, int]:
