@@ -50,7 +50,7 @@ from domain import names
 from sagas import builds
 from sagas.temporal import check_namespace, connect_temporal, temporal_misconfiguration
 from services import retention
-from settings import WORKFLOW_CACHE_SIZE, Settings, load_settings
+from settings import WORKER_POLLERS, WORKFLOW_CACHE_SIZE, Settings, load_settings
 from store.db import make_engine, transaction
 from store.models import utcnow
 from telemetry import configure_tracing, tracing_interceptors
@@ -159,6 +159,7 @@ def workflow_worker(
     executor: ThreadPoolExecutor | None = None,
     max_concurrent_activities: int = 16,
     cache_size: int = WORKFLOW_CACHE_SIZE,
+    pollers: int = WORKER_POLLERS,
     version: WorkerDeploymentVersion | None = None,
 ) -> Worker:
     """The saga's workflow worker. With ``activities`` (run on ``executor``) it also serves
@@ -171,6 +172,8 @@ def workflow_worker(
         workflow_runner=workflow_runner(),
         max_cached_workflows=cache_size,
         deployment_config=deployment_config(version),
+        max_concurrent_workflow_task_polls=pollers,
+        max_concurrent_activity_task_polls=pollers,
         activities=list(activities),
         activity_executor=executor if activities else None,
         max_concurrent_activities=max_concurrent_activities,
@@ -186,6 +189,7 @@ def build_workers(
     *,
     max_concurrent_activities: int = 16,
     cache_size: int = WORKFLOW_CACHE_SIZE,
+    pollers: int = WORKER_POLLERS,
     version: WorkerDeploymentVersion | None = None,
 ) -> list[Worker]:
     """One worker per requested task queue, each as ``version`` (None: unversioned);
@@ -203,6 +207,7 @@ def build_workers(
                     executor=executor,
                     max_concurrent_activities=max_concurrent_activities,
                     cache_size=cache_size,
+                    pollers=pollers,
                     version=version,
                 )
             )
@@ -214,6 +219,7 @@ def build_workers(
                     activities=activities[queue],
                     activity_executor=executor,
                     max_concurrent_activities=max_concurrent_activities,
+                    max_concurrent_activity_task_polls=pollers,
                     # On shutdown, let running activities finish their transaction and
                     # report, rather than have Temporal retry them after a timeout.
                     graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
@@ -342,6 +348,7 @@ async def run(
                         queues,
                         max_concurrent_activities=settings.activity_threads,
                         cache_size=settings.workflow_cache_size,
+                        pollers=settings.worker_pollers,
                         version=version,
                     )
                     for worker in workers:
