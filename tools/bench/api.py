@@ -85,6 +85,19 @@ async def watching(bench: BenchStack) -> AsyncIterator[OrderEnds]:
             await polling
 
 
+async def place_and_confirm(http: httpx.AsyncClient, index: int, key: str) -> str:
+    """``POST /orders`` (Idempotency-Key ``key``), then its confirm as soon as the answer is
+    in; returns the order id."""
+    body = order_request(index).model_dump(mode="json")
+    placed = await http.post("/orders", json=body, headers={"Idempotency-Key": key})
+    placed.raise_for_status()
+    answer = placed.json()
+    payment_id = answer.get("payment_id") or answer["payment"]["payment_id"]
+    confirmed = await http.post(f"/payments/{payment_id}/confirm")
+    confirmed.raise_for_status()
+    return str(answer["order_id"])
+
+
 async def order_to_delivered(
     http: httpx.AsyncClient, ends: OrderEnds, index: int, within: float
 ) -> Outcome:
@@ -94,14 +107,8 @@ async def order_to_delivered(
     started = time.perf_counter()
     try:
         async with asyncio.timeout(within):
-            body = order_request(index).model_dump(mode="json")
-            placed = await http.post("/orders", json=body, headers={"Idempotency-Key": key})
-            placed.raise_for_status()
-            answer = placed.json()
-            payment_id = answer.get("payment_id") or answer["payment"]["payment_id"]
-            confirmed = await http.post(f"/payments/{payment_id}/confirm")
-            confirmed.raise_for_status()
-            seen_at, status = await ends.ended(answer["order_id"])
+            order_id = await place_and_confirm(http, index, key)
+            seen_at, status = await ends.ended(order_id)
     except Exception as err:  # any failure of one saga is counted, not fatal to the run
         return Outcome(time.perf_counter() - started, f"order {key}: {describe(err)}")
     if status != OrderStatus.DELIVERED.value:
@@ -120,11 +127,7 @@ async def order_to_in_transit(
     started = time.perf_counter()
     try:
         async with asyncio.timeout(within):
-            body = order_request(index).model_dump(mode="json")
-            placed = await http.post("/orders", json=body, headers={"Idempotency-Key": key})
-            placed.raise_for_status()
-            answer = placed.json()
-            order_id = answer["order_id"]
+            order_id = await place_and_confirm(http, index, key)
             sql = compile_query(
                 engine,
                 select(DeliveryRow.status).where(
@@ -132,9 +135,6 @@ async def order_to_in_transit(
                     col(DeliveryRow.status) == DeliveryStatus.IN_TRANSIT.value,
                 ),
             )
-            payment_id = answer.get("payment_id") or answer["payment"]["payment_id"]
-            confirmed = await http.post(f"/payments/{payment_id}/confirm")
-            confirmed.raise_for_status()
             while True:
                 if await asyncio.to_thread(read_rows, engine, sql):
                     break
