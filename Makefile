@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run worker api test test-db test-e2e lint format typecheck audit fuzz check clean chaos chaos-ci demo screenshot histories migration compose-check alerts-check bench bench-scale
+.PHONY: install lock run worker api test test-db test-e2e lint format typecheck audit fuzz check clean chaos chaos-ci demo screenshot histories migration compose-check alerts-check bench bench-scale sizing
 
 ## The dependencies from the dev lock (hash-checked), then the project itself without them.
 install: $(STAMP)
@@ -99,6 +99,11 @@ bench: install
 ## Many open sagas: worker memory, confirm latency and throughput at 1,000 and 10,000 open.
 bench-scale: install
 	$(BIN)/python -m tools.bench scale $(BENCH_ARGS)
+
+## docs/sizing.md (what 100, 1,000 and 10,000 orders/s need in each style) and its inputs,
+## docs/sizing-inputs.json, from .bench/latest.json and .bench/scale-latest.json.
+sizing: install
+	$(BIN)/python -m tools.bench.sizing
 
 lint: install
 	$(BIN)/ruff check .
