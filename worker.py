@@ -161,14 +161,16 @@ def workflow_worker(
     cache_size: int = WORKFLOW_CACHE_SIZE,
     pollers: int = WORKER_POLLERS,
     version: WorkerDeploymentVersion | None = None,
+    workflow: type = OrderProcessWorkflow,
 ) -> Worker:
-    """The saga's workflow worker. With ``activities`` (run on ``executor``) it also serves
-    the steps of sagas routed to its own queue (``ActivityRouting.WORKFLOW``): Temporal then
-    hands each step to this worker in its reply to the workflow task that scheduled it."""
+    """The saga's workflow worker (``workflow``: another build's saga, in the deploy drill).
+    With ``activities`` (run on ``executor``) it also serves the steps of sagas routed to its
+    own queue (``ActivityRouting.WORKFLOW``): Temporal then hands each step to this worker in
+    its reply to the workflow task that scheduled it."""
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[OrderProcessWorkflow],
+        workflows=[workflow],
         workflow_runner=workflow_runner(),
         max_cached_workflows=cache_size,
         deployment_config=deployment_config(version),

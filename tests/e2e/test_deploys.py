@@ -36,7 +36,6 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkerDeploymentVersion
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from api.app import create_app
 from domain import names
@@ -50,10 +49,10 @@ from tests.workflows.altered_saga import RecheckingSaga
 from tools.chaos.stack import free_port
 from worker import (
     build_workers,
-    deployment_config,
     promote,
     replay_failures_at_every_task,
-    workflow_runner,
+    service_activities,
+    workflow_worker,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,14 +79,16 @@ class Drill:
         workers = build_workers(
             self.client, self.stack.engine, self.executor, queues, version=version
         )
-        if version == B:
+        if version == B:  # serving the steps too: its sagas are routed with the workflow
+            steps = service_activities(self.stack.engine).values()
             workers.append(
-                Worker(
+                workflow_worker(
                     self.client,
-                    task_queue=names.WORKFLOW_TASK_QUEUE,
-                    workflows=[RecheckingSaga],
-                    workflow_runner=workflow_runner(),
-                    deployment_config=deployment_config(version),
+                    names.WORKFLOW_TASK_QUEUE,
+                    activities=[step for service in steps for step in service],
+                    executor=self.executor,
+                    version=version,
+                    workflow=RecheckingSaga,
                 )
             )
         async with AsyncExitStack() as stack:
