@@ -88,6 +88,11 @@ def service_activities(engine: Engine) -> dict[str, list[Callable[..., Any]]]:
     }
 
 
+def every_step(engine: Engine) -> list[Callable[..., Any]]:
+    """Every service's activities, bound to ``engine``: what the saga's worker serves."""
+    return [fn for fns in service_activities(engine).values() for fn in fns]
+
+
 def workflow_runner(*workflow_modules: str) -> SandboxedWorkflowRunner:
     """The saga's sandbox, still checking every call, with ``domain``, ``workflows`` and
     ``workflow_modules`` imported once per process rather than per run: they hold no mutable
@@ -205,7 +210,7 @@ def build_workers(
                 workflow_worker(
                     client,
                     queue,
-                    activities=[fn for fns in activities.values() for fn in fns],
+                    activities=every_step(engine),
                     executor=executor,
                     max_concurrent_activities=max_concurrent_activities,
                     cache_size=cache_size,

@@ -44,7 +44,7 @@ from tests.nats_server import NatsServer
 from tests.saga_harness import activity_name
 from tools.chaos.checks import steps_scheduled
 from tools.chaos.stack import free_port
-from worker import build_workers, service_activities, workflow_runner
+from worker import build_workers, every_step, service_activities, workflow_runner
 from workflows import OrderProcessWorkflow
 
 # uvicorn closes an idle keep-alive connection after 5 s, and httpx keeps one for 5 s too: a
@@ -289,14 +289,13 @@ async def saga_worker(stack: Stack, task_queue: str) -> AsyncIterator[Worker]:
     does); otherwise they run on the stack's service workers. A saga it had cached goes back
     to the queue within a second of its stop (the sticky queue's timeout), so another worker
     on the queue carries on at once."""
-    steps = [fn for fns in service_activities(stack.engine).values() for fn in fns]
     with ThreadPoolExecutor(16, thread_name_prefix="saga-worker") as executor:
         async with Worker(
             stack.client,
             task_queue=task_queue,
             workflows=[OrderProcessWorkflow],
             workflow_runner=workflow_runner(),
-            activities=steps,
+            activities=every_step(stack.engine),
             activity_executor=executor,
             sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
         ) as worker:

@@ -49,9 +49,9 @@ from tests.workflows.altered_saga import RecheckingSaga
 from tools.chaos.stack import free_port
 from worker import (
     build_workers,
+    every_step,
     promote,
     replay_failures_at_every_task,
-    service_activities,
     workflow_worker,
 )
 
@@ -80,12 +80,11 @@ class Drill:
             self.client, self.stack.engine, self.executor, queues, version=version
         )
         if version == B:  # serving the steps too: its sagas are routed with the workflow
-            steps = service_activities(self.stack.engine).values()
             workers.append(
                 workflow_worker(
                     self.client,
                     names.WORKFLOW_TASK_QUEUE,
-                    activities=[step for service in steps for step in service],
+                    activities=every_step(self.stack.engine),
                     executor=self.executor,
                     version=version,
                     workflow=RecheckingSaga,

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,7 +30,7 @@ from tests.e2e.test_api_saga import ORDER, add_dealer
 from tests.e2e.test_both_styles import a_city, place
 from tests.e2e.test_races import poll
 from tests.saga_harness import DELIVERED_STEPS
-from worker import service_activities, workflow_runner, workflow_worker
+from worker import every_step, workflow_runner, workflow_worker
 from workflows import OrderProcessWorkflow
 
 # Activities matching dispatches from a throttled queue, per second: one per 100 s.
@@ -100,11 +100,6 @@ async def steps_completed(client: Client, order_id: str) -> int:
     return sum(1 for event in history.events if event.event_type == completed)
 
 
-def every_step(stack: Stack) -> list[Callable[..., Any]]:
-    """Every service's activities, as the saga's worker registers them."""
-    return [fn for fns in service_activities(stack.engine).values() for fn in fns]
-
-
 async def test_a_workflow_routed_saga_gets_its_steps_without_task_queue_matching(
     stack: Stack,
 ) -> None:
@@ -117,7 +112,9 @@ async def test_a_workflow_routed_saga_gets_its_steps_without_task_queue_matching
     await add_dealer(stack, city)
     with ThreadPoolExecutor(16, thread_name_prefix="eager-steps") as executor:
         async with (
-            workflow_worker(stack.client, queue, activities=every_step(stack), executor=executor),
+            workflow_worker(
+                stack.client, queue, activities=every_step(stack.engine), executor=executor
+            ),
             workflow_routed_on(stack, queue) as routed,
         ):
             started = time.monotonic()
@@ -144,7 +141,7 @@ async def test_without_eager_dispatch_the_throttled_queue_holds_the_saga(stack: 
                 task_queue=queue,
                 workflows=[OrderProcessWorkflow],
                 workflow_runner=workflow_runner(),
-                activities=every_step(stack),
+                activities=every_step(stack.engine),
                 activity_executor=executor,
                 disable_eager_activity_execution=True,
             ),
