@@ -248,15 +248,15 @@ def hold_decision(db: Session, payment_id: str) -> Decision | None:
     """:func:`decision_of`, its row locked until the transaction ends (``FOR UPDATE``): taken
     before writing the payment, so a decision being recorded meanwhile is waited for and
     seen, never missed by both (the decision row first: the one lock order). Does not commit."""
-    found = execute_core(db, _DECISION_ROW.with_for_update(), {"b_payment_id": payment_id})
-    row = found.first()
-    return None if row is None or row[1] is None else Decision(row[1])
+    row = _decision_row(db, payment_id, for_update=True)
+    return None if row is None or row.decision is None else Decision(row.decision)
 
 
 _decisions = cast(Table, PaymentDecisionRow.__table__).c  # type: ignore[attr-defined]
 _DECISION_ROW = sql_select(
     _decisions.order_id, _decisions.decision, _decisions.signalled_at.is_not(None)
 ).where(_decisions.payment_id == bindparam("b_payment_id"))
+_DECISION_ROW_FOR_UPDATE = _DECISION_ROW.with_for_update()
 
 
 @dataclass(frozen=True)
@@ -266,10 +266,13 @@ class _DecisionOnRecord:
     signalled: bool
 
 
-def _decision_row(db: Session, payment_id: str) -> _DecisionOnRecord | None:
+def _decision_row(
+    db: Session, payment_id: str, *, for_update: bool = False
+) -> _DecisionOnRecord | None:
     """The payment's decision row as the database holds it now (a prebuilt Core ``SELECT``:
-    every saga's steps read it)."""
-    found = execute_core(db, _DECISION_ROW, {"b_payment_id": payment_id}).first()
+    every saga's steps read it), locked until the transaction ends with ``for_update``."""
+    statement = _DECISION_ROW_FOR_UPDATE if for_update else _DECISION_ROW
+    found = execute_core(db, statement, {"b_payment_id": payment_id}).first()
     if found is None:
         return None
     return _DecisionOnRecord(str(found[0]), found[1], bool(found[2]))
