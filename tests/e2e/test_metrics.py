@@ -64,6 +64,19 @@ def gauges(stack: Stack) -> SagaGauges:
     return SagaGauges(stack.engine, runtime.metric_meter, broker=None)
 
 
+async def collect_with_the_broker(stack: Stack) -> None:
+    """One look of the collector the worker runs: the rows, and JetStream's own account of
+    the stack's consumers, through a connection of the test's."""
+    runtime = metrics_runtime(stack.settings.metrics_bind_address)
+    assert runtime is not None
+    broker = connect_broker(stack.settings)
+    await broker.start()
+    try:
+        await SagaGauges(stack.engine, runtime.metric_meter, broker=broker).collect()
+    finally:
+        await broker.stop()
+
+
 async def test_a_cancelled_and_a_refunded_saga_move_the_counters(styled: Stack) -> None:
     style = styled.style.value
     before = await scrape(styled)
@@ -119,15 +132,7 @@ async def test_the_choreography_gauges_read_dead_letters_outbox_and_consumer_lag
     stack: Stack,
 ) -> None:
     dead = await poison_event(stack)
-    runtime = metrics_runtime(stack.settings.metrics_bind_address)
-    assert runtime is not None
-    # JetStream's own account of the stack's consumers, through a connection of the test's.
-    broker = connect_broker(stack.settings)
-    await broker.start()
-    try:
-        await SagaGauges(stack.engine, runtime.metric_meter, broker=broker).collect()
-    finally:
-        await broker.stop()
+    await collect_with_the_broker(stack)
     samples = await scrape(stack)
     pending = value(samples, "order_saga_dead_letters", consumer=dead.consumer, state="pending")
     assert pending >= 1
@@ -164,14 +169,7 @@ async def test_the_dashboard_and_the_alerts_query_only_metrics_that_are_served(
         placed = await place(styled, city=a_city())
         await styled.http.post(f"/payments/{placed['payment']['payment_id']}/confirm")
         await poll(styled.http, placed["order_id"], lambda o: o["phase"] == "CANCELLED")
-    runtime = metrics_runtime(stack.settings.metrics_bind_address)
-    assert runtime is not None
-    broker = connect_broker(stack.settings)
-    await broker.start()
-    try:
-        await SagaGauges(stack.engine, runtime.metric_meter, broker=broker).collect()
-    finally:
-        await broker.stop()
+    await collect_with_the_broker(stack)
     # The workflow's phase time is recorded as it leaves the phase: wait for the last one.
     await until_moved(stack, "order_saga_ended_total", 0, {"style": "orchestration"})
     samples = await scrape(stack)
